@@ -1,0 +1,358 @@
+"""The ``hub`` command line. Each command is one call of the Python API plus formatting.
+
+torch, transformers and peft are never imported at start-up: read commands answer fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli.errors import format_error
+from cli.output import (
+    CARD_HEADERS,
+    card_rows,
+    human_size,
+    json_option,
+    print_card,
+    print_json,
+    print_table,
+)
+from schemas.errors import HubError
+
+
+class HubGroup(click.Group):
+    """Turns every error into one ``Error: ...`` line and exit status 1 (no traceback)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (HubError, OSError) as error:
+            if os.environ.get("HUB_DEBUG"):
+                raise
+            click.echo(format_error(error), err=True)
+            ctx.exit(1)
+
+
+def _registry(ctx: click.Context) -> Any:
+    from hub.registry import Registry
+
+    return Registry(ctx.obj["home"])
+
+
+@click.group(cls=HubGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="HUB_HOME",
+    help="Registry folder (default: $HUB_HOME, else a per-user data directory).",
+)
+@click.version_option(package_name="hub-adapters", prog_name="hub")
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None) -> None:
+    """hub: find, share, combine and ship PEFT adapters.
+
+    \b
+    Example:
+        hub push out/sql-lora --name team/sql-lora --task sql --metric exact_match=0.71@spider
+        hub ls --method lora --rank '<=16' --task sql --sort metric:exact_match
+        hub pull team/sql-lora@v1 -o adapters/sql
+    """
+    ctx.obj = {"home": home}
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--name", help="Repository id NAMESPACE/NAME (default: <user>/<folder name>).")
+@click.option("--task", "tasks", multiple=True, help="Task label, e.g. sql (repeatable).")
+@click.option("--tag", "tags", multiple=True, help="KEY=VALUE tag (repeatable).")
+@click.option(
+    "--metric", "metrics", multiple=True, help="NAME=VALUE[@DATASET] result (repeatable)."
+)
+@click.option("--parent", help="Adapter this one was trained on top of (NS/NAME[@REV]).")
+@click.option("--description", help="Override the description read from README.md.")
+@click.option(
+    "--allow-nonfinite", is_flag=True, help="Accept tensors that contain NaN or Inf values."
+)
+@json_option
+@click.pass_context
+def push(
+    ctx: click.Context,
+    path: Path,
+    name: str | None,
+    tasks: tuple[str, ...],
+    tags: tuple[str, ...],
+    metrics: tuple[str, ...],
+    parent: str | None,
+    description: str | None,
+    allow_nonfinite: bool,
+    as_json: bool,
+) -> None:
+    """Register an adapter folder (what PEFT's save_pretrained wrote) as a new version.
+
+    The folder is checked first (config, tensor headers, shapes, NaN/Inf); nothing is
+    stored if anything is wrong. Pushing identical files again creates no new version.
+
+    \b
+    Example:
+        hub push out/sql-lora --name team/sql-lora --task sql --tag team=nlp \\
+            --metric exact_match=0.71@spider
+    """
+    result = _registry(ctx).push(
+        path,
+        name=name,
+        tasks=tasks,
+        tags=list(tags),
+        metrics=metrics,
+        parent=parent,
+        description=description,
+        allow_nonfinite=allow_nonfinite,
+    )
+    card = result.card
+    if as_json:
+        print_json({**card.model_dump(mode="json"), "created": result.created})
+    elif result.created:
+        click.echo(
+            f"Pushed {card.repo}@v{card.version} ({card.commit[:10]}): "
+            f"{card.method}, rank {card.rank}, {human_size(card.size_bytes)}"
+        )
+    else:
+        click.echo(
+            f"Unchanged: {card.repo}@v{card.version} ({card.commit[:10]}) already has these files"
+        )
+
+
+@cli.command()
+@click.argument("ref")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="Folder to write (default: ./NAME)."
+)
+@click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
+@click.pass_context
+def pull(ctx: click.Context, ref: str, output: Path | None, force: bool) -> None:
+    """Write an adapter folder that PeftModel.from_pretrained loads, byte for byte as pushed.
+
+    REF is NAMESPACE/NAME[@REV]; REV is a version (v3), an alias (prod), a commit id
+    (at least 7 hex) or main (the latest, also the default).
+
+    \b
+    Example:
+        hub pull team/sql-lora@prod -o adapters/sql
+    """
+    dest = _registry(ctx).pull(ref, output, force=force)
+    click.echo(f"Pulled {ref} into {dest}")
+
+
+@cli.command(name="ls")
+@click.argument("query", required=False)
+@click.option("--base", help="Base model id (exact, or a glob such as 'meta-llama/*').")
+@click.option("--method", help="lora, dora, adalora, ia3, loha, lokr, oft, boft, vera, ...")
+@click.option("--rank", help="N, LOW..HIGH, <=N, <N, >=N or >N.")
+@click.option("--task", "tasks", multiple=True, help="Task label (repeatable: all must match).")
+@click.option("--tag", "tags", multiple=True, help="KEY=VALUE or KEY (repeatable).")
+@click.option(
+    "--sort",
+    help="name, created, rank, size, params, method, base or metric:NAME;"
+    " prefix + or - for ascending/descending.",
+)
+@click.option("--limit", type=int, help="At most N results.")
+@click.option("--all-versions", is_flag=True, help="Every version, not just the latest.")
+@json_option
+@click.pass_context
+def ls(
+    ctx: click.Context,
+    query: str | None,
+    base: str | None,
+    method: str | None,
+    rank: str | None,
+    tasks: tuple[str, ...],
+    tags: tuple[str, ...],
+    sort: str | None,
+    limit: int | None,
+    all_versions: bool,
+    as_json: bool,
+) -> None:
+    """Find adapters: free text over names, descriptions and tasks, plus filters.
+
+    Lists the latest version of each adapter; metrics sort best (highest) first.
+
+    \b
+    Example:
+        hub ls sql --base meta-llama/Llama-3-8B --method lora --rank '<=16' \\
+            --tag team=nlp --sort metric:exact_match --limit 5 --json
+    """
+    cards = _registry(ctx).search_raw(
+        query,
+        base=base,
+        method=method,
+        rank=rank,
+        tasks=tasks,
+        tags=tags,
+        sort=sort,
+        limit=limit,
+        all_versions=all_versions,
+    )
+    if as_json:
+        print_json(cards)
+    elif cards:
+        print_table(CARD_HEADERS, card_rows(cards))
+    else:
+        click.echo("No adapters match.", err=True)
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--versions", is_flag=True, help="List every version of the repository.")
+@json_option
+@click.pass_context
+def show(ctx: click.Context, ref: str, versions: bool, as_json: bool) -> None:
+    """Show an adapter's card: method, rank, targets, params, metrics, files, lineage.
+
+    \b
+    Example:
+        hub show team/sql-lora@v2
+        hub show team/sql-lora --versions --json
+    """
+    registry = _registry(ctx)
+    if versions:
+        from schemas.refs import AdapterRef
+
+        cards = [c.model_dump(mode="json") for c in registry.versions(AdapterRef.parse(ref).repo)]
+        if as_json:
+            print_json(cards)
+        else:
+            print_table(CARD_HEADERS, card_rows(cards))
+        return
+    card = registry.show(ref).model_dump(mode="json")
+    if as_json:
+        print_json(card)
+    else:
+        print_card(card)
+
+
+@cli.command()
+@click.argument("ref")
+@click.pass_context
+def rm(ctx: click.Context, ref: str) -> None:
+    """Remove a repository (NS/NAME) or one version (NS/NAME@v2). `hub gc` frees the space.
+
+    \b
+    Example:
+        hub rm team/sql-lora@v1
+    """
+    removed = _registry(ctx).remove(ref)
+    for card in removed:
+        click.echo(f"Removed {card.repo}@v{card.version} ({card.commit[:10]})")
+
+
+@cli.command()
+@click.argument("ref")
+@click.argument("alias")
+@click.pass_context
+def tag(ctx: click.Context, ref: str, alias: str) -> None:
+    """Point ALIAS (e.g. prod) at a version; moves the alias if it exists.
+
+    \b
+    Example:
+        hub tag team/sql-lora@v3 prod      # then: hub pull team/sql-lora@prod
+    """
+    card = _registry(ctx).tag(ref, alias)
+    click.echo(f"{card.repo}@{alias} -> v{card.version} ({card.commit[:10]})")
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def verify(ctx: click.Context, as_json: bool) -> None:
+    """Re-hash every stored file and name the versions whose bytes are damaged.
+
+    Exits 1 when anything is missing or corrupted.
+
+    \b
+    Example:
+        hub verify
+    """
+    report = _registry(ctx).verify()
+    if as_json:
+        print_json(
+            {
+                "healthy": report.healthy,
+                "blobs_checked": report.blobs_checked,
+                "bytes_checked": report.bytes_checked,
+                "orphan_blobs": report.orphan_blobs,
+                "database": report.database,
+                "problems": [vars(p) for p in report.problems],
+            }
+        )
+    else:
+        click.echo(
+            f"Checked {report.blobs_checked} blobs ({human_size(report.bytes_checked)}),"
+            f" database: {report.database}, orphan blobs: {report.orphan_blobs}"
+            + (" (remove with `hub gc`)" if report.orphan_blobs else "")
+        )
+    if not report.healthy:
+        for problem in report.problems:
+            click.echo(
+                f"Error: blob {problem.digest[:12]} is {problem.status}; affected: "
+                + ", ".join(problem.versions),
+                err=True,
+            )
+        if report.database != "ok":
+            click.echo(f"Error: index database: {report.database}", err=True)
+        ctx.exit(1)
+    elif not as_json:
+        click.echo("Registry is healthy.")
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def gc(ctx: click.Context, as_json: bool) -> None:
+    """Delete stored files no version references (after `hub rm` or an interrupted push).
+
+    \b
+    Example:
+        hub gc
+    """
+    report = _registry(ctx).gc()
+    if as_json:
+        print_json(vars(report))
+    else:
+        click.echo(f"Removed {report.blobs_removed} blobs, freed {human_size(report.bytes_freed)}")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Folder to write (default: PATH-safetensors).",
+)
+@click.pass_context
+def convert(ctx: click.Context, path: Path, output: Path | None) -> None:
+    """Convert a pickle adapter (adapter_model.bin) to safetensors, safely.
+
+    Loads with torch.load(weights_only=True), which refuses arbitrary code; writes a new
+    folder with adapter_model.safetensors and the other files, ready for `hub push`.
+
+    \b
+    Example:
+        hub convert old-adapter -o old-adapter-st && hub push old-adapter-st --name team/old
+    """
+    from hub.convert import convert_bin_adapter
+
+    dest = convert_bin_adapter(path, output)
+    click.echo(f"Wrote {dest}")
+
+
+def main() -> None:
+    cli(prog_name="hub")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Output formatting shared by every command: JSON, tables, sizes. Only ``cli`` prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def json_option(func: F) -> F:
+    """``--json``: machine-readable output instead of a table."""
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(
+        func
+    )
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # pragma: no cover
+
+
+def human_count(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+def method_label(card: dict[str, Any]) -> str:
+    method = str(card["method"])
+    return f"{method}:{card['variant']}" if card.get("variant") else method
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A plain aligned table; columns as wide as their widest cell."""
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        click.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def card_rows(cards: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    rows = []
+    for card in cards:
+        aliases = card.get("aliases") or []
+        rows.append(
+            [
+                f"{card['repo']}@v{card['version']}",
+                method_label(card),
+                card.get("rank"),
+                card.get("base_model"),
+                ",".join(card.get("tasks") or []) or None,
+                human_size(card.get("size_bytes")),
+                card["commit"][:10],
+                ",".join(aliases) or None,
+            ]
+        )
+    return rows
+
+
+CARD_HEADERS = ["ADAPTER", "METHOD", "RANK", "BASE", "TASKS", "SIZE", "COMMIT", "ALIASES"]
+
+
+def print_card(card: dict[str, Any]) -> None:
+    """``hub show``: the card as aligned ``key: value`` lines."""
+    overhead = card.get("inference_overhead") or {}
+    lines: list[tuple[str, Any]] = [
+        ("adapter", f"{card['repo']}@v{card['version']}"),
+        ("commit", card["commit"]),
+        ("aliases", ", ".join(card.get("aliases") or []) or None),
+        ("created", card.get("created_at")),
+        (
+            "base model",
+            card.get("base_model")
+            + (f"@{card['base_revision']}" if card.get("base_revision") else "")
+            if card.get("base_model")
+            else None,
+        ),
+        ("method", method_label(card)),
+        ("rank", card.get("rank")),
+        ("alpha", card.get("alpha")),
+        ("targets", ", ".join(card.get("target_modules") or []) or None),
+        ("task type", card.get("task_type")),
+        ("tasks", ", ".join(card.get("tasks") or []) or None),
+        ("tags", ", ".join(f"{k}={v}" for k, v in (card.get("tags") or {}).items()) or None),
+        (
+            "metrics",
+            ", ".join(
+                f"{m['name']}={m['value']:g}" + (f"@{m['dataset']}" if m.get("dataset") else "")
+                for m in card.get("metrics") or []
+            )
+            or None,
+        ),
+        (
+            "trainable params",
+            human_count(card.get("params_trainable"))
+            + (
+                f" ({card['params_fraction']:.4%} of {human_count(card['params_base'])})"
+                if card.get("params_fraction") is not None
+                else ""
+            ),
+        ),
+        ("size", human_size(card.get("size_bytes"))),
+        ("dtypes", ", ".join(card.get("dtypes") or []) or None),
+        (
+            "overhead",
+            "none when merged"
+            if overhead.get("none_when_merged")
+            else f"{overhead.get('extra_tokens', 0)} extra tokens per sequence",
+        ),
+        ("parent", card.get("parent")),
+        ("description", card.get("description")),
+    ]
+    lineage = card.get("lineage") or {}
+    if lineage.get("recipe"):
+        lines.append(("recipe", json.dumps(lineage["recipe"], sort_keys=True)))
+        lines.append(("inputs", ", ".join(lineage.get("inputs") or [])))
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        if value is not None:
+            click.echo(f"{key.ljust(width)}  {value}")
+    click.echo("files:")
+    for entry in card.get("files") or []:
+        click.echo(f"  {entry['path']}  {human_size(entry['size'])}  sha256:{entry['sha256'][:16]}")

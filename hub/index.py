@@ -1,0 +1,286 @@
+"""The SQLite index of every adapter version (sqlite-utils over one file, WAL mode).
+
+Tables: ``repos``, ``versions`` (one row per pushed version, the card as JSON plus the columns
+searches filter on), ``files``, ``tasks``, ``tags``, ``metrics``, ``aliases`` and the FTS5 table
+``versions_fts`` over repo name, description and tasks. Schema changes are numbered migrations
+recorded in ``schema_migrations``; opening an older file upgrades it in one transaction.
+
+Writers use ``BEGIN IMMEDIATE`` so concurrent pushes from several processes serialize on the
+database lock: version numbers come out dense and ordered and no push is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+BUSY_TIMEOUT_MS = 60_000
+
+
+def _migration_1(db: sqlite_utils.Database) -> None:
+    db["repos"].create(
+        # last_version: the newest existing version (what "latest" means);
+        # version_counter: the highest number ever given, so removed numbers are never reused.
+        {
+            "id": int,
+            "repo": str,
+            "namespace": str,
+            "name": str,
+            "created_at": str,
+            "last_version": int,
+            "version_counter": int,
+        },
+        pk="id",
+        not_null={"repo", "namespace", "name", "created_at", "last_version", "version_counter"},
+    )
+    db["repos"].create_index(["repo"], unique=True)
+    db["versions"].create(
+        {
+            "id": int,
+            "repo_id": int,
+            "version": int,
+            "commit_id": str,
+            "parent_commit": str,
+            "created_at": str,
+            "base_model": str,
+            "method": str,
+            "variant": str,
+            "rank": int,
+            "alpha": float,
+            "task_type": str,
+            "params_trainable": int,
+            "size_bytes": int,
+            "description": str,
+            "card": str,
+        },
+        pk="id",
+        foreign_keys=[("repo_id", "repos", "id")],
+        not_null={"repo_id", "version", "commit_id", "created_at", "method", "card"},
+    )
+    db["versions"].create_index(["repo_id", "version"], unique=True)
+    db["versions"].create_index(["repo_id", "commit_id"], unique=True)
+    db["versions"].create_index(["commit_id"])
+    db["versions"].create_index(["base_model"])
+    db["versions"].create_index(["method"])
+    db["versions"].create_index(["rank"])
+    db["files"].create(
+        {"version_id": int, "path": str, "sha256": str, "size": int},
+        pk=("version_id", "path"),
+        foreign_keys=[("version_id", "versions", "id")],
+    )
+    db["files"].create_index(["sha256"])
+    db["tasks"].create(
+        {"version_id": int, "task": str},
+        pk=("version_id", "task"),
+        foreign_keys=[("version_id", "versions", "id")],
+    )
+    db["tasks"].create_index(["task"])
+    db["tags"].create(
+        {"version_id": int, "key": str, "value": str},
+        pk=("version_id", "key"),
+        foreign_keys=[("version_id", "versions", "id")],
+    )
+    db["tags"].create_index(["key", "value"])
+    db["metrics"].create(
+        {"version_id": int, "name": str, "value": float, "dataset": str},
+        foreign_keys=[("version_id", "versions", "id")],
+    )
+    db["metrics"].create_index(["version_id", "name"])
+    db["aliases"].create(
+        {"repo_id": int, "alias": str, "version_id": int},
+        pk=("repo_id", "alias"),
+        foreign_keys=[("repo_id", "repos", "id"), ("version_id", "versions", "id")],
+    )
+    db.execute(
+        "CREATE VIRTUAL TABLE versions_fts USING fts5("
+        "repo, description, tasks, tokenize='unicode61 remove_diacritics 2')"
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+"""Numbered from 1; append only. Each runs once, in one transaction with its record."""
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+class Index:
+    """A connection to the index file. Not shared across threads; cheap to open."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self.db = sqlite_utils.Database(conn)
+        self.conn = conn
+        self._migrate()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- schema -------------------------------------------------------------------------
+    def schema_version(self) -> int:
+        if not self.db["schema_migrations"].exists():
+            return 0
+        row = self.conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    def _migrate(self) -> None:
+        if self.schema_version() == len(MIGRATIONS):
+            return
+        if self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            self.conn.execute("PRAGMA journal_mode = WAL")
+        with self.write():
+            if not self.db["schema_migrations"].exists():
+                self.db["schema_migrations"].create(
+                    {"version": int, "applied_at": str}, pk="version"
+                )
+            # Re-read inside the write lock: another process may have migrated meanwhile.
+            for number in range(self.schema_version() + 1, len(MIGRATIONS) + 1):
+                MIGRATIONS[number - 1](self.db)
+                self.db["schema_migrations"].insert({"version": number, "applied_at": utcnow()})
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, holding SQLite's write lock from the start."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    # -- reads --------------------------------------------------------------------------
+    def query(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        cursor = self.conn.execute(sql, params)
+        cursor.row_factory = sqlite3.Row  # type: ignore[assignment]
+        return cursor.fetchall()
+
+    def repo_row(self, repo: str) -> sqlite3.Row | None:
+        rows = self.query("SELECT * FROM repos WHERE repo = ?", (repo,))
+        return rows[0] if rows else None
+
+    def aliases_by_version(self, version_ids: list[int]) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        for chunk_start in range(0, len(version_ids), 900):
+            chunk = version_ids[chunk_start : chunk_start + 900]
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(
+                f"SELECT version_id, alias FROM aliases WHERE version_id IN ({marks})"
+                " ORDER BY alias",
+                chunk,
+            ):
+                out.setdefault(row[0], []).append(row[1])
+        return out
+
+    # -- writes (call inside ``write()``) ------------------------------------------------
+    def insert_version(
+        self, conn: sqlite3.Connection, repo_id: int, card: dict[str, Any], parent: str | None
+    ) -> int:
+        cursor = conn.execute(
+            "INSERT INTO versions (repo_id, version, commit_id, parent_commit, created_at,"
+            " base_model, method, variant, rank, alpha, task_type, params_trainable,"
+            " size_bytes, description, card) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                repo_id,
+                card["version"],
+                card["commit"],
+                parent,
+                card["created_at"],
+                card.get("base_model"),
+                card["method"],
+                card.get("variant"),
+                card.get("rank"),
+                card.get("alpha"),
+                card.get("task_type"),
+                card["params_trainable"],
+                card["size_bytes"],
+                card.get("description"),
+                json.dumps(card),
+            ),
+        )
+        version_id = int(cursor.lastrowid or 0)
+        conn.executemany(
+            "INSERT INTO files (version_id, path, sha256, size) VALUES (?,?,?,?)",
+            [(version_id, f["path"], f["sha256"], f["size"]) for f in card["files"]],
+        )
+        self.replace_annotations(conn, version_id, card)
+        return version_id
+
+    def replace_annotations(
+        self, conn: sqlite3.Connection, version_id: int, card: dict[str, Any]
+    ) -> None:
+        """(Re)write the searchable user annotations of a version: tasks, tags, metrics, FTS."""
+        for table in ("tasks", "tags", "metrics"):
+            conn.execute(f"DELETE FROM {table} WHERE version_id = ?", (version_id,))
+        conn.executemany(
+            "INSERT INTO tasks (version_id, task) VALUES (?, ?)",
+            [(version_id, t) for t in card["tasks"]],
+        )
+        conn.executemany(
+            "INSERT INTO tags (version_id, key, value) VALUES (?,?,?)",
+            [(version_id, k, v) for k, v in card["tags"].items()],
+        )
+        conn.executemany(
+            "INSERT INTO metrics (version_id, name, value, dataset) VALUES (?,?,?,?)",
+            [(version_id, m["name"], m["value"], m.get("dataset")) for m in card["metrics"]],
+        )
+        conn.execute("DELETE FROM versions_fts WHERE rowid = ?", (version_id,))
+        conn.execute(
+            "INSERT INTO versions_fts (rowid, repo, description, tasks) VALUES (?,?,?,?)",
+            (
+                version_id,
+                card["repo"].replace("/", " ").replace("-", " ").replace("_", " ")
+                + " "
+                + card["repo"],
+                card.get("description") or "",
+                " ".join(card["tasks"]),
+            ),
+        )
+        conn.execute(
+            "UPDATE versions SET card = ?, description = ? WHERE id = ?",
+            (json.dumps(card), card.get("description"), version_id),
+        )
+
+    def delete_versions(self, conn: sqlite3.Connection, version_ids: list[int]) -> None:
+        for version_id in version_ids:
+            for table in ("files", "tasks", "tags", "metrics"):
+                conn.execute(f"DELETE FROM {table} WHERE version_id = ?", (version_id,))
+            conn.execute("DELETE FROM aliases WHERE version_id = ?", (version_id,))
+            conn.execute("DELETE FROM versions_fts WHERE rowid = ?", (version_id,))
+            conn.execute("DELETE FROM versions WHERE id = ?", (version_id,))
+
+    def referenced_digests(self) -> set[str]:
+        return {row[0] for row in self.conn.execute("SELECT DISTINCT sha256 FROM files")}
+
+    def versions_using(self, digests: set[str]) -> dict[str, list[str]]:
+        """digest -> ['ns/name@v3', ...] for each given digest."""
+        out: dict[str, list[str]] = {}
+        for digest in digests:
+            rows = self.conn.execute(
+                "SELECT r.repo, v.version, f.path FROM files f"
+                " JOIN versions v ON v.id = f.version_id JOIN repos r ON r.id = v.repo_id"
+                " WHERE f.sha256 = ? ORDER BY r.repo, v.version",
+                (digest,),
+            )
+            out[digest] = [f"{repo}@v{version} ({path})" for repo, version, path in rows]
+        return out
+
+    def integrity_check(self) -> str:
+        return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])

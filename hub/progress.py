@@ -1,0 +1,43 @@
+"""One progress-bar type for long work (push/pull of large files, export).
+
+Bars go to stderr, appear only for work above ``min_bytes``, and are turned off by
+``HUB_DISABLE_PROGRESS=1`` (read when a bar is made, not at import).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from tqdm.auto import tqdm
+
+ProgressFactory = Callable[[str, int], Any]
+"""``factory(description, total_bytes)`` returns an object with ``update(n)`` and ``close()``."""
+
+LARGE_FILE_BYTES = 64 * 1024 * 1024
+
+
+def progress_disabled() -> bool:
+    return os.environ.get("HUB_DISABLE_PROGRESS", "").lower() in {"1", "true", "yes"}
+
+
+class _NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def byte_progress(description: str, total: int, *, min_bytes: int = LARGE_FILE_BYTES) -> Any:
+    """A tqdm byte counter for ``total`` bytes, or a silent stand-in for small or quiet work."""
+    if total < min_bytes or progress_disabled():
+        return _NoProgress()
+    return tqdm(
+        total=total, desc=description, unit="B", unit_scale=True, unit_divisor=1024, leave=False
+    )
+
+
+def no_progress(description: str, total: int) -> Any:
+    return _NoProgress()

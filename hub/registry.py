@@ -1,0 +1,561 @@
+"""The Registry: the Python API over the blob store and the index.
+
+Example:
+    >>> from hub import Registry
+    >>> reg = Registry("/tmp/hub-home")                                     # doctest: +SKIP
+    >>> card = reg.push("out/sql-lora", name="team/sql-lora", tasks=["sql"]).card  # doctest: +SKIP
+    >>> reg.search(method="lora", rank="<=16", tasks=["sql"])               # doctest: +SKIP
+    >>> reg.pull("team/sql-lora@v1", "adapters/sql")                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hub.index import Index, utcnow
+from hub.locks import file_lock
+from hub.search import SearchQuery, run_search
+from hub.store import BlobStore, fsync_dir
+from schemas.card import AdapterCard, FileEntry, Lineage, Metric, parse_tags
+from schemas.errors import (
+    AdapterNotFound,
+    InvalidAdapter,
+    OutputExists,
+    RevisionNotFound,
+)
+from schemas.refs import AdapterRef, validate_alias, validate_repo_id
+
+
+def default_home() -> Path:
+    """``$HUB_HOME`` if set, else the per-user data directory (read at call time)."""
+    if env := os.environ.get("HUB_HOME"):
+        return Path(env).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("hub", appauthor=False))
+
+
+def commit_id(parent: str | None, files: Sequence[FileEntry]) -> str:
+    """The deterministic 40-hex id of a version: a hash of its manifest and its parent."""
+    manifest = {
+        "parent": parent,
+        "files": sorted([f.path, f.sha256, f.size] for f in files),
+    }
+    canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:40]
+
+
+def adapter_files(folder: Path) -> list[tuple[str, Path]]:
+    """(relative posix path, absolute path) of every file to store, sorted.
+
+    Hidden files and folders (``.git``, ``.ipynb_checkpoints``) and ``__pycache__`` are left out.
+    """
+    out = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
+            continue
+        if path.is_file():
+            out.append((rel.as_posix(), path))
+    return out
+
+
+def _default_namespace() -> str:
+    with contextlib.suppress(Exception):
+        user = re.sub(r"[^A-Za-z0-9._-]", "-", getpass.getuser()).strip(".-")
+        if user:
+            return user[:96]
+    return "local"
+
+
+@dataclass
+class PushResult:
+    card: AdapterCard
+    created: bool
+    """False when the content equals the latest version's (nothing new stored)."""
+
+
+@dataclass
+class BlobProblem:
+    digest: str
+    status: str  # "missing" | "corrupted"
+    versions: list[str]
+
+
+@dataclass
+class VerifyReport:
+    blobs_checked: int = 0
+    bytes_checked: int = 0
+    problems: list[BlobProblem] = field(default_factory=list)
+    orphan_blobs: int = 0
+    database: str = "ok"
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems and self.database == "ok"
+
+
+@dataclass
+class GcReport:
+    blobs_removed: int = 0
+    bytes_freed: int = 0
+
+
+class Registry:
+    """Adapters stored in ``home``: ``index.db`` plus a content-addressed ``store/``."""
+
+    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+        self.home = Path(home) if home is not None else default_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.store = BlobStore(self.home / "store")
+        self._lock_path = self.home / "locks" / "store.lock"
+        self._index: Index | None = None
+
+    @property
+    def index(self) -> Index:
+        if self._index is None:
+            self._index = Index(self.home / "index.db")
+        return self._index
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- push ---------------------------------------------------------------------------
+    def push(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        tasks: Iterable[str] = (),
+        tags: dict[str, str] | Sequence[str] | None = None,
+        metrics: Iterable[Metric | str] = (),
+        parent: str | None = None,
+        description: str | None = None,
+        lineage: Lineage | None = None,
+        allow_nonfinite: bool = False,
+    ) -> PushResult:
+        """Register the adapter folder ``path`` as the next version of ``name``.
+
+        The folder is inspected (config, tensor headers, shapes, NaN/Inf) before anything is
+        written; blobs are stored durably before the version is committed to the index in one
+        transaction, so a crash at any point leaves no half version.
+
+        Args:
+            path: a folder saved by PEFT's ``save_pretrained``.
+            name: ``namespace/name``; defaults to ``<user>/<folder name>``.
+            tasks: task labels such as ``sql``.
+            tags: ``{"key": "value"}`` or ``["key=value", ...]``.
+            metrics: ``Metric`` objects or ``"name=value[@dataset]"`` strings.
+            parent: reference of the adapter this one was trained on top of (stacking).
+            description: overrides the README's description.
+            lineage: for composites: recipe and exact inputs.
+            allow_nonfinite: accept NaN/Inf tensors.
+
+        Returns:
+            ``PushResult(card, created)``; ``created`` is False when the files equal the latest
+            version's (the given tasks/tags/metrics are then added to that version).
+
+        Raises:
+            InvalidName, InvalidAdapter, UnsafeFormat, AdapterNotFound (parent).
+        """
+        from hub.inspect import inspect_adapter
+
+        folder = Path(path)
+        repo = validate_repo_id(name) if name else self._default_name(folder)
+        tag_map = dict(tags) if isinstance(tags, dict) else parse_tags(list(tags or []))
+        metric_list = [m if isinstance(m, Metric) else Metric.parse(m) for m in metrics]
+        task_list = sorted({t.strip() for t in tasks if t.strip()})
+        if not folder.is_dir():
+            raise InvalidAdapter(f"{folder}: not a folder (give the folder save_pretrained wrote)")
+        inspected = inspect_adapter(folder, allow_nonfinite=allow_nonfinite)
+        if parent is not None:
+            parent_card = self.show(parent)
+            lineage = (lineage or Lineage()).model_copy(update={"parent": parent_card.ref})
+            inspected.parent = parent_card.ref
+        files_on_disk = adapter_files(folder)
+
+        with file_lock(self._lock_path, shared=True):
+            entries = []
+            for rel, abs_path in files_on_disk:
+                digest, size = self.store.put_file(abs_path, description=f"push {rel}")
+                entries.append(FileEntry(path=rel, sha256=digest, size=size))
+            return self._commit(
+                repo,
+                inspected.model_dump(),
+                entries,
+                task_list,
+                tag_map,
+                metric_list,
+                description,
+                lineage,
+            )
+
+    def _default_name(self, folder: Path) -> str:
+        name = re.sub(r"[^A-Za-z0-9._-]", "-", folder.resolve().name).strip(".-") or "adapter"
+        return validate_repo_id(f"{_default_namespace()}/{name[:96]}")
+
+    def _commit(
+        self,
+        repo: str,
+        inspected: dict[str, Any],
+        entries: list[FileEntry],
+        tasks: list[str],
+        tags: dict[str, str],
+        metrics: list[Metric],
+        description: str | None,
+        lineage: Lineage | None,
+    ) -> PushResult:
+        index = self.index
+        namespace, short = repo.split("/")
+        with index.write() as conn:
+            row = conn.execute(
+                "SELECT id, last_version, version_counter FROM repos WHERE repo = ?", (repo,)
+            ).fetchone()
+            if row is None:
+                cursor = conn.execute(
+                    "INSERT INTO repos (repo, namespace, name, created_at, last_version,"
+                    " version_counter) VALUES (?,?,?,?,0,0)",
+                    (repo, namespace, short, utcnow()),
+                )
+                repo_id, last_version, counter = int(cursor.lastrowid or 0), 0, 0
+            else:
+                repo_id, last_version, counter = row
+            latest = conn.execute(
+                "SELECT id, commit_id, card FROM versions WHERE repo_id = ? AND version = ?",
+                (repo_id, last_version),
+            ).fetchone()
+            parent_commit = latest[1] if latest else None
+            if latest is not None:
+                latest_card = json.loads(latest[2])
+                same_files = sorted((f.path, f.sha256) for f in entries) == sorted(
+                    (f["path"], f["sha256"]) for f in latest_card["files"]
+                )
+                if same_files:
+                    # Nothing new to store: fold the new annotations into the latest version.
+                    latest_card["tasks"] = sorted(set(latest_card["tasks"]) | set(tasks))
+                    latest_card["tags"] = {**latest_card["tags"], **tags}
+                    latest_card["metrics"] = latest_card["metrics"] + [
+                        m.model_dump() for m in metrics
+                    ]
+                    if description:
+                        latest_card["description"] = description
+                    index.replace_annotations(conn, latest[0], latest_card)
+                    return PushResult(self._card(latest_card, latest[0], conn), created=False)
+            version = counter + 1
+            card = AdapterCard(
+                **{**inspected, "description": description or inspected.get("description")},
+                repo=repo,
+                version=version,
+                commit=commit_id(parent_commit, entries),
+                tasks=tasks,
+                tags=tags,
+                metrics=metrics,
+                files=entries,
+                lineage=lineage,
+                created_at=utcnow(),  # type: ignore[arg-type]
+            )
+            card_dict = card.model_dump(mode="json", exclude={"aliases"})
+            index.insert_version(conn, repo_id, card_dict, parent_commit)
+            conn.execute(
+                "UPDATE repos SET last_version = ?, version_counter = ? WHERE id = ?",
+                (version, version, repo_id),
+            )
+        return PushResult(card, created=True)
+
+    def _card(self, card: dict[str, Any], version_id: int, conn: Any = None) -> AdapterCard:
+        aliases = (conn or self.index.conn).execute(
+            "SELECT alias FROM aliases WHERE version_id = ? ORDER BY alias", (version_id,)
+        )
+        return AdapterCard.model_validate({**card, "aliases": [a[0] for a in aliases]})
+
+    # -- lookups ------------------------------------------------------------------------
+    def _resolve(self, ref: str | AdapterRef) -> tuple[int, dict[str, Any]]:
+        """(version row id, card dict) for ``ref``; raises AdapterNotFound/RevisionNotFound."""
+        parsed = ref if isinstance(ref, AdapterRef) else AdapterRef.parse(ref)
+        index = self.index
+        repo_row = index.repo_row(parsed.repo)
+        if repo_row is None:
+            raise AdapterNotFound(
+                f"no adapter named {parsed.repo!r} in the registry at {self.home}",
+                repo=parsed.repo,
+            )
+        repo_id, last_version = repo_row["id"], repo_row["last_version"]
+        kind = parsed.revision_kind
+        rows: list[Any]
+        if kind == "latest":
+            rows = index.query(
+                "SELECT id, card FROM versions WHERE repo_id = ? AND version = ?",
+                (repo_id, last_version),
+            )
+        elif kind == "version":
+            rows = index.query(
+                "SELECT id, card FROM versions WHERE repo_id = ? AND version = ?",
+                (repo_id, parsed.version),
+            )
+        elif kind == "alias":
+            rows = index.query(
+                "SELECT v.id, v.card FROM aliases a JOIN versions v ON v.id = a.version_id"
+                " WHERE a.repo_id = ? AND a.alias = ?",
+                (repo_id, parsed.revision),
+            )
+        else:
+            rows = index.query(
+                "SELECT id, card FROM versions WHERE repo_id = ? AND commit_id LIKE ?",
+                (repo_id, f"{parsed.revision}%"),
+            )
+            if len(rows) > 1:
+                raise RevisionNotFound(
+                    f"commit prefix {parsed.revision!r} is ambiguous in {parsed.repo}:"
+                    " give more characters",
+                    repo=parsed.repo,
+                    revision=parsed.revision,
+                )
+        if not rows:
+            raise RevisionNotFound(
+                f"{parsed.repo} has no revision {parsed.revision!r} (latest is v{last_version};"
+                f" list versions with `hub show {parsed.repo} --versions`)",
+                repo=parsed.repo,
+                revision=parsed.revision,
+            )
+        return int(rows[0]["id"]), json.loads(rows[0]["card"])
+
+    def show(self, ref: str | AdapterRef) -> AdapterCard:
+        """The card of ``ref`` (``ns/name``, ``ns/name@v3``, ``@prod``, ``@<commit>``)."""
+        version_id, card = self._resolve(ref)
+        return self._card(card, version_id)
+
+    def versions(self, repo: str) -> list[AdapterCard]:
+        """Every version of ``repo``, oldest first."""
+        validate_repo_id(repo)
+        rows = self.index.query(
+            "SELECT v.id, v.card FROM versions v JOIN repos r ON r.id = v.repo_id"
+            " WHERE r.repo = ? ORDER BY v.version",
+            (repo,),
+        )
+        if not rows:
+            raise AdapterNotFound(
+                f"no adapter named {repo!r} in the registry at {self.home}",
+                repo=repo,
+            )
+        return [self._card(json.loads(row["card"]), row["id"]) for row in rows]
+
+    def search(
+        self,
+        query: str | None = None,
+        *,
+        base: str | None = None,
+        method: str | None = None,
+        rank: str | int | None = None,
+        tasks: Iterable[str] = (),
+        tags: Iterable[str] = (),
+        sort: str | None = None,
+        limit: int | None = None,
+        all_versions: bool = False,
+    ) -> list[AdapterCard]:
+        """Cards matching every filter (latest version of each repo unless ``all_versions``).
+
+        Example:
+            >>> reg.search("sql", base="meta-llama/Llama-3-8B", rank="<=16",
+            ...            sort="metric:exact_match", limit=5)      # doctest: +SKIP
+        """
+        return [
+            AdapterCard.model_validate(c)
+            for c in self.search_raw(
+                query,
+                base=base,
+                method=method,
+                rank=rank,
+                tasks=tasks,
+                tags=tags,
+                sort=sort,
+                limit=limit,
+                all_versions=all_versions,
+            )
+        ]
+
+    def search_raw(
+        self,
+        query: str | None = None,
+        *,
+        base: str | None = None,
+        method: str | None = None,
+        rank: str | int | None = None,
+        tasks: Iterable[str] = (),
+        tags: Iterable[str] = (),
+        sort: str | None = None,
+        limit: int | None = None,
+        all_versions: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Like ``search`` but JSON-ready dicts, skipping model validation (for fast listing)."""
+        return run_search(
+            self.index,
+            SearchQuery(
+                text=query,
+                base=base,
+                method=method,
+                rank=str(rank) if rank is not None else None,
+                tasks=list(tasks),
+                tags=list(tags),
+                sort=sort,
+                limit=limit,
+                all_versions=all_versions,
+            ),
+        )
+
+    def blob_path(self, card: AdapterCard, path: str) -> Path:
+        """Where the bytes of file ``path`` of ``card`` are stored (read-only use)."""
+        for entry in card.files:
+            if entry.path == path:
+                return self.store.path(entry.sha256)
+        raise InvalidAdapter(f"{card.repo}@v{card.version} has no file {path!r}", repo=card.repo)
+
+    # -- pull ---------------------------------------------------------------------------
+    def pull(
+        self,
+        ref: str | AdapterRef,
+        dest: str | os.PathLike[str] | None = None,
+        *,
+        force: bool = False,
+    ) -> Path:
+        """Write the files of ``ref`` into ``dest`` (default ``./<name>``), byte for byte.
+
+        The folder is assembled next to ``dest`` and renamed into place at the end, so a failure
+        leaves nothing behind. Every byte is checked against its sha256 on the way out.
+
+        Raises:
+            AdapterNotFound, RevisionNotFound, OutputExists (``dest`` is a non-empty folder and
+            ``force`` is False), StoreCorrupted.
+        """
+        card = self.show(ref)
+        target = Path(dest) if dest is not None else Path.cwd() / card.repo.split("/")[1]
+        if target.exists() and not force and (not target.is_dir() or any(target.iterdir())):
+            raise OutputExists(
+                f"{target} already exists and is not empty (choose another -o or pass --force)",
+                path=str(target),
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f".{target.name}.hub-{uuid.uuid4().hex[:8]}.incomplete"
+        staging.mkdir()
+        try:
+            with file_lock(self._lock_path, shared=True):
+                for entry in card.files:
+                    out = (staging / entry.path).resolve()
+                    if not out.is_relative_to(staging.resolve()):
+                        raise InvalidAdapter(f"file path {entry.path!r} escapes the folder")
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    self.store.copy_out(entry.sha256, out, description=f"pull {entry.path}")
+            if target.exists():
+                trash = target.parent / f".{target.name}.hub-{uuid.uuid4().hex[:8]}.old"
+                os.replace(target, trash)
+                os.replace(staging, target)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(staging, target)
+            fsync_dir(target.parent)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
+
+    # -- edits --------------------------------------------------------------------------
+    def remove(self, ref: str | AdapterRef) -> list[AdapterCard]:
+        """Remove a whole repository (``ns/name``) or one version (``ns/name@v2``).
+
+        Blobs are left for ``gc`` (another version may share them). Returns what was removed.
+        """
+        parsed = ref if isinstance(ref, AdapterRef) else AdapterRef.parse(ref)
+        if parsed.revision is None:
+            removed = self.versions(parsed.repo)
+        else:
+            removed = [self.show(parsed)]
+        index = self.index
+        with index.write() as conn:
+            repo_id = conn.execute(
+                "SELECT id FROM repos WHERE repo = ?", (parsed.repo,)
+            ).fetchone()[0]
+            ids = [
+                conn.execute(
+                    "SELECT id FROM versions WHERE repo_id = ? AND commit_id = ?",
+                    (repo_id, card.commit),
+                ).fetchone()[0]
+                for card in removed
+            ]
+            index.delete_versions(conn, ids)
+            newest = conn.execute(
+                "SELECT max(version) FROM versions WHERE repo_id = ?", (repo_id,)
+            ).fetchone()[0]
+            if newest is None:
+                conn.execute("DELETE FROM aliases WHERE repo_id = ?", (repo_id,))
+                conn.execute("DELETE FROM repos WHERE id = ?", (repo_id,))
+            else:
+                conn.execute("UPDATE repos SET last_version = ? WHERE id = ?", (newest, repo_id))
+        return removed
+
+    def tag(self, ref: str | AdapterRef, alias: str) -> AdapterCard:
+        """Point ``alias`` (e.g. ``prod``) at the version ``ref`` names; moves it if it exists."""
+        validate_alias(alias)
+        parsed = ref if isinstance(ref, AdapterRef) else AdapterRef.parse(ref)
+        version_id, _ = self._resolve(parsed)
+        with self.index.write() as conn:
+            repo_id = conn.execute(
+                "SELECT repo_id FROM versions WHERE id = ?", (version_id,)
+            ).fetchone()[0]
+            conn.execute(
+                "INSERT INTO aliases (repo_id, alias, version_id) VALUES (?,?,?)"
+                " ON CONFLICT (repo_id, alias) DO UPDATE SET version_id = excluded.version_id",
+                (repo_id, alias, version_id),
+            )
+        return self.show(f"{parsed.repo}@{alias}")
+
+    # -- maintenance --------------------------------------------------------------------
+    def verify(self) -> VerifyReport:
+        """Re-hash every stored blob the index references; name the versions of bad ones."""
+        report = VerifyReport(database=self.index.integrity_check())
+        referenced = self.index.referenced_digests()
+        bad: dict[str, str] = {}
+        with file_lock(self._lock_path, shared=True):
+            for digest in sorted(referenced):
+                report.blobs_checked += 1
+                status = self.store.check(digest)
+                if status is None:
+                    report.bytes_checked += self.store.path(digest).stat().st_size
+                else:
+                    bad[digest] = status
+            report.orphan_blobs = sum(1 for d in self.store.iter_digests() if d not in referenced)
+        users = self.index.versions_using(set(bad))
+        report.problems = [BlobProblem(d, s, users[d]) for d, s in sorted(bad.items())]
+        return report
+
+    def gc(self) -> GcReport:
+        """Delete blobs no version references and leftovers of interrupted writes.
+
+        Holds the store lock exclusively, so it waits for in-flight pushes and pulls.
+        """
+        report = GcReport()
+        with file_lock(self._lock_path, shared=False):
+            referenced = self.index.referenced_digests()
+            for digest in list(self.store.iter_digests()):
+                if digest not in referenced:
+                    report.bytes_freed += self.store.delete(digest)
+                    report.blobs_removed += 1
+            report.bytes_freed += self.store.clear_tmp()
+        return report

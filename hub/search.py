@@ -1,0 +1,195 @@
+"""Turn ``hub ls`` filters into one SQL query over the index.
+
+Filters apply to the latest version of each repository unless ``all_versions`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from hub.index import Index
+from schemas.errors import InvalidArgument
+
+_RANK_RANGE = re.compile(r"(\d*)\.\.(\d*)")
+_RANK_CMP = re.compile(r"(<=|>=|<|>|==|=)?(\d+)")
+
+SORT_COLUMNS: dict[str, str] = {
+    "name": "r.repo",
+    "repo": "r.repo",
+    "version": "v.version",
+    "created": "v.created_at",
+    "created_at": "v.created_at",
+    "rank": "v.rank",
+    "size": "v.size_bytes",
+    "size_bytes": "v.size_bytes",
+    "params": "v.params_trainable",
+    "params_trainable": "v.params_trainable",
+    "method": "v.method",
+    "base": "v.base_model",
+    "base_model": "v.base_model",
+}
+# Newest and best first unless the user says otherwise with a leading '+'.
+_DESCENDING_BY_DEFAULT = {"created", "created_at", "version"}
+
+
+def parse_rank(spec: str) -> tuple[int | None, int | None]:
+    """``"8"``, ``"8..16"``, ``"..16"``, ``"<=16"``, ``">8"`` -> inclusive (low, high) bounds.
+
+    Example:
+        >>> parse_rank("8..16"), parse_rank("<16")
+        ((8, 16), (None, 15))
+    """
+    text = spec.replace(" ", "")
+    if match := _RANK_RANGE.fullmatch(text):
+        low, high = (int(g) if g else None for g in match.groups())
+        if low is None and high is None:
+            raise InvalidArgument(f"invalid --rank {spec!r}: give at least one bound, e.g. 8..16")
+        if low is not None and high is not None and low > high:
+            raise InvalidArgument(f"invalid --rank {spec!r}: the lower bound exceeds the upper")
+        return low, high
+    if match := _RANK_CMP.fullmatch(text):
+        op, number = match.group(1) or "=", int(match.group(2))
+        return {
+            "=": (number, number),
+            "==": (number, number),
+            "<=": (None, number),
+            "<": (None, number - 1),
+            ">=": (number, None),
+            ">": (number + 1, None),
+        }[op]
+    raise InvalidArgument(
+        f"invalid --rank {spec!r}: use N, LOW..HIGH, <=N, <N, >=N or >N (e.g. 8..16)"
+    )
+
+
+def parse_tag(spec: str) -> tuple[str, str | None]:
+    """``"K=V"`` -> (K, V); ``"K"`` -> (K, None) meaning "has the key"."""
+    key, sep, value = spec.partition("=")
+    if not key:
+        raise InvalidArgument(f"invalid --tag {spec!r}: expected KEY=VALUE")
+    return key, (value if sep else None)
+
+
+def _fts_query(text: str) -> str:
+    # Quote every word so user input can never be read as FTS syntax; prefix-match the words.
+    words = re.findall(r"\w+", text)
+    if not words:
+        raise InvalidArgument(f"invalid query {text!r}: no words to search for")
+    return " ".join(f'"{w}"*' for w in words)
+
+
+@dataclass
+class SearchQuery:
+    """Every ``hub ls`` filter. Empty means "everything"."""
+
+    text: str | None = None
+    base: str | None = None
+    method: str | None = None
+    rank: str | None = None
+    tasks: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    sort: str | None = None
+    limit: int | None = None
+    all_versions: bool = False
+
+    def to_sql(self) -> tuple[str, list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if not self.all_versions:
+            where.append("v.version = r.last_version")
+        if self.text:
+            where.append("v.id IN (SELECT rowid FROM versions_fts WHERE versions_fts MATCH ?)")
+            params.append(_fts_query(self.text))
+        if self.base:
+            if any(c in self.base for c in "*?["):
+                where.append("v.base_model GLOB ?")
+            else:
+                where.append("v.base_model = ?")
+            params.append(self.base)
+        if self.method:
+            method = self.method.lower().replace("-", "_")
+            if method == "dora":
+                where.append("v.method = 'lora' AND v.variant = 'dora'")
+            else:
+                where.append("v.method = ?")
+                params.append(method)
+        if self.rank:
+            low, high = parse_rank(self.rank)
+            if low is not None:
+                where.append("v.rank >= ?")
+                params.append(low)
+            if high is not None:
+                where.append("v.rank <= ?")
+                params.append(high)
+        for task in self.tasks:
+            where.append("EXISTS (SELECT 1 FROM tasks t WHERE t.version_id = v.id AND t.task = ?)")
+            params.append(task)
+        for spec in self.tags:
+            key, value = parse_tag(spec)
+            if value is None:
+                where.append(
+                    "EXISTS (SELECT 1 FROM tags g WHERE g.version_id = v.id AND g.key = ?)"
+                )
+                params.append(key)
+            else:
+                where.append(
+                    "EXISTS (SELECT 1 FROM tags g WHERE g.version_id = v.id"
+                    " AND g.key = ? AND g.value = ?)"
+                )
+                params.extend([key, value])
+        order, order_params = self._order_by()
+        sql = "SELECT v.id, v.card FROM versions v JOIN repos r ON r.id = v.repo_id"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY {order}"
+        params.extend(order_params)
+        if self.limit is not None:
+            if self.limit < 0:
+                raise InvalidArgument(f"invalid --limit {self.limit}: must be >= 0")
+            sql += " LIMIT ?"
+            params.append(self.limit)
+        return sql, params
+
+    def _order_by(self) -> tuple[str, list[Any]]:
+        if not self.sort:
+            return "r.repo, v.version", []
+        spec = self.sort
+        direction: str | None = None
+        if spec[0] in "+-":
+            direction, spec = ("ASC" if spec[0] == "+" else "DESC"), spec[1:]
+        if spec.startswith("metric:"):
+            name = spec.removeprefix("metric:")
+            if not name:
+                raise InvalidArgument(
+                    "invalid --sort 'metric:': name the metric, e.g. metric:accuracy"
+                )
+            # Best first (highest) by default; adapters without the metric go last either way.
+            subquery = (
+                "(SELECT max(m.value) FROM metrics m WHERE m.version_id = v.id AND m.name = ?)"
+            )
+            return (
+                f"{subquery} IS NULL, {subquery} {direction or 'DESC'}, r.repo, v.version",
+                [name, name],
+            )
+        column = SORT_COLUMNS.get(spec)
+        if column is None:
+            choices = ", ".join(sorted(SORT_COLUMNS)) + ", metric:NAME"
+            raise InvalidArgument(f"invalid --sort {self.sort!r}: choose one of {choices}")
+        default = "DESC" if spec in _DESCENDING_BY_DEFAULT else "ASC"
+        return f"{column} IS NULL, {column} {direction or default}, r.repo, v.version", []
+
+
+def run_search(index: Index, query: SearchQuery) -> list[dict[str, Any]]:
+    """Cards (as JSON-ready dicts, aliases filled in) matching ``query``, in order."""
+    sql, params = query.to_sql()
+    rows = index.conn.execute(sql, params).fetchall()
+    aliases = index.aliases_by_version([row[0] for row in rows])
+    cards = []
+    for version_id, card_json in rows:
+        card = json.loads(card_json)
+        card["aliases"] = aliases.get(version_id, [])
+        cards.append(card)
+    return cards

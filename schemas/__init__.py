@@ -1,0 +1,55 @@
+"""Pydantic models and errors shared by every layer. No torch, no I/O."""
+
+from schemas.card import (
+    PROMPT_METHODS,
+    AdapterCard,
+    FileEntry,
+    InferenceOverhead,
+    InspectedAdapter,
+    Lineage,
+    Method,
+    Metric,
+    parse_tags,
+)
+from schemas.errors import (
+    AdapterNotFound,
+    AliasConflict,
+    HubError,
+    IncompatibleAdapters,
+    InvalidAdapter,
+    InvalidArgument,
+    InvalidName,
+    InvalidRecipe,
+    OutputExists,
+    RevisionNotFound,
+    StoreCorrupted,
+    UnsafeFormat,
+)
+from schemas.refs import AdapterRef, validate_alias, validate_repo_id
+
+__all__ = [
+    "PROMPT_METHODS",
+    "AdapterCard",
+    "AdapterNotFound",
+    "AdapterRef",
+    "AliasConflict",
+    "FileEntry",
+    "HubError",
+    "IncompatibleAdapters",
+    "InferenceOverhead",
+    "InspectedAdapter",
+    "InvalidAdapter",
+    "InvalidArgument",
+    "InvalidName",
+    "InvalidRecipe",
+    "Lineage",
+    "Method",
+    "Metric",
+    "OutputExists",
+    "RevisionNotFound",
+    "StoreCorrupted",
+    "UnsafeFormat",
+    "parse_tags",
+    "validate_alias",
+    "validate_repo_id",
+]

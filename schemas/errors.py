@@ -1,0 +1,119 @@
+"""Every error the hub raises, in one hierarchy.
+
+Each subclass also derives from the matching builtin so callers can catch either
+(``except KeyError`` works for a missing adapter). Errors carry the fields a user
+needs to act (``repo``, ``revision``, ``path``, ``module``, ``field``); ``str(err)``
+is the one-line message the CLI prints after ``Error: ``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class HubError(Exception):
+    """Base of every error raised by the hub. ``code`` is stable and used over HTTP."""
+
+    code = "hub_error"
+
+    def __init__(self, message: str, **context: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context = context
+        for key, value in context.items():
+            setattr(self, key, value)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidName(HubError, ValueError):
+    """A repository id or reference that does not follow ``namespace/name[@rev]``."""
+
+    code = "invalid_name"
+
+
+class AdapterNotFound(HubError, KeyError):
+    """No repository with that id."""
+
+    code = "adapter_not_found"
+
+    def __str__(self) -> str:  # KeyError would repr() the message otherwise
+        return self.message
+
+
+class RevisionNotFound(HubError, KeyError):
+    """The repository exists but the revision (version, alias, commit) does not."""
+
+    code = "revision_not_found"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidAdapter(HubError, ValueError):
+    """An adapter folder that cannot be registered: bad config, corrupt tensors, bad shapes."""
+
+    code = "invalid_adapter"
+
+
+class UnsafeFormat(InvalidAdapter):
+    """A pickle-based checkpoint (``adapter_model.bin``) that is never unpickled implicitly."""
+
+    code = "unsafe_format"
+
+
+class IncompatibleAdapters(HubError, ValueError):
+    """Adapters that cannot be combined or applied together (base, shapes, methods)."""
+
+    code = "incompatible_adapters"
+
+
+class InvalidRecipe(HubError, ValueError):
+    """A compose recipe or operator parameters that fail validation."""
+
+    code = "invalid_recipe"
+
+
+class InvalidArgument(HubError, ValueError):
+    """An option or argument that cannot be understood (``--rank 8..x``, ``--metric acc``)."""
+
+    code = "invalid_argument"
+
+
+class OutputExists(HubError, FileExistsError):
+    """An output folder that already exists (refused unless forced)."""
+
+    code = "output_exists"
+
+
+class StoreCorrupted(HubError, RuntimeError):
+    """A stored blob whose bytes no longer match its digest, or that is missing."""
+
+    code = "store_corrupted"
+
+
+class AliasConflict(HubError, ValueError):
+    """An alias that would shadow a version or commit, or is already taken."""
+
+    code = "alias_conflict"
+
+
+ALL_ERRORS: dict[str, type[HubError]] = {
+    cls.code: cls
+    for cls in (
+        HubError,
+        InvalidName,
+        AdapterNotFound,
+        RevisionNotFound,
+        InvalidAdapter,
+        UnsafeFormat,
+        IncompatibleAdapters,
+        InvalidRecipe,
+        InvalidArgument,
+        OutputExists,
+        StoreCorrupted,
+        AliasConflict,
+    )
+}
+"""Error code -> class, so a client can rebuild the same error a server raised."""
