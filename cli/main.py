@@ -6,7 +6,6 @@ torch, transformers and peft are never imported at start-up: read commands answe
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -355,4 +354,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -80,6 +80,10 @@ def card_rows(cards: Sequence[dict[str, Any]]) -> list[list[Any]]:
 CARD_HEADERS = ["ADAPTER", "METHOD", "RANK", "BASE", "TASKS", "SIZE", "COMMIT", "ALIASES"]
 
 
+def _with_revision(name: str | None, revision: str | None) -> str | None:
+    return f"{name}@{revision}" if name and revision else name
+
+
 def print_card(card: dict[str, Any]) -> None:
     """``hub show``: the card as aligned ``key: value`` lines."""
     overhead = card.get("inference_overhead") or {}
@@ -88,13 +92,7 @@ def print_card(card: dict[str, Any]) -> None:
         ("commit", card["commit"]),
         ("aliases", ", ".join(card.get("aliases") or []) or None),
         ("created", card.get("created_at")),
-        (
-            "base model",
-            card.get("base_model")
-            + (f"@{card['base_revision']}" if card.get("base_revision") else "")
-            if card.get("base_model")
-            else None,
-        ),
+        ("base model", _with_revision(card.get("base_model"), card.get("base_revision"))),
         ("method", method_label(card)),
         ("rank", card.get("rank")),
         ("alpha", card.get("alpha")),

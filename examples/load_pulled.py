@@ -27,8 +27,10 @@ def main(base_dir: str, original: str, pulled: str) -> None:
     if not torch.equal(expected, got):
         sys.exit("pulled adapter behaves differently from the original")
     shift = (got - base_logits).abs().max().item()
-    print(f"PeftModel.from_pretrained({pulled!r}): logits identical to the original adapter "
-          f"(max change vs. base model: {shift:.4f})")
+    print(
+        f"PeftModel.from_pretrained({pulled!r}): logits identical to the original adapter "
+        f"(max change vs. base model: {shift:.4f})"
+    )
 
 
 if __name__ == "__main__":

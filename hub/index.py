@@ -25,7 +25,7 @@ BUSY_TIMEOUT_MS = 60_000
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
-    db["repos"].create(
+    db.table("repos").create(
         # last_version: the newest existing version (what "latest" means);
         # version_counter: the highest number ever given, so removed numbers are never reused.
         {
@@ -40,8 +40,8 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"repo", "namespace", "name", "created_at", "last_version", "version_counter"},
     )
-    db["repos"].create_index(["repo"], unique=True)
-    db["versions"].create(
+    db.table("repos").create_index(["repo"], unique=True)
+    db.table("versions").create(
         {
             "id": int,
             "repo_id": int,
@@ -64,36 +64,36 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         foreign_keys=[("repo_id", "repos", "id")],
         not_null={"repo_id", "version", "commit_id", "created_at", "method", "card"},
     )
-    db["versions"].create_index(["repo_id", "version"], unique=True)
-    db["versions"].create_index(["repo_id", "commit_id"], unique=True)
-    db["versions"].create_index(["commit_id"])
-    db["versions"].create_index(["base_model"])
-    db["versions"].create_index(["method"])
-    db["versions"].create_index(["rank"])
-    db["files"].create(
+    db.table("versions").create_index(["repo_id", "version"], unique=True)
+    db.table("versions").create_index(["repo_id", "commit_id"], unique=True)
+    db.table("versions").create_index(["commit_id"])
+    db.table("versions").create_index(["base_model"])
+    db.table("versions").create_index(["method"])
+    db.table("versions").create_index(["rank"])
+    db.table("files").create(
         {"version_id": int, "path": str, "sha256": str, "size": int},
         pk=("version_id", "path"),
         foreign_keys=[("version_id", "versions", "id")],
     )
-    db["files"].create_index(["sha256"])
-    db["tasks"].create(
+    db.table("files").create_index(["sha256"])
+    db.table("tasks").create(
         {"version_id": int, "task": str},
         pk=("version_id", "task"),
         foreign_keys=[("version_id", "versions", "id")],
     )
-    db["tasks"].create_index(["task"])
-    db["tags"].create(
+    db.table("tasks").create_index(["task"])
+    db.table("tags").create(
         {"version_id": int, "key": str, "value": str},
         pk=("version_id", "key"),
         foreign_keys=[("version_id", "versions", "id")],
     )
-    db["tags"].create_index(["key", "value"])
-    db["metrics"].create(
+    db.table("tags").create_index(["key", "value"])
+    db.table("metrics").create(
         {"version_id": int, "name": str, "value": float, "dataset": str},
         foreign_keys=[("version_id", "versions", "id")],
     )
-    db["metrics"].create_index(["version_id", "name"])
-    db["aliases"].create(
+    db.table("metrics").create_index(["version_id", "name"])
+    db.table("aliases").create(
         {"repo_id": int, "alias": str, "version_id": int},
         pk=("repo_id", "alias"),
         foreign_keys=[("repo_id", "repos", "id"), ("version_id", "versions", "id")],
@@ -134,7 +134,7 @@ class Index:
 
     # -- schema -------------------------------------------------------------------------
     def schema_version(self) -> int:
-        if not self.db["schema_migrations"].exists():
+        if not self.db.table("schema_migrations").exists():
             return 0
         row = self.conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
         return int(row[0] or 0)
@@ -145,14 +145,16 @@ class Index:
         if self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             self.conn.execute("PRAGMA journal_mode = WAL")
         with self.write():
-            if not self.db["schema_migrations"].exists():
-                self.db["schema_migrations"].create(
+            if not self.db.table("schema_migrations").exists():
+                self.db.table("schema_migrations").create(
                     {"version": int, "applied_at": str}, pk="version"
                 )
             # Re-read inside the write lock: another process may have migrated meanwhile.
             for number in range(self.schema_version() + 1, len(MIGRATIONS) + 1):
                 MIGRATIONS[number - 1](self.db)
-                self.db["schema_migrations"].insert({"version": number, "applied_at": utcnow()})
+                self.db.table("schema_migrations").insert(
+                    {"version": number, "applied_at": utcnow()}
+                )
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -169,7 +171,7 @@ class Index:
     # -- reads --------------------------------------------------------------------------
     def query(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
         cursor = self.conn.execute(sql, params)
-        cursor.row_factory = sqlite3.Row  # type: ignore[assignment]
+        cursor.row_factory = sqlite3.Row
         return cursor.fetchall()
 
     def repo_row(self, repo: str) -> sqlite3.Row | None:

@@ -271,7 +271,7 @@ class Registry:
                 metrics=metrics,
                 files=entries,
                 lineage=lineage,
-                created_at=utcnow(),  # type: ignore[arg-type]
+                created_at=utcnow(),
             )
             card_dict = card.model_dump(mode="json", exclude={"aliases"})
             index.insert_version(conn, repo_id, card_dict, parent_commit)

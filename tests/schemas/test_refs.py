@@ -38,9 +38,7 @@ def test_commit_revisions(namespace, name, commit):
 def test_parse_accepts_exactly_the_grammar(text):
     repo, _, _ = text.partition("@")
     parts = repo.split("/")
-    grammar_ok = (
-        len(parts) == 2 and all(VALID_PART.fullmatch(p) and ".." not in p for p in parts)
-    )
+    grammar_ok = len(parts) == 2 and all(VALID_PART.fullmatch(p) and ".." not in p for p in parts)
     try:
         AdapterRef.parse(text)
     except InvalidName as error:

@@ -1,0 +1,53 @@
+"""Shared fixtures: every test gets its own HUB_HOME; tiny models are built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HUB_DISABLE_PROGRESS", "1")
+
+
+@pytest.fixture
+def hub_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "hub-home"
+    monkeypatch.setenv("HUB_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def registry(hub_home):
+    from hub import Registry
+
+    with Registry(hub_home) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def base_dir(tmp_path_factory) -> Path:
+    from tests.factories import make_base
+
+    return make_base(tmp_path_factory.mktemp("base") / "tiny-llama")
+
+
+class AdapterFactory:
+    """Builds each PEFT method's adapter once per session, on the shared tiny base."""
+
+    def __init__(self, root: Path, base: Path) -> None:
+        self.root, self.base, self.cache = root, base, {}
+
+    def __call__(self, method: str) -> Path:
+        if method not in self.cache:
+            from tests.factories import make_adapter
+
+            self.cache[method] = make_adapter(method, self.root / method, self.base)
+        return self.cache[method]
+
+
+@pytest.fixture(scope="session")
+def adapters(tmp_path_factory, base_dir) -> AdapterFactory:
+    return AdapterFactory(tmp_path_factory.mktemp("adapters"), base_dir)
