@@ -17,9 +17,10 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlite_utils
+if TYPE_CHECKING:
+    import sqlite_utils
 
 BUSY_TIMEOUT_MS = 60_000
 
@@ -125,16 +126,29 @@ class Index:
             check_same_thread=False,
         )
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self.db = sqlite_utils.Database(conn)
         self.conn = conn
+        self._db: sqlite_utils.Database | None = None
         self._migrate()
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils over the same connection, for schema work (imported only when needed:
+        it pulls in numpy, and read commands must start fast)."""
+        if self._db is None:
+            import sqlite_utils
+
+            self._db = sqlite_utils.Database(self.conn)
+        return self._db
 
     def close(self) -> None:
         self.conn.close()
 
     # -- schema -------------------------------------------------------------------------
     def schema_version(self) -> int:
-        if not self.db.table("schema_migrations").exists():
+        exists = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+        ).fetchone()
+        if not exists:
             return 0
         row = self.conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
         return int(row[0] or 0)

@@ -10,8 +10,6 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from tqdm.auto import tqdm
-
 ProgressFactory = Callable[[str, int], Any]
 """``factory(description, total_bytes)`` returns an object with ``update(n)`` and ``close()``."""
 
@@ -34,6 +32,8 @@ def byte_progress(description: str, total: int, *, min_bytes: int = LARGE_FILE_B
     """A tqdm byte counter for ``total`` bytes, or a silent stand-in for small or quiet work."""
     if total < min_bytes or progress_disabled():
         return _NoProgress()
+    from tqdm.auto import tqdm
+
     return tqdm(
         total=total, desc=description, unit="B", unit_scale=True, unit_divisor=1024, leave=False
     )

@@ -34,7 +34,9 @@ def test_bin_adapter_is_refused_then_converted(registry, adapters, tmp_path):
     converted = tmp_path / "old-safetensors"
     assert result.stdout == f"Wrote {converted}\n"
     assert sorted(p.name for p in converted.iterdir()) == [
-        "README.md", "adapter_config.json", "adapter_model.safetensors"
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
     ]
     loaded = load_file(converted / "adapter_model.safetensors")
     assert loaded.keys() == tensors.keys()

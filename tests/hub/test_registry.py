@@ -91,11 +91,11 @@ def test_unknown_repo_and_revision_errors(registry, adapters, tmp_path):
         registry.show("a/b@staging")
     with pytest.raises(RevisionNotFound):
         registry.show("a/b@0000000")
-    dest = tmp_path / "out"
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
     with pytest.raises(RevisionNotFound):
-        registry.pull("a/b@v9", dest)
-    assert not dest.exists()
-    assert list(tmp_path.iterdir()) == []  # no partial folder anywhere
+        registry.pull("a/b@v9", outputs / "out")
+    assert list(outputs.iterdir()) == []  # no partial folder anywhere
 
 
 def test_pull_is_byte_identical_and_refuses_to_overwrite(registry, adapters, tmp_path):
@@ -112,7 +112,7 @@ def test_pull_is_byte_identical_and_refuses_to_overwrite(registry, adapters, tmp
     (dest / "README.md").write_text("edited")
     registry.pull("a/b", dest, force=True)
     assert (dest / "README.md").read_bytes() == (lora / "README.md").read_bytes()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["pulled"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub-home", "pulled"]
 
 
 def test_invalid_input_leaves_registry_unchanged(registry, adapters, tmp_path):

@@ -1,0 +1,141 @@
+"""Reading ``adapter_config.json`` with errors that name the field at fault.
+
+Like PEFT, unknown keys are tolerated (configs grow with every PEFT release).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from schemas.errors import InvalidAdapter
+
+CONFIG = "adapter_config.json"
+
+PEFT_TYPES: dict[str, str] = {
+    "LORA": "lora",
+    "ADALORA": "adalora",
+    "IA3": "ia3",
+    "LOHA": "loha",
+    "LOKR": "lokr",
+    "OFT": "oft",
+    "BOFT": "boft",
+    "VERA": "vera",
+    "PROMPT_TUNING": "prompt_tuning",
+    "PREFIX_TUNING": "prefix_tuning",
+    "P_TUNING": "p_tuning",
+}
+
+
+def load_config(folder: Path) -> dict[str, Any]:
+    """Parse ``folder/adapter_config.json``; raise ``InvalidAdapter`` naming what is wrong."""
+    path = folder / CONFIG
+    if not path.is_file():
+        raise InvalidAdapter(
+            f"{folder}: no {CONFIG} (is this a folder written by PEFT's save_pretrained?)",
+            path=str(folder),
+        )
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidAdapter(f"{CONFIG} is not UTF-8 text", path=str(path)) from None
+    except json.JSONDecodeError as error:
+        raise InvalidAdapter(
+            f"{CONFIG} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})",
+            path=str(path),
+        ) from None
+    if not isinstance(config, dict):
+        raise InvalidAdapter(f"{CONFIG} must hold a JSON object", path=str(path))
+    return config
+
+
+def method_of(config: dict[str, Any]) -> str:
+    peft_type = config.get("peft_type")
+    if peft_type is None:
+        raise InvalidAdapter(f"{CONFIG}: field 'peft_type' is missing", field="peft_type")
+    if not isinstance(peft_type, str) or peft_type.upper() not in PEFT_TYPES:
+        raise InvalidAdapter(
+            f"{CONFIG}: field 'peft_type' is {peft_type!r}, not one of the supported methods"
+            f" ({', '.join(PEFT_TYPES)})",
+            field="peft_type",
+        )
+    return PEFT_TYPES[peft_type.upper()]
+
+
+def get_int(config: dict[str, Any], field: str, default: int | None = None) -> int | None:
+    value = config.get(field, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidAdapter(
+            f"{CONFIG}: field {field!r} must be an integer, got {value!r}", field=field
+        )
+    return value
+
+
+def get_float(config: dict[str, Any], field: str, default: float | None = None) -> float | None:
+    value = config.get(field, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidAdapter(
+            f"{CONFIG}: field {field!r} must be a number, got {value!r}", field=field
+        )
+    return float(value)
+
+
+def get_bool(config: dict[str, Any], field: str) -> bool:
+    value = config.get(field)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidAdapter(
+            f"{CONFIG}: field {field!r} must be true or false, got {value!r}", field=field
+        )
+    return value
+
+
+def get_pattern(config: dict[str, Any], field: str) -> dict[str, Any]:
+    value = config.get(field)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidAdapter(
+            f"{CONFIG}: field {field!r} must be an object, got {value!r}", field=field
+        )
+    return value
+
+
+def get_names(config: dict[str, Any], field: str) -> list[str] | str | None:
+    """A module-name list or a regex string (``target_modules``, ``modules_to_save``...)."""
+    value = config.get(field)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise InvalidAdapter(
+        f"{CONFIG}: field {field!r} must be a list of module names or a regex, got {value!r}",
+        field=field,
+    )
+
+
+def pattern_value(pattern: dict[str, Any], module: str, default: Any) -> Any:
+    """PEFT's rank_pattern / alpha_pattern lookup: the first key matching the module's name
+    suffix (``(.*\\.)?KEY$``) wins, else the default."""
+    for key, value in pattern.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def module_matches(module: str, names: list[str] | str | None) -> bool:
+    """Whether ``module`` is selected by a target list / regex, as PEFT decides it."""
+    if names is None:
+        return False
+    if isinstance(names, str):
+        if names == "all-linear":
+            return True
+        return re.fullmatch(names, module) is not None
+    return any(module == name or module.endswith("." + name) for name in names)

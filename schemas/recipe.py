@@ -1,0 +1,75 @@
+"""Compose recipes: the reviewed-file form of ``hub compose OP REF... --name NS/NAME``.
+
+A recipe YAML is validated up front (unknown keys refused, each error naming its field), and
+is what a composite's card records so ``hub verify --rebuild`` can recompute it bit for bit.
+
+Example recipe::
+
+    operator: svd
+    name: team/sql-chat
+    inputs: [team/sql-lora@v2, team/chat-lora@prod]
+    weights: [0.7, 0.3]
+    rank: 16
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.refs import AdapterRef, validate_repo_id
+
+Operator = Literal[
+    "linear", "svd", "cat", "ties", "dare", "magnitude-prune", "stack", "ensemble"
+]
+
+
+class Recipe(BaseModel):
+    """One composition: an operator, its ordered inputs and its parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    operator: Operator
+    name: str = Field(description="Repository id of the result, NAMESPACE/NAME.")
+    inputs: list[str] = Field(min_length=1, description="Adapter references, in order.")
+    weights: list[float] | None = Field(
+        default=None, description="One weight per input (default: 1 each; svd/linear: 1/N)."
+    )
+    rank: int | None = Field(default=None, gt=0, description="Rank of the result (LoRA ops).")
+    density: float | None = Field(
+        default=None, gt=0, le=1, description="Fraction of values kept (ties, dare, prune)."
+    )
+    seed: int | None = Field(default=None, ge=0, description="Seed for dare's random drops.")
+    variant: Literal["linear", "ties"] | None = Field(
+        default=None, description="dare only: rescaled sum (linear) or TIES sign election."
+    )
+    majority_sign: Literal["total", "frequency"] = Field(
+        default="total", description="ties / dare-ties: how the sign of each value is elected."
+    )
+    average: bool = Field(
+        default=False, description="ensemble only: one averaged prompt instead of N prompts."
+    )
+    tasks: list[str] = Field(default_factory=list)
+    description: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return validate_repo_id(value)
+
+    @field_validator("inputs")
+    @classmethod
+    def _valid_inputs(cls, value: list[str]) -> list[str]:
+        for ref in value:
+            AdapterRef.parse(ref)
+        return value
+
+    @model_validator(mode="after")
+    def _weights_match_inputs(self) -> Recipe:
+        if self.weights is not None and len(self.weights) != len(self.inputs):
+            raise ValueError(
+                f"weights: {len(self.weights)} weights for {len(self.inputs)} inputs"
+                " (give one weight per input)"
+            )
+        return self
