@@ -34,9 +34,8 @@ def _workspace(tmp_path, adapters):
 
 def test_usage_commands_run_as_written(tmp_path, adapters, hub_home):
     env = _workspace(tmp_path, adapters)
-    commands = [
-        line for line in _blocks("bash")[0].splitlines() if line.strip() and not line.startswith("#")
-    ]
+    lines = _blocks("bash")[0].splitlines()
+    commands = [line for line in lines if line.strip() and not line.startswith("#")]
     assert len(commands) >= 10
     for command in commands:
         result = subprocess.run(
