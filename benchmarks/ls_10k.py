@@ -23,7 +23,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._util import WORK, median, run_cmd, table  # noqa: E402
+from benchmarks._util import WORK, median, run_cmd, table
 
 HUB = [sys.executable, "-m", "cli.main"]
 TASKS = ["sql", "summarization", "chat", "code", "math", "translation"]
@@ -40,11 +40,20 @@ def _adapter(folder: Path, seed: int) -> None:
             tensors[f"{prefix}.lora_B.weight"] = rng.standard_normal((64, rank), np.float32)
     folder.mkdir(parents=True)
     save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
-    (folder / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank,
-        "target_modules": ["q_proj", "v_proj"], "base_model_name_or_path": "org/base-7b",
-    }))
-    (folder / "README.md").write_text(f"Adapter {seed} for {TASKS[seed % len(TASKS)]}.")
+    (folder / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "r": rank,
+                "lora_alpha": 2 * rank,
+                "target_modules": ["q_proj", "v_proj"],
+                "base_model_name_or_path": "org/base-7b",
+            }
+        )
+    )
+    task = TASKS[(seed // 10) % len(TASKS)]
+    (folder / "README.md").write_text(f"Adapter {seed} for {task}.")
 
 
 def _build_part(args: tuple[Path, int, int, int]) -> None:
@@ -57,15 +66,19 @@ def _build_part(args: tuple[Path, int, int, int]) -> None:
             repo, version = divmod(i, versions_per_repo)
             folder = scratch / str(i)
             _adapter(folder, i)
-            reg.push(folder, name=f"team-{repo % 10}/adapter-{repo}",
-                     tasks=[TASKS[i % len(TASKS)]], tags=[f"stage={'prod' if version else 'dev'}"],
-                     metrics=[f"accuracy={(i % 97) / 97:.3f}"])
+            reg.push(
+                folder,
+                name=f"team-{repo % 10}/adapter-{repo}",
+                tasks=[TASKS[repo % len(TASKS)]],
+                tags=[f"stage={'prod' if version else 'dev'}"],
+                metrics=[f"accuracy={(i % 97) / 97:.3f}"],
+            )
             shutil.rmtree(folder)
     shutil.rmtree(scratch, ignore_errors=True)
 
 
 def build(home: Path, total: int, versions_per_repo: int = 10) -> None:
-    marker = home / f"built-{total}"
+    marker = home / f"built-v2-{total}"
     if marker.exists():
         return
     shutil.rmtree(home, ignore_errors=True)
@@ -90,19 +103,36 @@ def main() -> None:
     env = {**os.environ, "HUB_HOME": str(home)}
     root = Path(__file__).resolve().parents[1]
 
-    count = len(json.loads(subprocess.run(
-        [*HUB, "ls", "--json", "--all-versions"], env=env, cwd=root, check=True,
-        capture_output=True, text=True).stdout))
+    count = len(
+        json.loads(
+            subprocess.run(
+                [*HUB, "ls", "--json", "--all-versions"],
+                env=env,
+                cwd=root,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
+    )
     assert count == args.versions, count
 
     cases = {
         "python -c pass (interpreter start)": [sys.executable, "-c", "pass"],
         "python -c 'import torch' (for scale)": [sys.executable, "-c", "import torch"],
         "hub ls --json (1,000 latest cards)": [*HUB, "ls", "--json"],
-        f"hub ls --json --all-versions ({count:,} cards)": [*HUB, "ls", "--json",
-                                                            "--all-versions"],
-        "hub ls sql --rank '<=16' --sort metric:accuracy --limit 20":
-            [*HUB, "ls", "sql", "--rank", "<=16", "--sort", "metric:accuracy", "--limit", "20"],
+        f"hub ls --json --all-versions ({count:,} cards)": [*HUB, "ls", "--json", "--all-versions"],
+        "hub ls sql --rank '<=16' --sort metric:accuracy --limit 20": [
+            *HUB,
+            "ls",
+            "sql",
+            "--rank",
+            "<=16",
+            "--sort",
+            "metric:accuracy",
+            "--limit",
+            "20",
+        ],
         "hub show team-3/adapter-503 --json": [*HUB, "show", "team-3/adapter-503", "--json"],
     }
     results = {}
@@ -122,8 +152,14 @@ def main() -> None:
         "sys.stderr.write(f'heavy modules imported by read commands: {heavy or None}\\n')\n"
         "sys.exit(1 if heavy else 0)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", probe], env=env, cwd=root,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=env,
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     print(proc.stderr.strip())
     sys.exit(proc.returncode)
 

@@ -22,13 +22,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._util import WORK, median, table  # noqa: E402
+from benchmarks._util import WORK, median, table
 
 HIDDEN, INTERMEDIATE, LAYERS, RANK = 4096, 11008, 32, 100
 SHAPES = {  # module: (in_features, out_features)
-    "self_attn.q_proj": (HIDDEN, HIDDEN), "self_attn.k_proj": (HIDDEN, HIDDEN),
-    "self_attn.v_proj": (HIDDEN, HIDDEN), "self_attn.o_proj": (HIDDEN, HIDDEN),
-    "mlp.gate_proj": (HIDDEN, INTERMEDIATE), "mlp.up_proj": (HIDDEN, INTERMEDIATE),
+    "self_attn.q_proj": (HIDDEN, HIDDEN),
+    "self_attn.k_proj": (HIDDEN, HIDDEN),
+    "self_attn.v_proj": (HIDDEN, HIDDEN),
+    "self_attn.o_proj": (HIDDEN, HIDDEN),
+    "mlp.gate_proj": (HIDDEN, INTERMEDIATE),
+    "mlp.up_proj": (HIDDEN, INTERMEDIATE),
     "mlp.down_proj": (INTERMEDIATE, HIDDEN),
 }
 
@@ -46,11 +49,16 @@ def build_adapter(folder: Path) -> Path:
     for layer in range(LAYERS):
         for module, (fan_in, fan_out) in SHAPES.items():
             prefix = f"base_model.model.model.layers.{layer}.{module}"
-            for key, shape in ((f"{prefix}.lora_A.weight", (RANK, fan_in)),
-                               (f"{prefix}.lora_B.weight", (fan_out, RANK))):
+            for key, shape in (
+                (f"{prefix}.lora_A.weight", (RANK, fan_in)),
+                (f"{prefix}.lora_B.weight", (fan_out, RANK)),
+            ):
                 size = shape[0] * shape[1] * 4
-                header[key] = {"dtype": "F32", "shape": list(shape),
-                               "data_offsets": [offset, offset + size]}
+                header[key] = {
+                    "dtype": "F32",
+                    "shape": list(shape),
+                    "data_offsets": [offset, offset + size],
+                }
                 order.append((key, shape))
                 offset += size
     blob = json.dumps(header, separators=(",", ":")).encode()
@@ -62,11 +70,18 @@ def build_adapter(folder: Path) -> Path:
         for _key, shape in order:
             fh.write((rng.standard_normal(shape, dtype=np.float32) * 0.01).tobytes())
     os.replace(tmp, weights)
-    (folder / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": RANK, "lora_alpha": 2 * RANK,
-        "base_model_name_or_path": "meta-llama/Llama-2-7b-hf",
-        "target_modules": sorted(m.split(".")[1] for m in SHAPES),
-    }))
+    (folder / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "r": RANK,
+                "lora_alpha": 2 * RANK,
+                "base_model_name_or_path": "meta-llama/Llama-2-7b-hf",
+                "target_modules": sorted(m.split(".")[1] for m in SHAPES),
+            }
+        )
+    )
     return folder
 
 
@@ -92,17 +107,35 @@ def main() -> None:
         home = work / "home"
         shutil.rmtree(home, ignore_errors=True)
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "cli.main", "--home", str(home), "push",
-                        str(folder), "--name", "bench/lora-1gb"], check=True, cwd=root,
-                       env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "--home",
+                str(home),
+                "push",
+                str(folder),
+                "--name",
+                "bench/lora-1gb",
+            ],
+            check=True,
+            cwd=root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
         hub_times.append(time.perf_counter() - start)
         shutil.rmtree(home)
     peer, hub = median(peer_times), median(hub_times)
     gb = size / 1e9
     rows = [
         ["sha256sum F && cp F DST", f"{peer:.2f} s", f"{gb / peer:.2f} GB/s", "1.00x"],
-        ["hub push (hash + NaN scan + store + fsync + index)", f"{hub:.2f} s",
-         f"{gb / hub:.2f} GB/s", f"{hub / peer:.2f}x"],
+        [
+            "hub push (hash + NaN scan + store + fsync + index)",
+            f"{hub:.2f} s",
+            f"{gb / hub:.2f} GB/s",
+            f"{hub / peer:.2f}x",
+        ],
     ]
     print(f"file: {size / 1e9:.2f} GB, median of {args.rounds} rounds")
     print(table(["operation", "wall time", "throughput", "time vs peer"], rows))

@@ -5,6 +5,7 @@ torch, transformers and peft are never imported at start-up: read commands answe
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from cli.output import (
     json_option,
     print_card,
     print_json,
+    print_json_texts,
     print_table,
 )
 from schemas.errors import HubError
@@ -184,7 +186,7 @@ def ls(
         hub ls sql --base meta-llama/Llama-3-8B --method lora --rank '<=16' \\
             --tag team=nlp --sort metric:exact_match --limit 5 --json
     """
-    cards = _registry(ctx).search_raw(
+    cards = _registry(ctx).search_json(
         query,
         base=base,
         method=method,
@@ -196,9 +198,9 @@ def ls(
         all_versions=all_versions,
     )
     if as_json:
-        print_json(cards)
+        print_json_texts(cards)
     elif cards:
-        print_table(CARD_HEADERS, card_rows(cards))
+        print_table(CARD_HEADERS, card_rows([json.loads(card) for card in cards]))
     else:
         click.echo("No adapters match.", err=True)
 
@@ -347,6 +349,11 @@ def convert(ctx: click.Context, path: Path, output: Path | None) -> None:
 
     dest = convert_bin_adapter(path, output)
     click.echo(f"Wrote {dest}")
+
+
+from cli.export import export  # noqa: E402 (command modules register at the bottom)
+
+cli.add_command(export)
 
 
 def main() -> None:

@@ -20,7 +20,20 @@ def json_option(func: F) -> F:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    """Indented JSON for one object; a list is written one compact item per line.
+
+    ``json.dumps(indent=...)`` falls back to the pure-Python encoder, ten times slower than the
+    C one: on 10,000 cards that is seconds. One item per line stays readable and greppable.
+    """
+    if isinstance(data, list):
+        print_json_texts([json.dumps(item, default=str) for item in data])
+    else:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def print_json_texts(items: list[str]) -> None:
+    """A JSON list from items that are already JSON text, one per line."""
+    sys.stdout.write("[\n" + ",\n".join(items) + "\n]\n" if items else "[]\n")
 
 
 def human_size(size: int | None) -> str:

@@ -21,20 +21,24 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hub.index import Index, utcnow
 from hub.locks import file_lock
-from hub.search import SearchQuery, run_search
+from hub.search import SearchQuery, run_search, run_search_json
 from hub.store import BlobStore, fsync_dir
-from schemas.card import AdapterCard, FileEntry, Lineage, Metric, parse_tags
 from schemas.errors import (
     AdapterNotFound,
     InvalidAdapter,
     OutputExists,
     RevisionNotFound,
 )
-from schemas.refs import AdapterRef, validate_alias, validate_repo_id
+
+if TYPE_CHECKING:
+    # The pydantic models are imported where they are used: building them costs ~100 ms,
+    # which `hub ls` (search_raw: plain dicts straight from SQLite) never pays.
+    from schemas.card import AdapterCard, FileEntry, Lineage, Metric
+    from schemas.refs import AdapterRef
 
 
 def default_home() -> Path:
@@ -178,6 +182,8 @@ class Registry:
             InvalidName, InvalidAdapter, UnsafeFormat, AdapterNotFound (parent).
         """
         from hub.inspect import inspect_adapter
+        from schemas.card import FileEntry, Lineage, Metric, parse_tags
+        from schemas.refs import validate_repo_id
 
         folder = Path(path)
         repo = validate_repo_id(name) if name else self._default_name(folder)
@@ -210,6 +216,8 @@ class Registry:
             )
 
     def _default_name(self, folder: Path) -> str:
+        from schemas.refs import validate_repo_id
+
         name = re.sub(r"[^A-Za-z0-9._-]", "-", folder.resolve().name).strip(".-") or "adapter"
         return validate_repo_id(f"{_default_namespace()}/{name[:96]}")
 
@@ -224,6 +232,8 @@ class Registry:
         description: str | None,
         lineage: Lineage | None,
     ) -> PushResult:
+        from schemas.card import AdapterCard
+
         index = self.index
         namespace, short = repo.split("/")
         with index.write() as conn:
@@ -282,6 +292,8 @@ class Registry:
         return PushResult(card, created=True)
 
     def _card(self, card: dict[str, Any], version_id: int, conn: Any = None) -> AdapterCard:
+        from schemas.card import AdapterCard
+
         aliases = (conn or self.index.conn).execute(
             "SELECT alias FROM aliases WHERE version_id = ? ORDER BY alias", (version_id,)
         )
@@ -290,6 +302,8 @@ class Registry:
     # -- lookups ------------------------------------------------------------------------
     def _resolve(self, ref: str | AdapterRef) -> tuple[int, dict[str, Any]]:
         """(version row id, card dict) for ``ref``; raises AdapterNotFound/RevisionNotFound."""
+        from schemas.refs import AdapterRef
+
         parsed = ref if isinstance(ref, AdapterRef) else AdapterRef.parse(ref)
         index = self.index
         repo_row = index.repo_row(parsed.repo)
@@ -345,6 +359,8 @@ class Registry:
 
     def versions(self, repo: str) -> list[AdapterCard]:
         """Every version of ``repo``, oldest first."""
+        from schemas.refs import validate_repo_id
+
         validate_repo_id(repo)
         rows = self.index.query(
             "SELECT v.id, v.card FROM versions v JOIN repos r ON r.id = v.repo_id"
@@ -377,6 +393,8 @@ class Registry:
             >>> reg.search("sql", base="meta-llama/Llama-3-8B", rank="<=16",
             ...            sort="metric:exact_match", limit=5)      # doctest: +SKIP
         """
+        from schemas.card import AdapterCard
+
         return [
             AdapterCard.model_validate(c)
             for c in self.search_raw(
@@ -391,6 +409,35 @@ class Registry:
                 all_versions=all_versions,
             )
         ]
+
+    def search_json(
+        self,
+        query: str | None = None,
+        *,
+        base: str | None = None,
+        method: str | None = None,
+        rank: str | int | None = None,
+        tasks: Iterable[str] = (),
+        tags: Iterable[str] = (),
+        sort: str | None = None,
+        limit: int | None = None,
+        all_versions: bool = False,
+    ) -> list[str]:
+        """Like ``search`` but each card as JSON text (what ``hub ls --json`` prints)."""
+        return run_search_json(
+            self.index,
+            SearchQuery(
+                text=query,
+                base=base,
+                method=method,
+                rank=str(rank) if rank is not None else None,
+                tasks=list(tasks),
+                tags=list(tags),
+                sort=sort,
+                limit=limit,
+                all_versions=all_versions,
+            ),
+        )
 
     def search_raw(
         self,
@@ -476,12 +523,59 @@ class Registry:
             raise
         return target
 
+    # -- export -------------------------------------------------------------------------
+    def export(
+        self,
+        refs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        *,
+        base: str | os.PathLike[str],
+        output: str | os.PathLike[str],
+        format: str = "safetensors",
+        dtype: str | None = None,
+        quant: str | None = None,
+        force: bool = False,
+        progress: bool = True,
+    ) -> Any:
+        """Export ``base`` with adapter(s) ``refs`` merged in order, or bundled for serving.
+
+        ``refs`` are references (``ns/name@rev``) or adapter folders; ``base`` is a model folder
+        or a reference. Formats: ``safetensors``, ``gguf``, ``gguf-lora``, ``fp8``,
+        ``vllm-bundle``. The output folder appears whole or not at all.
+
+        Returns:
+            ``compose.deploy.ExportResult`` (path, files, sizes, format details).
+
+        Raises:
+            AdapterNotFound, RevisionNotFound, InvalidArgument, OutputExists,
+            IncompatibleAdapters, InsufficientDiskSpace.
+
+        Example:
+            >>> reg.export("team/sql-lora@prod", base="models/llama", output="deploy/sql",
+            ...            format="gguf", quant="q8_0")                   # doctest: +SKIP
+        """
+        from hub.deploy import export
+
+        items = [refs] if isinstance(refs, str | os.PathLike) else list(refs)
+        return export(
+            self,
+            items,
+            base=base,
+            output=output,
+            format=format,
+            dtype=dtype,
+            quant=quant,
+            force=force,
+            progress=progress,
+        )
+
     # -- edits --------------------------------------------------------------------------
     def remove(self, ref: str | AdapterRef) -> list[AdapterCard]:
         """Remove a whole repository (``ns/name``) or one version (``ns/name@v2``).
 
         Blobs are left for ``gc`` (another version may share them). Returns what was removed.
         """
+        from schemas.refs import AdapterRef
+
         parsed = ref if isinstance(ref, AdapterRef) else AdapterRef.parse(ref)
         if parsed.revision is None:
             removed = self.versions(parsed.repo)
@@ -512,6 +606,8 @@ class Registry:
 
     def tag(self, ref: str | AdapterRef, alias: str) -> AdapterCard:
         """Point ``alias`` (e.g. ``prod``) at the version ``ref`` names; moves it if it exists."""
+        from schemas.refs import AdapterRef, validate_alias
+
         validate_alias(alias)
         parsed = ref if isinstance(ref, AdapterRef) else AdapterRef.parse(ref)
         version_id, _ = self._resolve(parsed)

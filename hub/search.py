@@ -182,6 +182,22 @@ class SearchQuery:
         return f"{column} IS NULL, {column} {direction or default}, r.repo, v.version", []
 
 
+def run_search_json(index: Index, query: SearchQuery) -> list[str]:
+    """Like ``run_search`` but each card as its JSON text, never parsed.
+
+    The index stores every card as JSON without its (mutable) aliases; splicing the aliases
+    into the stored text keeps ``hub ls --json`` on 10,000 versions from spending most of its
+    time decoding and re-encoding JSON it only passes through.
+    """
+    sql, params = query.to_sql()
+    rows = index.conn.execute(sql, params).fetchall()
+    aliases = index.aliases_by_version([row[0] for row in rows])
+    return [
+        f'{card_json[:-1]}, "aliases": {json.dumps(aliases.get(version_id, []))}}}'
+        for version_id, card_json in rows
+    ]
+
+
 def run_search(index: Index, query: SearchQuery) -> list[dict[str, Any]]:
     """Cards (as JSON-ready dicts, aliases filled in) matching ``query``, in order."""
     sql, params = query.to_sql()

@@ -87,6 +87,12 @@ class OutputExists(HubError, FileExistsError):
     code = "output_exists"
 
 
+class InsufficientDiskSpace(HubError, OSError):
+    """Not enough free space for an output, detected before anything is written."""
+
+    code = "insufficient_disk_space"
+
+
 class StoreCorrupted(HubError, RuntimeError):
     """A stored blob whose bytes no longer match its digest, or that is missing."""
 
@@ -112,6 +118,7 @@ ALL_ERRORS: dict[str, type[HubError]] = {
         InvalidRecipe,
         InvalidArgument,
         OutputExists,
+        InsufficientDiskSpace,
         StoreCorrupted,
         AliasConflict,
     )

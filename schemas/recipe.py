@@ -20,9 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from schemas.refs import AdapterRef, validate_repo_id
 
-Operator = Literal[
-    "linear", "svd", "cat", "ties", "dare", "magnitude-prune", "stack", "ensemble"
-]
+Operator = Literal["linear", "svd", "cat", "ties", "dare", "magnitude-prune", "stack", "ensemble"]
 
 
 class Recipe(BaseModel):

@@ -1,0 +1,229 @@
+"""``export_model``: one entry point for every deploy format.
+
+The steps are the same for each format: validate the request, read the base's headers, read
+and shape-check every adapter against them, check the disk space, then write into a staging
+folder that is renamed into place only when everything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compose.deploy.adapters import Adapter, load_adapter
+from compose.deploy.base import BaseFolder
+from compose.deploy.output import check_disk_space, check_output, model_card, staged_folder
+from schemas.errors import InvalidArgument
+from schemas.export import ExportSpec
+
+
+@dataclass(frozen=True)
+class AdapterSource:
+    """One adapter to export: its folder, and how to name it in cards and bundles."""
+
+    path: Path
+    label: str
+    """Provenance, e.g. ``team/sql-lora@<commit>`` (default: the folder)."""
+    name: str | None = None
+    """Short name for bundles (``--lora-modules NAME=PATH``); default: the folder name."""
+
+
+@dataclass
+class ExportResult:
+    """What ``export_model`` wrote."""
+
+    path: Path
+    format: str
+    files: list[str]
+    size_bytes: int
+    seconds: float
+    base: str
+    adapters: list[str]
+    untied: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+    """Format facts: GGUF tensor type, the vLLM serve command, FP8 scheme..."""
+
+
+def export_model(
+    adapters: Sequence[AdapterSource | str | os.PathLike[str]],
+    base: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    format: str = "safetensors",
+    dtype: str | None = None,
+    quant: str | None = None,
+    force: bool = False,
+    base_label: str | None = None,
+    recipe: dict[str, Any] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ExportResult:
+    """Export ``base`` with ``adapters`` applied in order, in ``format``, to ``output``.
+
+    Args:
+        adapters: adapter folders (or ``AdapterSource`` with provenance), applied in order;
+            a stack is just a longer list. ``vllm-bundle`` keeps them separate instead.
+        base: the base model folder (Hugging Face layout, safetensors weights).
+        output: folder to create (refused if it exists unless ``force``).
+        format: ``safetensors``, ``gguf``, ``gguf-lora``, ``fp8`` or ``vllm-bundle``.
+        dtype: ``bf16``/``fp16``/``fp32`` for safetensors (default: the base's dtype).
+        quant: GGUF type (``f16``, ``bf16``, ``q8_0``, ``q4_0``, K-quants with llama-cpp-python).
+        force: replace an existing output folder.
+        base_label: how to name the base in the model card (default: its folder).
+        recipe: the composite recipe to record in the model card, if any.
+        progress: called with the number of base bytes processed, tensor by tensor.
+
+    Returns:
+        ``ExportResult`` with the folder, files and sizes.
+
+    Raises:
+        InvalidArgument, OutputExists, InsufficientDiskSpace, InvalidAdapter,
+        IncompatibleAdapters (shapes, architecture, unsupported method for the format).
+
+    Example:
+        >>> export_model(["out/sql-lora"], "models/llama", "deploy/llama-sql")  # doctest: +SKIP
+    """
+    started = time.perf_counter()
+    spec = ExportSpec.of(format, dtype, quant)
+    sources = [a if isinstance(a, AdapterSource) else _source(a) for a in adapters]
+    if not sources and spec.format in ("gguf-lora", "vllm-bundle"):
+        raise InvalidArgument(f"--format {spec.format} needs at least one adapter")
+    target = Path(output)
+    check_output(target, force=force)
+    base_folder = BaseFolder.open(Path(base))
+    label = base_label or str(Path(base))
+    loaded = [load_adapter(s.path, base_folder, s.label) for s in sources]
+    writer = _WRITERS[spec.format]
+    check = _CHECKS.get(spec.format)
+    if check is not None:
+        check(base_folder, loaded, spec)
+    check_disk_space(target, _estimate(base_folder, loaded, spec))
+    with staged_folder(target, force=force) as staging:
+        details, untied = writer(base_folder, loaded, sources, staging, spec, progress)
+        card = model_card(
+            title=f"{Path(target).name}",
+            fmt=spec.format,
+            base=label,
+            adapters=[s.label for s in sources],
+            details={k: v for k, v in details.items() if isinstance(v, str | int | float)},
+            recipe=recipe,
+        )
+        (staging / "README.md").write_text(card)
+        files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+        size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
+    return ExportResult(
+        target,
+        spec.format,
+        files,
+        size,
+        time.perf_counter() - started,
+        label,
+        [s.label for s in sources],
+        untied,
+        details,
+    )
+
+
+def _source(path: str | os.PathLike[str]) -> AdapterSource:
+    folder = Path(path)
+    return AdapterSource(folder, str(folder), folder.name)
+
+
+def _estimate(base: BaseFolder, adapters: list[Adapter], spec: ExportSpec) -> int:
+    """Bytes the output will take (upper bound), for the up-front disk space check."""
+    size = base.size_bytes
+    if spec.format == "safetensors" and spec.dtype == "fp32":
+        size *= 2
+    if spec.format in ("gguf-lora", "vllm-bundle"):
+        size = sum(sum(f.stat().st_size for f in a.path.iterdir() if f.is_file()) for a in adapters)
+    if base.tied:
+        size += max((i.nbytes for i in base.tensors.values()), default=0)
+    return size
+
+
+# -- writers -----------------------------------------------------------------------------
+Writer = Callable[..., tuple[dict[str, Any], bool]]
+
+
+def _write_safetensors(
+    base: BaseFolder,
+    adapters: list[Adapter],
+    sources: list[AdapterSource],
+    staging: Path,
+    spec: ExportSpec,
+    progress: Callable[[int], None] | None,
+) -> tuple[dict[str, Any], bool]:
+    from compose.deploy.merged import export_safetensors, make_plan, write_config, write_index
+
+    plan = make_plan(base, adapters)
+    weight_map = export_safetensors(plan, staging, dtype=spec.dtype, progress=progress)
+    write_index(plan, staging, weight_map)
+    write_config(plan, staging, spec.dtype)
+    copy_side_files(base, staging)
+    return {"dtype": spec.dtype or "as base", "shards": len(plan.shard_tensors)}, plan.untie
+
+
+def copy_side_files(base: BaseFolder, staging: Path) -> None:
+    """Tokenizer, generation config and chat template files, copied as they are."""
+    for path in base.side_files():
+        shutil.copy2(path, staging / path.name)
+
+
+def _write_fp8(*args: Any) -> tuple[dict[str, Any], bool]:
+    from compose.deploy.fp8 import write_fp8
+
+    return write_fp8(*args)
+
+
+def _write_gguf(*args: Any) -> tuple[dict[str, Any], bool]:
+    from compose.deploy.gguf_model import write_gguf
+
+    return write_gguf(*args)
+
+
+def _write_gguf_lora(*args: Any) -> tuple[dict[str, Any], bool]:
+    from compose.deploy.gguf_lora import write_gguf_lora
+
+    return write_gguf_lora(*args)
+
+
+def _write_bundle(*args: Any) -> tuple[dict[str, Any], bool]:
+    from compose.deploy.bundle import write_bundle
+
+    return write_bundle(*args)
+
+
+def _check_gguf(base: BaseFolder, adapters: list[Adapter], spec: ExportSpec) -> None:
+    from compose.deploy.gguf_model import check_gguf
+
+    check_gguf(base, adapters, spec)
+
+
+def _check_gguf_lora(base: BaseFolder, adapters: list[Adapter], spec: ExportSpec) -> None:
+    from compose.deploy.gguf_lora import check_gguf_lora
+
+    check_gguf_lora(base, adapters, spec)
+
+
+def _check_bundle(base: BaseFolder, adapters: list[Adapter], spec: ExportSpec) -> None:
+    from compose.deploy.bundle import check_bundle
+
+    check_bundle(base, adapters, spec)
+
+
+_WRITERS: dict[str, Writer] = {
+    "safetensors": _write_safetensors,
+    "fp8": _write_fp8,
+    "gguf": _write_gguf,
+    "gguf-lora": _write_gguf_lora,
+    "vllm-bundle": _write_bundle,
+}
+_CHECKS: dict[str, Callable[[BaseFolder, list[Adapter], ExportSpec], None]] = {
+    "gguf": _check_gguf,
+    "gguf-lora": _check_gguf_lora,
+    "vllm-bundle": _check_bundle,
+}

@@ -1,0 +1,126 @@
+"""FP8 (W8A8 dynamic) merged models in the compressed-tensors format vLLM and transformers load.
+
+Every linear layer's merged weight is stored as ``float8_e4m3fn`` with one scale per output
+channel (``weight_scale``, shape ``(out, 1)``): ``W ~ q * scale``, ``scale = max|W_row| / 448``.
+Activations are quantized per token at run time (``dynamic``), so nothing needs calibration.
+Embeddings, ``lm_head`` and norms stay in bf16 (or ``--dtype``). Shards keep the base's names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from compose.deploy.adapters import Adapter
+from compose.deploy.base import BaseFolder
+from compose.deploy.merged import (
+    DTYPES,
+    export_safetensors,
+    make_plan,
+    write_config,
+    write_index,
+)
+from compose.deploy.stio import TensorInfo, read_tensor, torch_dtype
+from schemas.errors import InvalidArgument
+from schemas.export import ExportSpec
+
+if TYPE_CHECKING:
+    import torch
+
+FP8_MAX = 448.0
+# Model types whose projections are torch.nn.Linear (compressed-tensors targets "Linear").
+LINEAR_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2")
+
+
+def quantization_config() -> dict[str, Any]:
+    """The ``quantization_config`` block of config.json (compressed-tensors, FP8 dynamic)."""
+    fp8 = {"num_bits": 8, "type": "float", "symmetric": True, "group_size": None}
+    return {
+        "quant_method": "compressed-tensors",
+        "format": "float-quantized",
+        "quantization_status": "compressed",
+        "config_groups": {
+            "group_0": {
+                "targets": ["Linear"],
+                "weights": {**fp8, "strategy": "channel", "dynamic": False},
+                "input_activations": {**fp8, "strategy": "token", "dynamic": True},
+                "output_activations": None,
+                "format": "float-quantized",
+            }
+        },
+        "ignore": ["lm_head"],
+        "kv_cache_scheme": None,
+        "global_compression_ratio": None,
+    }
+
+
+def quantize_fp8(
+    weight: torch.Tensor, scale_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``float8_e4m3fn`` weight, per-row scale ``(out, 1)``) with ``weight ~ q * scale``.
+
+    The scale is rounded to its stored dtype first and the weight divided by the rounded scale,
+    so the pair reproduces the weight within fp8 rounding alone.
+    """
+    import torch
+
+    amax = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
+    scale = (amax / FP8_MAX).to(scale_dtype)
+    scaled = (weight / scale.to(torch.float32)).clamp(-FP8_MAX, FP8_MAX)
+    return scaled.to(torch.float8_e4m3fn), scale
+
+
+def _is_linear(name: str, info: TensorInfo, base: BaseFolder) -> bool:
+    if not name.endswith(".weight") or len(info.shape) != 2 or not info.is_float:
+        return False
+    return name != "lm_head.weight" and name != base.embed_name
+
+
+def write_fp8(
+    base: BaseFolder,
+    adapters: list[Adapter],
+    sources: list[Any],
+    staging: Path,
+    spec: ExportSpec,
+    progress: Callable[[int], None] | None,
+) -> tuple[dict[str, Any], bool]:
+    """Merged FP8 shards, index, config with ``quantization_config``, tokenizer files."""
+    import torch
+
+    model_type = str(base.text_config().get("model_type", ""))
+    if model_type not in LINEAR_MODEL_TYPES:
+        raise InvalidArgument(
+            f"FP8 export supports model types {', '.join(LINEAR_MODEL_TYPES)}; the base"
+            f" {base.path} is {model_type or 'unknown'} (export --format safetensors instead)"
+        )
+    dtype = spec.dtype or "bf16"
+    keep = torch_dtype(DTYPES[dtype])
+    plan = make_plan(base, adapters)
+
+    def entries_for(
+        name: str, info: TensorInfo, target: str
+    ) -> list[tuple[str, str, tuple[int, ...]]]:
+        if _is_linear(name, info, base):
+            scale = (name.removesuffix(".weight") + ".weight_scale", target, (info.shape[0], 1))
+            return [(name, "F8_E4M3", info.shape), scale]
+        return [(name, target if info.is_float else info.dtype, info.shape)]
+
+    def transform(
+        name: str, info: TensorInfo, merged: torch.Tensor | None
+    ) -> list[tuple[str, Any]]:
+        weight = merged if merged is not None else read_tensor(info)
+        if _is_linear(name, info, base):
+            q, scale = quantize_fp8(weight.to(torch.float32), keep)
+            return [(name, q), (name.removesuffix(".weight") + ".weight_scale", scale)]
+        return [(name, weight.to(keep) if info.is_float else weight)]
+
+    weight_map = export_safetensors(
+        plan, staging, dtype=dtype, progress=progress, transform=transform, entries_for=entries_for
+    )
+    write_index(plan, staging, weight_map)
+    write_config(plan, staging, dtype, {"quantization_config": quantization_config()})
+    from compose.deploy.api import copy_side_files
+
+    copy_side_files(base, staging)
+    return {"scheme": "FP8_DYNAMIC (W8A8, per-channel weights)", "dtype": dtype}, plan.untie
