@@ -266,17 +266,38 @@ def tag(ctx: click.Context, ref: str, alias: str) -> None:
 
 
 @cli.command()
+@click.option(
+    "--rebuild",
+    "rebuild_ref",
+    metavar="REF",
+    help="Recompute the composite REF from its recipe and compare it bit for bit.",
+)
 @json_option
 @click.pass_context
-def verify(ctx: click.Context, as_json: bool) -> None:
+def verify(ctx: click.Context, rebuild_ref: str | None, as_json: bool) -> None:
     """Re-hash every stored file and name the versions whose bytes are damaged.
 
-    Exits 1 when anything is missing or corrupted.
+    Exits 1 when anything is missing or corrupted (or, with --rebuild, differs).
 
     \b
     Example:
         hub verify
+        hub verify --rebuild team/sql-chat@v1
     """
+    if rebuild_ref is not None:
+        rebuilt = _registry(ctx).rebuild(rebuild_ref)
+        if as_json:
+            print_json(vars(rebuilt))
+        elif rebuilt.matches:
+            click.echo(f"Rebuilt {rebuilt.ref}: identical, bit for bit.")
+        if not rebuilt.matches:
+            click.echo(
+                f"Error: rebuilding {rebuilt.ref} gives different bytes for "
+                + ", ".join(rebuilt.differing),
+                err=True,
+            )
+            ctx.exit(1)
+        return
     report = _registry(ctx).verify()
     if as_json:
         print_json(
@@ -351,8 +372,10 @@ def convert(ctx: click.Context, path: Path, output: Path | None) -> None:
     click.echo(f"Wrote {dest}")
 
 
-from cli.export import export  # noqa: E402 (command modules register at the bottom)
+from cli.compose import compose  # noqa: E402 (command modules register at the bottom)
+from cli.export import export  # noqa: E402
 
+cli.add_command(compose)
 cli.add_command(export)
 
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     # The pydantic models are imported where they are used: building them costs ~100 ms,
     # which `hub ls` (search_raw: plain dicts straight from SQLite) never pays.
     from schemas.card import AdapterCard, FileEntry, Lineage, Metric
+    from schemas.recipe import Recipe
     from schemas.refs import AdapterRef
 
 
@@ -155,6 +156,7 @@ class Registry:
         parent: str | None = None,
         description: str | None = None,
         lineage: Lineage | None = None,
+        details: dict[str, Any] | None = None,
         allow_nonfinite: bool = False,
     ) -> PushResult:
         """Register the adapter folder ``path`` as the next version of ``name``.
@@ -172,6 +174,7 @@ class Registry:
             parent: reference of the adapter this one was trained on top of (stacking).
             description: overrides the README's description.
             lineage: for composites: recipe and exact inputs.
+            details: extra facts for the card's ``details`` (composites: retained energy).
             allow_nonfinite: accept NaN/Inf tensors.
 
         Returns:
@@ -193,6 +196,8 @@ class Registry:
         if not folder.is_dir():
             raise InvalidAdapter(f"{folder}: not a folder (give the folder save_pretrained wrote)")
         inspected = inspect_adapter(folder, allow_nonfinite=allow_nonfinite)
+        if details:
+            inspected.details = {**inspected.details, **details}
         if parent is not None:
             parent_card = self.show(parent)
             lineage = (lineage or Lineage()).model_copy(update={"parent": parent_card.ref})
@@ -522,6 +527,38 @@ class Registry:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return target
+
+    # -- compose ------------------------------------------------------------------------
+    def compose(self, recipe: Recipe | dict[str, Any]) -> PushResult:
+        """Build a composite (merge, stack, ensemble) from ``recipe`` and push it.
+
+        Inputs are resolved to exact commits, recorded in the result's lineage with the
+        operator's resolved parameters, so ``rebuild`` can recompute it bit for bit.
+
+        Example:
+            >>> reg.compose({"operator": "svd", "name": "team/sql-chat", "rank": 16,
+            ...              "inputs": ["team/sql-lora", "team/chat-lora"],
+            ...              "weights": [0.6, 0.4]})                        # doctest: +SKIP
+
+        Raises:
+            InvalidRecipe, IncompatibleAdapters, AdapterNotFound, RevisionNotFound.
+        """
+        from hub.composer import compose
+        from schemas.recipe import Recipe
+
+        if not isinstance(recipe, Recipe):
+            recipe = Recipe.model_validate(recipe)
+        return compose(self, recipe)
+
+    def rebuild(self, ref: str) -> Any:
+        """Recompute the composite ``ref`` and compare it with what is stored, file by file.
+
+        Returns:
+            ``hub.composer.RebuildReport`` (``matches``, ``differing`` paths).
+        """
+        from hub.composer import rebuild
+
+        return rebuild(self, ref)
 
     # -- export -------------------------------------------------------------------------
     def export(

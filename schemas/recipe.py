@@ -71,3 +71,35 @@ class Recipe(BaseModel):
                 " (give one weight per input)"
             )
         return self
+
+
+def recipe_from_data(data: object, source: str) -> Recipe:
+    """Validate parsed recipe data; raise ``InvalidRecipe`` naming ``source`` and the field.
+
+    Example:
+        >>> recipe_from_data({"operator": "svd", "name": "a/b", "inputs": ["x/y"], "rnk": 4},
+        ...                  "merge.yaml")
+        Traceback (most recent call last):
+        schemas.errors.InvalidRecipe: merge.yaml: field 'rnk': not a recipe field ...
+    """
+    from pydantic import ValidationError
+
+    from schemas.errors import HubError, InvalidRecipe
+
+    if not isinstance(data, dict):
+        raise InvalidRecipe(f"{source}: a recipe is a mapping of fields (operator, name, inputs)")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        location = ".".join(str(part) for part in first["loc"])
+        cause = (first.get("ctx") or {}).get("error")
+        if isinstance(cause, HubError):  # e.g. an invalid reference in inputs
+            message = str(cause)
+        elif first["type"] == "extra_forbidden":
+            fields = ", ".join(Recipe.model_fields)
+            message = f"not a recipe field (fields: {fields})"
+        else:
+            message = first["msg"].removeprefix("Value error, ")
+        where = f"field {location!r}: " if location else ""
+        raise InvalidRecipe(f"{source}: {where}{message}", field=location) from None

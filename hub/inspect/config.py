@@ -6,11 +6,13 @@ Like PEFT, unknown keys are tolerated (configs grow with every PEFT release).
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
+from compose.peft_patterns import module_matches, pattern_value
 from schemas.errors import InvalidAdapter
+
+__all__ = ["module_matches", "pattern_value"]
 
 CONFIG = "adapter_config.json"
 
@@ -119,23 +121,3 @@ def get_names(config: dict[str, Any], field: str) -> list[str] | str | None:
         f"{CONFIG}: field {field!r} must be a list of module names or a regex, got {value!r}",
         field=field,
     )
-
-
-def pattern_value(pattern: dict[str, Any], module: str, default: Any) -> Any:
-    """PEFT's rank_pattern / alpha_pattern lookup: the first key matching the module's name
-    suffix (``(.*\\.)?KEY$``) wins, else the default."""
-    for key, value in pattern.items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
-
-
-def module_matches(module: str, names: list[str] | str | None) -> bool:
-    """Whether ``module`` is selected by a target list / regex, as PEFT decides it."""
-    if names is None:
-        return False
-    if isinstance(names, str):
-        if names == "all-linear":
-            return True
-        return re.fullmatch(names, module) is not None
-    return any(module == name or module.endswith("." + name) for name in names)

@@ -1,0 +1,273 @@
+"""Merge math: pure functions on tensors, readable as the papers' steps. No file I/O.
+
+LoRA deltas are handled in factored form wherever the result is exact or low-rank (``cat``,
+``svd_merge``); the sparsifying operators (TIES, DARE, magnitude pruning) act per value and so
+work on each module's dense delta, then ``factor`` it back to a LoRA of rank R.
+
+All inputs are converted to fp64 for the arithmetic (cheap next to reading the weights) and
+returned in fp32; the caller rounds once to the output dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from schemas.errors import IncompatibleAdapters, InvalidRecipe
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+MajoritySign = Literal["total", "frequency"]
+
+
+@dataclass
+class Factors:
+    """One module's LoRA in factored form: ``delta = B @ A`` (the scale already folded in)."""
+
+    A: Tensor  # (r, k)
+    B: Tensor  # (d, r)
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[0])
+
+    def delta(self) -> Tensor:
+        return self.B @ self.A
+
+
+@dataclass
+class Truncation:
+    """A rank-R result and how much of the exact delta it keeps."""
+
+    factors: Factors
+    retained: float
+    """Squared Frobenius norm kept: sum of the kept singular values squared."""
+    total: float
+    """Squared Frobenius norm of the exact delta."""
+
+    @property
+    def energy(self) -> float:
+        """Fraction of the squared Frobenius norm kept (1.0 for a zero delta)."""
+        return self.retained / self.total if self.total > 0 else 1.0
+
+
+def _check_weights(count: int, weights: Sequence[float], module: str) -> None:
+    if len(weights) != count:
+        raise InvalidRecipe(
+            f"{len(weights)} weights for {count} inputs (give one weight per input)",
+            module=module,
+        )
+
+
+def _check_shapes(shapes: Sequence[tuple[int, ...]], module: str, labels: Sequence[str]) -> None:
+    for label, shape in zip(labels[1:], shapes[1:], strict=True):
+        if shape != shapes[0]:
+            raise IncompatibleAdapters(
+                f"module {module!r} is {tuple(shapes[0])} in {labels[0]} but {tuple(shape)}"
+                f" in {label}: the adapters were trained on different base shapes",
+                module=module,
+            )
+
+
+def cat(factors: Sequence[Factors], weights: Sequence[float], *, module: str = "") -> Factors:
+    """The exact weighted sum ``sum_i w_i B_i A_i`` as one LoRA of rank ``sum_i r_i``.
+
+    ``A = [A_1; A_2; ...]`` (stacked rows), ``B = [w_1 B_1, w_2 B_2, ...]`` (side by side).
+    Nothing is approximated, so it works across ranks and is linear in every input.
+
+    Example:
+        >>> merged = cat([Factors(A1, B1), Factors(A2, B2)], [0.7, 0.3])     # doctest: +SKIP
+        >>> torch.allclose(merged.delta(), 0.7 * B1 @ A1 + 0.3 * B2 @ A2)
+        True
+    """
+    import torch
+
+    _check_weights(len(factors), weights, module)
+    return Factors(
+        A=torch.cat([f.A.double() for f in factors], dim=0).float(),
+        B=torch.cat(
+            [w * f.B.double() for f, w in zip(factors, weights, strict=True)], dim=1
+        ).float(),
+    )
+
+
+def _check_rank(rank: int, d: int, k: int, module: str) -> None:
+    if rank <= 0:
+        raise InvalidRecipe(f"rank must be a positive integer, got {rank}", module=module)
+    if rank > min(d, k):
+        raise InvalidRecipe(
+            f"rank {rank} exceeds the full rank {min(d, k)} of module {module!r} ({d}x{k})",
+            module=module,
+        )
+
+
+def svd_merge(
+    factors: Sequence[Factors], weights: Sequence[float], rank: int, *, module: str = ""
+) -> Truncation:
+    """Best rank-``rank`` approximation (Eckart–Young) of ``sum_i w_i B_i A_i``, in low rank.
+
+    Steps, never forming the d x k delta: stack ``Bc = [w_i B_i]`` (d x R) and ``Ac = [A_i]``
+    (R x k); QR-factor ``Bc = Qb Rb`` and ``Ac^T = Qa Ra``; the delta is ``Qb (Rb Ra^T) Qa^T``,
+    so an SVD of the small R x R core ``U S V^T`` gives the delta's SVD ``(Qb U) S (Qa V)^T``.
+    The result keeps the top ``rank`` triplets, split evenly: ``B = Qb U sqrt(S)``,
+    ``A = sqrt(S) V^T Qa^T``. If the delta's rank is below ``rank`` the extra rows/columns are
+    zero, so the output always has the rank asked for.
+
+    Returns:
+        ``Truncation``: the factors, and ``energy = sum(S[:rank]^2) / sum(S^2)``, the fraction
+        of the squared Frobenius norm kept.
+
+    Reference: Eckart & Young (1936); https://arxiv.org/abs/2311.03099 (task arithmetic in
+    low rank).
+    """
+    import torch
+
+    merged = cat(factors, weights, module=module)
+    d, k = merged.B.shape[0], merged.A.shape[1]
+    _check_rank(rank, d, k, module)
+    q_b, r_b = torch.linalg.qr(merged.B.double())
+    q_a, r_a = torch.linalg.qr(merged.A.double().T)
+    u, s, vh = torch.linalg.svd(r_b @ r_a.T)
+    keep = min(rank, s.shape[0])
+    root = s[:keep].sqrt()
+    b = (q_b @ u[:, :keep]) * root
+    a = (root[:, None] * vh[:keep]) @ q_a.T
+    if keep < rank:
+        b = torch.cat([b, b.new_zeros(d, rank - keep)], dim=1)
+        a = torch.cat([a, a.new_zeros(rank - keep, k)], dim=0)
+    return Truncation(
+        Factors(A=a.float(), B=b.float()), float((s[:keep] ** 2).sum()), float((s**2).sum())
+    )
+
+
+def factor(delta: Tensor, rank: int, *, module: str = "") -> Truncation:
+    """A dense delta as a LoRA of rank ``rank`` (truncated SVD, balanced split)."""
+    import torch
+
+    d, k = delta.shape
+    _check_rank(rank, d, k, module)
+    u, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)
+    root = s[:rank].sqrt()
+    return Truncation(
+        Factors(A=(root[:, None] * vh[:rank]).float(), B=(u[:, :rank] * root).float()),
+        float((s[:rank] ** 2).sum()),
+        float((s**2).sum()),
+    )
+
+
+# -- dense-delta operators (values, not factors) ---------------------------------------------
+
+
+def _check_density(density: float) -> None:
+    if not 0 < density <= 1:
+        raise InvalidRecipe(f"density must be in (0, 1], got {density}")
+
+
+def _stack(deltas: Sequence[Tensor], weights: Sequence[float], module: str) -> Tensor:
+    import torch
+
+    _check_weights(len(deltas), weights, module)
+    return torch.stack([d.double() for d in deltas])
+
+
+def _weighted(stacked: Tensor, weights: Sequence[float]) -> Tensor:
+    import torch
+
+    w = torch.tensor(list(weights), dtype=stacked.dtype)
+    return stacked * w.view(-1, *([1] * (stacked.dim() - 1)))
+
+
+def keep_largest(delta: Tensor, density: float) -> Tensor:
+    """Zero all but the ``int(density * numel)`` largest-magnitude values (TIES' "trim")."""
+    import torch
+
+    if density >= 1:
+        return delta
+    k = int(density * delta.numel())
+    flat = delta.reshape(-1)
+    mask = torch.zeros_like(flat)
+    mask[torch.topk(flat.abs(), k=k, largest=True).indices] = 1
+    return (flat * mask).reshape(delta.shape)
+
+
+def drop_random(delta: Tensor, density: float, generator: torch.Generator) -> Tensor:
+    """DARE: keep each value with probability ``density`` and rescale by ``1 / density``."""
+    import torch
+
+    if density >= 1:
+        return delta
+    keep = torch.bernoulli(torch.full(delta.shape, density, dtype=delta.dtype), generator=generator)
+    return delta * keep / density
+
+
+def _elect_and_merge(stacked: Tensor, weights: Sequence[float], method: MajoritySign) -> Tensor:
+    """TIES' "elect sign" and "disjoint merge": average, per value, the weighted inputs that
+    agree with the elected sign (sign of the sum, or of the majority count)."""
+    import torch
+
+    signs = stacked.sign()
+    votes = stacked.sum(dim=0) if method == "total" else signs.sum(dim=0)
+    elected = torch.where(votes >= 0, 1.0, -1.0).to(stacked.dtype)
+    agree = signs == elected
+    merged = (_weighted(stacked, weights) * agree).sum(dim=0)
+    return merged / agree.sum(dim=0).clamp(min=1)
+
+
+def task_arithmetic(
+    deltas: Sequence[Tensor], weights: Sequence[float], *, module: str = ""
+) -> Tensor:
+    """``sum_i w_i delta_i`` (https://arxiv.org/abs/2212.04089)."""
+    return _weighted(_stack(deltas, weights, module), weights).sum(dim=0).float()
+
+
+def magnitude_prune(
+    deltas: Sequence[Tensor], weights: Sequence[float], density: float, *, module: str = ""
+) -> Tensor:
+    """Keep each input's top-``density`` values by magnitude, then the weighted sum."""
+    _check_density(density)
+    stacked = _stack([keep_largest(d.double(), density) for d in deltas], weights, module)
+    return _weighted(stacked, weights).sum(dim=0).float()
+
+
+def ties(
+    deltas: Sequence[Tensor],
+    weights: Sequence[float],
+    density: float,
+    majority_sign: MajoritySign = "total",
+    *,
+    module: str = "",
+) -> Tensor:
+    """TIES-merging: trim to the top ``density`` values, elect signs, disjoint mean
+    (https://arxiv.org/abs/2306.01708)."""
+    _check_density(density)
+    stacked = _stack([keep_largest(d.double(), density) for d in deltas], weights, module)
+    return _elect_and_merge(stacked, weights, majority_sign).float()
+
+
+def dare(
+    deltas: Sequence[Tensor],
+    weights: Sequence[float],
+    density: float,
+    generator: torch.Generator,
+    variant: Literal["linear", "ties"] = "linear",
+    majority_sign: MajoritySign = "total",
+    *,
+    module: str = "",
+) -> Tensor:
+    """DARE: drop values at random and rescale, then a weighted sum (``linear``) or TIES' sign
+    election (``ties``) (https://arxiv.org/abs/2311.03099). Seeded through ``generator``."""
+    _check_density(density)
+    stacked = _stack([drop_random(d.double(), density, generator) for d in deltas], weights, module)
+    if variant == "ties":
+        return _elect_and_merge(stacked, weights, majority_sign).float()
+    return _weighted(stacked, weights).sum(dim=0).float()
+
+
+def check_same_shapes(
+    shapes: Sequence[tuple[int, ...]], module: str, labels: Sequence[str]
+) -> None:
+    """Raise ``IncompatibleAdapters`` naming the module and adapter whose shape differs."""
+    _check_shapes(shapes, module, labels)

@@ -1,0 +1,328 @@
+"""The operator registry and the runner that turns input adapter folders into a result folder.
+
+``OPERATORS`` is one literal dict (no registration by import side effect): each entry says
+which recipe parameters the operator takes, which it requires, which adapter methods it
+accepts, and where the method comes from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from schemas.errors import IncompatibleAdapters, InvalidRecipe
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from compose.adapter_io import LoadedAdapter, ModuleLora
+    from compose.merge import Truncation
+    from schemas.card import InspectedAdapter
+    from schemas.recipe import Recipe
+
+MERGEABLE = frozenset({"lora", "loha", "lokr"})
+
+
+@dataclass(frozen=True)
+class OperatorSpec:
+    summary: str
+    reference: str
+    methods: frozenset[str]
+    """Adapter methods the operator accepts as inputs."""
+    params: frozenset[str] = frozenset()
+    """Recipe fields it takes (besides inputs, weights and name)."""
+    required: frozenset[str] = frozenset()
+
+
+OPERATORS: dict[str, OperatorSpec] = {
+    "cat": OperatorSpec(
+        "exact weighted sum as one LoRA of rank sum(r_i)",
+        "https://arxiv.org/abs/2212.04089",
+        frozenset({"lora"}),
+    ),
+    "linear": OperatorSpec(
+        "exact weighted sum of deltas; with --rank, its best rank-R approximation"
+        " (IA3: weighted sum of the scaling offsets)",
+        "https://arxiv.org/abs/2212.04089",
+        frozenset({"lora", "loha", "lokr", "ia3"}),
+        frozenset({"rank"}),
+    ),
+    "svd": OperatorSpec(
+        "best rank-R approximation of the exact weighted delta, computed in low rank",
+        "https://en.wikipedia.org/wiki/Low-rank_approximation",
+        MERGEABLE,
+        frozenset({"rank"}),
+        frozenset({"rank"}),
+    ),
+    "ties": OperatorSpec(
+        "TIES: trim to the top-density values, elect signs, disjoint mean; factored to rank R",
+        "https://arxiv.org/abs/2306.01708",
+        MERGEABLE,
+        frozenset({"rank", "density", "majority_sign"}),
+        frozenset({"density"}),
+    ),
+    "dare": OperatorSpec(
+        "DARE: random drop with rescale, then a weighted sum or TIES; factored to rank R",
+        "https://arxiv.org/abs/2311.03099",
+        MERGEABLE,
+        frozenset({"rank", "density", "seed", "variant", "majority_sign"}),
+        frozenset({"density"}),
+    ),
+    "magnitude-prune": OperatorSpec(
+        "keep each input's top-density values by magnitude, weighted sum; factored to rank R",
+        "https://arxiv.org/abs/2306.01708",
+        MERGEABLE,
+        frozenset({"rank", "density"}),
+        frozenset({"density"}),
+    ),
+    "stack": OperatorSpec(
+        "adapters of any methods applied in order (deploy merges the mergeable ones in order)",
+        "https://huggingface.co/docs/peft/developer_guides/model_merging",
+        frozenset({"lora", "adalora", "ia3", "loha", "lokr", "oft", "boft", "vera",
+                   "prompt_tuning", "prefix_tuning", "p_tuning"}),
+    ),
+    "ensemble": OperatorSpec(
+        "N prompt adapters run in one batch, log-probabilities averaged (or --average: one"
+        " averaged prompt)",
+        "https://arxiv.org/abs/2104.08691",
+        frozenset({"prompt_tuning", "p_tuning", "prefix_tuning"}),
+        frozenset({"average"}),
+    ),
+}  # fmt: skip
+
+_DEFAULTS = {"majority_sign": "total", "average": False}
+
+
+@dataclass
+class ComposeInput:
+    """One input: its exact reference (``ns/name@<commit>``), its files and its card."""
+
+    ref: str
+    folder: Path
+    card: InspectedAdapter
+
+
+@dataclass
+class ComposeResult:
+    """What a composition produced, for the result's card."""
+
+    params: dict[str, Any]
+    """The operator's resolved parameters (defaults filled in), as recorded in the lineage."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """Retained energy per module and overall for truncating operators."""
+
+
+def resolve_params(recipe: Recipe) -> dict[str, Any]:
+    """Check the recipe's parameters against its operator and fill in defaults.
+
+    Raises:
+        InvalidRecipe: a parameter the operator does not take, or a required one missing.
+    """
+    spec = OPERATORS[recipe.operator]
+    given = (
+        {
+            name
+            for name in ("rank", "density", "seed", "variant")
+            if getattr(recipe, name) is not None
+        }
+        | ({"average"} if recipe.average else set())
+        | ({"majority_sign"} if recipe.majority_sign != "total" else set())
+    )
+    for name in sorted(given - spec.params):
+        raise InvalidRecipe(
+            f"operator {recipe.operator!r} does not take {name!r}"
+            f" (it takes: {', '.join(sorted(spec.params)) or 'no parameters'})",
+            field=name,
+        )
+    for name in sorted(spec.required - given):
+        raise InvalidRecipe(f"operator {recipe.operator!r} needs {name!r}", field=name)
+    params: dict[str, Any] = {name: getattr(recipe, name) for name in sorted(spec.params)}
+    for name, default in _DEFAULTS.items():
+        if name in params and params[name] is None:
+            params[name] = default
+    if recipe.operator == "dare":
+        params["seed"] = 0 if params["seed"] is None else params["seed"]
+        params["variant"] = params["variant"] or "linear"
+    params["weights"] = list(recipe.weights or [1.0] * len(recipe.inputs))
+    return params
+
+
+def check_inputs(operator: str, inputs: Sequence[ComposeInput]) -> None:
+    """Same base model; every input of a method the operator accepts."""
+    spec = OPERATORS[operator]
+    first = inputs[0]
+    for item in inputs:
+        if item.card.method not in spec.methods:
+            what = f"{item.card.method} adapter"
+            raise IncompatibleAdapters(
+                f"{item.ref} is a {what}; `{operator}` takes"
+                f" {', '.join(sorted(spec.methods))} adapters",
+                adapter=item.ref,
+            )
+        if item.card.base_model != first.card.base_model:
+            raise IncompatibleAdapters(
+                f"{item.ref} was trained on base {item.card.base_model!r} but {first.ref} on"
+                f" {first.card.base_model!r}; only adapters of one base model compose",
+                adapter=item.ref,
+                expected=first.card.base_model,
+                got=item.card.base_model,
+            )
+
+
+def run_merge(
+    recipe: Recipe, inputs: Sequence[ComposeInput], params: dict[str, Any], dest: Path
+) -> ComposeResult:
+    """Run a merging operator (cat, linear, svd, ties, dare, magnitude-prune) into ``dest``."""
+    import torch
+
+    from compose import merge
+    from compose.adapter_io import ModuleLora, dense_deltas, load_adapter, write_ia3, write_lora
+
+    operator = recipe.operator
+    adapters = [load_adapter(i.folder, i.ref, i.card.method, operator) for i in inputs]
+    weights: list[float] = params["weights"]
+    dtypes = {a.dtype for a in adapters}
+    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+    readme = _readme(recipe, inputs, params)
+    template = adapters[0].config
+    methods = {a.method for a in adapters}
+
+    if methods == {"ia3"} or "ia3" in methods:
+        if methods != {"ia3"}:
+            raise IncompatibleAdapters(
+                f"`{operator}` cannot mix IA3 scaling vectors with additive adapters"
+                f" ({', '.join(sorted(methods))})"
+            )
+        write_ia3(
+            dest, _merge_ia3(adapters, weights), template=template, dtype=dtype, readme=readme
+        )
+        return ComposeResult(params)
+
+    truncations: dict[str, Truncation] = {}
+    out: dict[str, ModuleLora] = {}
+    if methods == {"lora"} and operator in ("cat", "linear", "svd"):
+        for module, present in _module_union(adapters).items():
+            shapes = [
+                (a.modules[module].factors.B.shape[0], a.modules[module].factors.A.shape[1])
+                for a, _ in present
+            ]
+            merge.check_same_shapes(shapes, module, [a.label for a, _ in present])
+            factors = [a.modules[module].factors for a, _ in present]
+            w = [weights[i] for _, i in present]
+            embedding = present[0][0].modules[module].embedding
+            rank = params.get("rank")
+            if rank is None:
+                out[module] = ModuleLora(merge.cat(factors, w, module=module), embedding)
+            else:
+                result = merge.svd_merge(factors, w, rank, module=module)
+                truncations[module] = result
+                out[module] = ModuleLora(result.factors, embedding)
+    else:
+        if operator == "cat":
+            raise IncompatibleAdapters("`cat` merges LoRA adapters only")
+        deltas = [dense_deltas(a) for a in adapters]
+        embeddings = {m for a in adapters for m, lora in a.modules.items() if lora.embedding}
+        rank = params.get("rank") or max(int(i.card.rank or 0) for i in inputs)
+        generator = torch.Generator().manual_seed(int(params.get("seed") or 0))
+        for module in sorted({m for d in deltas for m in d}):
+            having = [
+                (d[module], a.label) for d, a in zip(deltas, adapters, strict=True) if module in d
+            ]
+            merge.check_same_shapes(
+                [tuple(t.shape) for t, _ in having], module, [label for _, label in having]
+            )
+            shape = having[0][0].shape
+            # An input without this module contributes a zero delta (and a zero vote in TIES).
+            per_input = [d.get(module, torch.zeros(shape)) for d in deltas]
+            dense = _dense_op(operator, per_input, weights, params, generator, module)
+            result = merge.factor(dense, min(rank, min(shape)), module=module)
+            truncations[module] = result
+            out[module] = ModuleLora(result.factors, module in embeddings)
+    write_lora(dest, out, template=template, dtype=dtype, readme=readme)
+    return ComposeResult(params, _energy_details(truncations))
+
+
+def _module_union(adapters: list[LoadedAdapter]) -> dict[str, list[tuple[LoadedAdapter, int]]]:
+    modules: dict[str, list[tuple[LoadedAdapter, int]]] = {}
+    for index, adapter in enumerate(adapters):
+        for module in adapter.modules:
+            modules.setdefault(module, []).append((adapter, index))
+    return dict(sorted(modules.items()))
+
+
+def _dense_op(
+    operator: str,
+    deltas: list[Tensor],
+    weights: list[float],
+    params: dict[str, Any],
+    generator: Any,
+    module: str,
+) -> Tensor:
+    from compose import merge
+
+    if operator in ("linear", "svd"):
+        return merge.task_arithmetic(deltas, weights, module=module)
+    if operator == "ties":
+        return merge.ties(
+            deltas, weights, params["density"], params["majority_sign"], module=module
+        )
+    if operator == "magnitude-prune":
+        return merge.magnitude_prune(deltas, weights, params["density"], module=module)
+    return merge.dare(
+        deltas,
+        weights,
+        params["density"],
+        generator,
+        params["variant"],
+        params["majority_sign"],
+        module=module,
+    )
+
+
+def _merge_ia3(adapters: list[LoadedAdapter], weights: list[float]) -> dict[str, Tensor]:
+    """IA3 vectors scale activations; a vector of ones is "no change". Task arithmetic on the
+    offsets from one, ``1 + sum_i w_i (l_i - 1)``, so each adapter's effect adds up and a
+    single adapter with weight 1 is reproduced exactly."""
+    merged: dict[str, Tensor] = {}
+    for adapter, weight in zip(adapters, weights, strict=True):
+        for module, vector in adapter.vectors.items():
+            if module in merged and merged[module].shape != vector.shape:
+                raise IncompatibleAdapters(
+                    f"module {module!r} has IA3 vectors of shapes {tuple(merged[module].shape)}"
+                    f" and {tuple(vector.shape)} (in {adapter.label})",
+                    module=module,
+                )
+            base = merged.get(module, vector.new_ones(vector.shape).double())
+            merged[module] = base + weight * (vector.double() - 1)
+    return {m: v.float() for m, v in merged.items()}
+
+
+def _energy_details(truncations: dict[str, Truncation]) -> dict[str, Any]:
+    if not truncations:
+        return {}
+    total = sum(t.total for t in truncations.values())
+    kept = sum(t.retained for t in truncations.values())
+    return {
+        "retained_energy": round(kept / total, 8) if total > 0 else 1.0,
+        "module_energy": {m: round(t.energy, 8) for m, t in truncations.items()},
+    }
+
+
+def _readme(recipe: Recipe, inputs: Sequence[ComposeInput], params: dict[str, Any]) -> str:
+    lines = [
+        "---",
+        f"description: {recipe.description or f'{recipe.operator} of {len(inputs)} adapters'}",
+        "library_name: peft",
+        "---",
+        f"# {recipe.name}",
+        "",
+        f"Composed by `hub compose {recipe.operator}` from:",
+        "",
+        *[f"- `{i.ref}` (weight {w:g})" for i, w in zip(inputs, params["weights"], strict=True)],
+        "",
+        "Parameters: " + ", ".join(f"{k}={v}" for k, v in params.items() if k != "weights"),
+        "",
+    ]
+    return "\n".join(lines)

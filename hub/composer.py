@@ -1,0 +1,142 @@
+"""Registry side of composition: resolve inputs, run the operator, store the result.
+
+The operator reads its inputs through a folder of symlinks to the stored blobs (nothing is
+copied), writes the result into a temporary folder, and the result is pushed like any
+adapter (so it is inspected and indexed the same way) with its recipe and exact input commits
+in the lineage. A failure at any step leaves the registry untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from schemas.errors import InvalidRecipe
+
+if TYPE_CHECKING:
+    from compose.operators import ComposeInput, ComposeResult
+    from hub.registry import PushResult, Registry
+    from schemas.card import AdapterCard
+    from schemas.recipe import Recipe
+
+
+def _link_files(registry: Registry, card: AdapterCard, folder: Path) -> None:
+    for entry in card.files:
+        target = folder / entry.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        blob = registry.store.path(entry.sha256)
+        try:
+            os.symlink(blob, target)
+        except OSError:  # filesystems without symlinks
+            shutil.copyfile(blob, target)
+
+
+@contextlib.contextmanager
+def _workspace(registry: Registry) -> Iterator[Path]:
+    root = registry.home / "tmp"
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix="compose-") as tmp:
+        yield Path(tmp)
+
+
+def _build(registry: Registry, recipe: Recipe, work: Path) -> tuple[Path, ComposeResult, list[str]]:
+    from compose.operators import ComposeInput, check_inputs, resolve_params, run_merge
+
+    params = resolve_params(recipe)
+    cards = [registry.show(ref) for ref in recipe.inputs]
+    inputs: list[ComposeInput] = []
+    for index, card in enumerate(cards):
+        folder = work / f"input-{index}"
+        _link_files(registry, card, folder)
+        inputs.append(ComposeInput(ref=card.ref, folder=folder, card=card))
+    check_inputs(recipe.operator, inputs)
+    out = work / "result"
+    if recipe.operator in ("stack", "ensemble"):
+        result = _build_composite(recipe, inputs, params, out)
+    else:
+        result = run_merge(recipe, inputs, params, out)
+    return out, result, [card.ref for card in cards]
+
+
+def _build_composite(
+    recipe: Recipe, inputs: list[ComposeInput], params: dict[str, Any], out: Path
+) -> ComposeResult:
+    from compose.composite import CompositeMember, write_composite
+
+    from compose.operators import ComposeResult
+
+    members = [CompositeMember(ref=i.ref, folder=i.folder, card=i.card) for i in inputs]
+    if recipe.operator == "ensemble" and params.get("average"):
+        from compose.ensemble import average_prompts
+
+        average_prompts([i.folder for i in inputs], out)
+    else:
+        write_composite(out, recipe.operator, members)
+    return ComposeResult(params)
+
+
+def recipe_record(recipe: Recipe, params: dict[str, Any]) -> dict[str, Any]:
+    """What a composite's card records: operator, resolved parameters, description."""
+    return {"operator": recipe.operator, **params, "description": recipe.description}
+
+
+def compose(registry: Registry, recipe: Recipe) -> PushResult:
+    """Run ``recipe`` and push the result as the next version of ``recipe.name``."""
+    from schemas.card import Lineage
+
+    with _workspace(registry) as work:
+        out, result, exact_inputs = _build(registry, recipe, work)
+        return registry.push(
+            out,
+            name=recipe.name,
+            tasks=recipe.tasks,
+            lineage=Lineage(recipe=recipe_record(recipe, result.params), inputs=exact_inputs),
+            details=result.details,
+        )
+
+
+@dataclass
+class RebuildReport:
+    ref: str
+    matches: bool
+    differing: list[str] = field(default_factory=list)
+    """Files whose rebuilt bytes differ (or that are missing/extra)."""
+
+
+def rebuild(registry: Registry, ref: str) -> RebuildReport:
+    """Recompute a composite from its recorded recipe and exact inputs; compare bit for bit."""
+    from hub.store import sha256_file
+    from schemas.recipe import Recipe
+
+    card = registry.show(ref)
+    lineage = card.lineage
+    if lineage is None or not lineage.recipe:
+        raise InvalidRecipe(
+            f"{card.repo}@v{card.version} was not built by `hub compose`: nothing to rebuild",
+            repo=card.repo,
+        )
+    record = dict(lineage.recipe)
+    recipe = Recipe(
+        operator=record.pop("operator"),
+        name=card.repo,
+        inputs=list(lineage.inputs),
+        weights=record.pop("weights", None),
+        description=record.pop("description", None),
+        **{k: v for k, v in record.items() if v is not None},
+    )
+    with _workspace(registry) as work:
+        out, _, _ = _build(registry, recipe, work)
+        rebuilt = {
+            p.relative_to(out).as_posix(): sha256_file(p) for p in out.rglob("*") if p.is_file()
+        }
+    stored = {f.path: f.sha256 for f in card.files}
+    differing = sorted(
+        path for path in set(stored) | set(rebuilt) if stored.get(path) != rebuilt.get(path)
+    )
+    return RebuildReport(card.ref, not differing, differing)
