@@ -544,10 +544,10 @@ class Registry:
             InvalidRecipe, IncompatibleAdapters, AdapterNotFound, RevisionNotFound.
         """
         from hub.composer import compose
-        from schemas.recipe import Recipe
+        from schemas.recipe import Recipe, recipe_from_data
 
         if not isinstance(recipe, Recipe):
-            recipe = Recipe.model_validate(recipe)
+            recipe = recipe_from_data(recipe, "recipe")
         return compose(self, recipe)
 
     def rebuild(self, ref: str) -> Any:
