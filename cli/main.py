@@ -117,9 +117,10 @@ def push(
     if as_json:
         print_json({**card.model_dump(mode="json"), "created": result.created})
     elif result.created:
+        rank = f", rank {card.rank}" if card.rank is not None else ""
         click.echo(
             f"Pushed {card.repo}@v{card.version} ({card.commit[:10]}): "
-            f"{card.method}, rank {card.rank}, {human_size(card.size_bytes)}"
+            f"{card.method}{rank}, {human_size(card.size_bytes)}"
         )
     else:
         click.echo(

@@ -141,6 +141,9 @@ def print_card(card: dict[str, Any]) -> None:
         ("parent", card.get("parent")),
         ("description", card.get("description")),
     ]
+    energy = (card.get("details") or {}).get("retained_energy")
+    if energy is not None:
+        lines.append(("retained energy", f"{energy:.4%} of the exact merge"))
     lineage = card.get("lineage") or {}
     if lineage.get("recipe"):
         lines.append(("recipe", json.dumps(lineage["recipe"], sort_keys=True)))

@@ -1,8 +1,8 @@
-"""Build a tiny Llama base model and three real PEFT adapters for the demo.
+"""Build a tiny Llama base model and four real PEFT adapters for the demo.
 
 Usage: python examples/make_adapters.py OUT_DIR
 Writes OUT_DIR/base (a transformers model folder) and OUT_DIR/adapters/{sql-lora,
-summarize-dora,chat-ia3}, each saved by PEFT's own save_pretrained.
+code-lora,summarize-dora,chat-ia3}, each saved by PEFT's own save_pretrained.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def main(out: Path) -> None:
     LlamaForCausalLM(LlamaConfig(**TINY)).save_pretrained(base_dir)
     configs = {
         "sql-lora": LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
+        "code-lora": LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj"]),
         "summarize-dora": LoraConfig(
             r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "k_proj", "v_proj"]
         ),

@@ -121,7 +121,7 @@ class Registry:
     """Adapters stored in ``home``: ``index.db`` plus a content-addressed ``store/``."""
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
-        self.home = Path(home) if home is not None else default_home()
+        self.home = (Path(home) if home is not None else default_home()).expanduser().absolute()
         self.home.mkdir(parents=True, exist_ok=True)
         self.store = BlobStore(self.home / "store")
         self._lock_path = self.home / "locks" / "store.lock"
