@@ -3,6 +3,7 @@
 Heavy libraries (torch, transformers, peft) are never imported here.
 """
 
-from hub.registry import GcReport, PushResult, Registry, VerifyReport, default_home
+from hub.maintenance import GcReport, VerifyReport
+from hub.registry import PushResult, Registry, default_home
 
 __all__ = ["GcReport", "PushResult", "Registry", "VerifyReport", "default_home"]

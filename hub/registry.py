@@ -19,13 +19,16 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import Unpack
+
 from hub.index import Index, utcnow
 from hub.locks import file_lock
-from hub.search import SearchQuery, run_search, run_search_json
+from hub.maintenance import GcReport, VerifyReport, collect_garbage, verify_store
+from hub.search import SearchFilters, SearchQuery, run_search, run_search_json
 from hub.store import BlobStore, fsync_dir
 from schemas.errors import (
     AdapterNotFound,
@@ -91,32 +94,6 @@ class PushResult:
     """False when the content equals the latest version's (nothing new stored)."""
 
 
-@dataclass
-class BlobProblem:
-    digest: str
-    status: str  # "missing" | "corrupted"
-    versions: list[str]
-
-
-@dataclass
-class VerifyReport:
-    blobs_checked: int = 0
-    bytes_checked: int = 0
-    problems: list[BlobProblem] = field(default_factory=list)
-    orphan_blobs: int = 0
-    database: str = "ok"
-
-    @property
-    def healthy(self) -> bool:
-        return not self.problems and self.database == "ok"
-
-
-@dataclass
-class GcReport:
-    blobs_removed: int = 0
-    bytes_freed: int = 0
-
-
 class Registry:
     """Adapters stored in ``home``: ``index.db`` plus a content-addressed ``store/``."""
 
@@ -124,7 +101,7 @@ class Registry:
         self.home = (Path(home) if home is not None else default_home()).expanduser().absolute()
         self.home.mkdir(parents=True, exist_ok=True)
         self.store = BlobStore(self.home / "store")
-        self._lock_path = self.home / "locks" / "store.lock"
+        self.lock_path = self.home / "locks" / "store.lock"
         self._index: Index | None = None
 
     @property
@@ -204,7 +181,7 @@ class Registry:
             inspected.parent = parent_card.ref
         files_on_disk = adapter_files(folder)
 
-        with file_lock(self._lock_path, shared=True):
+        with file_lock(self.lock_path, shared=True):
             entries = []
             for rel, abs_path in files_on_disk:
                 digest, size = self.store.put_file(abs_path, description=f"push {rel}")
@@ -380,19 +357,13 @@ class Registry:
         return [self._card(json.loads(row["card"]), row["id"]) for row in rows]
 
     def search(
-        self,
-        query: str | None = None,
-        *,
-        base: str | None = None,
-        method: str | None = None,
-        rank: str | int | None = None,
-        tasks: Iterable[str] = (),
-        tags: Iterable[str] = (),
-        sort: str | None = None,
-        limit: int | None = None,
-        all_versions: bool = False,
+        self, query: str | None = None, **filters: Unpack[SearchFilters]
     ) -> list[AdapterCard]:
         """Cards matching every filter (latest version of each repo unless ``all_versions``).
+
+        Filters: ``base`` (exact or glob), ``method`` (``dora`` too), ``rank`` (``8``,
+        ``8..16``, ``<=16``), ``tasks``, ``tags`` (``K=V`` or ``K``), ``sort`` (a field or
+        ``metric:NAME``; ``+``/``-`` for the direction), ``limit``, ``all_versions``.
 
         Example:
             >>> reg.search("sql", base="meta-llama/Llama-3-8B", rank="<=16",
@@ -400,78 +371,17 @@ class Registry:
         """
         from schemas.card import AdapterCard
 
-        return [
-            AdapterCard.model_validate(c)
-            for c in self.search_raw(
-                query,
-                base=base,
-                method=method,
-                rank=rank,
-                tasks=tasks,
-                tags=tags,
-                sort=sort,
-                limit=limit,
-                all_versions=all_versions,
-            )
-        ]
-
-    def search_json(
-        self,
-        query: str | None = None,
-        *,
-        base: str | None = None,
-        method: str | None = None,
-        rank: str | int | None = None,
-        tasks: Iterable[str] = (),
-        tags: Iterable[str] = (),
-        sort: str | None = None,
-        limit: int | None = None,
-        all_versions: bool = False,
-    ) -> list[str]:
-        """Like ``search`` but each card as JSON text (what ``hub ls --json`` prints)."""
-        return run_search_json(
-            self.index,
-            SearchQuery(
-                text=query,
-                base=base,
-                method=method,
-                rank=str(rank) if rank is not None else None,
-                tasks=list(tasks),
-                tags=list(tags),
-                sort=sort,
-                limit=limit,
-                all_versions=all_versions,
-            ),
-        )
+        return [AdapterCard.model_validate(c) for c in self.search_raw(query, **filters)]
 
     def search_raw(
-        self,
-        query: str | None = None,
-        *,
-        base: str | None = None,
-        method: str | None = None,
-        rank: str | int | None = None,
-        tasks: Iterable[str] = (),
-        tags: Iterable[str] = (),
-        sort: str | None = None,
-        limit: int | None = None,
-        all_versions: bool = False,
+        self, query: str | None = None, **filters: Unpack[SearchFilters]
     ) -> list[dict[str, Any]]:
-        """Like ``search`` but JSON-ready dicts, skipping model validation (for fast listing)."""
-        return run_search(
-            self.index,
-            SearchQuery(
-                text=query,
-                base=base,
-                method=method,
-                rank=str(rank) if rank is not None else None,
-                tasks=list(tasks),
-                tags=list(tags),
-                sort=sort,
-                limit=limit,
-                all_versions=all_versions,
-            ),
-        )
+        """Like ``search`` but JSON-ready dicts, skipping model validation."""
+        return run_search(self.index, SearchQuery.of(query, **filters))
+
+    def search_json(self, query: str | None = None, **filters: Unpack[SearchFilters]) -> list[str]:
+        """Like ``search`` but each card as JSON text (what ``hub ls --json`` prints)."""
+        return run_search_json(self.index, SearchQuery.of(query, **filters))
 
     def blob_path(self, card: AdapterCard, path: str) -> Path:
         """Where the bytes of file ``path`` of ``card`` are stored (read-only use)."""
@@ -508,7 +418,7 @@ class Registry:
         staging = target.parent / f".{target.name}.hub-{uuid.uuid4().hex[:8]}.incomplete"
         staging.mkdir()
         try:
-            with file_lock(self._lock_path, shared=True):
+            with file_lock(self.lock_path, shared=True):
                 for entry in card.files:
                     out = (staging / entry.path).resolve()
                     if not out.is_relative_to(staging.resolve()):
@@ -662,33 +572,11 @@ class Registry:
     # -- maintenance --------------------------------------------------------------------
     def verify(self) -> VerifyReport:
         """Re-hash every stored blob the index references; name the versions of bad ones."""
-        report = VerifyReport(database=self.index.integrity_check())
-        referenced = self.index.referenced_digests()
-        bad: dict[str, str] = {}
-        with file_lock(self._lock_path, shared=True):
-            for digest in sorted(referenced):
-                report.blobs_checked += 1
-                status = self.store.check(digest)
-                if status is None:
-                    report.bytes_checked += self.store.path(digest).stat().st_size
-                else:
-                    bad[digest] = status
-            report.orphan_blobs = sum(1 for d in self.store.iter_digests() if d not in referenced)
-        users = self.index.versions_using(set(bad))
-        report.problems = [BlobProblem(d, s, users[d]) for d, s in sorted(bad.items())]
-        return report
+        return verify_store(self)
 
     def gc(self) -> GcReport:
         """Delete blobs no version references and leftovers of interrupted writes.
 
         Holds the store lock exclusively, so it waits for in-flight pushes and pulls.
         """
-        report = GcReport()
-        with file_lock(self._lock_path, shared=False):
-            referenced = self.index.referenced_digests()
-            for digest in list(self.store.iter_digests()):
-                if digest not in referenced:
-                    report.bytes_freed += self.store.delete(digest)
-                    report.blobs_removed += 1
-            report.bytes_freed += self.store.clear_tmp()
-        return report
+        return collect_garbage(self)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from hub.index import Index
 from schemas.errors import InvalidArgument
@@ -81,6 +82,19 @@ def _fts_query(text: str) -> str:
     return " ".join(f'"{w}"*' for w in words)
 
 
+class SearchFilters(TypedDict, total=False):
+    """The keyword filters of ``Registry.search`` (and ``hub ls`` options)."""
+
+    base: str | None
+    method: str | None
+    rank: str | int | None
+    tasks: Iterable[str]
+    tags: Iterable[str]
+    sort: str | None
+    limit: int | None
+    all_versions: bool
+
+
 @dataclass
 class SearchQuery:
     """Every ``hub ls`` filter. Empty means "everything"."""
@@ -94,6 +108,18 @@ class SearchQuery:
     sort: str | None = None
     limit: int | None = None
     all_versions: bool = False
+
+    @classmethod
+    def of(cls, text: str | None = None, **filters: Any) -> SearchQuery:
+        """Build from ``Registry.search``'s arguments (rank may be an int, lists any iterable)."""
+        rank = filters.pop("rank", None)
+        return cls(
+            text=text,
+            rank=str(rank) if rank is not None else None,
+            tasks=list(filters.pop("tasks", ())),
+            tags=list(filters.pop("tags", ())),
+            **filters,
+        )
 
     def to_sql(self) -> tuple[str, list[Any]]:
         where: list[str] = []
