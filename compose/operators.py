@@ -87,7 +87,7 @@ OPERATORS: dict[str, OperatorSpec] = {
         "N prompt adapters run in one batch, log-probabilities averaged (or --average: one"
         " averaged prompt)",
         "https://arxiv.org/abs/2104.08691",
-        frozenset({"prompt_tuning", "p_tuning", "prefix_tuning"}),
+        frozenset({"prompt_tuning", "p_tuning"}),
         frozenset({"average"}),
     ),
 }  # fmt: skip

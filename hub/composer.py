@@ -9,8 +9,6 @@ in the lineage. A failure at any step leaves the registry untouched.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,19 +20,7 @@ from schemas.errors import InvalidRecipe
 if TYPE_CHECKING:
     from compose.operators import ComposeInput, ComposeResult
     from hub.registry import PushResult, Registry
-    from schemas.card import AdapterCard
     from schemas.recipe import Recipe
-
-
-def _link_files(registry: Registry, card: AdapterCard, folder: Path) -> None:
-    for entry in card.files:
-        target = folder / entry.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        blob = registry.store.path(entry.sha256)
-        try:
-            os.symlink(blob, target)
-        except OSError:  # filesystems without symlinks
-            shutil.copyfile(blob, target)
 
 
 @contextlib.contextmanager
@@ -53,7 +39,7 @@ def _build(registry: Registry, recipe: Recipe, work: Path) -> tuple[Path, Compos
     inputs: list[ComposeInput] = []
     for index, card in enumerate(cards):
         folder = work / f"input-{index}"
-        _link_files(registry, card, folder)
+        registry.link_files(card, folder)
         inputs.append(ComposeInput(ref=card.ref, folder=folder, card=card))
     check_inputs(recipe.operator, inputs)
     out = work / "result"
@@ -67,17 +53,14 @@ def _build(registry: Registry, recipe: Recipe, work: Path) -> tuple[Path, Compos
 def _build_composite(
     recipe: Recipe, inputs: list[ComposeInput], params: dict[str, Any], out: Path
 ) -> ComposeResult:
-    from compose.composite import CompositeMember, write_composite
-
+    from compose.composites import CompositeMember, average_prompts, write_composite
     from compose.operators import ComposeResult
 
     members = [CompositeMember(ref=i.ref, folder=i.folder, card=i.card) for i in inputs]
     if recipe.operator == "ensemble" and params.get("average"):
-        from compose.ensemble import average_prompts
-
-        average_prompts([i.folder for i in inputs], out)
+        average_prompts(members, out)
     else:
-        write_composite(out, recipe.operator, members)
+        write_composite(out, "stack" if recipe.operator == "stack" else "ensemble", members)
     return ComposeResult(params)
 
 

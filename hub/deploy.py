@@ -50,7 +50,7 @@ def export(
         recipe: dict[str, Any] | None = None
         for i, ref in enumerate(refs):
             source, card = _adapter(registry, ref, scratch / f"adapter-{i}")
-            sources.append(source)
+            sources.extend(_expand_stack(source))
             if card is not None and card.lineage is not None and card.lineage.recipe:
                 recipe = {**card.lineage.recipe, "inputs": card.lineage.inputs}
         base_dir, base_label = _base(registry, base, scratch / "base", format)
@@ -86,8 +86,27 @@ def _adapter(
         folder = Path(ref)
         return AdapterSource(folder, str(folder), folder.name), None
     card = registry.show(str(ref))
-    _link_files(registry, card, scratch)
+    registry.link_files(card, scratch)
     return AdapterSource(scratch, card.ref, card.repo.split("/")[1]), card
+
+
+def _expand_stack(source: AdapterSource) -> list[AdapterSource]:
+    """A stack composite exports as its members, merged in order, like adapters given in turn."""
+    from compose.composites import COMPOSITE_FILE, read_composite
+    from compose.deploy import AdapterSource
+
+    if not (source.path / COMPOSITE_FILE).is_file():
+        return [source]
+    spec = read_composite(source.path)
+    if spec["kind"] != "stack":
+        raise InvalidArgument(
+            f"{source.label} is a prompt ensemble: it runs N prompts at inference and has no"
+            " merged form; export its members, or compose it with --average first"
+        )
+    return [
+        AdapterSource(source.path / m["path"], m["ref"], m["ref"].split("@")[0].split("/")[1])
+        for m in spec["members"]
+    ]
 
 
 def _base(
@@ -101,15 +120,5 @@ def _base(
             f" `hub pull {base} -o DIR` first"
         )
     card = registry.show(str(base))
-    _link_files(registry, card, scratch)
+    registry.link_files(card, scratch)
     return scratch, card.ref
-
-
-def _link_files(registry: Registry, card: AdapterCard, folder: Path) -> None:
-    """A folder of symlinks to the stored blobs of ``card`` (read-only use)."""
-    for entry in card.files:
-        link = (folder / entry.path).resolve()
-        if not link.is_relative_to(folder.resolve()):
-            raise InvalidArgument(f"{card.repo}: file path {entry.path!r} escapes the folder")
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(registry.blob_path(card, entry.path))

@@ -390,6 +390,32 @@ class Registry:
                 return self.store.path(entry.sha256)
         raise InvalidAdapter(f"{card.repo}@v{card.version} has no file {path!r}", repo=card.repo)
 
+    def link_files(self, card: AdapterCard, folder: Path) -> Path:
+        """Lay out ``card``'s files in ``folder`` as symlinks to the stored blobs (read-only
+        use by compose and export: nothing is copied). Returns ``folder``."""
+        for entry in card.files:
+            link = (folder / entry.path).resolve()
+            if not link.is_relative_to(folder.resolve()):
+                raise InvalidAdapter(f"{card.repo}: file path {entry.path!r} escapes the folder")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(self.store.path(entry.sha256))
+        return folder
+
+    def load(self, base_model: Any, ref: str) -> Any:
+        """A ready model: ``base_model`` with adapter, stack or ensemble ``ref`` applied.
+
+        Example:
+            >>> model = Registry().load(AutoModelForCausalLM.from_pretrained(base),
+            ...                         "team/stacked@v1")                  # doctest: +SKIP
+        """
+        import tempfile
+
+        from compose.composites import load_composed
+
+        card = self.show(ref)
+        with tempfile.TemporaryDirectory(prefix="hub-load-") as tmp:
+            return load_composed(base_model, self.link_files(card, Path(tmp) / "adapter"))
+
     # -- pull ---------------------------------------------------------------------------
     def pull(
         self,

@@ -65,6 +65,10 @@ def inspect_adapter(
         ('lora', 8, ['q_proj', 'v_proj'])
     """
     folder = Path(path)
+    if (folder / "composite.json").is_file() and not (folder / "adapter_config.json").exists():
+        from hub.inspect.composite import inspect_composite
+
+        return inspect_composite(folder, inspect_adapter, allow_nonfinite)
     config = load_config(folder)
     method = method_of(config)
     weights = folder / WEIGHTS
