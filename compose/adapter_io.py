@@ -191,8 +191,6 @@ def write_lora(
     """
     from collections import Counter
 
-    from safetensors.torch import save_file
-
     ranks = {m: lora.factors.rank for m, lora in modules.items()}
     common = Counter(ranks.values()).most_common(1)[0][0] if ranks else 1
     pattern = {re.escape(m): r for m, r in sorted(ranks.items()) if r != common}
@@ -224,10 +222,7 @@ def write_lora(
         "init_lora_weights": True,
         "inference_mode": True,
     }
-    dest.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(dest / WEIGHTS), metadata={"format": "pt"})
-    (dest / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (dest / "README.md").write_text(readme)
+    _write_folder(dest, tensors, config, readme)
 
 
 def write_ia3(
@@ -239,10 +234,18 @@ def write_ia3(
     readme: str,
 ) -> None:
     """Write merged IA3 scaling vectors with the first input's config."""
-    from safetensors.torch import save_file
-
     tensors = {f"{_PREFIX}{m}.ia3_l": v.to(dtype).contiguous() for m, v in sorted(vectors.items())}
     config = {**template, "inference_mode": True}
+    _write_folder(dest, tensors, config, readme)
+
+
+def _write_folder(
+    dest: Path, tensors: dict[str, Tensor], config: dict[str, Any], readme: str
+) -> None:
+    """An adapter folder as PEFT writes it: weights, config (sorted keys: deterministic bytes,
+    so ``hub verify --rebuild`` can compare), README."""
+    from safetensors.torch import save_file
+
     dest.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(dest / WEIGHTS), metadata={"format": "pt"})
     (dest / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
