@@ -12,9 +12,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _blocks(language: str) -> list[str]:
-    usage = ROOT.joinpath("README.md").read_text().split("## Usage", 1)[1]
-    return re.findall(rf"```{language}\n(.*?)```", usage, flags=re.S)
+def _blocks(language: str, section: str = "## Usage") -> list[str]:
+    text = ROOT.joinpath("README.md").read_text().split(section, 1)[1]
+    return re.findall(rf"```{language}\n(.*?)```", text.split("\n## ", 1)[0], flags=re.S)
+
+
+def _run_block(block: str, cwd, env) -> None:
+    lines = [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    for command in lines:
+        result = subprocess.run(
+            ["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
 
 
 def _workspace(tmp_path, adapters):
@@ -34,20 +43,40 @@ def _workspace(tmp_path, adapters):
 
 def test_usage_commands_run_as_written(tmp_path, adapters, hub_home):
     env = _workspace(tmp_path, adapters)
-    lines = _blocks("bash")[0].splitlines()
-    commands = [line for line in lines if line.strip() and not line.startswith("#")]
-    assert len(commands) >= 10
-    for command in commands:
-        result = subprocess.run(
-            ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True
-        )
-        assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+    (block,) = _blocks("bash")
+    assert len(block.splitlines()) >= 10
+    _run_block(block, tmp_path, env)
     assert (tmp_path / "pulled" / "sql-lora" / "adapter_model.safetensors").is_file()
+
+
+def test_compose_commands_run_as_written(tmp_path, adapters, base_dir, hub_home):
+    from hub import Registry
+    from tests.factories import make_adapter
+
+    env = _workspace(tmp_path, adapters)
+    with Registry(hub_home) as registry:
+        # What the recipe names: team/sql-lora@v2 and team/code-lora@prod.
+        registry.push(adapters("lora"), name="team/sql-lora")
+        second = tmp_path / "sql-v2"
+        shutil.copytree(adapters("lora"), second)
+        (second / "README.md").write_text("SQL adapter, second version.")
+        registry.push(second, name="team/sql-lora")
+        code = make_adapter(
+            "lora", tmp_path / "code", base_dir, seed=5, r=4, target_modules=["q_proj", "k_proj"]
+        )
+        registry.push(code, name="team/code-lora")
+        registry.tag("team/code-lora", "prod")
+    (recipe,) = _blocks("yaml", "## Compose")
+    (tmp_path / "merge.yaml").write_text(recipe)
+    (block,) = _blocks("bash", "## Compose")
+    _run_block(block, tmp_path, env)
+    with Registry(hub_home) as registry:
+        assert registry.show("team/sql-code").details["retained_energy"] > 0.5
 
 
 def test_python_api_example_runs(tmp_path, adapters, hub_home):
     env = _workspace(tmp_path, adapters)
-    (code,) = _blocks("python")
+    (code,) = _blocks("python")  # the Python API example
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
     )
