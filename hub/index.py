@@ -105,7 +105,24 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+def _migration_2(db: sqlite_utils.Database) -> None:
+    # Server access tokens: only a hash is kept; scopes are JSON lists of namespaces ("*": all).
+    db.table("tokens").create(
+        {
+            "id": str,
+            "name": str,
+            "hash": str,
+            "read": str,
+            "write": str,
+            "created_at": str,
+            "revoked_at": str,
+        },
+        pk="id",
+        not_null={"name", "hash", "read", "write", "created_at"},
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
 """Numbered from 1; append only. Each runs once, in one transaction with its record."""
 
 

@@ -78,11 +78,11 @@ class BlobStore:
     def has(self, digest: str) -> bool:
         return self.path(digest).is_file()
 
-    def _temp_path(self) -> Path:
+    def temp_path(self) -> Path:
         self.tmp.mkdir(parents=True, exist_ok=True)
         return self.tmp / f"{uuid.uuid4().hex}.incomplete"
 
-    def _publish(self, tmp: Path, digest: str) -> None:
+    def publish(self, tmp: Path, digest: str) -> None:
         final = self.path(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, final)
@@ -96,7 +96,7 @@ class BlobStore:
         stored costs a read and a discarded write, and stores nothing new.
         """
         size = os.path.getsize(src)
-        tmp = self._temp_path()
+        tmp = self.temp_path()
         digest = hashlib.sha256()
         bar = byte_progress(description or Path(src).name, size)
         try:
@@ -114,7 +114,7 @@ class BlobStore:
             if self.has(hexdigest):
                 tmp.unlink()
             else:
-                self._publish(tmp, hexdigest)
+                self.publish(tmp, hexdigest)
             return hexdigest, size
         except BaseException:
             with contextlib.suppress(OSError):
@@ -127,12 +127,12 @@ class BlobStore:
         """Store ``data``; return ``(sha256, size)``."""
         hexdigest = hashlib.sha256(data).hexdigest()
         if not self.has(hexdigest):
-            tmp = self._temp_path()
+            tmp = self.temp_path()
             with open(tmp, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            self._publish(tmp, hexdigest)
+            self.publish(tmp, hexdigest)
         return hexdigest, len(data)
 
     def copy_out(self, digest: str, dest: Path, *, description: str | None = None) -> None:

@@ -25,9 +25,9 @@ _EXPORTS: dict[str, str] = {
     "Recipe": "schemas.recipe",
 }
 _ERRORS = (
-    "AdapterNotFound", "AliasConflict", "HubError", "IncompatibleAdapters", "InsufficientDiskSpace",
-    "InvalidAdapter", "InvalidArgument", "InvalidName", "InvalidRecipe", "OutputExists",
-    "RevisionNotFound", "StoreCorrupted", "UnsafeFormat",
+    "AdapterNotFound", "AliasConflict", "AuthError", "HubError", "IncompatibleAdapters",
+    "InsufficientDiskSpace", "InvalidAdapter", "InvalidArgument", "InvalidName", "InvalidRecipe",
+    "OutputExists", "RevisionNotFound", "StoreCorrupted", "UnsafeFormat",
 )  # fmt: skip
 _EXPORTS.update(dict.fromkeys(_ERRORS, "schemas.errors"))
 
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from schemas.errors import (
         AdapterNotFound,
         AliasConflict,
+        AuthError,
         HubError,
         IncompatibleAdapters,
         InsufficientDiskSpace,

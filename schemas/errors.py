@@ -93,6 +93,12 @@ class InsufficientDiskSpace(HubError, OSError):
     code = "insufficient_disk_space"
 
 
+class AuthError(HubError, PermissionError):
+    """A request without a valid token, or outside the token's scopes."""
+
+    code = "unauthorized"
+
+
 class StoreCorrupted(HubError, RuntimeError):
     """A stored blob whose bytes no longer match its digest, or that is missing."""
 
@@ -119,6 +125,7 @@ ALL_ERRORS: dict[str, type[HubError]] = {
         InvalidArgument,
         OutputExists,
         InsufficientDiskSpace,
+        AuthError,
         StoreCorrupted,
         AliasConflict,
     )

@@ -1,0 +1,136 @@
+"""The subset of the Hugging Face Hub HTTP API that ``huggingface_hub`` uses to read models.
+
+``HF_ENDPOINT=http://host:port`` makes ``snapshot_download``, ``hf_hub_download`` and
+``PeftModel.from_pretrained(base, "ns/name")`` fetch from the registry unchanged. A repo is a
+registry repository, ``main`` its latest version, a version (``v3``), alias or commit any
+other revision; every file is served with its sha256 as ETag (its Git LFS oid), and Xet is
+never advertised, so clients with hf_xet installed download over plain HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from hub.server.common import require_read, state, status_of
+from schemas.card import AdapterCard
+from schemas.errors import AdapterNotFound, HubError, InvalidName, RevisionNotFound
+
+_HF_CODES = {AdapterNotFound: "RepoNotFound", RevisionNotFound: "RevisionNotFound"}
+
+
+def _hf_error(error: HubError, code: str | None = None) -> JSONResponse:
+    code = code or next((c for cls, c in _HF_CODES.items() if isinstance(error, cls)), None)
+    headers = {"X-Error-Message": str(error)[:500]}
+    if code:
+        headers["X-Error-Code"] = code
+    status = status_of(error)
+    if isinstance(error, InvalidName):
+        status = 404  # the HF client reads a malformed id as "repository not found"
+        headers["X-Error-Code"] = "RepoNotFound"
+    return JSONResponse({"error": str(error)}, status_code=status, headers=headers)
+
+
+def _card(request: Request, namespace: str, name: str, revision: str | None) -> AdapterCard:
+    require_read(request, namespace)
+    rev = unquote(revision) if revision else None
+    ref = f"{namespace}/{name}" + (f"@{rev}" if rev and rev != "main" else "")
+    return state(request).registry().show(ref)
+
+
+def _info(card: AdapterCard) -> dict[str, Any]:
+    return {
+        "_id": card.commit[:24],
+        "id": card.repo,
+        "modelId": card.repo,
+        "author": card.repo.split("/")[0],
+        "sha": card.commit,
+        "lastModified": card.created_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "private": False,
+        "disabled": False,
+        "gated": False,
+        "library_name": "peft",
+        "tags": ["peft", card.method, *card.tasks],
+        "pipeline_tag": None,
+        "cardData": {"base_model": card.base_model, "library_name": "peft"},
+        "siblings": [
+            {
+                "rfilename": f.path,
+                "size": f.size,
+                "blobId": f.sha256,
+                "lfs": {"sha256": f.sha256, "size": f.size, "pointerSize": 134},
+            }
+            for f in card.files
+        ],
+        "usedStorage": card.size_bytes,
+    }
+
+
+def register_hf_routes(app: FastAPI) -> None:
+    """Add the Hugging Face Hub read routes to ``app``."""
+
+    @app.get("/api/models/{namespace}/{name}")
+    @app.get("/api/models/{namespace}/{name}/revision/{revision:path}")
+    def model_info(
+        request: Request, namespace: str, name: str, revision: str | None = None
+    ) -> Response:
+        try:
+            return JSONResponse(_info(_card(request, namespace, name, revision)))
+        except HubError as error:
+            return _hf_error(error)
+
+    @app.get("/api/models/{namespace}/{name}/tree/{revision}")
+    @app.get("/api/models/{namespace}/{name}/tree/{revision}/{path:path}")
+    def tree(
+        request: Request, namespace: str, name: str, revision: str, path: str = ""
+    ) -> Response:
+        try:
+            card = _card(request, namespace, name, revision)
+        except HubError as error:
+            return _hf_error(error)
+        prefix = path.strip("/") + "/" if path.strip("/") else ""
+        entries: dict[str, dict[str, Any]] = {}
+        for f in card.files:
+            if not f.path.startswith(prefix):
+                continue
+            rest = f.path[len(prefix) :]
+            if "/" in rest:
+                folder = prefix + rest.split("/")[0]
+                entries.setdefault(
+                    folder, {"type": "directory", "oid": card.commit, "size": 0, "path": folder}
+                )
+            else:
+                entries[f.path] = {
+                    "type": "file",
+                    "oid": f.sha256,
+                    "size": f.size,
+                    "path": f.path,
+                    "lfs": {"oid": f.sha256, "size": f.size, "pointerSize": 134},
+                }
+        return JSONResponse(list(entries.values()))
+
+    @app.head("/{namespace}/{name}/resolve/{revision}/{path:path}")
+    @app.get("/{namespace}/{name}/resolve/{revision}/{path:path}")
+    def resolve(request: Request, namespace: str, name: str, revision: str, path: str) -> Response:
+        try:
+            card = _card(request, namespace, name, revision)
+        except HubError as error:
+            return _hf_error(error)
+        entry = next((f for f in card.files if f.path == path), None)
+        if entry is None:
+            return _hf_error(
+                RevisionNotFound(f"{card.repo}@v{card.version} has no file {path!r}"),
+                code="EntryNotFound",
+            )
+        blob = state(request).registry().store.path(entry.sha256)
+        headers = {
+            "X-Repo-Commit": card.commit,
+            "ETag": f'"{entry.sha256}"',
+            "X-Linked-Etag": f'"{entry.sha256}"',
+            "X-Linked-Size": str(entry.size),
+            "Accept-Ranges": "bytes",
+        }
+        return FileResponse(blob, headers=headers, media_type="application/octet-stream")

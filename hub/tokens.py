@@ -1,0 +1,114 @@
+"""Access tokens for the team server: created once, stored hashed, scoped per namespace.
+
+A token reads ``hub_<id>_<secret>``; the index keeps ``sha256(secret)`` and the scopes. A
+token with write access to a namespace can read it too. ``*`` stands for every namespace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from hub.index import utcnow
+from schemas.errors import AuthError, InvalidArgument
+
+if TYPE_CHECKING:
+    from hub.registry import Registry
+
+
+@dataclass(frozen=True)
+class Token:
+    id: str
+    name: str
+    read: tuple[str, ...]
+    write: tuple[str, ...]
+    created_at: str
+    revoked_at: str | None = None
+
+    def can_read(self, namespace: str) -> bool:
+        scopes = self.read + self.write
+        return "*" in scopes or namespace in scopes
+
+    def can_write(self, namespace: str) -> bool:
+        return "*" in self.write or namespace in self.write
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _check_scopes(scopes: list[str], option: str) -> None:
+    from schemas.refs import validate_part
+
+    for scope in scopes:
+        if scope != "*":
+            try:
+                validate_part(scope, "namespace", scope)
+            except Exception:
+                raise InvalidArgument(
+                    f"invalid {option} {scope!r}: give a namespace or '*'"
+                ) from None
+
+
+def create_token(registry: Registry, name: str, *, read: list[str], write: list[str]) -> str:
+    """Create a token and return it (the only time it is shown in full)."""
+    if not name.strip():
+        raise InvalidArgument("invalid --name '': give the token a label")
+    if not read and not write:
+        raise InvalidArgument("a token needs at least one --read or --write namespace")
+    _check_scopes(read, "--read")
+    _check_scopes(write, "--write")
+    token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+    with registry.index.write() as conn:
+        conn.execute(
+            "INSERT INTO tokens (id, name, hash, read, write, created_at) VALUES (?,?,?,?,?,?)",
+            (
+                token_id,
+                name,
+                _digest(secret),
+                json.dumps(sorted(read)),
+                json.dumps(sorted(write)),
+                utcnow(),
+            ),
+        )
+    return f"hub_{token_id}_{secret}"
+
+
+def list_tokens(registry: Registry) -> list[Token]:
+    rows = registry.index.conn.execute(
+        "SELECT id, name, read, write, created_at, revoked_at FROM tokens ORDER BY created_at"
+    ).fetchall()
+    return [
+        Token(r[0], r[1], tuple(json.loads(r[2])), tuple(json.loads(r[3])), r[4], r[5])
+        for r in rows
+    ]
+
+
+def revoke_token(registry: Registry, token_id: str) -> Token:
+    with registry.index.write() as conn:
+        updated = conn.execute(
+            "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (utcnow(), token_id),
+        ).rowcount
+    if not updated:
+        raise InvalidArgument(f"no active token with id {token_id!r} (see `hub token ls`)")
+    return next(t for t in list_tokens(registry) if t.id == token_id)
+
+
+def authenticate(registry: Registry, presented: str) -> Token:
+    """The token ``presented`` names, if its secret matches (compared in constant time)."""
+    parts = presented.split("_", 2)
+    if len(parts) != 3 or parts[0] != "hub":
+        raise AuthError("invalid token", status=401)
+    row = registry.index.conn.execute(
+        "SELECT id, name, hash, read, write, created_at, revoked_at FROM tokens WHERE id = ?",
+        (parts[1],),
+    ).fetchone()
+    expected = row[2] if row else _digest("no such token")
+    if not hmac.compare_digest(expected, _digest(parts[2])) or row is None or row[6]:
+        raise AuthError("invalid or revoked token", status=401)
+    return Token(row[0], row[1], tuple(json.loads(row[3])), tuple(json.loads(row[4])), row[5])
