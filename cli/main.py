@@ -79,6 +79,7 @@ def cli(ctx: click.Context, home: Path | None) -> None:
 @click.option(
     "--allow-nonfinite", is_flag=True, help="Accept tensors that contain NaN or Inf values."
 )
+@click.option("--to", "remote", envvar="HUB_REMOTE", help="Push to a team hub at this URL.")
 @json_option
 @click.pass_context
 def push(
@@ -91,6 +92,7 @@ def push(
     parent: str | None,
     description: str | None,
     allow_nonfinite: bool,
+    remote: str | None,
     as_json: bool,
 ) -> None:
     """Register an adapter folder (what PEFT's save_pretrained wrote) as a new version.
@@ -103,16 +105,32 @@ def push(
         hub push out/sql-lora --name team/sql-lora --task sql --tag team=nlp \\
             --metric exact_match=0.71@spider
     """
-    result = _registry(ctx).push(
-        path,
-        name=name,
-        tasks=tasks,
-        tags=list(tags),
-        metrics=metrics,
-        parent=parent,
-        description=description,
-        allow_nonfinite=allow_nonfinite,
-    )
+    if remote:
+        from cli.remote import remote_registry
+        from hub.registry import PushResult
+
+        card, created = remote_registry(remote).push(
+            path,
+            name=name,
+            tasks=tasks,
+            tags=tags,
+            metrics=metrics,
+            parent=parent,
+            description=description,
+            allow_nonfinite=allow_nonfinite,
+        )
+        result = PushResult(card, created)
+    else:
+        result = _registry(ctx).push(
+            path,
+            name=name,
+            tasks=tasks,
+            tags=list(tags),
+            metrics=metrics,
+            parent=parent,
+            description=description,
+            allow_nonfinite=allow_nonfinite,
+        )
     card = result.card
     if as_json:
         print_json({**card.model_dump(mode="json"), "created": result.created})
@@ -134,8 +152,11 @@ def push(
     "-o", "--output", type=click.Path(path_type=Path), help="Folder to write (default: ./NAME)."
 )
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
+@click.option("--from", "remote", envvar="HUB_REMOTE", help="Pull from a team hub at this URL.")
 @click.pass_context
-def pull(ctx: click.Context, ref: str, output: Path | None, force: bool) -> None:
+def pull(
+    ctx: click.Context, ref: str, output: Path | None, force: bool, remote: str | None
+) -> None:
     """Write an adapter folder that PeftModel.from_pretrained loads, byte for byte as pushed.
 
     REF is NAMESPACE/NAME[@REV]; REV is a version (v3), an alias (prod), a commit id
@@ -145,7 +166,12 @@ def pull(ctx: click.Context, ref: str, output: Path | None, force: bool) -> None
     Example:
         hub pull team/sql-lora@prod -o adapters/sql
     """
-    dest = _registry(ctx).pull(ref, output, force=force)
+    if remote:
+        from cli.remote import remote_registry
+
+        dest = remote_registry(remote).pull(ref, output, force=force)
+    else:
+        dest = _registry(ctx).pull(ref, output, force=force)
     click.echo(f"Pulled {ref} into {dest}")
 
 
@@ -163,6 +189,7 @@ def pull(ctx: click.Context, ref: str, output: Path | None, force: bool) -> None
 )
 @click.option("--limit", type=int, help="At most N results.")
 @click.option("--all-versions", is_flag=True, help="Every version, not just the latest.")
+@click.option("--from", "remote", envvar="HUB_REMOTE", help="Search a team hub at this URL.")
 @json_option
 @click.pass_context
 def ls(
@@ -176,6 +203,7 @@ def ls(
     sort: str | None,
     limit: int | None,
     all_versions: bool,
+    remote: str | None,
     as_json: bool,
 ) -> None:
     """Find adapters: free text over names, descriptions and tasks, plus filters.
@@ -187,8 +215,7 @@ def ls(
         hub ls sql --base meta-llama/Llama-3-8B --method lora --rank '<=16' \\
             --tag team=nlp --sort metric:exact_match --limit 5 --json
     """
-    cards = _registry(ctx).search_json(
-        query,
+    filters: dict[str, Any] = dict(
         base=base,
         method=method,
         rank=rank,
@@ -198,6 +225,12 @@ def ls(
         limit=limit,
         all_versions=all_versions,
     )
+    if remote:
+        from cli.remote import remote_registry
+
+        cards = [json.dumps(c) for c in remote_registry(remote).search_raw(query, **filters)]
+    else:
+        cards = _registry(ctx).search_json(query, **filters)
     if as_json:
         print_json_texts(cards)
     elif cards:
@@ -375,9 +408,12 @@ def convert(ctx: click.Context, path: Path, output: Path | None) -> None:
 
 from cli.compose import compose  # noqa: E402 (command modules register at the bottom)
 from cli.export import export  # noqa: E402
+from cli.remote import serve, token  # noqa: E402
 
 cli.add_command(compose)
 cli.add_command(export)
+cli.add_command(serve)
+cli.add_command(token)
 
 
 def main() -> None:

@@ -1,0 +1,132 @@
+"""``hub serve`` and ``hub token``: run the team hub and manage who may use it."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+
+from cli.output import json_option, print_json, print_table
+
+
+def remote_registry(url: str) -> Any:
+    from hub.remote import RemoteRegistry
+
+    return RemoteRegistry(url, token=os.environ.get("HUB_TOKEN"))
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--anonymous-read", is_flag=True, help="Let requests without a token read every adapter."
+)
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, anonymous_read: bool) -> None:
+    """Serve the registry over HTTP: the native API and the Hugging Face Hub protocol.
+
+    Clients: `hub push PATH --to http://HOST:PORT`, `hub pull REF --from ...`, and
+    HF_ENDPOINT=http://HOST:PORT for huggingface_hub / PeftModel.from_pretrained.
+    The OpenAPI schema is at /openapi.json.
+
+    \b
+    Example:
+        hub token create --name ci --write team
+        hub serve --host 0.0.0.0 --port 8000
+    """
+    import uvicorn
+
+    from hub.registry import Registry
+    from hub.server import create_app
+
+    home = Registry(ctx.find_root().obj["home"]).home
+    click.echo(f"Serving {home} on http://{host}:{port}", err=True)
+    uvicorn.run(
+        create_app(home, anonymous_read=anonymous_read), host=host, port=port, log_level="warning"
+    )
+
+
+@click.group()
+def token() -> None:
+    """Create, list and revoke access tokens for `hub serve`.
+
+    \b
+    Example:
+        hub token create --name ci --write team --read '*'
+        hub token ls
+        hub token revoke 3f9a1c2b7d4e
+    """
+
+
+def _registry(ctx: click.Context) -> Any:
+    from hub.registry import Registry
+
+    return Registry(ctx.find_root().obj["home"])
+
+
+@token.command(name="create")
+@click.option("--name", required=True, help="A label for the token (who or what uses it).")
+@click.option("--write", "write", multiple=True, help="Namespace it may push to ('*': all).")
+@click.option("--read", "read", multiple=True, help="Namespace it may read ('*': all).")
+@click.pass_context
+def token_create(
+    ctx: click.Context, name: str, write: tuple[str, ...], read: tuple[str, ...]
+) -> None:
+    """Create a token; it is printed once and stored only as a hash.
+
+    \b
+    Example:
+        hub token create --name alice --write alice --read team
+    """
+    from hub.tokens import create_token
+
+    click.echo(create_token(_registry(ctx), name, read=list(read), write=list(write)))
+
+
+@token.command(name="ls")
+@json_option
+@click.pass_context
+def token_ls(ctx: click.Context, as_json: bool) -> None:
+    """List tokens (never their secrets).
+
+    \b
+    Example:
+        hub token ls --json
+    """
+    from hub.tokens import list_tokens
+
+    tokens = list_tokens(_registry(ctx))
+    if as_json:
+        print_json([vars(t) for t in tokens])
+    else:
+        print_table(
+            ["ID", "NAME", "READ", "WRITE", "CREATED", "REVOKED"],
+            [
+                [
+                    t.id,
+                    t.name,
+                    ",".join(t.read) or None,
+                    ",".join(t.write) or None,
+                    t.created_at,
+                    t.revoked_at,
+                ]
+                for t in tokens
+            ],
+        )
+
+
+@token.command(name="revoke")
+@click.argument("token_id")
+@click.pass_context
+def token_revoke(ctx: click.Context, token_id: str) -> None:
+    """Revoke a token by its id (see `hub token ls`).
+
+    \b
+    Example:
+        hub token revoke 3f9a1c2b7d4e
+    """
+    from hub.tokens import revoke_token
+
+    revoked = revoke_token(_registry(ctx), token_id)
+    click.echo(f"Revoked {revoked.id} ({revoked.name})")

@@ -1,0 +1,263 @@
+"""Client of a team hub's native API (``hub serve``): push, pull and search over HTTP.
+
+Errors the server raises come back as the same ``HubError`` subclasses (by their ``code``).
+Downloads resume from a ``*.incomplete`` file with HTTP Range, and every file is checked
+against its sha256 before it is renamed into place; uploads send only the blobs the server
+lacks, and the server checks each against its sha256 before it becomes visible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hub.progress import byte_progress
+from hub.store import CHUNK, fsync_dir, sha256_file
+from schemas.errors import ALL_ERRORS, AuthError, HubError, OutputExists, StoreCorrupted
+
+API = "/api/hub/v1"
+
+
+def raise_for_error(error: urllib.error.HTTPError) -> None:
+    """Turn the server's ``{"error": {"code", "message"}}`` back into the matching HubError."""
+    body = error.read()
+    try:
+        payload = json.loads(body)["error"]
+        code, message = payload["code"], payload["message"]
+    except (ValueError, KeyError, TypeError):
+        raise HubError(f"server answered {error.code}: {body[:200]!r}") from None
+    cls = ALL_ERRORS.get(code, HubError)
+    if cls is AuthError:
+        raise AuthError(message, status=error.code) from None
+    raise cls(message) from None
+
+
+class RemoteRegistry:
+    """A team hub at ``url``, with an optional bearer ``token`` (``HUB_TOKEN``).
+
+    Example:
+        >>> remote = RemoteRegistry("http://hub.internal:8000", token=os.environ["HUB_TOKEN"])
+        >>> remote.push("out/sql-lora", name="team/sql-lora", tasks=["sql"])  # doctest: +SKIP
+        >>> remote.pull("team/sql-lora@v1", "adapters/sql")                    # doctest: +SKIP
+    """
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 60.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    # -- transport ------------------------------------------------------------------------
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        stream: Any = None,
+    ) -> Any:
+        all_headers = dict(headers or {})
+        if self.token:
+            all_headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(
+            self.url + path,
+            data=stream if stream is not None else body,
+            method=method,
+            headers=all_headers,
+        )
+        try:
+            return urllib.request.urlopen(request, timeout=self.timeout)
+        except urllib.error.HTTPError as error:
+            raise_for_error(error)
+        except urllib.error.URLError as error:
+            raise HubError(f"cannot reach the hub at {self.url}: {error.reason}") from None
+
+    def _json(self, method: str, path: str, payload: Any = None) -> Any:
+        body = json.dumps(payload).encode() if payload is not None else None
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        with self._request(method, path, body=body, headers=headers) as response:
+            return json.loads(response.read())
+
+    @staticmethod
+    def _repo_path(ref: str) -> tuple[str, str | None]:
+        from schemas.refs import AdapterRef
+
+        parsed = AdapterRef.parse(ref)
+        return f"{API}/adapters/{parsed.namespace}/{parsed.name}", parsed.revision
+
+    # -- reads ----------------------------------------------------------------------------
+    def search_raw(
+        self,
+        query: str | None = None,
+        *,
+        base: str | None = None,
+        method: str | None = None,
+        rank: str | int | None = None,
+        tasks: Iterable[str] = (),
+        tags: Iterable[str] = (),
+        sort: str | None = None,
+        limit: int | None = None,
+        all_versions: bool = False,
+    ) -> list[dict[str, Any]]:
+        params: list[tuple[str, str]] = [
+            (k, str(v))
+            for k, v in (
+                ("q", query),
+                ("base", base),
+                ("method", method),
+                ("rank", rank),
+                ("sort", sort),
+                ("limit", limit),
+            )
+            if v is not None
+        ]
+        params += [("task", t) for t in tasks] + [("tag", t) for t in tags]
+        if all_versions:
+            params.append(("all_versions", "true"))
+        result: list[dict[str, Any]] = self._json(
+            "GET", f"{API}/adapters?{urllib.parse.urlencode(params)}"
+        )
+        return result
+
+    def show(self, ref: str) -> Any:
+        from schemas.card import AdapterCard
+
+        path, revision = self._repo_path(ref)
+        query = f"?{urllib.parse.urlencode({'revision': revision})}" if revision else ""
+        return AdapterCard.model_validate(self._json("GET", path + query))
+
+    # -- push -----------------------------------------------------------------------------
+    def push(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        tasks: Iterable[str] = (),
+        tags: Sequence[str] = (),
+        metrics: Iterable[str] = (),
+        parent: str | None = None,
+        description: str | None = None,
+        allow_nonfinite: bool = False,
+    ) -> tuple[Any, bool]:
+        """Inspect locally (same checks as a local push), upload missing blobs, commit.
+
+        Returns ``(card, created)``.
+        """
+        from hub.inspect import inspect_adapter
+        from hub.registry import adapter_files
+        from schemas.card import AdapterCard, parse_tags
+        from schemas.refs import validate_repo_id
+
+        folder = Path(path)
+        repo = validate_repo_id(name or f"{os.environ.get('USER', 'local')}/{folder.name}")
+        inspect_adapter(folder, allow_nonfinite=allow_nonfinite)  # fail fast, before uploading
+        files = []
+        for rel, local in adapter_files(folder):
+            digest, size = sha256_file(local), local.stat().st_size
+            files.append({"path": rel, "sha256": digest, "size": size})
+            exists = True
+            try:
+                self._request("HEAD", f"{API}/blobs/{digest}").close()
+            except HubError:
+                exists = False
+            if not exists:
+                self._upload(local, digest, size, rel)
+        namespace, short = repo.split("/")
+        payload = {
+            "files": files,
+            "tasks": list(tasks),
+            "tags": parse_tags(list(tags)),
+            "metrics": list(metrics),
+            "parent": parent,
+            "description": description,
+            "allow_nonfinite": allow_nonfinite,
+        }
+        result = self._json("POST", f"{API}/adapters/{namespace}/{short}/versions", payload)
+        created = bool(result.pop("created"))
+        return AdapterCard.model_validate(result), created
+
+    def _upload(self, local: Path, digest: str, size: int, label: str) -> None:
+        bar = byte_progress(f"upload {label}", size)
+
+        def chunks() -> Iterable[bytes]:
+            with open(local, "rb") as fh:
+                while data := fh.read(CHUNK):
+                    bar.update(len(data))
+                    yield data
+
+        try:
+            self._request(
+                "PUT",
+                f"{API}/blobs/{digest}",
+                stream=chunks(),
+                headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+            ).close()
+        finally:
+            bar.close()
+
+    # -- pull -----------------------------------------------------------------------------
+    def pull(
+        self, ref: str, dest: str | os.PathLike[str] | None = None, *, force: bool = False
+    ) -> Path:
+        """Download ``ref`` into ``dest`` (default ``./NAME``): resumable, sha256-checked,
+        assembled next to ``dest`` and renamed into place at the end."""
+        card = self.show(ref)
+        target = Path(dest) if dest is not None else Path.cwd() / card.repo.split("/")[1]
+        if target.exists() and not force and (not target.is_dir() or any(target.iterdir())):
+            raise OutputExists(
+                f"{target} already exists and is not empty (choose another -o or pass --force)"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Partial downloads live next to the target and survive a failure, for resuming.
+        partial = target.parent / f".{target.name}.hub-download"
+        staging = target.parent / f".{target.name}.hub-{uuid.uuid4().hex[:8]}.incomplete"
+        staging.mkdir()
+        try:
+            for entry in card.files:
+                out = staging / entry.path
+                if not out.resolve().is_relative_to(staging.resolve()):
+                    raise StoreCorrupted(f"server sent a file path that escapes: {entry.path!r}")
+                out.parent.mkdir(parents=True, exist_ok=True)
+                blob = partial / entry.sha256
+                self._download(entry.sha256, entry.size, blob, entry.path)
+                os.replace(blob, out)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+            fsync_dir(target.parent)
+            shutil.rmtree(partial, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
+
+    def _download(self, digest: str, size: int, dest: Path, label: str) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        have = dest.stat().st_size if dest.exists() else 0
+        if have > size:
+            dest.unlink()
+            have = 0
+        if have < size:
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            bar = byte_progress(f"pull {label}", size)
+            bar.update(have)
+            try:
+                with self._request("GET", f"{API}/blobs/{digest}", headers=headers) as response:
+                    resumed = response.status == 206
+                    with open(dest, "ab" if resumed else "wb") as fh:
+                        while data := response.read(CHUNK):
+                            fh.write(data)
+                            bar.update(len(data))
+            finally:
+                bar.close()
+        if sha256_file(dest) != digest:
+            dest.unlink()
+            raise StoreCorrupted(f"downloaded {label} does not match its sha256; pull again")
