@@ -197,6 +197,21 @@ class Registry:
                 lineage,
             )
 
+    def create_repo(self, repo: str) -> bool:
+        """Create an empty repository (no version yet); False if it already exists."""
+        from schemas.refs import validate_repo_id
+
+        namespace, short = validate_repo_id(repo).split("/")
+        with self.index.write() as conn:
+            if conn.execute("SELECT 1 FROM repos WHERE repo = ?", (repo,)).fetchone():
+                return False
+            conn.execute(
+                "INSERT INTO repos (repo, namespace, name, created_at, last_version,"
+                " version_counter) VALUES (?,?,?,?,0,0)",
+                (repo, namespace, short, utcnow()),
+            )
+        return True
+
     def _default_name(self, folder: Path) -> str:
         from schemas.refs import validate_repo_id
 

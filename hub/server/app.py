@@ -99,7 +99,8 @@ def create_app(home: str | os.PathLike[str], *, anonymous_read: bool = False) ->
     @app.middleware("http")
     async def _bound_json_bodies(request: Request, call_next: Any) -> Response:
         length = request.headers.get("content-length")
-        is_blob = request.url.path.startswith(f"{API}/blobs/") or "/lfs/" in request.url.path
+        is_blob = request.url.path.startswith((f"{API}/blobs/", f"{API}/lfs/"))
+        is_blob = is_blob or "/commit/" in request.url.path  # bounded by the commit route
         if not is_blob and length and length.isdigit() and int(length) > MAX_JSON_BYTES:
             return error_response(InvalidArgument(f"request body over {MAX_JSON_BYTES} bytes"))
         response: Response = await call_next(request)
@@ -220,7 +221,9 @@ def create_app(home: str | os.PathLike[str], *, anonymous_read: bool = False) ->
         return await receive_blob(request, digest)
 
     from hub.server.hf import register_hf_routes
+    from hub.server.hf_write import register_hf_write_routes
 
+    register_hf_write_routes(app)  # before the read routes: /{ns}/{name}.git/... is specific
     register_hf_routes(app)
     return app
 

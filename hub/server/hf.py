@@ -15,6 +15,7 @@ from urllib.parse import unquote
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from hub.registry import commit_id
 from hub.server.common import require_read, state, status_of
 from schemas.card import AdapterCard
 from schemas.errors import AdapterNotFound, HubError, InvalidName, RevisionNotFound
@@ -69,6 +70,25 @@ def _info(card: AdapterCard) -> dict[str, Any]:
     }
 
 
+def _empty_repo_info(request: Request, repo: str, revision: str | None) -> dict[str, Any] | None:
+    """A repository created over the HF API before its first commit: its initial, empty state."""
+    if revision not in (None, "main"):
+        return None
+    row = state(request).registry().index.repo_row(repo)
+    if row is None or row["last_version"]:
+        return None
+    return {
+        "_id": repo,
+        "id": repo,
+        "modelId": repo,
+        "sha": commit_id(None, []),
+        "private": False,
+        "siblings": [],
+        "tags": [],
+        "library_name": "peft",
+    }
+
+
 def register_hf_routes(app: FastAPI) -> None:
     """Add the Hugging Face Hub read routes to ``app``."""
 
@@ -79,6 +99,9 @@ def register_hf_routes(app: FastAPI) -> None:
     ) -> Response:
         try:
             return JSONResponse(_info(_card(request, namespace, name, revision)))
+        except RevisionNotFound as error:
+            empty = _empty_repo_info(request, f"{namespace}/{name}", revision)
+            return JSONResponse(empty) if empty else _hf_error(error)
         except HubError as error:
             return _hf_error(error)
 
@@ -117,6 +140,10 @@ def register_hf_routes(app: FastAPI) -> None:
     def resolve(request: Request, namespace: str, name: str, revision: str, path: str) -> Response:
         try:
             card = _card(request, namespace, name, revision)
+        except RevisionNotFound as error:
+            # A repository created but not yet committed to: it exists and holds no files.
+            empty = _empty_repo_info(request, f"{namespace}/{name}", revision)
+            return _hf_error(error, code="EntryNotFound" if empty else None)
         except HubError as error:
             return _hf_error(error)
         entry = next((f for f in card.files if f.path == path), None)

@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from hub import Registry
+from hub.index import MIGRATIONS
 from schemas import (
     AdapterNotFound,
     InvalidAdapter,
@@ -233,6 +234,6 @@ def test_registry_survives_reopen(hub_home, adapters):
         reg.push(adapters("lora"), name="a/b")
     with Registry(hub_home) as reg:
         assert reg.show("a/b").version == 1
-        assert reg.index.schema_version() == 1
+        assert reg.index.schema_version() == len(MIGRATIONS)
         mode = reg.index.conn.execute("PRAGMA journal_mode").fetchone()[0]
         assert mode == "wal"

@@ -223,3 +223,68 @@ def test_unmodified_huggingface_hub_and_peft_read_from_the_server(
         "PeftModelForCausalLM",
         "RepositoryNotFoundError",
     ]
+
+
+HF_WRITER = """
+import os, sys
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
+api = HfApi()
+api.create_repo("team/uploaded", exist_ok=True)
+info = api.upload_folder(folder_path=sys.argv[1], repo_id="team/uploaded")
+print(info.oid)
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sys.argv[2]), sys.argv[1])
+model.push_to_hub("team/from-peft")
+print("pushed")
+try:
+    api.upload_file(path_or_fileobj=b"{not json", path_in_repo="adapter_config.json",
+                    repo_id="team/uploaded")
+except HfHubHTTPError as error:
+    print("refused:", error.response.status_code, error.server_message)
+"""
+
+
+def test_upload_folder_and_push_to_hub_are_indexed(
+    live_server, tokens, adapters, base_dir, tmp_path
+):
+    lora = adapters("lora")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(
+        HF_ENDPOINT=live_server.url,
+        HF_TOKEN=tokens["writer"],
+        HF_HOME=str(tmp_path / "hf-home"),
+        HF_HUB_DISABLE_XET="1",
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", HF_WRITER, str(lora), str(base_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    with Registry(live_server.home) as reg:
+        uploaded = reg.show("team/uploaded")
+        assert lines[0] == uploaded.commit
+        assert (uploaded.method, uploaded.rank) == ("lora", 8)
+        for entry in uploaded.files:
+            assert (
+                reg.blob_path(uploaded, entry.path).read_bytes() == (lora / entry.path).read_bytes()
+            )
+        from_peft = reg.show("team/from-peft")
+        assert (from_peft.method, from_peft.rank, from_peft.target_modules) == (
+            "lora",
+            8,
+            ["q_proj", "v_proj"],
+        )
+        assert [c.version for c in reg.versions("team/uploaded")] == [
+            1
+        ]  # the bad commit left nothing
+    assert lines[1] == "pushed"
+    assert lines[2] == (
+        "refused: 400 adapter_config.json is not valid JSON (line 1, column 2: Expecting"
+        " property name enclosed in double quotes)"
+    )
