@@ -37,12 +37,17 @@ def status_of(error: HubError) -> int:
     return next((code for cls, code in STATUS.items() if isinstance(error, cls)), 400)
 
 
+def header_safe(text: str) -> str:
+    """HTTP header values are latin-1: escape anything else (a name may hold any Unicode)."""
+    return text[:500].encode("ascii", "backslashreplace").decode().replace("\n", " ")
+
+
 def error_response(error: HubError) -> JSONResponse:
     """``{"error": {"code", "message"}}`` plus the headers the HF client reads."""
     return JSONResponse(
         {"error": {"code": error.code, "message": str(error)}},
         status_code=status_of(error),
-        headers={"X-Error-Code": error.code, "X-Error-Message": str(error)[:500]},
+        headers={"X-Error-Code": error.code, "X-Error-Message": header_safe(str(error))},
     )
 
 

@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from hub.registry import commit_id
-from hub.server.common import require_read, state, status_of
+from hub.server.common import header_safe, require_read, state, status_of
 from schemas.card import AdapterCard
 from schemas.errors import AdapterNotFound, HubError, InvalidName, RevisionNotFound
 
@@ -25,7 +25,7 @@ _HF_CODES = {AdapterNotFound: "RepoNotFound", RevisionNotFound: "RevisionNotFoun
 
 def _hf_error(error: HubError, code: str | None = None) -> JSONResponse:
     code = code or next((c for cls, c in _HF_CODES.items() if isinstance(error, cls)), None)
-    headers = {"X-Error-Message": str(error)[:500]}
+    headers = {"X-Error-Message": header_safe(str(error))}
     if code:
         headers["X-Error-Code"] = code
     status = status_of(error)
