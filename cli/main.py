@@ -105,6 +105,14 @@ def push(
         hub push out/sql-lora --name team/sql-lora --task sql --tag team=nlp \\
             --metric exact_match=0.71@spider
     """
+    from hub.hf_interop import is_hf
+
+    if is_hf(remote):
+        from hub.hf_interop import push_to_hf
+
+        commit = push_to_hf(_registry(ctx), str(path), str(remote))
+        click.echo(f"Pushed {path} to {remote} (commit {commit[:10]})")
+        return
     if remote:
         from cli.remote import remote_registry
         from hub.registry import PushResult
@@ -160,13 +168,18 @@ def pull(
     """Write an adapter folder that PeftModel.from_pretrained loads, byte for byte as pushed.
 
     REF is NAMESPACE/NAME[@REV]; REV is a version (v3), an alias (prod), a commit id
-    (at least 7 hex) or main (the latest, also the default).
+    (at least 7 hex) or main (the latest, also the default). hf://ORG/NAME[@REV] pulls
+    from a Hugging Face Hub (HF_ENDPOINT, HF_TOKEN).
 
     \b
     Example:
         hub pull team/sql-lora@prod -o adapters/sql
     """
-    if remote:
+    if ref.startswith("hf://"):
+        from hub.hf_interop import pull_from_hf
+
+        dest = pull_from_hf(ref, output, force=force)
+    elif remote:
         from cli.remote import remote_registry
 
         dest = remote_registry(remote).pull(ref, output, force=force)

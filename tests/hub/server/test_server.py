@@ -288,3 +288,50 @@ def test_upload_folder_and_push_to_hub_are_indexed(
         "refused: 400 adapter_config.json is not valid JSON (line 1, column 2: Expecting"
         " property name enclosed in double quotes)"
     )
+
+
+def test_hf_interop_push_and_pull_against_our_server_as_the_hub(
+    live_server, tokens, adapters, tmp_path
+):
+    local_home = tmp_path / "local-home"
+    with Registry(local_home) as reg:
+        card = reg.push(adapters("lora"), name="mine/sql").card
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(
+        HF_ENDPOINT=live_server.url,
+        HF_TOKEN=tokens["writer"],
+        HF_HOME=str(tmp_path / "hf-home"),
+        HF_HUB_DISABLE_XET="1",
+    )
+
+    def hub(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "cli.main", "--home", str(local_home), *map(str, args)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    pushed = hub("push", "mine/sql@v1", "--to", "hf://team/mirror")
+    assert pushed.returncode == 0, pushed.stderr[-2000:]
+    with Registry(live_server.home) as served:
+        mirror = served.show("team/mirror")
+        assert (
+            pushed.stdout
+            == f"Pushed mine/sql@v1 to hf://team/mirror (commit {mirror.commit[:10]})\n"
+        )
+        assert {f.sha256 for f in mirror.files} == {f.sha256 for f in card.files}
+    pulled = hub("pull", "hf://team/mirror", "-o", tmp_path / "from-hf")
+    assert pulled.returncode == 0, pulled.stderr[-2000:]
+    for entry in card.files:
+        assert (tmp_path / "from-hf" / entry.path).read_bytes() == (
+            adapters("lora") / entry.path
+        ).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "from-hf").iterdir()) == sorted(
+        f.path for f in card.files
+    )
+    missing = hub("pull", "hf://team/absent", "-o", tmp_path / "nothing")
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("Error: hf://team/absent: ")
+    assert not (tmp_path / "nothing").exists()
