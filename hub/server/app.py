@@ -28,6 +28,7 @@ from hub.server.common import (
     state,
 )
 from schemas.errors import HubError, InvalidArgument, StoreCorrupted
+from schemas.recipe import Recipe
 from schemas.refs import validate_repo_id
 
 API = "/api/hub/v1"
@@ -200,6 +201,15 @@ def create_app(home: str | os.PathLike[str], *, anonymous_read: bool = False) ->
         require_write(request, namespace)
         removed = state(request).registry().remove(_ref(namespace, name, revision))
         return [c.model_dump(mode="json") for c in removed]
+
+    @app.post(f"{API}/compose")
+    def compose(request: Request, recipe: Recipe) -> dict[str, Any]:
+        """Run a compose recipe server-side (same fields as `hub compose run RECIPE.yaml`)."""
+        require_write(request, recipe.name.split("/")[0])
+        for ref in recipe.inputs:
+            require_read(request, ref.split("/")[0])
+        result = state(request).registry().compose(recipe)
+        return {**result.card.model_dump(mode="json"), "created": result.created}
 
     @app.head(f"{API}/blobs/{{digest}}")
     @app.get(f"{API}/blobs/{{digest}}")

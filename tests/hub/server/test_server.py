@@ -15,7 +15,7 @@ from cli.main import cli
 from hub import Registry
 from hub.remote import RemoteRegistry
 from hub.tokens import create_token, revoke_token
-from schemas import AdapterNotFound, AuthError, InvalidArgument
+from schemas import AdapterNotFound, AuthError, IncompatibleAdapters, InvalidArgument
 
 
 def _run(*args, token=None, ok=True):
@@ -335,3 +335,51 @@ def test_hf_interop_push_and_pull_against_our_server_as_the_hub(
     assert missing.returncode == 1
     assert missing.stderr.startswith("Error: hf://team/absent: ")
     assert not (tmp_path / "nothing").exists()
+
+
+def test_client_disconnect_mid_upload_leaves_nothing(live_server, tokens):
+    import hashlib
+    import socket
+    import time
+
+    data = os.urandom(200_000)
+    digest = hashlib.sha256(data).hexdigest()
+    host, port = live_server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            f"PUT /api/hub/v1/blobs/{digest} HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {tokens['writer']}\r\nContent-Length: {len(data)}\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n".encode()
+        )
+        sock.sendall(data[:50_000])  # then hang up mid-body
+    with Registry(live_server.home) as reg:
+        deadline = time.monotonic() + 10
+        while reg.store.tmp.exists() and any(reg.store.tmp.iterdir()):
+            assert time.monotonic() < deadline, "partial upload left behind"
+            time.sleep(0.05)
+        assert not reg.store.has(digest)
+
+
+def test_compose_request_over_the_native_api(live_server, tokens, adapters):
+    remote = RemoteRegistry(live_server.url, tokens["writer"])
+    remote.push(adapters("lora"), name="team/a")
+    remote.push(adapters("dora"), name="team/b")
+    result = remote._json(
+        "POST",
+        "/api/hub/v1/compose",
+        {"operator": "stack", "name": "team/ab", "inputs": ["team/a", "team/b"]},
+    )
+    assert (result["method"], result["variant"], result["created"]) == ("composite", "stack", True)
+    with pytest.raises(IncompatibleAdapters) as info:
+        remote._json(
+            "POST",
+            "/api/hub/v1/compose",
+            {"operator": "svd", "name": "team/x", "inputs": ["team/a", "team/b"], "rank": 2},
+        )
+    assert str(info.value).endswith("use `hub compose stack` or export it merged instead")
+    with pytest.raises(AuthError):
+        RemoteRegistry(live_server.url, tokens["reader"])._json(
+            "POST",
+            "/api/hub/v1/compose",
+            {"operator": "stack", "name": "team/y", "inputs": ["team/a"]},
+        )
