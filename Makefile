@@ -35,6 +35,9 @@ test: lint typecheck unit
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ls_10k.py
 	$(BIN)/python benchmarks/push_1gb.py
+	$(BIN)/python benchmarks/svd_merge_vs_peft.py --memory
+	$(BIN)/python benchmarks/export_1gb.py
+	$(BIN)/python benchmarks/server_load.py
 
 clean:
 	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache
