@@ -92,6 +92,7 @@ def build(work: Path) -> tuple[Path, Path]:
             writer.write(name, data.bfloat16())
             weight_map[name] = shard
         writer.close()
+        writer.wait()  # the writes run on a daemon thread: finish them before exiting
     total = sum((base / s).stat().st_size for s in set(weight_map.values()))
     (base / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
@@ -127,6 +128,7 @@ def build(work: Path) -> tuple[Path, Path]:
     for key, value in tensors.items():
         writer.write(key, value)
     writer.close()
+    writer.wait()
     LoraConfig(
         r=RANK,
         lora_alpha=2 * RANK,

@@ -204,7 +204,8 @@ class StreamWriter:
         self._next = 0
         self._error: BaseException | None = None
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)
-        self._thread = threading.Thread(target=self._run, name=f"write {path.name}", daemon=True)
+        # Not a daemon: a process that forgets wait() still finishes its writes before exiting.
+        self._thread = threading.Thread(target=self._run, name=f"write {path.name}")
         self._thread.start()
         self._queue.put(struct.pack("<Q", len(blob)) + blob)
         self.nbytes = 8 + len(blob) + offset
