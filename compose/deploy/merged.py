@@ -70,46 +70,14 @@ def make_plan(base: BaseFolder, adapters: list[Adapter]) -> MergePlan:
     return plan
 
 
-class Fp32Scratch:
-    """One fp32 buffer reused for every merged tensor of an export.
-
-    Converting each bf16 weight into freshly allocated fp32 memory costs more than the merge
-    itself (every new page faults in); the merge works in this buffer instead. Whatever is
-    handed to a writer must not alias it (see ``_rounded``).
-    """
-
-    def __init__(self) -> None:
-        self._buffer: torch.Tensor | None = None
-
-    def like(self, source: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        numel = source.numel()
-        if self._buffer is None or self._buffer.numel() < numel:
-            self._buffer = torch.empty(numel, dtype=torch.float32)
-        return self._buffer[:numel].view(source.shape).copy_(source)
-
-    def owns(self, tensor: torch.Tensor) -> bool:
-        return self._buffer is not None and tensor.untyped_storage().data_ptr() == (
-            self._buffer.untyped_storage().data_ptr()
-        )
-
-
-def merged_tensor(
-    plan: MergePlan, name: str, scratch: Fp32Scratch | None = None
-) -> torch.Tensor | None:
-    """The output tensor ``name`` in fp32 with every edit applied in order; None if untouched.
-
-    With ``scratch`` the result may live in the scratch buffer: use it before the next call.
-    """
+def merged_tensor(plan: MergePlan, name: str) -> torch.Tensor | None:
+    """The output tensor ``name`` in fp32 with every edit applied in order; None if untouched."""
     edits = plan.edits.get(name)
     if not edits:
         return None
     import torch
 
-    source = read_tensor(plan.source(name))
-    weight = scratch.like(source) if scratch is not None else source.to(torch.float32)
-    del source  # the bf16 read is freed here
+    weight = read_tensor(plan.source(name)).to(torch.float32)  # the bf16 read is freed here
     for edit in edits:
         weight = edit.apply(weight)
     return weight
@@ -138,8 +106,6 @@ def export_safetensors(
     """
     weight_map: dict[str, str] = {}
     writers: list[StreamWriter] = []
-    # Only the plain path reuses a scratch buffer: its writes never keep the merged tensor.
-    scratch = Fp32Scratch() if transform is None else None
     try:
         for shard, names in plan.shard_tensors.items():
             entries: list[tuple[str, str, tuple[int, ...]]] = []
@@ -154,7 +120,7 @@ def export_safetensors(
             writers.append(writer)
             for name in names:
                 info = plan.source(name)
-                merged = merged_tensor(plan, name, scratch)
+                merged = merged_tensor(plan, name)
                 if transform is not None:
                     for out_name, data in transform(name, info, merged):
                         writer.write(out_name, data)
@@ -164,7 +130,7 @@ def export_safetensors(
                     if merged is None and target == info.dtype:
                         writer.copy(name, info)  # unchanged: copied kernel-side
                     else:
-                        writer.write(name, _rounded(info, merged, target, scratch))
+                        writer.write(name, _rounded(info, merged, target))
                     weight_map[name] = shard
                 del merged
                 if progress is not None:
@@ -179,18 +145,12 @@ def export_safetensors(
     return weight_map
 
 
-def _rounded(
-    info: TensorInfo, merged: torch.Tensor | None, target: str, scratch: Fp32Scratch | None = None
-) -> Any:
-    """The output tensor, rounded once to its output dtype (never aliasing the scratch, which
-    the next tensor overwrites while the writer thread may still hold this one)."""
+def _rounded(info: TensorInfo, merged: torch.Tensor | None, target: str) -> Any:
+    """The output tensor, rounded once to its output dtype."""
     from compose.deploy.stio import torch_dtype
 
     tensor = merged if merged is not None else read_tensor(info)
-    rounded = tensor.to(torch_dtype(target))
-    if scratch is not None and scratch.owns(rounded):
-        rounded = rounded.clone()
-    return rounded
+    return tensor.to(torch_dtype(target))
 
 
 def write_index(plan: MergePlan, out: Path, weight_map: dict[str, str]) -> None:

@@ -85,11 +85,11 @@ def test_a_failure_midway_leaves_nothing(q_lora, llama_base, tmp_path, monkeypat
     real = compose.deploy.merged.merged_tensor
     calls = []
 
-    def failing(plan, name, scratch=None):
+    def failing(plan, name):
         calls.append(name)
         if len(calls) == 5:
             raise RuntimeError("disk on fire")
-        return real(plan, name, scratch)
+        return real(plan, name)
 
     monkeypatch.setattr(compose.deploy.merged, "merged_tensor", failing)
     with pytest.raises(RuntimeError, match="disk on fire"):
