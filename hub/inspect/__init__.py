@@ -4,11 +4,17 @@
 tensors agree with the config (ranks, targets, shapes), scans the data for NaN/Inf, and counts
 parameters. It never unpickles anything: a folder with only ``adapter_model.bin`` is refused
 with a pointer to ``hub convert``.
+
+Modules, by role: ``safetensors_header`` (the file format), ``config`` (adapter_config.json),
+``modules`` (which tensors belong to which module; target checks), ``methods`` (per-method
+shapes, rank and facts), ``params`` (base-model sizes), ``readme`` (the description),
+``composite`` (stacks and ensembles).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +23,7 @@ from hub.inspect.methods import (
     PROMPT_METHODS,
     WEIGHTS,
     Analysis,
+    TensorInfoGroups,
     analyse_adalora,
     analyse_boft,
     analyse_ia3,
@@ -25,19 +32,36 @@ from hub.inspect.methods import (
     analyse_oft,
     analyse_prompt,
     analyse_vera,
-    check_targets,
-    group_by_module,
 )
-from hub.inspect.params import base_param_count
-from hub.inspect.safetensors_header import (
-    TensorInfo,
-    find_nonfinite,
-    read_safetensors_header,
-)
+from hub.inspect.modules import check_targets, group_by_module
+from hub.inspect.params import base_param_count, count_base_params
+from hub.inspect.readme import readme_description
+from hub.inspect.safetensors_header import TensorInfo, find_nonfinite, read_safetensors_header
 from schemas.card import InferenceOverhead, InspectedAdapter
 from schemas.errors import InvalidAdapter, UnsafeFormat
 
-__all__ = ["TensorInfo", "inspect_adapter", "read_safetensors_header"]
+__all__ = [
+    "TensorInfo",
+    "count_base_params",
+    "inspect_adapter",
+    "read_safetensors_header",
+    "readme_description",
+]
+
+# Config fields copied into ``details`` when set: they change what the adapter does or how it
+# must be loaded. (init_lora_weights is apart: only a non-default value matters.)
+_CONFIG_DETAILS = (
+    "fan_in_fan_out",
+    "layers_to_transform",
+    "layers_pattern",
+    "exclude_modules",
+    "target_parameters",
+    "layer_replication",
+    "trainable_token_indices",
+    "lora_bias",
+    "use_qalora",
+    "loftq_config",
+)
 
 
 def inspect_adapter(
@@ -49,14 +73,20 @@ def inspect_adapter(
     """Read the adapter folder ``path`` into an ``InspectedAdapter`` (a card without repo).
 
     Args:
-        path: a folder written by PEFT's ``save_pretrained``.
+        path: a folder written by PEFT's ``save_pretrained`` (or a composite folder).
         allow_nonfinite: accept tensors holding NaN or Inf.
-        base_config: the base model's ``config.json``, for ``params_base`` when the base is not
-            a local folder named by ``base_model_name_or_path``.
+        base_config: the base model's ``config.json``, for ``params_base`` /
+            ``params_fraction``. Without it, a local folder named by the adapter's
+            ``base_model_name_or_path`` is read (its safetensors headers, else its config).
+
+    Returns:
+        The card's automatic fields: method, variant, rank, alpha, targets, parameter counts,
+        size, dtypes, inference overhead, method details and the README description.
 
     Raises:
         InvalidAdapter: missing/malformed config, corrupt or truncated safetensors, shapes that
-            contradict the config, NaN/Inf values.
+            contradict the config, modules the config does not target, NaN/Inf values. The
+            message names the file and the field, module or tensor at fault.
         UnsafeFormat: only a pickle ``adapter_model.bin`` is present.
 
     Example:
@@ -79,7 +109,10 @@ def inspect_adapter(
                 f" (it can run code); convert it safely with `hub convert {folder}`",
                 path=str(folder),
             )
-        raise InvalidAdapter(f"{folder}: no {WEIGHTS}", path=str(folder))
+        raise InvalidAdapter(
+            f"{folder}: no {WEIGHTS} (nor adapter_model.bin): the adapter's weights are missing",
+            path=str(folder),
+        )
     tensors, metadata = read_safetensors_header(weights)
 
     analysis, frozen = _analyse(method, config, tensors, weights)
@@ -93,28 +126,19 @@ def inspect_adapter(
             )
 
     params_trainable = sum(t.numel for k, t in tensors.items() if k not in frozen)
-    base_model = config.get("base_model_name_or_path")
+    base_model = _text(config.get("base_model_name_or_path"))
     params_base = base_param_count(base_model, base_config)
-    targets = sorted({m.rsplit(".", 1)[-1] for m in analysis.modules + analysis.saved_modules})
-    details = {k: v for k, v in analysis.details.items() if v not in (None, {}, [], False)}
-    if analysis.saved_modules:
-        details["modules_to_save"] = analysis.saved_modules
-    layers = sorted({int(n) for m in analysis.modules for n in re.findall(r"\.(\d+)\.", m)})
-    if layers:
-        details["layers"] = layers
-    peft_version = config.get("peft_version") or metadata.get("peft_version")
-    if peft_version:
-        details["peft_version"] = peft_version
     prompt = method in PROMPT_METHODS
+    targets = sorted({m.rsplit(".", 1)[-1] for m in analysis.modules + analysis.saved_modules})
     return InspectedAdapter(
-        base_model=base_model if isinstance(base_model, str) else None,
-        base_revision=config.get("revision") if isinstance(config.get("revision"), str) else None,
+        base_model=base_model,
+        base_revision=_text(config.get("revision")),
         method=method,
         variant=analysis.variant,
         rank=analysis.rank,
         alpha=analysis.alpha,
         target_modules=[] if prompt else targets,
-        task_type=config.get("task_type") if isinstance(config.get("task_type"), str) else None,
+        task_type=_text(config.get("task_type")),
         params_trainable=params_trainable,
         params_base=params_base,
         params_fraction=params_trainable / params_base if params_base else None,
@@ -125,66 +149,66 @@ def inspect_adapter(
             extra_tokens=analysis.extra_tokens,
             extra_layers=0 if prompt else len(analysis.modules),
         ),
-        details=details,
+        details=_details(config, analysis, metadata),
         description=readme_description(folder / "README.md"),
     )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+# One analysis per weight-bearing method: (config, modules, weights file, shared tensors).
+_Analyse = Callable[[dict[str, Any], TensorInfoGroups, Path, dict[str, TensorInfo]], Analysis]
+_ANALYSES: dict[str, _Analyse] = {
+    "lora": lambda config, groups, weights, shared: analyse_lora(config, groups),
+    "adalora": lambda config, groups, weights, shared: analyse_adalora(config, groups, weights),
+    "ia3": lambda config, groups, weights, shared: analyse_ia3(config, groups),
+    "loha": lambda config, groups, weights, shared: analyse_loha_lokr("loha", config, groups),
+    "lokr": lambda config, groups, weights, shared: analyse_loha_lokr("lokr", config, groups),
+    "oft": lambda config, groups, weights, shared: analyse_oft(config, groups),
+    "boft": lambda config, groups, weights, shared: analyse_boft(config, groups),
+    "vera": lambda config, groups, weights, shared: analyse_vera(config, groups, shared),
+}
 
 
 def _analyse(
     method: str, config: dict[str, Any], tensors: dict[str, TensorInfo], weights: Path
 ) -> tuple[Analysis, set[str]]:
+    """The method's analysis, and the keys of frozen tensors (not counted as trainable)."""
     if method in PROMPT_METHODS:
         return analyse_prompt(method, config, tensors), set()
-    groups, saved, shared = group_by_module(method, config, tensors)
-    if not groups:
+    grouping = group_by_module(method, config, tensors)
+    if not grouping.modules:
         raise InvalidAdapter(f"{WEIGHTS}: no {method} tensors found", path=str(weights))
-    check_targets(config, sorted(groups))
-    if method == "lora":
-        analysis = analyse_lora(config, groups)
-    elif method == "adalora":
-        analysis = analyse_adalora(config, groups, weights)
-    elif method == "ia3":
-        analysis = analyse_ia3(config, groups)
-    elif method in ("loha", "lokr"):
-        analysis = analyse_loha_lokr(method, config, groups)
-    elif method == "oft":
-        analysis = analyse_oft(config, groups)
-    elif method == "boft":
-        analysis = analyse_boft(config, groups)
-    else:
-        analysis = analyse_vera(config, groups)
-    analysis.modules = sorted(groups)
-    analysis.saved_modules = saved
-    modules_to_save = get_names(config, "modules_to_save")
-    if modules_to_save and not saved:
-        analysis.details["modules_to_save_config"] = modules_to_save
-    return analysis, shared
+    check_targets(config, sorted(grouping.modules))
+    shared = {key: tensors[key] for key in grouping.shared}
+    analysis = _ANALYSES[method](config, grouping.modules, weights, shared)
+    analysis.modules = sorted(grouping.modules)
+    analysis.saved_modules = grouping.saved
+    analysis.bias_modules = grouping.biases
+    return analysis, grouping.shared
 
 
-_PEFT_TEMPLATE_MARKERS = ("# Model Card for Model ID", "[More Information Needed]")
-
-
-def readme_description(readme: Path) -> str | None:
-    """The README's front-matter ``description:``, else its first prose paragraph.
-
-    PEFT's untouched model-card template yields None.
-    """
-    if not readme.is_file():
-        return None
-    text = readme.read_text(encoding="utf-8", errors="replace")
-    body = text
-    if text.startswith("---"):
-        parts = text.split("---", 2)
-        if len(parts) == 3:
-            body = parts[2]
-            for line in parts[1].splitlines():
-                key, sep, value = line.partition(":")
-                if sep and key.strip() == "description" and value.strip():
-                    return value.strip().strip("\"'")
-    if any(marker in body for marker in _PEFT_TEMPLATE_MARKERS):
-        return None
-    for paragraph in re.split(r"\n\s*\n", body):
-        lines = [ln.strip() for ln in paragraph.strip().splitlines()]
-        if lines and not lines[0].startswith(("#", "<", "|", "```", "-", "*", "!")):
-            return " ".join(lines)[:1000]
-    return None
+def _details(
+    config: dict[str, Any], analysis: Analysis, metadata: dict[str, str]
+) -> dict[str, Any]:
+    """Method facts from the analysis plus the config fields that matter; empty ones dropped."""
+    details = dict(analysis.details)
+    if analysis.saved_modules:
+        details["modules_to_save"] = analysis.saved_modules
+    elif get_names(config, "modules_to_save"):
+        details["modules_to_save_config"] = config["modules_to_save"]
+    if analysis.bias_modules:
+        details["bias"] = config.get("bias")
+        details["bias_modules"] = sorted({m.rsplit(".", 1)[-1] for m in analysis.bias_modules})
+    details["layers"] = sorted(
+        {int(n) for m in analysis.modules for n in re.findall(r"\.(\d+)(?=\.|$)", m)[:1]}
+    )
+    for name in _CONFIG_DETAILS:
+        details.setdefault(name, config.get(name))
+    init = config.get("init_lora_weights", True)
+    if init is not True:
+        details["init_lora_weights"] = init  # PiSSA, OLoRA, LoftQ...: tied to a changed base
+    details["peft_version"] = config.get("peft_version") or metadata.get("peft_version")
+    return {k: v for k, v in details.items() if not (v is None or v is False or v in ({}, [], ""))}

@@ -6,6 +6,7 @@ Like PEFT, unknown keys are tolerated (configs grow with every PEFT release).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ def load_config(folder: Path) -> dict[str, Any]:
     path = folder / CONFIG
     if not path.is_file():
         raise InvalidAdapter(
-            f"{folder}: no {CONFIG} (is this a folder written by PEFT's save_pretrained?)",
+            f"{folder}: no {CONFIG} (is this a PEFT adapter folder?)",
             path=str(folder),
         )
     try:
@@ -121,3 +122,32 @@ def get_names(config: dict[str, Any], field: str) -> list[str] | str | None:
         f"{CONFIG}: field {field!r} must be a list of module names or a regex, got {value!r}",
         field=field,
     )
+
+
+def matches(module: str, names: list[str] | str | None, field: str) -> bool:
+    """``module_matches``, with a malformed regex in the config reported as the config's fault."""
+    try:
+        return module_matches(module, names)
+    except re.error as error:
+        raise InvalidAdapter(
+            f"{CONFIG}: field {field!r} is not a valid regular expression ({error})", field=field
+        ) from None
+
+
+def pattern_key(pattern: dict[str, Any], module: str, field: str) -> str | None:
+    """The key of a LoRA-style ``rank_pattern`` / ``alpha_pattern`` that applies to ``module``.
+
+    Same rule as PEFT's ``get_pattern_key``: the first key ``k`` with ``(.*\\.)?k$`` matching
+    the module's full name.
+    """
+    for key in pattern:
+        try:
+            if re.match(rf"(.*\.)?({key})$", module):
+                return key
+        except re.error as error:
+            raise InvalidAdapter(
+                f"{CONFIG}: key {key!r} of field {field!r} is not a valid regular expression"
+                f" ({error})",
+                field=field,
+            ) from None
+    return None

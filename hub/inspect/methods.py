@@ -1,10 +1,10 @@
-"""Per-method reading of an adapter's tensors: which modules it adapts, at what rank, and
-whether the shapes agree with the config. Works on safetensors headers only (no torch)."""
+"""Per-method reading of an adapter's tensors: rank, alpha and method facts, with every shape
+checked against the config. Works on safetensors headers only (no torch); AdaLoRA's few
+singular values are the only tensor data read."""
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,16 +16,18 @@ from hub.inspect.config import (
     get_int,
     get_names,
     get_pattern,
-    module_matches,
-    pattern_value,
+    matches,
+    pattern_key,
 )
 from hub.inspect.safetensors_header import TensorInfo, read_small_tensor
 from schemas.errors import InvalidAdapter
 
 WEIGHTS = "adapter_model.safetensors"
-_PREFIX = "base_model.model."
+PREFIX = "base_model.model."
+PROMPT_METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning")
 
-# Tensor-name suffixes each method saves per adapted module (PEFT strips the adapter name).
+# Tensor-name suffixes each method saves per adapted module (PEFT strips the adapter name;
+# the ``.weight`` forms are what older PEFT versions wrote).
 SUFFIXES: dict[str, tuple[str, ...]] = {
     "lora": (
         "lora_A.weight", "lora_B.weight", "lora_B.bias", "lora_magnitude_vector.weight",
@@ -41,8 +43,9 @@ SUFFIXES: dict[str, tuple[str, ...]] = {
     "boft": ("boft_R", "boft_s"),
     "vera": ("vera_lambda_b", "vera_lambda_d"),
 }  # fmt: skip
-PROMPT_METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning")
-_TRAINABLE_TOKENS = ".token_adapter.trainable_tokens_delta"
+
+TensorInfoGroups = dict[str, dict[str, TensorInfo]]
+"""Adapted module -> {tensor suffix: header entry}."""
 
 
 @dataclass
@@ -54,61 +57,13 @@ class Analysis:
     variant: str | None = None
     modules: list[str] = field(default_factory=list)
     saved_modules: list[str] = field(default_factory=list)
-    frozen_keys: set[str] = field(default_factory=set)
-    """Tensors saved with the adapter that are not trained (VeRA's shared projections)."""
+    bias_modules: list[str] = field(default_factory=list)
     extra_tokens: int = 0
     details: dict[str, Any] = field(default_factory=dict)
 
 
 def _shape_error(module: str, message: str) -> InvalidAdapter:
     return InvalidAdapter(f"{WEIGHTS}: module {module!r} {message}", module=module)
-
-
-def group_by_module(
-    method: str, config: dict[str, Any], tensors: dict[str, TensorInfo]
-) -> tuple[dict[str, dict[str, TensorInfo]], list[str], set[str]]:
-    """Split tensor keys into {module: {suffix: info}}, modules_to_save, and shared keys."""
-    suffixes = sorted(SUFFIXES[method], key=len, reverse=True)
-    modules_to_save = get_names(config, "modules_to_save")
-    grouped: dict[str, dict[str, TensorInfo]] = {}
-    saved: set[str] = set()
-    shared: set[str] = set()
-    for key, info in tensors.items():
-        if method == "vera" and key.split(".")[-1] in ("vera_A", "vera_B"):
-            shared.add(key)
-            continue
-        name = key.removeprefix(_PREFIX)
-        suffix = next((s for s in suffixes if name.endswith("." + s)), None)
-        if suffix is not None:
-            grouped.setdefault(name[: -len(suffix) - 1], {})[suffix] = info
-            continue
-        if _TRAINABLE_TOKENS in name:
-            saved.add(name.split(_TRAINABLE_TOKENS)[0])
-            continue
-        module = name.rsplit(".", 1)[0]
-        if module_matches(module, modules_to_save):
-            saved.add(module)
-            continue
-        raise InvalidAdapter(
-            f"{WEIGHTS}: tensor {key!r} is neither a {method} tensor nor part of a module in"
-            f" modules_to_save ({CONFIG})",
-            module=module,
-        )
-    return grouped, sorted(saved), shared
-
-
-def check_targets(config: dict[str, Any], modules: list[str]) -> None:
-    """Every adapted module must be one the config targets."""
-    targets = get_names(config, "target_modules")
-    if targets is None:
-        return  # PEFT fills defaults per architecture at training time; nothing to hold against
-    for module in modules:
-        if not module_matches(module, targets):
-            raise InvalidAdapter(
-                f"{WEIGHTS}: module {module!r} has adapter weights but is not in"
-                f" target_modules {targets!r} ({CONFIG})",
-                module=module,
-            )
 
 
 def _need(parts: dict[str, TensorInfo], module: str, *names: str) -> TensorInfo:
@@ -118,16 +73,26 @@ def _need(parts: dict[str, TensorInfo], module: str, *names: str) -> TensorInfo:
     raise _shape_error(module, f"is missing its {names[0]} tensor")
 
 
-def _expected_rank(config: dict[str, Any], module: str, field: str = "r") -> tuple[int, str]:
-    default = get_int(config, field)
+def _dim(module: str, info: TensorInfo, axis: int, ndim: int = 2) -> int:
+    """``info.shape[axis]``, refusing a tensor that does not have ``ndim`` dimensions."""
+    if len(info.shape) != ndim:
+        name = info.key.rsplit(module + ".", 1)[-1]
+        raise _shape_error(module, f"has a {name} of shape {info.shape}, not {ndim}-D")
+    return info.shape[axis]
+
+
+def _expected_rank(config: dict[str, Any], module: str) -> tuple[int, str]:
+    """The module's rank per ``rank_pattern`` or ``r``, and where it comes from (for errors)."""
+    default = get_int(config, "r")
     pattern = get_pattern(config, "rank_pattern")
-    rank = pattern_value(pattern, module, default)
-    origin = f"{field}={default}"
-    if rank is not default:
-        key = next(k for k in pattern if re.match(rf"(.*\.)?({k})$", module))
-        origin = f"rank_pattern[{key!r}]={rank}"
+    key = pattern_key(pattern, module, "rank_pattern")
+    rank = default if key is None else pattern[key]
+    origin = f"r={default}" if key is None else f"rank_pattern[{key!r}]={rank}"
     if not isinstance(rank, int) or isinstance(rank, bool):
-        raise InvalidAdapter(f"{CONFIG}: field {field!r} must be an integer", field=field)
+        field_name = "r" if key is None else "rank_pattern"
+        raise InvalidAdapter(
+            f"{CONFIG}: field {field_name!r} must be an integer, got {rank!r}", field=field_name
+        )
     return rank, origin
 
 
@@ -135,22 +100,29 @@ def _rank_mismatch(module: str, got: int, where: str, origin: str) -> InvalidAda
     return _shape_error(module, f"has rank {got} in {where} but {CONFIG} says {origin}")
 
 
-def analyse_lora(config: dict[str, Any], groups: dict[str, dict[str, TensorInfo]]) -> Analysis:
-    out = Analysis(alpha=get_float(config, "lora_alpha"))
+def _varying(per_module: dict[str, int]) -> dict[str, int]:
+    """Per-module values, kept only when they differ (a uniform value is in the card already)."""
+    return per_module if len(set(per_module.values())) > 1 else {}
+
+
+def analyse_lora(config: dict[str, Any], groups: TensorInfoGroups) -> Analysis:
+    """LoRA, rsLoRA, DoRA: lora_A is (r, in), lora_B is (out, r), r per ``rank_pattern``."""
     use_dora, use_rslora = get_bool(config, "use_dora"), get_bool(config, "use_rslora")
-    out.variant = "dora" if use_dora else ("rslora" if use_rslora else None)
+    out = Analysis(
+        alpha=get_float(config, "lora_alpha"),
+        variant="dora" if use_dora else ("rslora" if use_rslora else None),
+    )
     ranks: dict[str, int] = {}
     for module, parts in sorted(groups.items()):
         expected, origin = _expected_rank(config, module)
         embedding = "lora_embedding_A" in parts
-        a = _need(parts, module, "lora_embedding_A" if embedding else "lora_A.weight")
-        b = _need(parts, module, "lora_embedding_B" if embedding else "lora_B.weight")
         a_name = "lora_embedding_A" if embedding else "lora_A.weight"
         b_name = "lora_embedding_B" if embedding else "lora_B.weight"
-        if len(a.shape) < 2 or a.shape[0] != expected:
-            raise _rank_mismatch(module, a.shape[0] if a.shape else 0, a_name, origin)
-        if len(b.shape) < 2 or b.shape[1] != expected:
-            raise _rank_mismatch(module, b.shape[1] if len(b.shape) > 1 else 0, b_name, origin)
+        a, b = _need(parts, module, a_name), _need(parts, module, b_name)
+        if _dim(module, a, 0) != expected:
+            raise _rank_mismatch(module, a.shape[0], a_name, origin)
+        if _dim(module, b, 1) != expected:
+            raise _rank_mismatch(module, b.shape[1], b_name, origin)
         magnitude = parts.get("lora_magnitude_vector") or parts.get("lora_magnitude_vector.weight")
         if magnitude is not None and magnitude.numel != b.shape[0]:
             raise _shape_error(
@@ -160,46 +132,45 @@ def analyse_lora(config: dict[str, Any], groups: dict[str, dict[str, TensorInfo]
             raise _shape_error(module, f"has no lora_magnitude_vector but {CONFIG} says use_dora")
         ranks[module] = expected
     out.rank = max(ranks.values(), default=get_int(config, "r"))
-    alpha_pattern = get_pattern(config, "alpha_pattern")
     out.details.update(
-        module_ranks=ranks if len(set(ranks.values())) > 1 else {},
+        module_ranks=_varying(ranks),
         rank_pattern=get_pattern(config, "rank_pattern"),
-        alpha_pattern=alpha_pattern,
+        alpha_pattern=get_pattern(config, "alpha_pattern"),
         use_rslora=use_rslora,
         use_dora=use_dora,
-        fan_in_fan_out=get_bool(config, "fan_in_fan_out"),
     )
     return out
 
 
-def analyse_adalora(
-    config: dict[str, Any], groups: dict[str, dict[str, TensorInfo]], weights: Path
-) -> Analysis:
+def analyse_adalora(config: dict[str, Any], groups: TensorInfoGroups, weights: Path) -> Analysis:
+    """AdaLoRA: the card's rank is the effective rank, the triplets that survived pruning.
+
+    Saved tensors hold ``init_r`` triplets, or fewer when PEFT already cut them down to the
+    ``rank_pattern`` mask; within those, a pruned triplet has its singular value (lora_E) zero.
+    """
     out = Analysis(alpha=get_float(config, "lora_alpha"))
     init_r = get_int(config, "init_r", get_int(config, "r"))
-    pattern = get_pattern(config, "rank_pattern")
+    masks = _adalora_masks(get_pattern(config, "rank_pattern"))
     effective: dict[str, int] = {}
     for module, parts in sorted(groups.items()):
         a = _need(parts, module, "lora_A", "lora_A.weight")
         b = _need(parts, module, "lora_B", "lora_B.weight")
         e = _need(parts, module, "lora_E", "lora_E.weight")
-        mask = pattern_value(pattern, module, None)
-        stored = a.shape[0]
-        expected, origin = (init_r, f"init_r={init_r}")
-        if isinstance(mask, list):
-            expected, origin = sum(bool(v) for v in mask), f"rank_pattern (mask of {len(mask)})"
+        stored = _dim(module, a, 0)
+        expected, origin = init_r, f"init_r={init_r}"
+        mask = masks.get(module)
+        if mask is not None:
+            kept = sum(bool(v) for v in mask)
+            expected, origin = kept, f"rank_pattern keeps {kept} of {len(mask)}"
         if stored != expected:
             raise _rank_mismatch(module, stored, "lora_A", origin)
-        if b.shape[-1] != stored or e.shape[0] != stored:
+        if _dim(module, b, 1) != stored or _dim(module, e, 0) != stored:
             raise _shape_error(
                 module,
-                f"has inconsistent ranks: lora_A {stored}, lora_B {b.shape[-1]},"
+                f"has inconsistent ranks: lora_A {stored}, lora_B {b.shape[1]},"
                 f" lora_E {e.shape[0]}",
             )
-        # Pruned triplets have their singular value zeroed (or are cut out when saved with a
-        # rank_pattern): the effective rank is what survives.
-        values = read_small_tensor(weights, e)
-        effective[module] = int((values != 0).sum())
+        effective[module] = int((read_small_tensor(weights, e) != 0).sum())
     out.rank = max(effective.values(), default=0)
     out.details.update(
         module_ranks=effective,
@@ -210,11 +181,32 @@ def analyse_adalora(
     return out
 
 
-def analyse_ia3(config: dict[str, Any], groups: dict[str, dict[str, TensorInfo]]) -> Analysis:
+def _adalora_masks(pattern: dict[str, Any]) -> dict[str, list[Any]]:
+    """AdaLoRA's ``rank_pattern`` by module name.
+
+    Unlike LoRA's (a regex per key), it is written by AdaLoRA's rank allocator: one boolean
+    mask per lora_E parameter, keyed by its full name (``model.layers.0.self_attn.q_proj.
+    lora_E``; the adapter name that follows in memory is stripped when PEFT saves).
+    """
+    masks: dict[str, list[Any]] = {}
+    for key, mask in pattern.items():
+        if not isinstance(mask, list) or not all(isinstance(v, bool | int) for v in mask):
+            raise InvalidAdapter(
+                f"{CONFIG}: rank_pattern[{key!r}] must be a list of booleans (AdaLoRA's mask),"
+                f" got {mask!r}",
+                field="rank_pattern",
+            )
+        parts = key.removeprefix(PREFIX).split(".")
+        masks[".".join(parts[: parts.index("lora_E")] if "lora_E" in parts else parts)] = mask
+    return masks
+
+
+def analyse_ia3(config: dict[str, Any], groups: TensorInfoGroups) -> Analysis:
+    """IA3: one scaling vector per module, (1, in) for feedforward modules, else (out, 1)."""
     feedforward = get_names(config, "feedforward_modules")
     for module, parts in sorted(groups.items()):
         vector = _need(parts, module, "ia3_l", "ia3_l.weight")
-        is_ff = module_matches(module, feedforward)
+        is_ff = matches(module, feedforward, "feedforward_modules")
         if len(vector.shape) == 2 and (vector.shape[0] == 1) != is_ff and vector.numel > 1:
             kind = "a feedforward" if is_ff else "an attention"
             raise _shape_error(
@@ -223,29 +215,31 @@ def analyse_ia3(config: dict[str, Any], groups: dict[str, dict[str, TensorInfo]]
     return Analysis(details={"feedforward_modules": feedforward})
 
 
-def analyse_loha_lokr(
-    method: str, config: dict[str, Any], groups: dict[str, dict[str, TensorInfo]]
-) -> Analysis:
+def analyse_loha_lokr(method: str, config: dict[str, Any], groups: TensorInfoGroups) -> Analysis:
+    """LoHa: two Hadamard-multiplied rank-r products; LoKr: a Kronecker product whose
+    decomposed factors have rank r (factors stored whole carry no rank)."""
     out = Analysis(alpha=get_float(config, "alpha"))
     ranks: dict[str, int] = {}
     for module, parts in sorted(groups.items()):
         expected, origin = _expected_rank(config, module)
         if method == "loha":
-            w1b = _need(parts, module, "hada_w1_b")
+            w1a, w1b = _need(parts, module, "hada_w1_a"), _need(parts, module, "hada_w1_b")
+            w2a, w2b = _need(parts, module, "hada_w2_a"), _need(parts, module, "hada_w2_b")
             observed = {
-                "hada_w1_a": _need(parts, module, "hada_w1_a").shape[1],
-                "hada_w1_b": w1b.shape[0],
-                "hada_w2_a": _need(parts, module, "hada_w2_a").shape[1],
-                "hada_w2_b": _need(parts, module, "hada_w2_b").shape[0],
+                "hada_w1_a": _dim(module, w1a, 1),
+                "hada_w1_b": w1b.shape[0] if w1b.shape else 0,
+                "hada_w2_a": _dim(module, w2a, 1),
+                "hada_w2_b": w2b.shape[0] if w2b.shape else 0,
             }
         else:
             if "lokr_w1" not in parts:
                 _need(parts, module, "lokr_w1_a")
             if "lokr_w2" not in parts:
                 _need(parts, module, "lokr_w2_a")
-            # Factors stored whole (small matrices) carry no rank; decomposed ones must match.
             observed = {
-                name: parts[name].shape[1] for name in ("lokr_w1_a", "lokr_w2_a") if name in parts
+                name: _dim(module, parts[name], 1)
+                for name in ("lokr_w1_a", "lokr_w2_a")
+                if name in parts
             }
         for name, got in observed.items():
             if got != expected:
@@ -253,7 +247,7 @@ def analyse_loha_lokr(
         ranks[module] = expected
     out.rank = max(ranks.values(), default=get_int(config, "r"))
     out.details.update(
-        module_ranks=ranks if len(set(ranks.values())) > 1 else {},
+        module_ranks=_varying(ranks),
         rank_pattern=get_pattern(config, "rank_pattern"),
         alpha_pattern=get_pattern(config, "alpha_pattern"),
     )
@@ -262,52 +256,94 @@ def analyse_loha_lokr(
     return out
 
 
-def analyse_oft(config: dict[str, Any], groups: dict[str, dict[str, TensorInfo]]) -> Analysis:
-    block_size = get_int(config, "oft_block_size", 0) or 0
+def analyse_oft(config: dict[str, Any], groups: TensorInfoGroups) -> Analysis:
+    """OFT: the card's rank is the number of orthogonal blocks per module (PEFT's ``r``; with
+    ``r=0`` PEFT derives it as in_features // oft_block_size); the block size is in details."""
+    configured_r = get_int(config, "r", 0) or 0
+    configured_size = get_int(config, "oft_block_size", 0) or 0
+    shared = get_bool(config, "block_share")
     blocks: dict[str, int] = {}
+    sizes: dict[str, int] = {}
     for module, parts in sorted(groups.items()):
         r = _need(parts, module, "oft_R.weight", "oft_r")
-        if len(r.shape) == 2 and block_size:
+        if len(r.shape) == 2:
             # The skew-symmetric parameterisation stores b(b-1)/2 values per block.
-            stored = r.shape[1]
-            if stored != block_size * (block_size - 1) // 2:
-                size = (1 + math.isqrt(1 + 8 * stored)) // 2
+            size = (1 + math.isqrt(1 + 8 * r.shape[1])) // 2
+            if size * (size - 1) // 2 != r.shape[1]:
                 raise _shape_error(
-                    module,
-                    f"has OFT blocks of size {size} but {CONFIG} says oft_block_size={block_size}",
+                    module, f"has an oft_R of width {r.shape[1]}, not b(b-1)/2 for any block size b"
                 )
+        elif len(r.shape) == 3 and r.shape[1] == r.shape[2]:
+            size = r.shape[1]  # older PEFT saved whole b x b blocks
+        else:
+            raise _shape_error(module, f"has an oft_R of unexpected shape {r.shape}")
+        if configured_size and size != configured_size:
+            raise _shape_error(
+                module,
+                f"has OFT blocks of size {size} but {CONFIG} says oft_block_size={configured_size}",
+            )
+        sizes[module] = size
+        if shared:
+            continue  # one block repeated along the diagonal: the stored count says nothing
+        if configured_r and r.shape[0] != configured_r:
+            raise _shape_error(
+                module, f"has {r.shape[0]} OFT blocks but {CONFIG} says r={configured_r}"
+            )
         blocks[module] = r.shape[0]
+    unique_sizes = sorted(set(sizes.values()))
     return Analysis(
+        rank=(configured_r or None) if shared else max(blocks.values(), default=None),
         details={
-            "oft_block_size": block_size,
-            "module_blocks": blocks,
+            "oft_block_size": unique_sizes[0] if len(unique_sizes) == 1 else configured_size,
+            "module_blocks": _varying(blocks),
+            "module_block_sizes": _varying(sizes),
+            "block_share": shared,
             "coft": get_bool(config, "coft"),
-        }
+        },
     )
 
 
-def analyse_boft(config: dict[str, Any], groups: dict[str, dict[str, TensorInfo]]) -> Analysis:
-    block_size = get_int(config, "boft_block_size", 0) or 0
+def analyse_boft(config: dict[str, Any], groups: TensorInfoGroups) -> Analysis:
+    """BOFT: boft_R is (butterfly factors, blocks, block size, block size); no rank."""
+    configured = {
+        "boft_block_size": get_int(config, "boft_block_size", 0) or 0,
+        "boft_block_num": get_int(config, "boft_block_num", 0) or 0,
+    }
+    found: dict[str, set[int]] = {"boft_block_size": set(), "boft_block_num": set()}
     for module, parts in sorted(groups.items()):
         r = _need(parts, module, "boft_R")
         _need(parts, module, "boft_s")
-        if block_size and len(r.shape) == 4 and r.shape[-1] != block_size:
-            raise _shape_error(
-                module,
-                f"has BOFT blocks of size {r.shape[-1]} but {CONFIG} says"
-                f" boft_block_size={block_size}",
-            )
-    return Analysis(
-        details={
-            "boft_block_size": block_size,
-            "boft_block_num": get_int(config, "boft_block_num"),
-            "boft_n_butterfly_factor": get_int(config, "boft_n_butterfly_factor"),
-        }
-    )
+        if len(r.shape) != 4 or r.shape[2] != r.shape[3]:
+            raise _shape_error(module, f"has a boft_R of unexpected shape {r.shape}")
+        for name, got in (("boft_block_size", r.shape[3]), ("boft_block_num", r.shape[1])):
+            if configured[name] and got != configured[name]:
+                raise _shape_error(
+                    module,
+                    f"has {name} {got} in boft_R but {CONFIG} says {name}={configured[name]}",
+                )
+            found[name].add(got)
+    details: dict[str, Any] = {
+        name: configured[name] or (min(values) if len(values) == 1 else sorted(values))
+        for name, values in found.items()
+    }
+    details["boft_n_butterfly_factor"] = get_int(config, "boft_n_butterfly_factor")
+    return Analysis(details=details)
 
 
-def analyse_vera(config: dict[str, Any], groups: dict[str, dict[str, TensorInfo]]) -> Analysis:
+def analyse_vera(
+    config: dict[str, Any], groups: TensorInfoGroups, shared: dict[str, TensorInfo]
+) -> Analysis:
+    """VeRA: per module lambda_d (r) and lambda_b (out); the shared frozen projections vera_A
+    (r, in) and vera_B (out, r) are saved once when ``save_projection`` is on."""
     r = get_int(config, "r")
+    for key, info in sorted(shared.items()):
+        axis = 0 if key.endswith("vera_A") else 1
+        if len(info.shape) != 2 or info.shape[axis] != r:
+            raise InvalidAdapter(
+                f"{WEIGHTS}: shared projection {key!r} has shape {info.shape}, which does not"
+                f" have rank {CONFIG}'s r={r}",
+                tensor=key,
+            )
     for module, parts in sorted(groups.items()):
         d = _need(parts, module, "vera_lambda_d")
         _need(parts, module, "vera_lambda_b")
@@ -323,6 +359,9 @@ def analyse_vera(config: dict[str, Any], groups: dict[str, dict[str, TensorInfo]
 
 
 def analyse_prompt(method: str, config: dict[str, Any], tensors: dict[str, TensorInfo]) -> Analysis:
+    """Prompt methods save one table, prompt_embeddings: (virtual tokens x transformer
+    submodules) rows of token_dim (prefix tuning: a key and a value per layer, so
+    num_layers * 2 * token_dim)."""
     tokens = get_int(config, "num_virtual_tokens")
     if tokens is None:
         raise InvalidAdapter(
@@ -334,27 +373,28 @@ def analyse_prompt(method: str, config: dict[str, Any], tensors: dict[str, Tenso
     others = sorted(set(tensors) - {"prompt_embeddings"})
     if others:
         raise InvalidAdapter(f"{WEIGHTS}: unexpected tensor {others[0]!r} in a {method} adapter")
+    if len(embeddings.shape) != 2:
+        raise InvalidAdapter(
+            f"{WEIGHTS}: prompt_embeddings has shape {embeddings.shape}, not (tokens, width)"
+        )
     submodules = get_int(config, "num_transformer_submodules", 1) or 1
     token_dim = get_int(config, "token_dim")
     layers = get_int(config, "num_layers")
-    rows, width = (*embeddings.shape, 0, 0)[:2]
+    rows, width = embeddings.shape
     if rows != tokens * submodules:
         raise InvalidAdapter(
             f"{WEIGHTS}: prompt_embeddings has {rows} rows but {CONFIG} says"
             f" num_virtual_tokens={tokens} x num_transformer_submodules={submodules}",
             field="num_virtual_tokens",
         )
-    expected_width = token_dim
+    expected_width, origin = token_dim, f"token_dim={token_dim}"
     if method == "prefix_tuning" and token_dim is not None and layers is not None:
-        expected_width = layers * 2 * token_dim  # a key and a value prefix per layer
+        expected_width = layers * 2 * token_dim
+        origin = f"num_layers={layers} x 2 x token_dim={token_dim}"
     if expected_width is not None and width != expected_width:
         raise InvalidAdapter(
-            f"{WEIGHTS}: prompt_embeddings is {width} wide but {CONFIG} implies {expected_width}"
-            + (
-                f" (num_layers={layers} x 2 x token_dim={token_dim})"
-                if method == "prefix_tuning"
-                else f" (token_dim={token_dim})"
-            ),
+            f"{WEIGHTS}: prompt_embeddings is {width} wide but {CONFIG} implies"
+            f" {expected_width} ({origin})",
             field="token_dim",
         )
     details = {
@@ -364,6 +404,8 @@ def analyse_prompt(method: str, config: dict[str, Any], tensors: dict[str, Tenso
     }
     if method == "prompt_tuning":
         details["prompt_tuning_init"] = config.get("prompt_tuning_init")
-    if method == "p_tuning":
+    elif method == "p_tuning":
         details["encoder_reparameterization_type"] = config.get("encoder_reparameterization_type")
+    elif method == "prefix_tuning":
+        details["prefix_projection"] = get_bool(config, "prefix_projection")
     return Analysis(rank=tokens, extra_tokens=tokens, details=details)

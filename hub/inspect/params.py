@@ -6,27 +6,52 @@ import json
 from pathlib import Path
 from typing import Any
 
-_LLAMA_FAMILY = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "mixtral"}
+# model_type -> whether the input and output embeddings are tied when config.json is silent
+# (the config class's default in transformers).
+_TIED_BY_DEFAULT: dict[str, bool] = {
+    "llama": False,
+    "mistral": False,
+    "mixtral": False,
+    "qwen2": False,
+    "qwen3": False,
+    "phi3": False,
+    "gemma": True,
+    "gemma2": True,
+}
 
 
 def base_param_count(base_model: Any, base_config: dict[str, Any] | None) -> int | None:
-    """Exact count from a local base folder's safetensors headers; else from its config."""
-    if isinstance(base_model, str) and base_model:
-        folder = Path(base_model)
-        try:
-            is_dir = folder.is_dir()
-        except OSError:
-            is_dir = False
-        if is_dir:
-            count = _count_safetensors(folder)
-            if count is not None:
-                return count
-            if base_config is None and (folder / "config.json").is_file():
-                try:
-                    base_config = json.loads((folder / "config.json").read_text())
-                except (OSError, json.JSONDecodeError):
-                    base_config = None
-    return count_base_params(base_config) if base_config else None
+    """The base model's parameter count, or None when it cannot be known without downloads.
+
+    An explicit ``base_config`` is used first. Without one (or for an architecture
+    ``count_base_params`` does not know), a local folder named by ``base_model`` is read: the
+    sum over its safetensors headers (exact), else its ``config.json``.
+    """
+    if base_config:
+        count = count_base_params(base_config)
+        if count is not None:
+            return count
+    folder = _local_folder(base_model)
+    if folder is None:
+        return None
+    count = _count_safetensors(folder)
+    if count is not None:
+        return count
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return count_base_params(config) if isinstance(config, dict) else None
+
+
+def _local_folder(base_model: Any) -> Path | None:
+    if not isinstance(base_model, str) or not base_model:
+        return None
+    folder = Path(base_model)
+    try:
+        return folder if folder.is_dir() else None
+    except OSError:  # a hub id that is not a valid path on this OS
+        return None
 
 
 def _count_safetensors(folder: Path) -> int | None:
@@ -41,7 +66,7 @@ def _count_safetensors(folder: Path) -> int | None:
         for file in files:
             tensors, _ = read_safetensors_header(file)
             total += sum(t.numel for t in tensors.values())
-    except InvalidAdapter:
+    except (InvalidAdapter, OSError):
         return None
     return total
 
@@ -49,15 +74,24 @@ def _count_safetensors(folder: Path) -> int | None:
 def count_base_params(config: dict[str, Any]) -> int | None:
     """Parameters of a llama-family decoder from its ``config.json``; None if unknown.
 
-    Embeddings + per layer (attention with grouped KV heads, gated MLP, two RMSNorms) + final
-    norm + lm_head unless tied.
+    Counts the input embeddings, per layer the attention (grouped KV heads, optional biases,
+    Qwen3's q/k norms), the gated MLP (Mixtral: every expert plus the router) and the
+    RMSNorms (Gemma2 has four per layer), the final norm, and ``lm_head`` unless tied.
+    Known ``model_type``s: llama, mistral, mixtral, qwen2, qwen3, phi3, gemma, gemma2.
+
+    Args:
+        config: a Hugging Face ``config.json`` as a dict.
+
+    Returns:
+        The exact count for a known architecture, else None (never a guess).
 
     Example:
         >>> count_base_params({"model_type": "llama", "vocab_size": 32000, "hidden_size": 4096,
         ...     "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32})
         6738415616
     """
-    if config.get("model_type") not in _LLAMA_FAMILY:
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in _TIED_BY_DEFAULT:
         return None
     try:
         vocab = int(config["vocab_size"])
@@ -65,16 +99,27 @@ def count_base_params(config: dict[str, Any]) -> int | None:
         inter = int(config["intermediate_size"])
         layers = int(config["num_hidden_layers"])
         heads = int(config["num_attention_heads"])
-    except (KeyError, TypeError, ValueError):
+        kv_heads = int(config.get("num_key_value_heads") or heads)
+        head_dim = int(config.get("head_dim") or hidden // heads)
+        experts = int(config.get("num_local_experts") or 1)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return None
-    kv_heads = int(config.get("num_key_value_heads") or heads)
-    head_dim = int(config.get("head_dim") or hidden // heads)
-    attention = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
-    if config.get("attention_bias"):
-        attention += heads * head_dim + 2 * kv_heads * head_dim + hidden
-    if config.get("model_type") == "qwen2":
-        attention += heads * head_dim + 2 * kv_heads * head_dim  # q/k/v biases
+    q_width, kv_width = heads * head_dim, kv_heads * head_dim
+    attention = 2 * hidden * q_width + 2 * hidden * kv_width
+    if model_type == "qwen2":
+        attention += q_width + 2 * kv_width  # q/k/v always have biases
+    elif config.get("attention_bias"):
+        attention += q_width + 2 * kv_width + hidden
+    if model_type == "qwen3":
+        attention += 2 * head_dim  # RMSNorm on q and k per head
     mlp = 3 * hidden * inter
-    per_layer = attention + mlp + 2 * hidden
-    lm_head = 0 if config.get("tie_word_embeddings") else vocab * hidden
-    return vocab * hidden + layers * per_layer + hidden + lm_head
+    if config.get("mlp_bias"):
+        mlp += 2 * inter + hidden
+    if model_type == "mixtral":
+        mlp = experts * mlp + hidden * experts  # experts + router
+    norms = (4 if model_type == "gemma2" else 2) * hidden
+    tied = config.get("tie_word_embeddings")
+    if tied is None:
+        tied = _TIED_BY_DEFAULT[model_type]
+    lm_head = 0 if tied else vocab * hidden
+    return vocab * hidden + layers * (attention + mlp + norms) + hidden + lm_head

@@ -17,29 +17,40 @@ from schemas.errors import InvalidAdapter
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 ITEMSIZE: dict[str, int] = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
-    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+    "C64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1,
+    "BOOL": 1,
 }  # fmt: skip
+"""Bytes per element of every whole-byte safetensors dtype (sub-byte F4/F6 are refused)."""
 
-# For each float dtype: (unsigned view, mask, value that means NaN/Inf when masked).
+# IEEE types checked with numpy.isfinite (C64 is a pair of f32).
+_IEEE_VIEW: dict[str, str] = {"F64": "<f8", "F32": "<f4", "C64": "<f4"}
+# Other float types, tested on their bits: (unsigned view, mask, masked value meaning NaN/Inf).
 _NONFINITE_BITS: dict[str, tuple[str, int, int]] = {
-    "F16": ("<u2", 0x7C00, 0x7C00),
+    "F16": ("<u2", 0x7C00, 0x7C00),  # exponent all ones
     "BF16": ("<u2", 0x7F80, 0x7F80),
     "F8_E4M3": ("u1", 0x7F, 0x7F),  # e4m3fn has no Inf; NaN is S.1111.111
     "F8_E5M2": ("u1", 0x7C, 0x7C),
+    "F8_E8M0": ("u1", 0xFF, 0xFF),  # a bare exponent: only 0xFF (NaN) is not finite
 }
-_CHECK_CHUNK_BYTES = 64 * 1024 * 1024
+_CHECK_CHUNK_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """One tensor's entry: dtype, shape and its absolute byte range in the file."""
+    """One tensor's header entry.
+
+    ``data_offsets`` is the ``[begin, end)`` byte range exactly as the header states it
+    (relative to the data section); ``start`` / ``end`` are the same range as absolute file
+    offsets, ready for seeking or memory-mapping.
+    """
 
     key: str
     dtype: str
     shape: tuple[int, ...]
     start: int
     end: int
+    data_offsets: tuple[int, int] = (0, 0)
 
     @property
     def numel(self) -> int:
@@ -51,15 +62,31 @@ class TensorInfo:
 
 
 def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Parse and validate the header of ``path``; return (tensors by key, ``__metadata__``).
+    """Parse and validate the header of the safetensors file ``path``.
 
-    Every inconsistency (truncation, bad JSON, unknown dtype, offsets that overlap, leave holes
-    or disagree with the shape) raises ``InvalidAdapter`` naming the file and the tensor.
+    Checks everything the header promises against the file, without reading tensor data:
+    the length prefix, the JSON, each entry's dtype / shape / offsets, that the byte ranges
+    tile the data section exactly (no overlap, no gap, nothing after) and that the file is
+    long enough.
+
+    Args:
+        path: a ``.safetensors`` file.
+
+    Returns:
+        ``(tensors, metadata)``: the entries by tensor key, and ``__metadata__`` (empty when
+        absent).
+
+    Raises:
+        InvalidAdapter: one line naming the file (and the tensor key where there is one), e.g.
+            ``adapter_model.safetensors is truncated: its header says 9216 bytes of tensor
+            data, the file has 8216``.
 
     Example:
-        >>> tensors, meta = read_safetensors_header(Path("w.safetensors"))  # doctest: +SKIP
-        >>> tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].shape
-        (8, 4096)
+        >>> tensors, meta = read_safetensors_header(Path("adapter_model.safetensors"))
+        ... # doctest: +SKIP
+        >>> info = tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"]
+        >>> info.dtype, info.shape, info.data_offsets
+        ('F32', (8, 4096), (0, 131072))
     """
     name = path.name
     size = path.stat().st_size
@@ -75,7 +102,9 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
         raw = fh.read(header_len)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):
+        # ValueError covers bad UTF-8, bad JSON and over-long integer literals; RecursionError
+        # a malicious nesting of brackets.
         raise InvalidAdapter(f"{name} is corrupt: its header is not valid JSON") from None
     if not isinstance(header, dict):
         raise InvalidAdapter(f"{name} is corrupt: its header is not a JSON object")
@@ -87,7 +116,7 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
     tensors: dict[str, TensorInfo] = {}
     for key, entry in header.items():
         tensors[key] = _tensor_info(name, key, entry, data_start)
-    needed = max((t.end - data_start for t in tensors.values()), default=0)
+    needed = max((t.data_offsets[1] for t in tensors.values()), default=0)
     if needed > data_len:
         raise InvalidAdapter(
             f"{name} is truncated: its header says {needed} bytes of tensor data,"
@@ -110,7 +139,7 @@ def _tensor_info(name: str, key: str, entry: Any, data_start: int) -> TensorInfo
     if not isinstance(entry, dict):
         raise InvalidAdapter(f"{name} is corrupt: entry {key!r} is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in ITEMSIZE:
+    if not isinstance(dtype, str) or dtype not in ITEMSIZE:
         raise InvalidAdapter(f"{name}: tensor {key!r} has unsupported dtype {dtype!r}")
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
@@ -125,42 +154,44 @@ def _tensor_info(name: str, key: str, entry: Any, data_start: int) -> TensorInfo
         raise InvalidAdapter(
             f"{name} is corrupt: tensor {key!r} has invalid data_offsets {offsets!r}"
         )
+    begin, end = offsets
     expected = math.prod(shape) * ITEMSIZE[dtype]
-    if offsets[1] - offsets[0] != expected:
+    if end - begin != expected:
         raise InvalidAdapter(
-            f"{name} is corrupt: tensor {key!r} has {offsets[1] - offsets[0]} bytes of data"
+            f"{name} is corrupt: tensor {key!r} has {end - begin} bytes of data"
             f" but shape {tuple(shape)} in {dtype} needs {expected}"
         )
-    return TensorInfo(key, dtype, tuple(shape), data_start + offsets[0], data_start + offsets[1])
+    return TensorInfo(key, dtype, tuple(shape), data_start + begin, data_start + end, (begin, end))
 
 
 def find_nonfinite(path: Path, tensors: dict[str, TensorInfo]) -> str | None:
     """The key of the first float tensor holding a NaN or Inf, or None.
 
-    Reads the file through a memory map in 64 MiB windows, so memory stays flat for any size;
-    half and 8-bit floats are tested on their exponent bits (no conversion needed).
+    Reads the file through memory maps of 16 MiB windows, so memory stays flat for any size.
+    F64/F32 (and C64) use ``numpy.isfinite``; F16, BF16 and the 8-bit floats are tested on
+    their exponent bits, with no conversion. Integer and bool tensors are skipped.
     """
     import numpy as np
 
-    floats = [t for t in tensors.values() if t.dtype in ("F64", "F32", *_NONFINITE_BITS)]
-    if not floats:
-        return None
-    mapped = np.memmap(path, dtype=np.uint8, mode="r")
-    try:
-        for info in sorted(floats, key=lambda t: t.start):
-            step = _CHECK_CHUNK_BYTES - _CHECK_CHUNK_BYTES % ITEMSIZE[info.dtype]
-            for offset in range(info.start, info.end, step):
-                window = mapped[offset : min(offset + step, info.end)]
-                if info.dtype in ("F64", "F32"):
-                    values = window.view("<f8" if info.dtype == "F64" else "<f4")
-                    if not np.isfinite(values).all():
-                        return info.key
+    floats = [t for t in tensors.values() if t.dtype in (*_IEEE_VIEW, *_NONFINITE_BITS)]
+    for info in sorted((t for t in floats if t.nbytes), key=lambda t: t.start):
+        step = _CHECK_CHUNK_BYTES - _CHECK_CHUNK_BYTES % ITEMSIZE[info.dtype]
+        for offset in range(info.start, info.end, step):
+            # One short-lived map per window: its pages are released when it goes, so the
+            # resident size stays at one window however large the file is.
+            window = np.memmap(
+                path, dtype=np.uint8, mode="r", offset=offset, shape=(min(step, info.end - offset),)
+            )
+            try:
+                if info.dtype in _IEEE_VIEW:
+                    bad = not np.isfinite(window.view(_IEEE_VIEW[info.dtype])).all()
                 else:
-                    view, mask, bad = _NONFINITE_BITS[info.dtype]
-                    if ((window.view(view) & mask) == bad).any():
-                        return info.key
-    finally:
-        del mapped
+                    view, mask, value = _NONFINITE_BITS[info.dtype]
+                    bad = bool(((window.view(view) & mask) == value).any())
+            finally:
+                del window
+            if bad:
+                return info.key
     return None
 
 

@@ -113,8 +113,9 @@ def register_hf_write_routes(app: FastAPI) -> None:
     @app.put("/api/hub/v1/lfs/{oid}")
     async def lfs_upload(request: Request, oid: str, expires: int, ticket: str) -> Response:
         try:
+            # Bytes, not str: compare_digest refuses non-ASCII strings (a query can hold any).
             if expires < time.time() or not hmac.compare_digest(
-                _ticket(secret, oid, expires), ticket
+                _ticket(secret, oid, expires).encode(), ticket.encode()
             ):
                 raise AuthError("upload link expired or invalid", status=403)
             result = await receive_blob(request, oid)
