@@ -237,3 +237,19 @@ def test_registry_survives_reopen(hub_home, adapters):
         assert reg.index.schema_version() == len(MIGRATIONS)
         mode = reg.index.conn.execute("PRAGMA journal_mode").fetchone()[0]
         assert mode == "wal"
+
+
+def test_an_index_from_an_older_schema_is_migrated_in_place(hub_home, adapters, monkeypatch):
+    import hub.index
+
+    # Write a registry as the first release did (schema 1 only: no tokens table).
+    monkeypatch.setattr(hub.index, "MIGRATIONS", MIGRATIONS[:1])
+    with Registry(hub_home) as old:
+        old.push(adapters("lora"), name="a/b", tasks=["sql"])
+        assert old.index.schema_version() == 1
+    monkeypatch.setattr(hub.index, "MIGRATIONS", MIGRATIONS)
+    with Registry(hub_home) as new:
+        assert new.index.schema_version() == len(MIGRATIONS)
+        assert new.show("a/b").tasks == ["sql"]
+        tables = {r[0] for r in new.index.conn.execute("SELECT name FROM sqlite_master")}
+        assert "tokens" in tables
