@@ -134,6 +134,30 @@ class RemoteRegistry:
         query = f"?{urllib.parse.urlencode({'revision': revision})}" if revision else ""
         return AdapterCard.model_validate(self._json("GET", path + query))
 
+    def versions(self, repo: str) -> list[Any]:
+        """Every version of ``repo``, oldest first (cards)."""
+        from schemas.card import AdapterCard
+
+        path, _ = self._repo_path(repo)
+        return [AdapterCard.model_validate(c) for c in self._json("GET", f"{path}/versions")]
+
+    # -- writes ---------------------------------------------------------------------------
+    def tag(self, ref: str, alias: str) -> Any:
+        """Point ``alias`` at the version ``ref`` names, like ``hub tag``; returns its card."""
+        from schemas.card import AdapterCard
+
+        path, revision = self._repo_path(ref)
+        url = f"{path}/aliases/{urllib.parse.quote(alias, safe='')}"
+        return AdapterCard.model_validate(self._json("PUT", url, {"revision": revision or "main"}))
+
+    def remove(self, ref: str) -> list[Any]:
+        """Remove a repository, or one version (``ns/name@v2``), like ``hub rm``."""
+        from schemas.card import AdapterCard
+
+        path, revision = self._repo_path(ref)
+        query = f"?{urllib.parse.urlencode({'revision': revision})}" if revision else ""
+        return [AdapterCard.model_validate(c) for c in self._json("DELETE", path + query)]
+
     # -- push -----------------------------------------------------------------------------
     def push(
         self,

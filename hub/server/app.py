@@ -6,8 +6,6 @@ as they stream in and become visible only when their sha256 matches the one they
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
 import re
 import tempfile
@@ -15,49 +13,37 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
 
 from hub.server.common import (
     MAX_JSON_BYTES,
+    BlobWriter,
+    BoundedBodies,
     ServerState,
+    blob_namespaces,
+    caller,
+    check_digest,
     error_response,
+    error_responses,
     readable,
     require_read,
     require_write,
     state,
 )
-from schemas.errors import HubError, InvalidArgument, StoreCorrupted
+from schemas.api import AliasBody, BlobStored, NewVersion, PushedCard
+from schemas.card import AdapterCard
+from schemas.errors import AuthError, HubError, InvalidArgument
 from schemas.recipe import Recipe
 from schemas.refs import validate_repo_id
 
 API = "/api/hub/v1"
-_DIGEST = re.compile(r"[0-9a-f]{64}")
+_STREAMED = re.compile(rf"PUT {API}/(blobs|lfs)/[^/]*|POST /api/models/[^/]+/[^/]+/commit/.*")
 
 
-class FileSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    path: str = Field(max_length=1000)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    size: int = Field(ge=0)
-
-
-class NewVersion(BaseModel):
-    """A push: the files (already uploaded as blobs) and the annotations."""
-
-    model_config = ConfigDict(extra="forbid")
-    files: list[FileSpec] = Field(min_length=1, max_length=10_000)
-    tasks: list[str] = Field(default_factory=list, max_length=100)
-    tags: dict[str, str] = Field(default_factory=dict)
-    metrics: list[str] = Field(default_factory=list, max_length=100)
-    parent: str | None = None
-    description: str | None = Field(default=None, max_length=10_000)
-    allow_nonfinite: bool = False
-
-
-class AliasBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    revision: str = Field(max_length=100)
+def _streams(method: str, path: str) -> bool:
+    """Routes whose bodies are uploads, streamed and bounded by the route itself."""
+    return _STREAMED.fullmatch(f"{method} {path}") is not None
 
 
 def safe_relative_path(path: str) -> str:
@@ -68,7 +54,8 @@ def safe_relative_path(path: str) -> str:
         or path.startswith("/")
         or "\\" in path
         or "\x00" in path
-        or any(p in ("", ".", "..") for p in parts)
+        or any(p in ("", ".", "..") or len(p.encode()) > 255 for p in parts)
+        or len(parts) > 32
     ):
         raise InvalidArgument(f"invalid file path {path!r}: must stay inside the adapter folder")
     return path
@@ -79,8 +66,24 @@ def _ref(namespace: str, name: str, revision: str | None) -> str:
     return f"{repo}@{revision}" if revision else repo
 
 
-def create_app(home: str | os.PathLike[str], *, anonymous_read: bool = False) -> FastAPI:
+def create_app(
+    home: str | os.PathLike[str],
+    *,
+    anonymous_read: bool = False,
+    inline_upload_max: int | None = None,
+    max_upload_bytes: int | None = None,
+    max_commit_bytes: int | None = None,
+) -> FastAPI:
     """The team hub over the registry at ``home``.
+
+    Args:
+        home: the registry folder (``HUB_HOME``).
+        anonymous_read: let requests without a token read every namespace.
+        inline_upload_max: files up to this many bytes are sent inline in Hugging Face
+            commits (the path clients with ``hf_xet`` installed can use); larger ones through
+            Git LFS. Default 1 GiB.
+        max_upload_bytes: the largest single file accepted. Default 64 GiB.
+        max_commit_bytes: the largest Hugging Face commit body (spooled to disk). Default 4 GiB.
 
     Example:
         >>> import uvicorn                                                   # doctest: +SKIP
@@ -89,25 +92,35 @@ def create_app(home: str | os.PathLike[str], *, anonymous_read: bool = False) ->
     app = FastAPI(
         title="hub",
         version="1",
-        description="Adapter registry: native JSON API and the Hugging Face Hub protocol.",
+        description="Adapter registry: native JSON API and the Hugging Face Hub protocol. "
+        'Errors are `{"error": {"code", "message"}}` with the code also in '
+        "`X-Error-Code`; send `Authorization: Bearer TOKEN` (`hub token create`).",
     )
-    app.state.hub = ServerState(Path(home), anonymous_read=anonymous_read)
+    srv = ServerState(Path(home), anonymous_read=anonymous_read)
+    if inline_upload_max is not None:
+        srv.inline_upload_max = inline_upload_max
+    if max_upload_bytes is not None:
+        srv.max_upload_bytes = max_upload_bytes
+    if max_commit_bytes is not None:
+        srv.max_commit_bytes = max_commit_bytes
+    app.state.hub = srv
+    app.add_middleware(BoundedBodies, limit=MAX_JSON_BYTES, streams=_streams)
 
     @app.exception_handler(HubError)
     async def _hub_error(request: Request, error: HubError) -> JSONResponse:
         return error_response(error)
 
-    @app.middleware("http")
-    async def _bound_json_bodies(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length")
-        is_blob = request.url.path.startswith((f"{API}/blobs/", f"{API}/lfs/"))
-        is_blob = is_blob or "/commit/" in request.url.path  # bounded by the commit route
-        if not is_blob and length and length.isdigit() and int(length) > MAX_JSON_BYTES:
-            return error_response(InvalidArgument(f"request body over {MAX_JSON_BYTES} bytes"))
-        response: Response = await call_next(request)
-        return response
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        message = f"invalid request: {where}: {first.get('msg', 'malformed')}"
+        return error_response(InvalidArgument(message, status=422))
 
-    @app.get(f"{API}/adapters")
+    read_errors = error_responses(401, 403, 404, 422)
+    write_errors = error_responses(400, 401, 403, 404, 409, 413, 422)
+
+    @app.get(f"{API}/adapters", response_model=list[AdapterCard], responses=read_errors)
     def search(
         request: Request,
         q: str | None = None,
@@ -119,8 +132,9 @@ def create_app(home: str | os.PathLike[str], *, anonymous_read: bool = False) ->
         sort: str | None = None,
         limit: int | None = Query(default=None, ge=0, le=100_000),
         all_versions: bool = False,
-    ) -> list[dict[str, Any]]:
-        """Search cards with the same filters as `hub ls`."""
+    ) -> Response:
+        """Search cards with the same filters as `hub ls` (latest version of each adapter
+        unless `all_versions`); only namespaces the token may read are listed."""
         cards = (
             state(request)
             .registry()
@@ -136,43 +150,52 @@ def create_app(home: str | os.PathLike[str], *, anonymous_read: bool = False) ->
             )
         )
         visible = readable(request, cards)
-        return visible[:limit] if limit is not None else visible
+        return JSONResponse(visible[:limit] if limit is not None else visible)
 
-    @app.get(f"{API}/adapters/{{namespace}}/{{name}}")
-    def card(
-        request: Request, namespace: str, name: str, revision: str | None = None
-    ) -> dict[str, Any]:
-        """The card of NAMESPACE/NAME at a revision (default: latest)."""
+    @app.get(
+        f"{API}/adapters/{{namespace}}/{{name}}", response_model=AdapterCard, responses=read_errors
+    )
+    def card(request: Request, namespace: str, name: str, revision: str | None = None) -> Response:
+        """The card of NAMESPACE/NAME at a revision (default: the latest version)."""
         require_read(request, namespace)
-        return (
-            state(request).registry().show(_ref(namespace, name, revision)).model_dump(mode="json")
-        )
+        shown = state(request).registry().show(_ref(namespace, name, revision))
+        return JSONResponse(shown.model_dump(mode="json"))
 
-    @app.get(f"{API}/adapters/{{namespace}}/{{name}}/versions")
-    def versions(request: Request, namespace: str, name: str) -> list[dict[str, Any]]:
+    @app.get(
+        f"{API}/adapters/{{namespace}}/{{name}}/versions",
+        response_model=list[AdapterCard],
+        responses=read_errors,
+    )
+    def versions(request: Request, namespace: str, name: str) -> Response:
+        """Every version of NAMESPACE/NAME, oldest first."""
         require_read(request, namespace)
-        return [
-            c.model_dump(mode="json")
-            for c in state(request).registry().versions(_ref(namespace, name, None))
-        ]
+        cards = state(request).registry().versions(_ref(namespace, name, None))
+        return JSONResponse([c.model_dump(mode="json") for c in cards])
 
-    @app.post(f"{API}/adapters/{{namespace}}/{{name}}/versions")
-    def push(request: Request, namespace: str, name: str, body: NewVersion) -> dict[str, Any]:
-        """Register a new version from blobs uploaded with PUT /blobs/{sha256}."""
-        require_write(request, namespace)
+    @app.post(
+        f"{API}/adapters/{{namespace}}/{{name}}/versions",
+        response_model=PushedCard,
+        responses=write_errors,
+    )
+    def push(request: Request, namespace: str, name: str, body: NewVersion) -> Response:
+        """Register a new version from blobs uploaded with `PUT /blobs/{sha256}`: inspected
+        and indexed exactly like `hub push` (identical files make no new version)."""
+        token = require_write(request, namespace)
         repo = _ref(namespace, name, None)
         registry = state(request).registry()
-        missing = [f.sha256 for f in body.files if not registry.store.has(f.sha256)]
+        missing = [
+            f.sha256 for f in body.files if not state(request).may_reference(token, f.sha256)
+        ]
         if missing:
             raise InvalidArgument(f"blobs not uploaded yet: {', '.join(m[:12] for m in missing)}")
-        with tempfile.TemporaryDirectory(dir=_scratch(registry.home)) as tmp:
+        with tempfile.TemporaryDirectory(dir=srv.scratch()) as tmp:
             folder = Path(tmp) / name
             for spec in body.files:
                 target = folder / safe_relative_path(spec.path)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 blob = registry.store.path(spec.sha256)
                 if blob.stat().st_size != spec.size:
-                    raise StoreCorrupted(f"blob {spec.sha256[:12]} is not {spec.size} bytes")
+                    raise InvalidArgument(f"blob {spec.sha256[:12]} is not {spec.size} bytes")
                 os.symlink(blob, target)
             result = registry.push(
                 folder,
@@ -184,51 +207,74 @@ def create_app(home: str | os.PathLike[str], *, anonymous_read: bool = False) ->
                 description=body.description,
                 allow_nonfinite=body.allow_nonfinite,
             )
-        return {**result.card.model_dump(mode="json"), "created": result.created}
+        return JSONResponse({**result.card.model_dump(mode="json"), "created": result.created})
 
-    @app.put(f"{API}/adapters/{{namespace}}/{{name}}/aliases/{{alias}}")
-    def tag(
-        request: Request, namespace: str, name: str, alias: str, body: AliasBody
-    ) -> dict[str, Any]:
+    @app.put(
+        f"{API}/adapters/{{namespace}}/{{name}}/aliases/{{alias}}",
+        response_model=AdapterCard,
+        responses=write_errors,
+    )
+    def tag(request: Request, namespace: str, name: str, alias: str, body: AliasBody) -> Response:
+        """Point ALIAS (e.g. `prod`) at a revision, like `hub tag`."""
         require_write(request, namespace)
-        ref = _ref(namespace, name, body.revision)
-        return state(request).registry().tag(ref, alias).model_dump(mode="json")
+        tagged = state(request).registry().tag(_ref(namespace, name, body.revision), alias)
+        return JSONResponse(tagged.model_dump(mode="json"))
 
-    @app.delete(f"{API}/adapters/{{namespace}}/{{name}}")
+    @app.delete(
+        f"{API}/adapters/{{namespace}}/{{name}}",
+        response_model=list[AdapterCard],
+        responses=write_errors,
+    )
     def remove(
         request: Request, namespace: str, name: str, revision: str | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> Response:
+        """Remove a repository, or one version with `revision`, like `hub rm`."""
         require_write(request, namespace)
         removed = state(request).registry().remove(_ref(namespace, name, revision))
-        return [c.model_dump(mode="json") for c in removed]
+        return JSONResponse([c.model_dump(mode="json") for c in removed])
 
-    @app.post(f"{API}/compose")
-    def compose(request: Request, recipe: Recipe) -> dict[str, Any]:
+    @app.post(f"{API}/compose", response_model=PushedCard, responses=write_errors)
+    def compose(request: Request, recipe: Recipe) -> Response:
         """Run a compose recipe server-side (same fields as `hub compose run RECIPE.yaml`)."""
         require_write(request, recipe.name.split("/")[0])
         for ref in recipe.inputs:
             require_read(request, ref.split("/")[0])
         result = state(request).registry().compose(recipe)
-        return {**result.card.model_dump(mode="json"), "created": result.created}
+        return JSONResponse({**result.card.model_dump(mode="json"), "created": result.created})
 
-    @app.head(f"{API}/blobs/{{digest}}")
-    @app.get(f"{API}/blobs/{{digest}}")
+    @app.head(f"{API}/blobs/{{digest}}", responses=read_errors)
+    @app.get(
+        f"{API}/blobs/{{digest}}",
+        response_class=FileResponse,
+        responses={
+            **read_errors,
+            200: {"content": {"application/octet-stream": {}}},
+            206: {"description": "Partial content (HTTP Range)"},
+        },
+    )
     def get_blob(request: Request, digest: str) -> Response:
-        """A stored file by sha256 (HTTP Range supported, for resumable downloads)."""
-        path = _readable_blob(request, digest)
+        """A stored file by sha256, if a version the caller may read uses it (writers also
+        see blobs uploaded for a push not yet made). HTTP Range supported, for resuming."""
+        path = _readable_blob(request, check_digest(digest))
         if path is None:
             return Response(status_code=404, headers={"X-Error-Code": "EntryNotFound"})
         return FileResponse(
             path, headers={"ETag": f'"{digest}"'}, media_type="application/octet-stream"
         )
 
-    @app.put(f"{API}/blobs/{{digest}}")
-    async def put_blob(request: Request, digest: str) -> dict[str, Any]:
-        """Upload a blob; it becomes visible only if its bytes hash to ``digest``."""
-        require_write(request, None)
-        if not _DIGEST.fullmatch(digest):
-            raise InvalidArgument(f"invalid sha256 {digest!r}")
-        return await receive_blob(request, digest)
+    @app.put(
+        f"{API}/blobs/{{digest}}",
+        response_model=BlobStored,
+        responses=write_errors,
+        openapi_extra={
+            "requestBody": {"content": {"application/octet-stream": {}}, "required": True}
+        },
+    )
+    async def put_blob(request: Request, digest: str) -> Response:
+        """Upload a file's bytes; they become visible only if they hash to `digest`."""
+        token = require_write(request, None)
+        skip = state(request).may_reference(token, check_digest(digest))
+        return JSONResponse(await receive_blob(request, digest, uploader=token.id, skip=skip))
 
     from hub.server.hf import register_hf_routes
     from hub.server.hf_write import register_hf_write_routes
@@ -238,70 +284,41 @@ def create_app(home: str | os.PathLike[str], *, anonymous_read: bool = False) ->
     return app
 
 
-def _scratch(home: Path) -> Path:
-    scratch = home / "tmp"
-    scratch.mkdir(parents=True, exist_ok=True)
-    return scratch
-
-
 def _readable_blob(request: Request, digest: str) -> Path | None:
-    """The blob's path if some version the caller may read uses it."""
-    if not _DIGEST.fullmatch(digest):
-        raise InvalidArgument(f"invalid sha256 {digest!r}")
-    registry = state(request).registry()
-    namespaces = {
-        row[0]
-        for row in registry.index.conn.execute(
-            "SELECT DISTINCT r.namespace FROM files f JOIN versions v ON v.id = f.version_id"
-            " JOIN repos r ON r.id = v.repo_id WHERE f.sha256 = ?",
-            (digest,),
-        )
-    }
-    allowed = False
-    for namespace in sorted(namespaces):
-        with contextlib.suppress(HubError):
-            require_read(request, namespace)
-            allowed = True
-            break
-    if not namespaces:
-        # Uploaded but not yet part of a version: only writers see it (to resume/skip uploads).
-        with contextlib.suppress(HubError):
-            require_write(request, None)
-            allowed = registry.store.has(digest)
+    """The blob's path if the caller may read it: a version it may read uses the blob, or
+    (for writers) no version uses it yet. Otherwise None, as for a blob that does not exist,
+    so that digests of other namespaces' files cannot be probed."""
+    srv = state(request)
+    token = caller(request)
+    if token is None and not srv.anonymous_read:
+        raise AuthError("authentication required: send 'Authorization: Bearer TOKEN'", status=401)
+    registry = srv.registry()
+    namespaces = blob_namespaces(registry, digest)
+    if token is None:
+        allowed = bool(namespaces)  # anonymous read: every version, nothing pending
+    elif namespaces:
+        allowed = any(token.can_read(ns) for ns in namespaces)
+    else:
+        allowed = bool(token.write)
     if not allowed or not registry.store.has(digest):
-        if namespaces and not allowed:
-            require_read(request, sorted(namespaces)[0])  # raises the right 401/403
         return None
     return registry.store.path(digest)
 
 
-async def receive_blob(request: Request, digest: str) -> dict[str, Any]:
-    """Stream the body into the store's temp area, hashing; publish only on a digest match.
-    A client that disconnects midway leaves nothing visible (the temp file is removed)."""
+async def receive_blob(
+    request: Request, digest: str, *, uploader: str, skip: bool = False
+) -> dict[str, Any]:
+    """Stream the body into the store, hashing; publish only on a digest match, and record
+    that ``uploader`` (a token id) holds these bytes. With ``skip`` (the blob is stored and
+    the uploader may use it already), the body is not read. A client that disconnects
+    midway leaves nothing visible (the temp file is removed)."""
     srv = state(request)
     store = srv.registry().store
-    if store.has(digest):
+    if skip:
         return {"sha256": digest, "size": store.path(digest).stat().st_size, "stored": False}
-    tmp = store.temp_path()
-    hasher = hashlib.sha256()
-    size = 0
-    try:
-        with open(tmp, "wb") as fh:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > srv.max_upload_bytes:
-                    raise InvalidArgument(f"upload over {srv.max_upload_bytes} bytes")
-                hasher.update(chunk)
-                fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if hasher.hexdigest() != digest:
-            raise InvalidArgument(
-                f"uploaded bytes hash to {hasher.hexdigest()[:12]}, not {digest[:12]}: refused"
-            )
-        store.publish(tmp, digest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    with BlobWriter(store, limit=srv.max_upload_bytes) as blob:
+        async for chunk in request.stream():
+            blob.write(chunk)
+        _, size = blob.publish(expected=digest)
+    srv.uploaded(uploader, digest)
     return {"sha256": digest, "size": size, "stored": True}

@@ -1,8 +1,14 @@
-"""What every route shares: a registry per worker thread, token checks, error responses."""
+"""What every route shares: a registry per worker thread, token checks, error responses,
+bounded request bodies and verified blob writes."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import re
 import threading
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,17 +17,22 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from hub.registry import Registry
+from hub.store import BlobStore
 from hub.tokens import Token, authenticate
 from schemas.errors import (
     AdapterNotFound,
     AuthError,
     HubError,
+    InvalidArgument,
     OutputExists,
     RevisionNotFound,
     StoreCorrupted,
 )
 
-MAX_JSON_BYTES = 1024 * 1024
+MiB = 1024 * 1024
+MAX_JSON_BYTES = MiB
+DRAIN_BYTES = 64 * MiB
+DIGEST = re.compile(r"[0-9a-f]{64}")
 
 STATUS: dict[type[HubError], int] = {
     AdapterNotFound: 404,
@@ -32,8 +43,11 @@ STATUS: dict[type[HubError], int] = {
 
 
 def status_of(error: HubError) -> int:
+    """The HTTP status of ``error``: its ``status`` context if it has one, else by class."""
+    if "status" in error.context:
+        return int(error.context["status"])
     if isinstance(error, AuthError):
-        return int(error.context.get("status", 401))
+        return 401
     return next((code for cls, code in STATUS.items() if isinstance(error, cls)), 400)
 
 
@@ -51,12 +65,29 @@ def error_response(error: HubError) -> JSONResponse:
     )
 
 
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` for a route that answers these statuses with an ``ErrorBody``."""
+    from schemas.api import ErrorBody
+
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
 @dataclass
 class ServerState:
     home: Path
     anonymous_read: bool = False
     max_upload_bytes: int = 64 * 1024**3
+    """Largest single blob (native upload or Git LFS object)."""
+    inline_upload_max: int = 1024 * MiB
+    """Files up to this size go inline in Hugging Face commits (``uploadMode: regular``), the
+    one upload path clients with ``hf_xet`` installed can take without Xet; larger ones go
+    through Git LFS."""
+    max_commit_bytes: int = 4 * 1024 * MiB
+    """Largest NDJSON commit body (spooled to disk, never held in memory)."""
     _local: threading.local = field(default_factory=threading.local)
+    _repo_locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+    _uploaded: set[tuple[str, str]] = field(default_factory=set)
 
     def registry(self) -> Registry:
         # SQLite connections stay in the thread that opened them: one registry per worker.
@@ -64,6 +95,40 @@ class ServerState:
         if reg is None:
             reg = self._local.registry = Registry(self.home)
         return reg
+
+    def repo_lock(self, repo: str) -> threading.Lock:
+        """Held while a Hugging Face commit is applied on top of ``repo``'s latest files, so
+        two concurrent commits never build on the same head and lose one another's files."""
+        with self._guard:
+            return self._repo_locks.setdefault(repo, threading.Lock())
+
+    def uploaded(self, token_id: str, digest: str) -> None:
+        """Record that ``token_id`` sent bytes hashing to ``digest`` (see ``may_reference``)."""
+        with self._guard:
+            if len(self._uploaded) >= 100_000:
+                self._uploaded.clear()  # a client that loses its record simply uploads again
+            self._uploaded.add((token_id, digest))
+
+    def may_reference(self, token: Token, digest: str) -> bool:
+        """Whether a push by ``token`` may use the stored blob ``digest`` without uploading it.
+
+        Blobs are stored once across namespaces, so knowing a digest must not be enough to
+        copy a file out of a namespace the token cannot read: the blob has to be in a
+        version the token may read, or waiting for its first version, or uploaded by this
+        token (which proves it holds the bytes)."""
+        registry = self.registry()
+        if not registry.store.has(digest):
+            return False
+        if self.anonymous_read or (token.id, digest) in self._uploaded:
+            return True
+        namespaces = blob_namespaces(registry, digest)
+        return not namespaces or any(token.can_read(ns) for ns in namespaces)
+
+    def scratch(self) -> Path:
+        """A folder for request-scoped temp files, on the store's file system."""
+        path = self.home / "tmp"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
 
 def state(request: Request) -> ServerState:
@@ -111,3 +176,129 @@ def readable(request: Request, cards: list[dict[str, Any]]) -> list[dict[str, An
             return cards
         raise AuthError("authentication required: send 'Authorization: Bearer TOKEN'", status=401)
     return [c for c in cards if token.can_read(c["repo"].split("/")[0])]
+
+
+def blob_namespaces(registry: Registry, digest: str) -> list[str]:
+    """The namespaces with a version that uses blob ``digest``."""
+    rows = registry.index.conn.execute(
+        "SELECT DISTINCT r.namespace FROM files f JOIN versions v ON v.id = f.version_id"
+        " JOIN repos r ON r.id = v.repo_id WHERE f.sha256 = ? ORDER BY r.namespace",
+        (digest,),
+    )
+    return [row[0] for row in rows]
+
+
+def check_digest(digest: str) -> str:
+    if not DIGEST.fullmatch(digest):
+        raise InvalidArgument(f"invalid sha256 {digest[:80]!r}: expected 64 lowercase hex digits")
+    return digest
+
+
+class BlobWriter:
+    """A blob being received: bytes are hashed as they are written to the store's temp area,
+    and the blob becomes visible only through ``publish``, when its bytes hash to the sha256
+    they claim and stay within ``limit``. Leaving the ``with`` block without publishing (an
+    error, a client that hung up) removes the temp file: nothing half-written is ever seen.
+
+    Example:
+        >>> with BlobWriter(store, limit=1 << 30) as blob:           # doctest: +SKIP
+        ...     for chunk in chunks:
+        ...         blob.write(chunk)
+        ...     digest, size = blob.publish(expected=claimed_sha256)
+    """
+
+    def __init__(self, store: BlobStore, *, limit: int) -> None:
+        self.store, self.limit = store, limit
+        self.tmp = store.temp_path()
+        self.hasher = hashlib.sha256()
+        self.size = 0
+        self._fh = open(self.tmp, "wb")  # noqa: SIM115 (closed in publish/__exit__)
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise InvalidArgument(f"upload over {self.limit} bytes", status=413)
+        self.hasher.update(chunk)
+        self._fh.write(chunk)
+
+    def publish(self, expected: str | None = None) -> tuple[str, int]:
+        """Make the blob visible; returns ``(sha256, size)``. Refused (InvalidArgument) when
+        ``expected`` is given and the bytes hash to something else."""
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        digest = self.hasher.hexdigest()
+        if expected is not None and digest != expected:
+            raise InvalidArgument(
+                f"uploaded bytes hash to {digest[:12]}, not {expected[:12]}: refused"
+            )
+        if self.store.has(digest):
+            self.tmp.unlink()
+        else:
+            self.store.publish(self.tmp, digest)
+        return digest, self.size
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()  # gone already when published
+
+
+ASGIApp = Callable[
+    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+    Awaitable[None],
+]
+
+
+class BoundedBodies:
+    """ASGI middleware: every request body is read (up to ``limit`` bytes, chunked or not)
+    before the app sees it; larger ones are refused with 413. Routes that stream uploads
+    (``streams(method, path)``) are passed through and bound their bodies themselves."""
+
+    def __init__(self, app: ASGIApp, limit: int, streams: Callable[[str, str], bool]) -> None:
+        self.app, self.limit, self.streams = app, limit, streams
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http" or self.streams(scope["method"], scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        too_large = InvalidArgument(f"request body over {self.limit} bytes", status=413)
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > DRAIN_BYTES:
+            await error_response(too_large)(scope, receive, send)
+            return
+        body = bytearray()
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen <= self.limit:
+                body += chunk
+            if not message.get("more_body") or seen > DRAIN_BYTES:
+                break
+        if seen > self.limit:
+            # Read (and dropped) up to DRAIN_BYTES first: a client still sending when the
+            # answer comes would see a broken pipe instead of this message.
+            await error_response(too_large)(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

@@ -9,6 +9,7 @@ never advertised, so clients with hf_xet installed download over plain HTTP.
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 from urllib.parse import unquote
 
@@ -20,6 +21,7 @@ from hub.server.common import header_safe, require_read, state, status_of
 from schemas.card import AdapterCard
 from schemas.errors import AdapterNotFound, HubError, InvalidName, RevisionNotFound
 
+TAGS: list[str | Enum] = ["huggingface"]
 _HF_CODES = {AdapterNotFound: "RepoNotFound", RevisionNotFound: "RevisionNotFound"}
 
 
@@ -92,8 +94,8 @@ def _empty_repo_info(request: Request, repo: str, revision: str | None) -> dict[
 def register_hf_routes(app: FastAPI) -> None:
     """Add the Hugging Face Hub read routes to ``app``."""
 
-    @app.get("/api/models/{namespace}/{name}")
-    @app.get("/api/models/{namespace}/{name}/revision/{revision:path}")
+    @app.get("/api/models/{namespace}/{name}", tags=TAGS)
+    @app.get("/api/models/{namespace}/{name}/revision/{revision:path}", tags=TAGS)
     def model_info(
         request: Request, namespace: str, name: str, revision: str | None = None
     ) -> Response:
@@ -105,11 +107,17 @@ def register_hf_routes(app: FastAPI) -> None:
         except HubError as error:
             return _hf_error(error)
 
-    @app.get("/api/models/{namespace}/{name}/tree/{revision}")
-    @app.get("/api/models/{namespace}/{name}/tree/{revision}/{path:path}")
+    @app.get("/api/models/{namespace}/{name}/tree/{revision}", tags=TAGS)
+    @app.get("/api/models/{namespace}/{name}/tree/{revision}/{path:path}", tags=TAGS)
     def tree(
-        request: Request, namespace: str, name: str, revision: str, path: str = ""
+        request: Request,
+        namespace: str,
+        name: str,
+        revision: str,
+        path: str = "",
+        recursive: bool = False,
     ) -> Response:
+        """The files and folders under PATH (all of them, at any depth, with `recursive`)."""
         try:
             card = _card(request, namespace, name, revision)
         except HubError as error:
@@ -119,13 +127,13 @@ def register_hf_routes(app: FastAPI) -> None:
         for f in card.files:
             if not f.path.startswith(prefix):
                 continue
-            rest = f.path[len(prefix) :]
-            if "/" in rest:
-                folder = prefix + rest.split("/")[0]
+            parts = f.path[len(prefix) :].split("/")
+            for depth in range(1, len(parts) if recursive else min(2, len(parts))):
+                folder = prefix + "/".join(parts[:depth])
                 entries.setdefault(
                     folder, {"type": "directory", "oid": card.commit, "size": 0, "path": folder}
                 )
-            else:
+            if recursive or len(parts) == 1:
                 entries[f.path] = {
                     "type": "file",
                     "oid": f.sha256,
@@ -135,8 +143,8 @@ def register_hf_routes(app: FastAPI) -> None:
                 }
         return JSONResponse(list(entries.values()))
 
-    @app.head("/{namespace}/{name}/resolve/{revision}/{path:path}")
-    @app.get("/{namespace}/{name}/resolve/{revision}/{path:path}")
+    @app.head("/{namespace}/{name}/resolve/{revision}/{path:path}", tags=TAGS)
+    @app.get("/{namespace}/{name}/resolve/{revision}/{path:path}", tags=TAGS)
     def resolve(request: Request, namespace: str, name: str, revision: str, path: str) -> Response:
         try:
             card = _card(request, namespace, name, revision)

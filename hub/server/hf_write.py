@@ -1,51 +1,82 @@
-"""The Hugging Face Hub write protocol: create repo, preupload, Git LFS batch/upload/verify,
-and the NDJSON commit. Used by ``HfApi.upload_folder`` and ``PeftModel.push_to_hub`` with
-``HF_ENDPOINT`` pointed at the server (Xet disabled: the server never advertises Xet).
+"""The Hugging Face Hub write protocol: create repo, validate-yaml, preupload, Git LFS
+batch/upload/verify and the NDJSON commit, as used by ``HfApi.upload_folder``,
+``HfApi.create_commit`` and ``PeftModel.push_to_hub`` with ``HF_ENDPOINT`` pointed here.
 
-A commit is applied to the repository's latest files and pushed through the registry like a
-CLI push: the adapter is inspected and indexed, and an invalid one is refused with an error
-the client shows. LFS uploads go to a short-lived signed URL (the client sends no token with
-them) and become visible only once their bytes hash to the announced oid.
+Xet is never offered. ``preupload`` answers ``regular`` for files up to the server's
+``inline_upload_max``: the client then sends them inline in the commit, over plain HTTP,
+which is the path clients with ``hf_xet`` installed take (they would send any ``lfs`` file
+through Xet). Larger files are ``lfs``: clients with Xet disabled upload them through the
+LFS batch API to a short-lived signed URL (the client sends no token there), and they become
+visible only once their bytes hash to the announced oid. Every commit is applied to the
+repository's latest files and pushed through the registry (``hub.server.hf_commit``).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
-import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
+from hub.registry import PushResult
 from hub.server.app import receive_blob, safe_relative_path
-from hub.server.common import require_write, state
-from hub.server.hf import _hf_error
-from schemas.errors import AuthError, HubError, InvalidAdapter, InvalidArgument
+from hub.server.common import DIGEST, ServerState, caller, error_responses, require_write, state
+from hub.server.hf import TAGS, _hf_error
+from hub.server.hf_commit import apply_commit, read_commit, spool
+from hub.tokens import Token
+from schemas.api import HfCreateRepo, HfLfsBatch, HfLfsVerify, HfPreupload
+from schemas.errors import AuthError, HubError, InvalidArgument, InvalidName
+from schemas.refs import validate_repo_id
 
 TICKET_SECONDS = 3600
-MAX_COMMIT_BYTES = 64 * 1024 * 1024
+NDJSON_BODY = {"requestBody": {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}}}
 
 
-def _ticket(secret: bytes, oid: str, expires: int) -> str:
-    return hmac.new(secret, f"{oid}:{expires}".encode(), hashlib.sha256).hexdigest()
+def _ticket(secret: bytes, oid: str, expires: int, who: str) -> str:
+    """The signature of an upload URL: for this object, until then, on behalf of this token."""
+    return hmac.new(secret, f"{oid}:{expires}:{who}".encode(), hashlib.sha256).hexdigest()
+
+
+def _repo_of(body: HfCreateRepo, token: Token) -> str:
+    """``organization/name``; without an organization, the one namespace the token writes
+    to (what the Hub does with the caller's user name)."""
+    namespace = body.organization
+    if not namespace and "/" in body.name:
+        namespace, _, name = body.name.partition("/")
+    else:
+        name = body.name
+    if not namespace:
+        scopes = [s for s in token.write if s != "*"]
+        if len(scopes) != 1 or "*" in token.write:
+            raise InvalidArgument(f"give the namespace: create 'NAMESPACE/{name}'")
+        namespace = scopes[0]
+    try:
+        return validate_repo_id(f"{namespace}/{name}")
+    except InvalidName as error:
+        raise InvalidArgument(str(error)) from None
 
 
 def register_hf_write_routes(app: FastAPI) -> None:
+    """Add the Hugging Face Hub write routes to ``app``."""
     secret = os.urandom(32)
+    errors = error_responses(400, 401, 403, 404, 409, 412, 413, 422)
 
-    @app.post("/api/repos/create")
-    async def create_repo(request: Request) -> Response:
+    @app.post("/api/repos/create", tags=TAGS, responses=errors)
+    def create_repo(request: Request, body: HfCreateRepo) -> Response:
+        """Create an empty model repository (its `main` is an initial commit with no files)."""
         try:
-            body = await request.json()
-            repo = f"{body.get('organization') or ''}/{body.get('name') or ''}"
+            token = caller(request)
+            if token is None:
+                raise AuthError("authentication required: send 'Authorization: Bearer TOKEN'")
+            repo = _repo_of(body, token)
             require_write(request, repo.split("/")[0])
-            if body.get("type", "model") not in (None, "model"):
+            if body.type not in (None, "model"):
                 raise InvalidArgument("this hub stores models (adapters) only")
             created = state(request).registry().create_repo(repo)
         except HubError as error:
@@ -57,46 +88,77 @@ def register_hf_write_routes(app: FastAPI) -> None:
             )
         return JSONResponse({"url": url, "name": repo, "id": repo})
 
-    @app.post("/api/validate-yaml")
-    async def validate_yaml(request: Request) -> Response:
+    @app.post("/api/validate-yaml", tags=TAGS)
+    def validate_yaml() -> Response:
+        """Model card metadata is not validated here: the adapter's files are, at commit."""
         return JSONResponse({"errors": [], "warnings": []})
 
-    @app.post("/api/models/{namespace}/{name}/preupload/{revision}")
-    async def preupload(request: Request, namespace: str, name: str, revision: str) -> Response:
+    @app.post(
+        "/api/models/{namespace}/{name}/preupload/{revision:path}", tags=TAGS, responses=errors
+    )
+    def preupload(
+        request: Request, namespace: str, name: str, revision: str, body: HfPreupload
+    ) -> Response:
+        """How each file will be sent: inline (`regular`) up to the inline limit, else LFS."""
+        srv = state(request)
         try:
             require_write(request, namespace)
-            files = (await request.json()).get("files", [])
-            answer = [
-                {
-                    "path": safe_relative_path(f["path"]),
-                    "uploadMode": "lfs" if int(f.get("size", 0)) > 0 else "regular",
-                    "shouldIgnore": False,
-                }
-                for f in files
-            ]
+            answer = []
+            for f in body.files:
+                if f.size > srv.max_upload_bytes:
+                    raise InvalidArgument(
+                        f"{f.path!r} is {f.size} bytes, over this hub's limit of"
+                        f" {srv.max_upload_bytes}",
+                        status=413,
+                    )
+                mode = "regular" if f.size <= srv.inline_upload_max else "lfs"
+                answer.append(
+                    {"path": safe_relative_path(f.path), "uploadMode": mode, "shouldIgnore": False}
+                )
         except HubError as error:
             return _hf_error(error)
         return JSONResponse({"files": answer, "commitOid": None})
 
-    @app.post("/{namespace}/{name}.git/info/lfs/objects/batch")
-    async def lfs_batch(request: Request, namespace: str, name: str) -> Response:
+    @app.get(
+        "/api/models/{namespace}/{name}/xet-write-token/{revision:path}", include_in_schema=False
+    )
+    @app.get(
+        "/api/models/{namespace}/{name}/xet-read-token/{revision:path}", include_in_schema=False
+    )
+    def no_xet(request: Request) -> Response:
+        limit = state(request).inline_upload_max
+        return _hf_error(
+            InvalidArgument(
+                f"this hub does not offer Xet storage: files over {limit} bytes go through Git"
+                " LFS, which clients with hf_xet installed skip; set HF_HUB_DISABLE_XET=1",
+                status=501,
+            )
+        )
+
+    @app.post("/{namespace}/{name}.git/info/lfs/objects/batch", tags=TAGS, responses=errors)
+    def lfs_batch(request: Request, namespace: str, name: str, body: HfLfsBatch) -> Response:
+        """Git LFS batch API (uploads): a signed upload URL for each object not yet stored."""
+        srv = state(request)
         try:
-            require_write(request, namespace)
-            body = await request.json()
-            if body.get("operation") != "upload":
+            token = require_write(request, namespace)
+            if body.operation != "upload":
                 raise InvalidArgument("only LFS uploads go through the batch API here")
         except HubError as error:
             return _hf_error(error)
-        store = state(request).registry().store
         base = str(request.base_url).rstrip("/")
         expires = int(time.time()) + TICKET_SECONDS
         objects = []
-        for obj in body.get("objects", []):
-            oid, size = str(obj.get("oid", "")), int(obj.get("size", 0))
-            entry: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
-            if not store.has(oid):
-                ticket = _ticket(secret, oid, expires)
-                href = f"{base}/api/hub/v1/lfs/{oid}?expires={expires}&ticket={ticket}"
+        for obj in body.objects:
+            entry: dict[str, Any] = {"oid": obj.oid, "size": obj.size, "authenticated": True}
+            if not DIGEST.fullmatch(obj.oid):
+                entry["error"] = {"code": 422, "message": "invalid oid: expected a sha256"}
+            elif obj.size > srv.max_upload_bytes:
+                message = f"object over this hub's limit of {srv.max_upload_bytes} bytes"
+                entry["error"] = {"code": 422, "message": message}
+            elif not srv.may_reference(token, obj.oid):
+                ticket = _ticket(secret, obj.oid, expires, token.id)
+                query = f"expires={expires}&who={token.id}&ticket={ticket}"
+                href = f"{base}/api/hub/v1/lfs/{obj.oid}?{query}"
                 entry["actions"] = {
                     "upload": {"href": href, "expires_in": TICKET_SECONDS},
                     "verify": {
@@ -110,42 +172,71 @@ def register_hf_write_routes(app: FastAPI) -> None:
             media_type="application/vnd.git-lfs+json",
         )
 
-    @app.put("/api/hub/v1/lfs/{oid}")
-    async def lfs_upload(request: Request, oid: str, expires: int, ticket: str) -> Response:
+    @app.put(
+        "/api/hub/v1/lfs/{oid}",
+        tags=TAGS,
+        responses=errors,
+        openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}}},
+    )
+    async def lfs_upload(
+        request: Request, oid: str, expires: int, who: str, ticket: str
+    ) -> Response:
+        """The signed URL an LFS batch answer points at: stored only if the bytes match."""
         try:
-            # Bytes, not str: compare_digest refuses non-ASCII strings (a query can hold any).
-            if expires < time.time() or not hmac.compare_digest(
-                _ticket(secret, oid, expires).encode(), ticket.encode()
+            if (
+                not DIGEST.fullmatch(oid)
+                or expires < time.time()
+                or not hmac.compare_digest(_ticket(secret, oid, expires, who), ticket)
             ):
                 raise AuthError("upload link expired or invalid", status=403)
-            result = await receive_blob(request, oid)
+            result = await receive_blob(request, oid, uploader=who)
         except HubError as error:
             return _hf_error(error)
         return JSONResponse(result)
 
-    @app.post("/{namespace}/{name}.git/info/lfs/verify")
-    async def lfs_verify(request: Request, namespace: str, name: str) -> Response:
-        body = await request.json()
-        store = state(request).registry().store
-        oid, size = str(body.get("oid", "")), int(body.get("size", -1))
+    @app.post("/{namespace}/{name}.git/info/lfs/verify", tags=TAGS, responses=errors)
+    def lfs_verify(request: Request, namespace: str, name: str, body: HfLfsVerify) -> Response:
+        """Git LFS verify: the object is stored, with the announced size."""
         try:
-            ok = store.has(oid) and store.path(oid).stat().st_size == size
-        except HubError:
-            ok = False
-        if not ok:
-            return JSONResponse({"message": f"object {oid[:12]} was not uploaded"}, status_code=404)
-        return JSONResponse({"message": "ok"})
-
-    @app.post("/api/models/{namespace}/{name}/commit/{revision}")
-    async def commit(request: Request, namespace: str, name: str, revision: str) -> Response:
-        try:
-            require_write(request, namespace)
-            raw = await request.body()
-            if len(raw) > MAX_COMMIT_BYTES:
-                raise InvalidArgument(f"commit payload over {MAX_COMMIT_BYTES} bytes")
-            card, created = _apply_commit(request, f"{namespace}/{name}", raw)
+            token = require_write(request, namespace)
+            srv = state(request)
+            store = srv.registry().store
+            ok = DIGEST.fullmatch(body.oid) and srv.may_reference(token, body.oid)
+            if not ok or store.path(body.oid).stat().st_size != body.size:
+                raise InvalidArgument(f"object {body.oid[:12]!r} was not uploaded", status=404)
         except HubError as error:
             return _hf_error(error)
+        return JSONResponse({"message": "ok"})
+
+    @app.post(
+        "/api/models/{namespace}/{name}/commit/{revision:path}",
+        tags=TAGS,
+        responses=errors,
+        openapi_extra=NDJSON_BODY,
+    )
+    async def commit(
+        request: Request, namespace: str, name: str, revision: str, create_pr: str | None = None
+    ) -> Response:
+        """Apply an NDJSON commit on top of the latest version; the result is inspected and
+        indexed like `hub push` (invalid adapters are refused with the inspection's error)."""
+        srv = state(request)
+        try:
+            token = require_write(request, namespace)
+            repo = validate_repo_id(f"{namespace}/{name}")
+            if revision != "main":
+                raise InvalidArgument(
+                    f"commits go to 'main' (the next version of {repo}), not {revision!r}"
+                )
+            if create_pr not in (None, "", "0", "false"):
+                raise InvalidArgument("pull requests are not supported here: commit to main")
+            spooled = await spool(request, srv.scratch(), srv.max_commit_bytes)
+            try:
+                result = await run_in_threadpool(_commit, srv, token, repo, spooled)
+            finally:
+                spooled.unlink(missing_ok=True)
+        except HubError as error:
+            return _hf_error(error)
+        card = result.card
         base = str(request.base_url).rstrip("/")
         return JSONResponse(
             {
@@ -153,55 +244,20 @@ def register_hf_write_routes(app: FastAPI) -> None:
                 "commitOid": card.commit,
                 "success": True,
                 "pullRequestUrl": None,
-                "created": created,
+                "created": result.created,
             }
         )
 
 
-def _apply_commit(request: Request, repo: str, raw: bytes) -> tuple[Any, bool]:
-    registry = state(request).registry()
-    lines = [json.loads(line) for line in raw.splitlines() if line.strip()]
-    files: dict[str, str] = {}  # path -> sha256
-    try:
-        latest = registry.show(repo)
-        files = {f.path: f.sha256 for f in latest.files}
-    except HubError:
-        registry.create_repo(repo)
-    header: dict[str, Any] = {}
-    for item in lines:
-        key, value = item.get("key"), item.get("value") or {}
-        if key == "header":
-            header = value
-        elif key == "file":
-            data = (
-                base64.b64decode(value["content"])
-                if value.get("encoding") == "base64"
-                else (str(value["content"]).encode())
-            )
-            files[safe_relative_path(value["path"])] = registry.store.put_bytes(data)[0]
-        elif key == "lfsFile":
-            oid = str(value["oid"])
-            if not registry.store.has(oid):
-                raise InvalidArgument(f"LFS object {oid[:12]} for {value['path']!r} not uploaded")
-            files[safe_relative_path(value["path"])] = oid
-        elif key == "deletedFile":
-            files.pop(value["path"], None)
-        elif key == "deletedFolder":
-            prefix = value["path"].rstrip("/") + "/"
-            files = {p: d for p, d in files.items() if not p.startswith(prefix)}
-        else:
-            raise InvalidArgument(f"unsupported commit operation {key!r}")
-    if "adapter_config.json" not in files:
-        raise InvalidAdapter(
-            f"{repo}: the commit has no adapter_config.json; this hub stores PEFT adapters"
-        )
-    scratch = registry.home / "tmp"
-    scratch.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-        folder = Path(tmp) / repo.split("/")[1]
-        for path, digest in files.items():
-            target = folder / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(registry.store.path(digest), target)
-        result = registry.push(folder, name=repo, description=header.get("description") or None)
-    return result.card, result.created
+def _commit(srv: ServerState, token: Token, repo: str, spooled: Path) -> PushResult:
+    # Runs in a worker thread: reading and storing inline files, inspection and hashing
+    # would otherwise stall every other request on the event loop.
+    registry = srv.registry()
+    parsed = read_commit(
+        spooled,
+        registry.store,
+        upload_limit=srv.max_upload_bytes,
+        may_reference=lambda oid: srv.may_reference(token, oid),
+    )
+    with srv.repo_lock(repo):
+        return apply_commit(registry, repo, parsed)

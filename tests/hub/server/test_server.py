@@ -1,11 +1,15 @@
-"""The team hub driven by our CLI, our client and the unmodified huggingface_hub + PEFT."""
+"""The team hub's native API, driven by our CLI and our client over a real server.
+
+The Hugging Face protocol is tested in tests/e2e/test_hf_protocol.py."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
-import subprocess
-import sys
+import shutil
+import urllib.error
 import urllib.request
 
 import pytest
@@ -14,8 +18,18 @@ from click.testing import CliRunner
 from cli.main import cli
 from hub import Registry
 from hub.remote import RemoteRegistry
+from hub.server.hf_commit import read_commit
+from hub.store import BlobStore
 from hub.tokens import create_token, revoke_token
-from schemas import AdapterNotFound, AuthError, IncompatibleAdapters, InvalidArgument
+from schemas import (
+    AdapterNotFound,
+    AuthError,
+    HubError,
+    IncompatibleAdapters,
+    InvalidArgument,
+    InvalidName,
+)
+from tests.hub.server.live import start_server
 
 
 def _run(*args, token=None, ok=True):
@@ -24,16 +38,6 @@ def _run(*args, token=None, ok=True):
     if ok:
         assert result.exit_code == 0, result.output
     return result
-
-
-@pytest.fixture
-def tokens(live_server):
-    with Registry(live_server.home) as reg:
-        return {
-            "writer": create_token(reg, "writer", read=[], write=["team"]),
-            "reader": create_token(reg, "reader", read=["team"], write=[]),
-            "other": create_token(reg, "other", read=["elsewhere"], write=[]),
-        }
 
 
 def test_push_ls_pull_through_the_server(live_server, tokens, adapters, tmp_path):
@@ -178,165 +182,6 @@ def test_downloads_resume_with_range(live_server, tokens, adapters, tmp_path):
     assert not partial.exists()
 
 
-HF_CLIENT = """
-import os, sys
-from huggingface_hub import HfApi, snapshot_download
-from huggingface_hub.errors import RepositoryNotFoundError
-path = snapshot_download("team/sql")
-print(sorted(os.listdir(path)))
-print(HfApi().model_info("team/sql").sha)
-from peft import PeftModel
-from transformers import AutoModelForCausalLM
-model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sys.argv[1]), "team/sql")
-print(type(model).__name__)
-try:
-    snapshot_download("team/missing")
-except RepositoryNotFoundError:
-    print("RepositoryNotFoundError")
-"""
-
-
-@pytest.mark.parametrize("xet", ["disabled", "installed"])
-def test_unmodified_huggingface_hub_and_peft_read_from_the_server(
-    live_server, tokens, adapters, base_dir, tmp_path, xet
-):
-    card, _ = RemoteRegistry(live_server.url, tokens["writer"]).push(
-        adapters("lora"), name="team/sql"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
-    env.update(
-        HF_ENDPOINT=live_server.url, HF_TOKEN=tokens["reader"], HF_HOME=str(tmp_path / "hf-home")
-    )
-    if xet == "disabled":
-        env["HF_HUB_DISABLE_XET"] = "1"
-    result = subprocess.run(
-        [sys.executable, "-c", HF_CLIENT, str(base_dir)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.splitlines() == [
-        "['README.md', 'adapter_config.json', 'adapter_model.safetensors']",
-        card.commit,
-        "PeftModelForCausalLM",
-        "RepositoryNotFoundError",
-    ]
-
-
-HF_WRITER = """
-import os, sys
-from huggingface_hub import HfApi
-from huggingface_hub.errors import HfHubHTTPError
-api = HfApi()
-api.create_repo("team/uploaded", exist_ok=True)
-info = api.upload_folder(folder_path=sys.argv[1], repo_id="team/uploaded")
-print(info.oid)
-from peft import PeftModel
-from transformers import AutoModelForCausalLM
-model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sys.argv[2]), sys.argv[1])
-model.push_to_hub("team/from-peft")
-print("pushed")
-try:
-    api.upload_file(path_or_fileobj=b"{not json", path_in_repo="adapter_config.json",
-                    repo_id="team/uploaded")
-except HfHubHTTPError as error:
-    print("refused:", error.response.status_code, error.server_message)
-"""
-
-
-def test_upload_folder_and_push_to_hub_are_indexed(
-    live_server, tokens, adapters, base_dir, tmp_path
-):
-    lora = adapters("lora")
-    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
-    env.update(
-        HF_ENDPOINT=live_server.url,
-        HF_TOKEN=tokens["writer"],
-        HF_HOME=str(tmp_path / "hf-home"),
-        HF_HUB_DISABLE_XET="1",
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", HF_WRITER, str(lora), str(base_dir)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.splitlines()
-    with Registry(live_server.home) as reg:
-        uploaded = reg.show("team/uploaded")
-        assert lines[0] == uploaded.commit
-        assert (uploaded.method, uploaded.rank) == ("lora", 8)
-        for entry in uploaded.files:
-            assert (
-                reg.blob_path(uploaded, entry.path).read_bytes() == (lora / entry.path).read_bytes()
-            )
-        from_peft = reg.show("team/from-peft")
-        assert (from_peft.method, from_peft.rank, from_peft.target_modules) == (
-            "lora",
-            8,
-            ["q_proj", "v_proj"],
-        )
-        assert [c.version for c in reg.versions("team/uploaded")] == [
-            1
-        ]  # the bad commit left nothing
-    assert lines[1] == "pushed"
-    assert lines[2] == (
-        "refused: 400 adapter_config.json is not valid JSON (line 1, column 2: Expecting"
-        " property name enclosed in double quotes)"
-    )
-
-
-def test_hf_interop_push_and_pull_against_our_server_as_the_hub(
-    live_server, tokens, adapters, tmp_path
-):
-    local_home = tmp_path / "local-home"
-    with Registry(local_home) as reg:
-        card = reg.push(adapters("lora"), name="mine/sql").card
-    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
-    env.update(
-        HF_ENDPOINT=live_server.url,
-        HF_TOKEN=tokens["writer"],
-        HF_HOME=str(tmp_path / "hf-home"),
-        HF_HUB_DISABLE_XET="1",
-    )
-
-    def hub(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "cli.main", "--home", str(local_home), *map(str, args)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-
-    pushed = hub("push", "mine/sql@v1", "--to", "hf://team/mirror")
-    assert pushed.returncode == 0, pushed.stderr[-2000:]
-    with Registry(live_server.home) as served:
-        mirror = served.show("team/mirror")
-        assert (
-            pushed.stdout
-            == f"Pushed mine/sql@v1 to hf://team/mirror (commit {mirror.commit[:10]})\n"
-        )
-        assert {f.sha256 for f in mirror.files} == {f.sha256 for f in card.files}
-    pulled = hub("pull", "hf://team/mirror", "-o", tmp_path / "from-hf")
-    assert pulled.returncode == 0, pulled.stderr[-2000:]
-    for entry in card.files:
-        assert (tmp_path / "from-hf" / entry.path).read_bytes() == (
-            adapters("lora") / entry.path
-        ).read_bytes()
-    assert sorted(p.name for p in (tmp_path / "from-hf").iterdir()) == sorted(
-        f.path for f in card.files
-    )
-    missing = hub("pull", "hf://team/absent", "-o", tmp_path / "nothing")
-    assert missing.returncode == 1
-    assert missing.stderr.startswith("Error: hf://team/absent: ")
-    assert not (tmp_path / "nothing").exists()
-
-
 def test_client_disconnect_mid_upload_leaves_nothing(live_server, tokens):
     import hashlib
     import socket
@@ -383,3 +228,210 @@ def test_compose_request_over_the_native_api(live_server, tokens, adapters):
             "/api/hub/v1/compose",
             {"operator": "stack", "name": "team/y", "inputs": ["team/a"]},
         )
+
+
+def test_request_bodies_and_uploads_are_bounded(tmp_path):
+    with start_server(tmp_path / "home", max_upload_bytes=1000, max_commit_bytes=5000) as server:
+        with Registry(server.home) as reg:
+            token = create_token(reg, "w", read=[], write=["team"])
+        remote = RemoteRegistry(server.url, token)
+
+        def chunked(total):  # no Content-Length: sent with chunked transfer encoding
+            for _ in range(total // 65536):
+                yield b" " * 65536
+
+        with pytest.raises(InvalidArgument) as info:
+            remote._request(
+                "POST",
+                "/api/hub/v1/adapters/team/x/versions",
+                stream=chunked(2 * 1024 * 1024),
+                headers={"Content-Type": "application/json"},
+            )
+        assert str(info.value) == "request body over 1048576 bytes"
+        with pytest.raises(InvalidArgument) as info:
+            remote._json("POST", "/api/repos/create", {"name": "team/x", "pad": "x" * 1100000})
+        assert str(info.value) == "request body over 1048576 bytes"
+        data = os.urandom(2000)
+        digest = hashlib.sha256(data).hexdigest()
+        with pytest.raises(InvalidArgument) as info:
+            remote._request("PUT", f"/api/hub/v1/blobs/{digest}", body=data)
+        assert str(info.value) == "upload over 1000 bytes"
+        with pytest.raises(urllib.error.HTTPError) as http:
+            urllib.request.urlopen(
+                urllib.request.Request(
+                    f"{server.url}/api/models/team/x/commit/main",
+                    data=b'{"key": "header", "value": {}}\n' * 200,
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+            )
+        assert (http.value.code, http.value.headers["X-Error-Message"]) == (
+            413,
+            "commit payload over 5000 bytes",
+        )
+        with Registry(server.home) as reg:
+            assert not reg.store.has(digest)
+            assert not any(reg.store.tmp.iterdir())
+            assert not any((server.home / "tmp").iterdir())
+
+
+def _ndjson(path, *lines):
+    path.write_bytes(b"".join(line.encode() + b"\n" for line in lines))
+    return path
+
+
+def test_commit_lines_are_streamed_into_the_store(tmp_path):
+    store = BlobStore(tmp_path / "store")
+    data = os.urandom(3 * 1024 * 1024)
+    digest, b64 = hashlib.sha256(data).hexdigest(), base64.b64encode(data).decode()
+    small = base64.b64encode(b"small").decode()
+    commit = read_commit(
+        _ndjson(
+            tmp_path / "commit.ndjson",
+            json.dumps({"key": "header", "value": {"summary": "s", "parentCommit": "ab"}}),
+            json.dumps(
+                {"key": "file", "value": {"content": b64, "path": "w.bin", "encoding": "base64"}}
+            ),
+            '{"value": {"path": "odd \\"name\\"", "encoding": "base64", "content" : "'
+            + b64
+            + '"}, "key": "file"}',
+            json.dumps(
+                {"key": "file", "value": {"content": small, "path": "s.txt", "encoding": "base64"}}
+            ),
+            json.dumps({"key": "deletedFile", "value": {"path": "old.txt"}}),
+            json.dumps({"key": "deletedFolder", "value": {"path": "logs"}}),
+        ),
+        store,
+        upload_limit=10 * 1024 * 1024,
+    )
+    assert commit.header == {"summary": "s", "parentCommit": "ab"}
+    assert commit.operations == [
+        ("add", "w.bin", digest),
+        ("add", 'odd "name"', digest),
+        ("add", "s.txt", hashlib.sha256(b"small").hexdigest()),
+        ("delete", "old.txt", ""),
+        ("delete_folder", "logs/", ""),
+    ]
+    assert store.path(digest).read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (
+            json.dumps({"key": "header", "value": {"description": "x" * 2_000_000}}),
+            "commit line 1 is over 1048576 bytes and is not an inline file",
+        ),
+        (
+            '{"key": "file", "value": {"content": "' + "QUFB" * 500_000 + '\\u0041"}}',
+            "commit line 1: inline content is not base64",
+        ),
+        ('{"key": "file", "value": {"content": "' + "QUFB" * 500_000, "commit line 1 is truncated"),
+        (
+            '{"key": "file", "value": {"content": "' + "QUFB" * 500_000 + '", "path": "a"}}',
+            "commit line 1: a large value must be a base64 file",
+        ),
+        (
+            '{"key": "file", "value": {"content": "'
+            + "QUFB" * 500_000
+            + '$", "path": "a", "encoding": "base64"}}',
+            "commit line 1: bad base64 (Only base64 data is allowed)",
+        ),
+        (
+            '{"key": "file", "value": {"content": "'
+            + "QUFB" * 5_000_000
+            + '", "path": "a", "encoding": "base64"}}',
+            "upload over 10485760 bytes",
+        ),
+        (
+            json.dumps({"key": "file", "value": {"content": "eA==", "path": "../x"}}),
+            "invalid file path '../x': must stay inside the adapter folder",
+        ),
+        (
+            json.dumps({"key": "lfsFile", "value": {"path": "a"}}),
+            "malformed commit operation on line 1: no 'oid' field",
+        ),
+    ],
+    ids=[
+        "long-header",
+        "escapes",
+        "truncated",
+        "no-encoding",
+        "bad-base64",
+        "too-big",
+        "escape",
+        "no-oid",
+    ],
+)
+def test_bad_commit_lines_are_refused_and_leave_nothing(tmp_path, line, message):
+    store = BlobStore(tmp_path / "store")
+    with pytest.raises(InvalidArgument) as info:
+        read_commit(_ndjson(tmp_path / "c.ndjson", line), store, upload_limit=10 * 1024 * 1024)
+    assert str(info.value) == message
+    assert not store.blobs.exists() or not any(store.blobs.rglob("*.*"))
+    assert not store.tmp.exists() or not any(store.tmp.iterdir())
+
+
+def test_versions_aliases_and_removal_over_the_api(live_server, tokens, adapters, tmp_path):
+    remote = RemoteRegistry(live_server.url, tokens["writer"])
+    second = tmp_path / "second"
+    shutil.copytree(adapters("lora"), second)
+    (second / "README.md").write_text("second version")
+    remote.push(adapters("lora"), name="team/sql")
+    remote.push(second, name="team/sql")
+    assert [c.version for c in remote.versions("team/sql")] == [1, 2]
+    assert remote.tag("team/sql@v1", "prod").aliases == ["prod"]
+    assert RemoteRegistry(live_server.url, tokens["reader"]).show("team/sql@prod").version == 1
+    with Registry(live_server.home) as reg, pytest.raises(InvalidName) as local:
+        reg.tag("team/sql@v1", "v7")
+    with pytest.raises(InvalidName) as info:
+        remote.tag("team/sql@v1", "v7")
+    assert str(info.value) == str(local.value)
+    with pytest.raises(AuthError):
+        RemoteRegistry(live_server.url, tokens["reader"]).remove("team/sql@v1")
+    assert [c.version for c in remote.remove("team/sql@v1")] == [1]
+    assert [c.version for c in remote.versions("team/sql")] == [2]
+    assert [c.version for c in remote.remove("team/sql")] == [2]
+    with pytest.raises(AdapterNotFound):
+        remote.show("team/sql")
+
+
+def test_knowing_a_digest_is_not_enough_to_copy_a_file(live_server, tokens, adapters):
+    """Blobs are stored once for all namespaces: a push may use a stored blob only when the
+    caller may read a version that has it, or sends the bytes themselves."""
+    lora = adapters("lora")
+    card, _ = RemoteRegistry(live_server.url, tokens["writer"]).push(lora, name="team/sql")
+    weights = next(f for f in card.files if f.path == "adapter_model.safetensors")
+    with Registry(live_server.home) as reg:
+        intruder = create_token(reg, "intruder", read=[], write=["evil"])
+    remote = RemoteRegistry(live_server.url, intruder)
+    with pytest.raises(HubError) as info:  # the same answer as for a blob that does not exist
+        remote._request("HEAD", f"/api/hub/v1/blobs/{weights.sha256}")
+    assert str(info.value) == "server answered 404: b''"
+    files = [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in card.files]
+    with pytest.raises(InvalidArgument) as info:
+        remote._json("POST", "/api/hub/v1/adapters/evil/copy/versions", {"files": files})
+    assert str(info.value).startswith("blobs not uploaded yet: ")
+    commit = "".join(
+        json.dumps({"key": "lfsFile", "value": {"path": f.path, "algo": "sha256", "oid": f.sha256}})
+        + "\n"
+        for f in card.files
+    )
+    request = urllib.request.Request(
+        f"{live_server.url}/api/models/evil/copy/commit/main",
+        data=commit.encode(),
+        headers={"Authorization": f"Bearer {intruder}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as http:
+        urllib.request.urlopen(request)
+    assert http.value.headers["X-Error-Message"] == (
+        f"LFS object {card.files[0].sha256!r} for 'README.md' was not uploaded"
+    )
+    batch = remote._json(
+        "POST",
+        "/evil/copy.git/info/lfs/objects/batch",
+        {"operation": "upload", "objects": [{"oid": weights.sha256, "size": weights.size}]},
+    )
+    assert "upload" in batch["objects"][0]["actions"]
+    # Whoever holds the bytes may push them: identical content is still stored once.
+    copy, created = remote.push(lora, name="evil/copy")
+    assert created and {f.sha256 for f in copy.files} == {f.sha256 for f in card.files}

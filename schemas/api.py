@@ -1,0 +1,110 @@
+"""Request and response bodies of the team hub's HTTP API (``hub serve``).
+
+The native API (``/api/hub/v1``) documents itself with these models in its OpenAPI schema;
+the Hugging Face protocol models describe only the fields our server reads from the
+``huggingface_hub`` client, and let any other field through (the client sends more than we
+need, and newer clients may add some).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.card import AdapterCard
+
+SHA256 = r"^[0-9a-f]{64}$"
+
+
+# -- native API ----------------------------------------------------------------------------
+class FileSpec(BaseModel):
+    """One file of a pushed version: its place in the adapter folder and its stored blob."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(max_length=1000)
+    sha256: str = Field(pattern=SHA256)
+    size: int = Field(ge=0)
+
+
+class NewVersion(BaseModel):
+    """A push: the files (uploaded beforehand with ``PUT /blobs/{sha256}``) and annotations."""
+
+    model_config = ConfigDict(extra="forbid")
+    files: list[FileSpec] = Field(min_length=1, max_length=10_000)
+    tasks: list[str] = Field(default_factory=list, max_length=100)
+    tags: dict[str, str] = Field(default_factory=dict)
+    metrics: list[str] = Field(default_factory=list, max_length=100)
+    parent: str | None = Field(default=None, max_length=300)
+    description: str | None = Field(default=None, max_length=10_000)
+    allow_nonfinite: bool = False
+
+
+class AliasBody(BaseModel):
+    """``PUT .../aliases/{alias}``: the revision the alias should point at."""
+
+    model_config = ConfigDict(extra="forbid")
+    revision: str = Field(max_length=100)
+
+
+class PushedCard(AdapterCard):
+    """The card of the version a push or compose request produced."""
+
+    created: bool
+    """False when the files equal the latest version's (no new version was made)."""
+
+
+class BlobStored(BaseModel):
+    """Answer to a blob upload."""
+
+    sha256: str
+    size: int
+    stored: bool
+    """False when the store already held these bytes."""
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    """A ``HubError`` code (``schemas.errors.ALL_ERRORS``), e.g. ``adapter_not_found``."""
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every native API error: ``{"error": {"code", "message"}}`` (also in ``X-Error-Code``)."""
+
+    error: ErrorDetail
+
+
+# -- Hugging Face protocol (the fields huggingface_hub sends) ------------------------------
+class _HfBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class HfCreateRepo(_HfBody):
+    name: str = Field(max_length=200)
+    organization: str | None = Field(default=None, max_length=200)
+    type: str | None = None
+
+
+class HfPreuploadFile(_HfBody):
+    path: str = Field(max_length=1000)
+    size: int = Field(default=0, ge=0)
+    sample: str | None = None
+
+
+class HfPreupload(_HfBody):
+    files: list[HfPreuploadFile] = Field(max_length=10_000)
+
+
+class HfLfsObject(_HfBody):
+    oid: str = Field(max_length=200)
+    size: int = Field(ge=0)
+
+
+class HfLfsBatch(_HfBody):
+    operation: str
+    objects: list[HfLfsObject] = Field(max_length=10_000)
+    transfers: list[str] = Field(default_factory=lambda: ["basic"])
+
+
+class HfLfsVerify(_HfBody):
+    oid: str = Field(max_length=200)
+    size: int = Field(ge=0)

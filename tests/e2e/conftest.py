@@ -1,0 +1,5 @@
+"""Fixtures of the end-to-end tests: a real `hub serve` on 127.0.0.1 and scoped tokens."""
+
+from tests.hub.server.live import live_server, tokens
+
+__all__ = ["live_server", "tokens"]
