@@ -5,7 +5,6 @@ from __future__ import annotations
 from schemas.errors import (
     AdapterNotFound,
     HubError,
-    OutputExists,
     StoreCorrupted,
 )
 
@@ -13,7 +12,6 @@ from schemas.errors import (
 HINTS: dict[type[HubError], str] = {
     AdapterNotFound: "list adapters with `hub ls`",
     StoreCorrupted: "check the store with `hub verify`",
-    OutputExists: "",
 }
 
 

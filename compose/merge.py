@@ -62,7 +62,10 @@ def _check_weights(count: int, weights: Sequence[float], module: str) -> None:
         )
 
 
-def _check_shapes(shapes: Sequence[tuple[int, ...]], module: str, labels: Sequence[str]) -> None:
+def check_same_shapes(
+    shapes: Sequence[tuple[int, ...]], module: str, labels: Sequence[str]
+) -> None:
+    """Raise ``IncompatibleAdapters`` naming the module and adapter whose shape differs."""
     for label, shape in zip(labels[1:], shapes[1:], strict=True):
         if shape != shapes[0]:
             raise IncompatibleAdapters(
@@ -264,10 +267,3 @@ def dare(
     if variant == "ties":
         return _elect_and_merge(stacked, weights, majority_sign).float()
     return _weighted(stacked, weights).sum(dim=0).float()
-
-
-def check_same_shapes(
-    shapes: Sequence[tuple[int, ...]], module: str, labels: Sequence[str]
-) -> None:
-    """Raise ``IncompatibleAdapters`` naming the module and adapter whose shape differs."""
-    _check_shapes(shapes, module, labels)

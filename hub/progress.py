@@ -7,11 +7,7 @@ Bars go to stderr, appear only for work above ``min_bytes``, and are turned off 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
-
-ProgressFactory = Callable[[str, int], Any]
-"""``factory(description, total_bytes)`` returns an object with ``update(n)`` and ``close()``."""
 
 LARGE_FILE_BYTES = 64 * 1024 * 1024
 
@@ -37,7 +33,3 @@ def byte_progress(description: str, total: int, *, min_bytes: int = LARGE_FILE_B
     return tqdm(
         total=total, desc=description, unit="B", unit_scale=True, unit_divisor=1024, leave=False
     )
-
-
-def no_progress(description: str, total: int) -> Any:
-    return _NoProgress()
