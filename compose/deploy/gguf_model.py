@@ -283,9 +283,15 @@ def _merged_fp32(plan: MergePlan, name: str) -> torch.Tensor:
 
 def _encode(tensor: torch.Tensor, kind: Any) -> np.ndarray:
     import gguf
+    import torch
 
-    data = tensor.contiguous().numpy()
-    return gguf.quants.quantize(data, kind)
+    from compose.deploy import ggml_quants
+
+    if kind.name in ggml_quants.TYPE_SIZES and tensor.ndim == 2:
+        return ggml_quants.quantize(tensor, kind.name).numpy()
+    if kind == gguf.GGMLQuantizationType.F16:
+        return tensor.to(torch.float16).contiguous().numpy()
+    return gguf.quants.quantize(tensor.contiguous().numpy(), kind)
 
 
 def _llama_quantize(source: Path, dest: Path, quant: str) -> None:
