@@ -69,6 +69,10 @@ class Edit:
     apply: Callable[[Tensor], Tensor]
     """fp32 weight -> new fp32 weight."""
     lora: LoraFactors | None = None
+    rows: Callable[[Tensor, slice], Tensor] | None = None
+    """The same edit on a block of the weight's rows (fp32, changed in place where it can be),
+    or None when the edit needs the whole weight (DoRA on a transposed layer, LoHa...). Merging
+    block by block keeps the fp32 working set small and in cache (see ``merged.py``)."""
 
 
 @dataclass
@@ -169,12 +173,24 @@ def load_adapter(folder: str | Path, base: BaseFolder, label: str | None = None)
                 module=name,
             )
         _check_shape(label, name, base.shape(target), tuple(tensor.shape))
-        adapter.edits.append(Edit(target, module, "replace", _replacement(tensor)))
+        adapter.edits.append(
+            Edit(
+                target,
+                module,
+                "replace",
+                _replacement(tensor),
+                rows=_replacement_rows(tensor),
+            )
+        )
     return adapter
 
 
 def _replacement(tensor: Tensor) -> Callable[[Tensor], Tensor]:
     return lambda _weight: tensor.clone()
+
+
+def _replacement_rows(tensor: Tensor) -> Callable[[Tensor, slice], Tensor]:
+    return lambda block, rows: block.copy_(tensor[rows])
 
 
 def _check_architecture(config: dict[str, Any], base: BaseFolder, label: str) -> None:
@@ -247,6 +263,7 @@ def _lora_edits(
                 "embedding-lora",
                 lambda w: deltas.add_embedding_lora_(w, a, b, scale),
                 factors,
+                rows=lambda block, rows: deltas.add_embedding_lora_(block, a[:, rows], b, scale),
             )
         ]
     _need(f, ("lora_A.weight", "lora_B.weight"), module, label)
@@ -270,6 +287,11 @@ def _lora_edits(
                 module,
                 "dora",
                 lambda w: deltas.dora_merge(w, a, b, scale, mag, fan_in_fan_out=fif),
+                # The norm is per output row: row blocks are exact unless the layer is stored
+                # transposed (then an output row is a column of the stored weight).
+                rows=None
+                if fif
+                else lambda block, rows: deltas.dora_merge(block, a, b[rows], scale, mag[rows]),
             )
         )
     else:
@@ -280,13 +302,30 @@ def _lora_edits(
                 "lora",
                 lambda w: deltas.add_lora_(w, a, b, scale, fan_in_fan_out=fif),
                 LoraFactors(a, b, scale),
+                rows=(
+                    (
+                        lambda block, rows: deltas.add_lora_(
+                            block, a[:, rows], b, scale, fan_in_fan_out=True
+                        )
+                    )
+                    if fif
+                    else (lambda block, rows: deltas.add_lora_(block, a, b[rows], scale))
+                ),
             )
         )
     if "lora_B.bias" in f:
         bias = f["lora_B.bias"]
         bias_target = _target(base, module, label, "bias")
         _check_shape(label, module + ".bias", base.shape(bias_target), tuple(bias.shape))
-        edits.append(Edit(bias_target, module, "bias", lambda w: w + bias * scale))
+        edits.append(
+            Edit(
+                bias_target,
+                module,
+                "bias",
+                lambda w: w + bias * scale,
+                rows=lambda block, rows: block.add_(bias[rows], alpha=scale),
+            )
+        )
     return edits
 
 
@@ -321,10 +360,30 @@ def _ia3_edits(
     feedforward = vector.shape[0] == 1 and out_in[0] != 1
     expected = (1, out_in[1]) if feedforward else (out_in[0], 1)
     _check_shape(label, module + " (IA3 vector)", expected, tuple(vector.shape))
-    edits = [Edit(target, module, "ia3", lambda w: deltas.ia3_merge(w, vector, fan_in_fan_out=fif))]
+    # The vector scales rows or columns of the stored weight (transposed for fan_in_fan_out).
+    stored = vector.T if fif else vector
+    scales_rows = stored.shape[0] != 1
+    edits = [
+        Edit(
+            target,
+            module,
+            "ia3",
+            lambda w: deltas.ia3_merge(w, vector, fan_in_fan_out=fif),
+            rows=lambda block, rows: block.mul_(stored[rows] if scales_rows else stored),
+        )
+    ]
     bias_target = base.resolve(module, "bias")
     if not feedforward and bias_target is not None:
-        edits.append(Edit(bias_target, module, "ia3", lambda w: w * vector.reshape(w.shape)))
+        flat = vector.reshape(-1)
+        edits.append(
+            Edit(
+                bias_target,
+                module,
+                "ia3",
+                lambda w: w * vector.reshape(w.shape),
+                rows=lambda block, rows: block.mul_(flat[rows]),
+            )
+        )
     return edits
 
 

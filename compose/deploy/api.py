@@ -7,6 +7,7 @@ folder that is renamed into place only when everything is written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -17,7 +18,10 @@ from typing import Any
 
 from compose.deploy.adapters import Adapter, load_adapter
 from compose.deploy.base import BaseFolder
+from compose.deploy.merged import keeps_layout
 from compose.deploy.output import check_disk_space, check_output, model_card, staged_folder
+from compose.deploy.stio import ReadAhead
+from compose.deploy.writers import ShardCopier
 from schemas.errors import InvalidArgument
 from schemas.export import ExportSpec
 
@@ -96,14 +100,37 @@ def export_model(
     check_output(target, force=force)
     base_folder = BaseFolder.open(Path(base))
     label = base_label or str(Path(base))
-    loaded = [load_adapter(s.path, base_folder, s.label) for s in sources]
-    writer = _WRITERS[spec.format]
-    check = _CHECKS.get(spec.format)
-    if check is not None:
-        check(base_folder, loaded, spec)
-    check_disk_space(target, _estimate(base_folder, loaded, spec))
-    with staged_folder(target, force=force) as staging:
-        details, untied = writer(base_folder, loaded, sources, staging, spec, progress)
+    with contextlib.ExitStack() as stack:
+        copier = None
+        if spec.format == "safetensors" and keeps_layout(base_folder, spec.dtype):
+            # The output keeps the base's file layout: copy the base now, kernel-side, while
+            # the adapters are read and torch is imported; the merge then patches the copy.
+            check_disk_space(target, _estimate(base_folder, [], spec))
+            staging = stack.enter_context(staged_folder(target, force=force))
+            shards = [base_folder.path / shard for shard in base_folder.shards]
+            copier = ShardCopier(shards, staging)
+            stack.callback(copier.close)  # stopped before a failed export's folder is removed
+        read_ahead = None
+        if copier is None and spec.format in ("safetensors", "fp8", "gguf"):
+            # Formats that read the whole base start the disk on it now, for the same reason.
+            read_ahead = ReadAhead([base_folder.path / shard for shard in base_folder.shards])
+            stack.callback(read_ahead.close)
+        loaded = [load_adapter(s.path, base_folder, s.label) for s in sources]
+        check = _CHECKS.get(spec.format)
+        if check is not None:
+            check(base_folder, loaded, spec)
+        if copier is None:
+            check_disk_space(target, _estimate(base_folder, loaded, spec))
+            staging = stack.enter_context(staged_folder(target, force=force))
+        tracked = _tracked(progress, read_ahead)
+        if copier is not None:
+            details, untied = _write_safetensors(
+                base_folder, loaded, sources, staging, spec, tracked, copier=copier
+            )
+        else:
+            details, untied = _WRITERS[spec.format](
+                base_folder, loaded, sources, staging, spec, tracked
+            )
         card = model_card(
             title=f"{Path(target).name}",
             fmt=spec.format,
@@ -126,6 +153,21 @@ def export_model(
         untied,
         details,
     )
+
+
+def _tracked(
+    progress: Callable[[int], None] | None, read_ahead: ReadAhead | None
+) -> Callable[[int], None] | None:
+    """The progress callback, also moving the read-ahead window along."""
+    if read_ahead is None:
+        return progress
+
+    def advance(nbytes: int) -> None:
+        read_ahead.advance(nbytes)
+        if progress is not None:
+            progress(nbytes)
+
+    return advance
 
 
 def _source(path: str | os.PathLike[str]) -> AdapterSource:
@@ -156,11 +198,14 @@ def _write_safetensors(
     staging: Path,
     spec: ExportSpec,
     progress: Callable[[int], None] | None,
+    copier: ShardCopier | None = None,
 ) -> tuple[dict[str, Any], bool]:
     from compose.deploy.merged import export_safetensors, make_plan, write_config, write_index
 
     plan = make_plan(base, adapters)
-    weight_map = export_safetensors(plan, staging, dtype=spec.dtype, progress=progress)
+    weight_map = export_safetensors(
+        plan, staging, dtype=spec.dtype, progress=progress, copier=copier
+    )
     write_index(plan, staging, weight_map)
     write_config(plan, staging, spec.dtype)
     copy_side_files(base, staging)

@@ -19,7 +19,8 @@ from typing import Any
 
 from compose.deploy.adapters import Adapter
 from compose.deploy.base import BaseFolder
-from compose.deploy.stio import StreamWriter, read_header, read_tensor
+from compose.deploy.stio import read_header, read_tensor
+from compose.deploy.writers import StreamWriter
 from schemas.errors import IncompatibleAdapters
 from schemas.export import ExportSpec
 

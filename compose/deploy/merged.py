@@ -9,6 +9,7 @@ when the dtype does not change.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from compose.deploy.adapters import Adapter, Edit, touches_embeddings
 from compose.deploy.base import INDEX_NAME, LM_HEAD, BaseFolder
-from compose.deploy.stio import StreamWriter, TensorInfo, read_tensor
+from compose.deploy.stio import BufferPool, Prefetcher, TensorInfo, read_tensor, torch_dtype
+from compose.deploy.writers import ShardCopier, StreamWriter
 
 if TYPE_CHECKING:
     import torch
@@ -70,17 +72,81 @@ def make_plan(base: BaseFolder, adapters: list[Adapter]) -> MergePlan:
     return plan
 
 
-def merged_tensor(plan: MergePlan, name: str) -> torch.Tensor | None:
-    """The output tensor ``name`` in fp32 with every edit applied in order; None if untouched."""
+def merged_tensor(
+    plan: MergePlan, name: str, data: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """The output tensor ``name`` in fp32 with every edit applied in order; None if untouched.
+
+    ``data`` is the base tensor when the caller has read it already (left unchanged).
+    """
     edits = plan.edits.get(name)
     if not edits:
         return None
     import torch
 
-    weight = read_tensor(plan.source(name)).to(torch.float32)  # the bf16 read is freed here
+    source = data if data is not None else read_tensor(plan.source(name))
+    weight = source.to(torch.float32, copy=True)
+    del source  # a bf16 read is freed here
     for edit in edits:
         weight = edit.apply(weight)
     return weight
+
+
+BLOCK_ELEMENTS = 1 << 18
+"""fp32 elements per row block (1 MiB): small enough to stay in the CPU's cache, large enough
+that torch's per-call overhead does not show."""
+
+
+def merged_rounded(
+    plan: MergePlan, name: str, target: str, data: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """The output tensor ``name`` in safetensors dtype ``target``; None if no edit touches it.
+
+    The delta is still computed in fp32 and rounded once, but block by block: each block of
+    rows is widened into a small reused fp32 buffer, edited, and rounded back into the tensor
+    that was read (or into the output tensor when the dtype changes). A whole-tensor fp32 copy
+    would cost two large fresh allocations and a pass through memory each way; this stays in
+    cache and holds about one tensor in its stored dtype.
+
+    ``data`` is the base tensor when the caller has read it already; it may be overwritten
+    with the result (which is then ``data`` itself).
+    """
+    edits = plan.edits.get(name)
+    if not edits:
+        return None
+    import torch
+
+    info = plan.source(name)
+    row_edits = [edit.rows for edit in edits]
+    if info.shape and len(info.shape) <= 2 and all(rows is not None for rows in row_edits):
+        if data is None:
+            data = read_tensor(info)
+        out = data if info.dtype == target else torch.empty_like(data, dtype=torch_dtype(target))
+        count = info.shape[0]
+        width = info.shape[1] if len(info.shape) == 2 else 1
+        step = max(1, BLOCK_ELEMENTS // max(width, 1))
+        scratch = torch.empty(min(step, count) * width, dtype=torch.float32)
+        for start in range(0, count, step):
+            rows = slice(start, min(start + step, count))
+            size = (rows.stop - start) * width
+            block = scratch[:size].view((rows.stop - start, *info.shape[1:]))
+            block.copy_(data[rows])
+            for edit_rows in row_edits:
+                assert edit_rows is not None
+                block = edit_rows(block, rows)
+            out[rows].copy_(block)  # the one rounding to the output dtype
+        return out
+    merged = merged_tensor(plan, name, data)
+    assert merged is not None
+    return merged.to(torch_dtype(target))
+
+
+def keeps_layout(base: BaseFolder, dtype: str | None) -> bool:
+    """True when a merged safetensors export has the base's exact file layout: no tensor
+    changes dtype and no ``lm_head`` is added (only a tied base can be untied)."""
+    if base.tied:
+        return False
+    return all(output_dtype(info, dtype) == info.dtype for info in base.tensors.values())
 
 
 def output_dtype(info: TensorInfo, dtype: str | None) -> str:
@@ -98,14 +164,26 @@ def export_safetensors(
     | None = None,
     entries_for: Callable[[str, TensorInfo, str], list[tuple[str, str, tuple[int, ...]]]]
     | None = None,
+    copier: ShardCopier | None = None,
 ) -> dict[str, str]:
     """Write merged shards into ``out`` with the base's shard names; returns the weight map.
 
     ``transform``/``entries_for`` let the FP8 writer reuse the same streaming loop (one output
-    tensor may become a weight plus its scale).
+    tensor may become a weight plus its scale). With ``copier`` (copying the base's shards into
+    ``out``; only when the output keeps the base's layout, see ``keeps_layout``), each shard's
+    copy is patched: only the tensors that change are written.
     """
+    import torch
+
     weight_map: dict[str, str] = {}
     writers: list[StreamWriter] = []
+    pool = BufferPool()
+    # One core is left to the reading and writing threads: torch's own threads wait for each
+    # other at every operation, and one of them descheduled by I/O stalls them all.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 2) - 1)))
+    # The base tensors that change are read on a background thread, ahead of their merge.
+    reads = Prefetcher([plan.source(n) for n in plan.names if plan.edits.get(n)], pool)
     try:
         for shard, names in plan.shard_tensors.items():
             entries: list[tuple[str, str, tuple[int, ...]]] = []
@@ -116,23 +194,36 @@ def export_safetensors(
                     entries.extend(entries_for(name, info, target_dtype))
                 else:
                     entries.append((name, target_dtype, info.shape))
-            writer = StreamWriter(out / shard, entries, {"format": "pt"})
+            if copier is not None:
+                copy = copier.wait(shard)
+                writer = StreamWriter.patching(copy, {n: plan.source(n) for n in names})
+            else:
+                writer = StreamWriter(out / shard, entries, {"format": "pt"})
             writers.append(writer)
             for name in names:
                 info = plan.source(name)
-                merged = merged_tensor(plan, name)
+                base_tensor = reads.next() if plan.edits.get(name) else None
                 if transform is not None:
+                    merged = merged_tensor(plan, name, base_tensor)
+                    if base_tensor is not None:
+                        pool.give(base_tensor)
                     for out_name, data in transform(name, info, merged):
                         writer.write(out_name, data)
                         weight_map[out_name] = shard
+                    del merged
                 else:
                     target = output_dtype(info, dtype)
-                    if merged is None and target == info.dtype:
+                    rounded = merged_rounded(plan, name, target, base_tensor)
+                    if rounded is not None:
+                        if base_tensor is not None and rounded is not base_tensor:
+                            pool.give(base_tensor)
+                        writer.write(name, rounded, recycle=pool.give)
+                    elif target == info.dtype:
                         writer.copy(name, info)  # unchanged: copied kernel-side
                     else:
-                        writer.write(name, _rounded(info, merged, target))
+                        writer.write(name, read_tensor(info).to(torch_dtype(target)))
                     weight_map[name] = shard
-                del merged
+                    del rounded
                 if progress is not None:
                     progress(info.nbytes)
             writer.close()  # the fsync overlaps the next shard
@@ -142,15 +233,10 @@ def export_safetensors(
         for writer in writers:
             writer.abort()
         raise
+    finally:
+        reads.close()
+        torch.set_num_threads(threads)
     return weight_map
-
-
-def _rounded(info: TensorInfo, merged: torch.Tensor | None, target: str) -> Any:
-    """The output tensor, rounded once to its output dtype."""
-    from compose.deploy.stio import torch_dtype
-
-    tensor = merged if merged is not None else read_tensor(info)
-    return tensor.to(torch_dtype(target))
 
 
 def write_index(plan: MergePlan, out: Path, weight_map: dict[str, str]) -> None:

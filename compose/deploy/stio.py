@@ -8,6 +8,7 @@ about one tensor (plus the adapter), whatever the shard size.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -134,11 +135,12 @@ def read_bytes(info: TensorInfo) -> bytes:  # small tensors only (whole read)
     return data
 
 
-def read_tensor(info: TensorInfo) -> torch.Tensor:
-    """One tensor as a fresh (writable) torch tensor, read straight into its memory."""
+def read_tensor(info: TensorInfo, into: torch.Tensor | None = None) -> torch.Tensor:
+    """One tensor as a writable torch tensor, read straight into its memory (``into`` when
+    given: an empty tensor of the right dtype and shape, e.g. from a ``BufferPool``)."""
     import torch
 
-    tensor = torch.empty(info.shape, dtype=torch_dtype(info.dtype))
+    tensor = into if into is not None else torch.empty(info.shape, dtype=torch_dtype(info.dtype))
     if info.nbytes:
         view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy().data)
         fd = os.open(info.file, os.O_RDONLY)
@@ -154,132 +156,154 @@ def read_tensor(info: TensorInfo) -> torch.Tensor:
     return tensor
 
 
+class BufferPool:
+    """Reuses the buffers base tensors are read into.
+
+    A fresh large allocation comes from ``mmap``: every 4 KiB page faults and is zeroed on first
+    touch, which cost about as much as reading the bytes from the page cache. Buffers go back
+    to the pool once their tensor is written (``StreamWriter.write(..., recycle=pool.give)``);
+    at most ``keep`` idle buffers are held, so the peak stays a few tensors.
+    """
+
+    def __init__(self, keep: int = 3) -> None:
+        self._keep = keep
+        self._idle: list[torch.Tensor] = []
+        self._ours: set[int] = set()
+        self._lock = threading.Lock()
+
+    def empty(self, info: TensorInfo) -> torch.Tensor:
+        """An uninitialised tensor of ``info``'s dtype and shape, reused when one is idle."""
+        import torch
+
+        with self._lock:
+            for i, raw in enumerate(self._idle):
+                if raw.numel() == info.nbytes:
+                    del self._idle[i]
+                    break
+            else:
+                raw = torch.empty(info.nbytes, dtype=torch.uint8)
+                self._ours.add(raw.data_ptr())
+        return raw.view(torch_dtype(info.dtype)).view(info.shape)
+
+    def give(self, tensor: torch.Tensor) -> None:
+        """Return a tensor from ``empty`` (others are ignored); the oldest idle one is freed."""
+        import torch
+
+        if tensor.untyped_storage().data_ptr() not in self._ours:
+            return
+        raw = tensor.reshape(-1).view(torch.uint8)
+        with self._lock:
+            self._idle.append(raw)
+            if len(self._idle) > self._keep:
+                self._ours.discard(self._idle.pop(0).data_ptr())
+
+
+class Prefetcher:
+    """Reads tensors in order on a background thread, ``depth`` ahead of their use.
+
+    The positioned reads release the GIL, so reading the next tensor overlaps the merge of the
+    current one. Tensors come from ``pool``; the consumer gives them back.
+    """
+
+    def __init__(self, infos: list[TensorInfo], pool: BufferPool, depth: int = 2) -> None:
+        self._infos = infos
+        self._pool = pool
+        self._stopped = False
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for info in self._infos:
+            if self._stopped:
+                return
+            try:
+                item: Any = read_tensor(info, into=self._pool.empty(info))
+            except BaseException as error:  # re-raised in the consumer by next()
+                item = error
+            self._queue.put(item)
+            if isinstance(item, BaseException):
+                return
+
+    def next(self) -> torch.Tensor:
+        """The next tensor, in the order given (re-raises a read error)."""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop reading; what was read ahead is dropped."""
+        self._stopped = True
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.05)
+
+
+class ReadAhead:
+    """Asks the kernel to read files ahead of their use, a bounded window at a time.
+
+    Started before torch is imported, it overlaps reading the first shards from disk with that
+    import (about 1.5 s); then it stays ``window`` bytes ahead of what the caller reports as
+    consumed (``advance``), so the merge finds its bytes in the page cache while the disk
+    fetches what comes next. Only hints (``POSIX_FADV_WILLNEED``): nothing is held in memory
+    by this process, and the kernel may drop them under memory pressure.
+    """
+
+    CHUNK = 64 << 20
+
+    def __init__(self, files: list[Path], window: int = 768 << 20) -> None:
+        self._files = files
+        self._window = window
+        self._consumed = 0
+        self._issued = 0
+        self._stopped = False
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        if hasattr(os, "posix_fadvise"):
+            self._thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
+            self._thread.start()
+
+    def advance(self, nbytes: int) -> None:
+        """The caller has used ``nbytes`` more of the files (in order)."""
+        with self._cond:
+            self._consumed += nbytes
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def _may_issue(self) -> bool:
+        return self._stopped or self._issued - self._consumed < self._window
+
+    def _run(self) -> None:
+        for path in self._files:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue  # reported by whoever reads it
+            try:
+                size, offset = os.fstat(fd).st_size, 0
+                while offset < size:
+                    with self._cond:
+                        self._cond.wait_for(self._may_issue)
+                        if self._stopped:
+                            return
+                    chunk = min(self.CHUNK, size - offset)
+                    os.posix_fadvise(fd, offset, chunk, os.POSIX_FADV_WILLNEED)
+                    offset += chunk
+                    self._issued += chunk
+            except OSError:
+                return  # a hint only
+            finally:
+                os.close(fd)
+
+
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The little-endian bytes of a tensor, without a copy when it is contiguous."""
     import torch
 
     flat = tensor.detach().contiguous().reshape(-1)
     return memoryview(flat.view(torch.uint8).numpy().data) if flat.numel() else memoryview(b"")
-
-
-class StreamWriter:
-    """Writes a safetensors file whose header is known up front, one tensor at a time.
-
-    Writes happen on a background thread (bounded queue), so the next tensor is computed while
-    the previous one is written; tensors copied unchanged go kernel-side (``copy_file_range``).
-    ``close()`` queues the final fsync and returns; ``wait()`` joins and re-raises any error.
-
-    Example:
-        >>> w = StreamWriter(path, [("w", "F32", (2, 2))], {"format": "pt"})  # doctest: +SKIP
-        >>> w.write("w", torch.zeros(2, 2)); w.close(); w.wait()             # doctest: +SKIP
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        entries: list[tuple[str, str, tuple[int, ...]]],
-        metadata: dict[str, str] | None = None,
-    ) -> None:
-        self.path = path
-        header: dict[str, Any] = {}
-        if metadata:
-            header["__metadata__"] = metadata
-        offset = 0
-        self._expected: list[tuple[str, int]] = []
-        for name, dtype, shape in entries:
-            count = 1
-            for dim in shape:
-                count *= dim
-            size = count * DTYPE_SIZES[dtype]
-            header[name] = {
-                "dtype": dtype,
-                "shape": list(shape),
-                "data_offsets": [offset, offset + size],
-            }
-            self._expected.append((name, size))
-            offset += size
-        blob = json.dumps(header, separators=(",", ":")).encode()
-        blob += b" " * (-len(blob) % 8)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._next = 0
-        self._error: BaseException | None = None
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)
-        # Not a daemon: a process that forgets wait() still finishes its writes before exiting.
-        self._thread = threading.Thread(target=self._run, name=f"write {path.name}")
-        self._thread.start()
-        self._queue.put(struct.pack("<Q", len(blob)) + blob)
-        self.nbytes = 8 + len(blob) + offset
-
-    def _run(self) -> None:
-        try:
-            while (item := self._queue.get()) is not None:
-                if self._error is not None:
-                    continue  # aborted: drain
-                if isinstance(item, TensorInfo):
-                    self._copy(item)
-                else:
-                    view = memoryview(item).cast("B")
-                    while view:
-                        view = view[os.write(self._fd, view) :]
-            if self._error is None:
-                os.fsync(self._fd)
-        except BaseException as error:  # re-raised by wait()
-            self._error = error
-            while self._queue.get() is not None:
-                pass
-        finally:
-            os.close(self._fd)
-
-    def _copy(self, info: TensorInfo) -> None:
-        src = os.open(info.file, os.O_RDONLY)
-        try:
-            done = 0
-            while done < info.nbytes:
-                got = os.copy_file_range(src, self._fd, info.nbytes - done, info.start + done)
-                if got <= 0:
-                    raise InvalidArgument(f"{info.file}: truncated file (tensor {info.name})")
-                done += got
-        finally:
-            os.close(src)
-
-    def _check(self, name: str, size: int) -> None:
-        if self._error is not None:
-            raise self._error
-        expected_name, expected = self._expected[self._next]
-        if name != expected_name:
-            raise RuntimeError(f"tensor {name!r} written out of order (expected {expected_name!r})")
-        if size != expected:
-            raise RuntimeError(f"tensor {name!r}: {size} bytes, header says {expected}")
-        self._next += 1
-
-    def write(self, name: str, data: torch.Tensor | bytes | memoryview) -> None:
-        """Queue the next tensor; names must come in the order given to the constructor."""
-        raw = data if isinstance(data, bytes | memoryview) else tensor_bytes(data)
-        self._check(name, len(raw))
-        self._queue.put(raw)
-
-    def copy(self, name: str, info: TensorInfo) -> None:
-        """Queue a tensor copied unchanged from a safetensors file (no trip through memory)."""
-        self._check(name, info.nbytes)
-        self._queue.put(info)
-
-    def close(self) -> None:
-        """Check every tensor was queued; queue the fsync (``wait()`` for it)."""
-        if self._next != len(self._expected):
-            missing = self._expected[self._next][0]
-            self.abort()
-            raise RuntimeError(f"{self.path}: tensor {missing!r} was never written")
-        self._queue.put(None)
-
-    def wait(self) -> None:
-        """Block until the file is written and fsynced; re-raise a write error."""
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-    def abort(self) -> None:
-        """Stop writing (what was queued is dropped); the caller removes the file."""
-        if self._thread.is_alive():
-            self._error = self._error or RuntimeError("aborted")
-            self._queue.put(None)
-            self._thread.join()

@@ -82,16 +82,16 @@ def test_existing_output_is_refused_unless_forced(q_lora, llama_base, tmp_path):
 
 
 def test_a_failure_midway_leaves_nothing(q_lora, llama_base, tmp_path, monkeypatch):
-    real = compose.deploy.merged.merged_tensor
+    real = compose.deploy.merged.merged_rounded
     calls = []
 
-    def failing(plan, name):
+    def failing(plan, name, target, data=None):
         calls.append(name)
         if len(calls) == 5:
             raise RuntimeError("disk on fire")
-        return real(plan, name)
+        return real(plan, name, target, data)
 
-    monkeypatch.setattr(compose.deploy.merged, "merged_tensor", failing)
+    monkeypatch.setattr(compose.deploy.merged, "merged_rounded", failing)
     with pytest.raises(RuntimeError, match="disk on fire"):
         export_model([q_lora], llama_base, tmp_path / "out")
     _nothing_left(tmp_path)

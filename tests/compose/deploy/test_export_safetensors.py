@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+import compose.deploy.merged
 from compose.deploy import export_model
 from compose.deploy.base import BaseFolder
 from compose.deploy.stio import read_header
@@ -37,6 +38,13 @@ METHODS = {
     ),
     "vera": lambda: peft.VeraConfig(r=8, target_modules=["q_proj", "v_proj"]),
 }
+
+
+@pytest.fixture(autouse=True)
+def small_row_blocks(monkeypatch):
+    """Merge in blocks of a few rows (the last one partial) so every test here checks the
+    block-by-block merge, not one block covering a whole tiny tensor."""
+    monkeypatch.setattr(compose.deploy.merged, "BLOCK_ELEMENTS", 200)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -166,3 +174,18 @@ def test_base_alone_is_copied_exactly(llama_base, tmp_path):
     for shard in base.shards:
         assert (result.path / shard).read_bytes() == (llama_base / shard).read_bytes()
     assert torch.equal(hf_logits(result.path, IDS), hf_logits(llama_base, IDS))
+
+
+def test_a_dtype_change_streams_new_shards_rounded_once_from_fp32(llama_base, adapter, tmp_path):
+    # Same dtype: the base's shards are copied and patched. Another dtype changes the layout,
+    # so the shards are written from scratch; both must hold the same merged values.
+    folder = adapter("rslora", llama_base, METHODS["rslora"]())
+    exact = export_model([folder], llama_base, tmp_path / "fp32", dtype="fp32")
+    rounded = export_model([folder], llama_base, tmp_path / "bf16", dtype="bf16")
+
+    for shard in BaseFolder.open(llama_base).shards:
+        with safe_open(exact.path / shard, "pt") as a, safe_open(rounded.path / shard, "pt") as b:
+            assert sorted(a.keys()) == sorted(b.keys())
+            for name in a.keys():
+                assert b.get_tensor(name).dtype == torch.bfloat16
+                assert torch.equal(b.get_tensor(name), a.get_tensor(name).bfloat16()), name
