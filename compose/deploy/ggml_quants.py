@@ -44,8 +44,7 @@ def quantize(weight: torch.Tensor, kind: str) -> torch.Tensor:
     for start in range(0, rows, step):
         stop = min(start + step, rows)
         blocks = weight[start:stop].to(torch.float32).reshape(-1, BLOCK)
-        encoded = encode(blocks)
-        out[start:stop] = encoded.reshape(stop - start, -1)
+        encode(blocks, out[start:stop].view(-1, TYPE_SIZES[kind]))
     return out
 
 
@@ -55,13 +54,17 @@ def _inverse(d: torch.Tensor) -> torch.Tensor:
     return torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
 
 
+HALF_BELOW = 0.49999997
+"""The largest float32 below 0.5. ``trunc(x + copysign(HALF_BELOW, x))`` is C's ``roundf``
+(halves away from zero) for every float32: at ``k + 0.5`` the sum rounds up to ``k + 1``, just
+below it the sum stays below ``k + 1`` (adding 0.5 itself would round some of those up)."""
+
+
 def _roundf(values: torch.Tensor) -> torch.Tensor:
-    """C's ``roundf`` (halves away from zero), computed the way gguf's numpy port does it."""
+    """C's ``roundf`` in three passes (the same results as gguf's numpy ``np_roundf``)."""
     import torch
 
-    magnitude = values.abs()
-    floored = torch.floor(magnitude)
-    return torch.sign(values) * (floored + torch.floor(2 * (magnitude - floored)))
+    return torch.trunc(values.addcmul_(torch.sign(values), torch.tensor(HALF_BELOW)))
 
 
 def _scale_bytes(d: torch.Tensor) -> torch.Tensor:
@@ -70,19 +73,19 @@ def _scale_bytes(d: torch.Tensor) -> torch.Tensor:
     return d.to(torch.float16).view(torch.uint8).reshape(-1, 2)
 
 
-def _q8_0(blocks: torch.Tensor) -> torch.Tensor:
+def _q8_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
     import torch
 
     d = blocks.abs().amax(dim=1, keepdim=True) / 127
-    qs = _roundf(blocks * _inverse(d)).to(torch.int8).view(torch.uint8)
-    return torch.cat([_scale_bytes(d), qs], dim=1)
+    out[:, :2] = _scale_bytes(d)
+    out[:, 2:] = _roundf(blocks * _inverse(d)).to(torch.int8).view(torch.uint8)
 
 
-def _q4_0(blocks: torch.Tensor) -> torch.Tensor:
+def _q4_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
     import torch
 
     index = blocks.abs().argmax(dim=1, keepdim=True)  # the first of equal maxima, like numpy
     d = blocks.gather(1, index) / -8
     qs = torch.trunc(blocks * _inverse(d) + 8.5).clamp_(0, 15).to(torch.uint8)
-    packed = qs[:, : BLOCK // 2] | (qs[:, BLOCK // 2 :] << 4)
-    return torch.cat([_scale_bytes(d), packed], dim=1)
+    out[:, :2] = _scale_bytes(d)
+    out[:, 2:] = qs[:, : BLOCK // 2] | (qs[:, BLOCK // 2 :] << 4)

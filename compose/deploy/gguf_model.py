@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from compose.deploy.adapters import Adapter
 from compose.deploy.base import BaseFolder
-from compose.deploy.merged import MergePlan, make_plan, merged_tensor
+from compose.deploy.merged import MergePlan, make_plan, merged_blocks, merged_tensor
 from compose.deploy.stio import read_tensor
 from schemas.errors import InvalidArgument
 from schemas.export import K_QUANTS, ExportSpec
@@ -249,21 +249,28 @@ def _write(plan: MergePlan, path: Path, mode: str, progress: Callable[[int], Non
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
 
-    # Pass 2: one tensor at a time.
+    # Pass 2: one tensor at a time, merged and encoded here while a thread writes the previous
+    # ones (numpy's tofile releases the GIL).
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from compose.deploy.merged import core_for_io
+
+    pending: list[Future[None]] = []
     try:
-        for name, _, _shape, kind in order:
-            if not name:
-                assert rope_factors is not None
-                tensor = rope_factors
-            else:
-                tensor = _merged_fp32(plan, name)
-                if arch.permute_qk and name.endswith(("q_proj.weight", "q_proj.bias")):
-                    tensor = permute_rows(tensor, n_head)
-                elif arch.permute_qk and name.endswith(("k_proj.weight", "k_proj.bias")):
-                    tensor = permute_rows(tensor, n_kv)
-            writer.write_tensor_data(_encode(tensor, kind))
-            if progress is not None and name:
-                progress(plan.source(name).nbytes)
+        with ThreadPoolExecutor(1, thread_name_prefix="gguf-write") as io, core_for_io():
+            for name, _, _shape, kind in order:
+                if not name:
+                    assert rope_factors is not None
+                    data = _encode(rope_factors, kind)
+                else:
+                    data = _merged_encoded(plan, name, kind, _permuted_heads(name, arch, config))
+                pending.append(io.submit(writer.write_tensor_data, data))
+                while len(pending) > 2:  # bounded: at most two encoded tensors wait in memory
+                    pending.pop(0).result()
+                if progress is not None and name:
+                    progress(plan.source(name).nbytes)
+            for future in pending:
+                future.result()
         assert writer.fout is not None
         for fout in writer.fout:
             fout.flush()
@@ -272,13 +279,66 @@ def _write(plan: MergePlan, path: Path, mode: str, progress: Callable[[int], Non
         writer.close()
 
 
-def _merged_fp32(plan: MergePlan, name: str) -> torch.Tensor:
+def _permuted_heads(name: str, arch: GgufArch, config: dict[str, Any]) -> int | None:
+    """The head count whose rows llama.cpp wants interleaved (q and k of ``llama``), or None."""
+    if not arch.permute_qk:
+        return None
+    n_head = int(config["num_attention_heads"])
+    if name.endswith(("q_proj.weight", "q_proj.bias")):
+        return n_head
+    if name.endswith(("k_proj.weight", "k_proj.bias")):
+        return int(config.get("num_key_value_heads") or n_head)
+    return None
+
+
+def _merged_encoded(plan: MergePlan, name: str, kind: Any, heads: int | None) -> np.ndarray:
+    """Tensor ``name`` merged, rows permuted for ``heads`` (q/k), encoded as GGML ``kind``.
+
+    Merged, permuted and quantized block by block (``merged_blocks``): memory holds the base
+    tensor and its encoding, never a whole fp32 copy. Quantization is row-wise, so a block's
+    encoded rows are placed straight at their permuted positions.
+    """
     import torch
 
-    merged = merged_tensor(plan, name)
-    if merged is not None:
-        return merged
-    return read_tensor(plan.source(name)).to(torch.float32)
+    data = read_tensor(plan.source(name))
+    blocks = merged_blocks(plan, name, data)
+    if blocks is None or data.ndim != 2:
+        merged = merged_tensor(plan, name, data)
+        tensor = merged if merged is not None else data.to(torch.float32)
+        return _encode(permute_rows(tensor, heads) if heads else tensor, kind)
+    rows = data.shape[0]
+    dest = None
+    if heads:
+        order = permute_rows(torch.arange(rows), heads)  # output row i is source row order[i]
+        dest = torch.empty_like(order)
+        dest[order] = torch.arange(rows)
+    out: torch.Tensor | None = None
+    for block_rows, block in blocks:
+        encoded = _encode_block(block, kind)
+        if out is None:
+            out = torch.empty((rows, encoded.shape[1]), dtype=encoded.dtype)
+        if dest is None:
+            out[block_rows] = encoded
+        else:
+            out.index_copy_(0, dest[block_rows], encoded)
+    assert out is not None
+    return out.numpy()
+
+
+def _encode_block(block: torch.Tensor, kind: Any) -> torch.Tensor:
+    """GGML encoding of fp32 rows: bytes for block types, values for float types."""
+    import gguf
+    import torch
+
+    from compose.deploy import ggml_quants
+
+    if kind.name in ggml_quants.TYPE_SIZES:
+        return ggml_quants.quantize(block, kind.name)
+    if kind == gguf.GGMLQuantizationType.F16:
+        return block.to(torch.float16)
+    if kind == gguf.GGMLQuantizationType.BF16:
+        return block.to(torch.bfloat16).view(torch.int16)  # numpy has no bfloat16
+    return block.clone()  # F32: the block buffer is reused
 
 
 def _encode(tensor: torch.Tensor, kind: Any) -> np.ndarray:

@@ -8,9 +8,10 @@ when the dtype does not change.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,48 +98,87 @@ BLOCK_ELEMENTS = 1 << 18
 that torch's per-call overhead does not show."""
 
 
+def merged_blocks(
+    plan: MergePlan, name: str, data: torch.Tensor
+) -> Iterator[tuple[slice, torch.Tensor]] | None:
+    """Output tensor ``name`` as ``(rows, fp32 block)`` pairs, from its base tensor ``data``.
+
+    Each block of rows is widened into one small reused fp32 buffer and every edit applied to
+    it in order (an untouched tensor is only widened). Whole-tensor fp32 copies would cost two
+    large fresh allocations and a pass through memory each way; blocks stay in cache. A block
+    is only valid until the next one is produced. None when an edit needs the whole weight
+    (``Edit.rows`` is None) or the tensor is not 1-D/2-D: use ``merged_tensor`` then.
+    """
+    row_edits = [edit.rows for edit in plan.edits.get(name, [])]
+    if data.ndim not in (1, 2) or any(rows is None for rows in row_edits):
+        return None
+    return _blocks(data, [rows for rows in row_edits if rows is not None])
+
+
+def _blocks(
+    data: torch.Tensor, row_edits: list[Callable[[torch.Tensor, slice], torch.Tensor]]
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    import torch
+
+    count = data.shape[0]
+    width = data.shape[1] if data.ndim == 2 else 1
+    step = max(1, BLOCK_ELEMENTS // max(width, 1))
+    scratch = torch.empty(min(step, count) * width, dtype=torch.float32)
+    for start in range(0, count, step):
+        rows = slice(start, min(start + step, count))
+        block = scratch[: (rows.stop - start) * width].view((rows.stop - start, *data.shape[1:]))
+        block.copy_(data[rows])
+        for edit_rows in row_edits:
+            block = edit_rows(block, rows)
+        yield rows, block
+
+
 def merged_rounded(
     plan: MergePlan, name: str, target: str, data: torch.Tensor | None = None
 ) -> torch.Tensor | None:
     """The output tensor ``name`` in safetensors dtype ``target``; None if no edit touches it.
 
-    The delta is still computed in fp32 and rounded once, but block by block: each block of
-    rows is widened into a small reused fp32 buffer, edited, and rounded back into the tensor
-    that was read (or into the output tensor when the dtype changes). A whole-tensor fp32 copy
-    would cost two large fresh allocations and a pass through memory each way; this stays in
-    cache and holds about one tensor in its stored dtype.
-
-    ``data`` is the base tensor when the caller has read it already; it may be overwritten
-    with the result (which is then ``data`` itself).
+    The delta is computed in fp32 and rounded once, block by block (``merged_blocks``), into
+    the tensor that was read (or into the output tensor when the dtype changes), so memory
+    holds about one tensor in its stored dtype. ``data`` is the base tensor when the caller
+    has read it already; it may be overwritten with the result (which is then ``data``).
     """
-    edits = plan.edits.get(name)
-    if not edits:
+    if not plan.edits.get(name):
         return None
     import torch
 
-    info = plan.source(name)
-    row_edits = [edit.rows for edit in edits]
-    if info.shape and len(info.shape) <= 2 and all(rows is not None for rows in row_edits):
-        if data is None:
-            data = read_tensor(info)
-        out = data if info.dtype == target else torch.empty_like(data, dtype=torch_dtype(target))
-        count = info.shape[0]
-        width = info.shape[1] if len(info.shape) == 2 else 1
-        step = max(1, BLOCK_ELEMENTS // max(width, 1))
-        scratch = torch.empty(min(step, count) * width, dtype=torch.float32)
-        for start in range(0, count, step):
-            rows = slice(start, min(start + step, count))
-            size = (rows.stop - start) * width
-            block = scratch[:size].view((rows.stop - start, *info.shape[1:]))
-            block.copy_(data[rows])
-            for edit_rows in row_edits:
-                assert edit_rows is not None
-                block = edit_rows(block, rows)
-            out[rows].copy_(block)  # the one rounding to the output dtype
-        return out
-    merged = merged_tensor(plan, name, data)
-    assert merged is not None
-    return merged.to(torch_dtype(target))
+    if data is None:
+        data = read_tensor(plan.source(name))
+    blocks = merged_blocks(plan, name, data)
+    if blocks is None:
+        merged = merged_tensor(plan, name, data)
+        assert merged is not None
+        return merged.to(torch_dtype(target))
+    out = (
+        data
+        if data.dtype == torch_dtype(target)
+        else torch.empty_like(data, dtype=torch_dtype(target))
+    )
+    for rows, block in blocks:
+        out[rows].copy_(block)  # the one rounding to the output dtype
+    return out
+
+
+@contextlib.contextmanager
+def core_for_io() -> Iterator[None]:
+    """Leave one core to the threads that read and write while torch computes.
+
+    torch's threads wait for each other at the end of every operation, so one of them
+    descheduled for an I/O thread stalls them all; on 2 cores this halved the merge speed.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 2) - 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def keeps_layout(base: BaseFolder, dtype: str | None) -> bool:
@@ -173,70 +213,88 @@ def export_safetensors(
     ``out``; only when the output keeps the base's layout, see ``keeps_layout``), each shard's
     copy is patched: only the tensors that change are written.
     """
-    import torch
-
     weight_map: dict[str, str] = {}
     writers: list[StreamWriter] = []
     pool = BufferPool()
-    # One core is left to the reading and writing threads: torch's own threads wait for each
-    # other at every operation, and one of them descheduled by I/O stalls them all.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 2) - 1)))
     # The base tensors that change are read on a background thread, ahead of their merge.
     reads = Prefetcher([plan.source(n) for n in plan.names if plan.edits.get(n)], pool)
     try:
-        for shard, names in plan.shard_tensors.items():
-            entries: list[tuple[str, str, tuple[int, ...]]] = []
-            for name in names:
-                info = plan.source(name)
-                target_dtype = output_dtype(info, dtype)
-                if entries_for is not None:
-                    entries.extend(entries_for(name, info, target_dtype))
-                else:
-                    entries.append((name, target_dtype, info.shape))
-            if copier is not None:
-                copy = copier.wait(shard)
-                writer = StreamWriter.patching(copy, {n: plan.source(n) for n in names})
-            else:
-                writer = StreamWriter(out / shard, entries, {"format": "pt"})
-            writers.append(writer)
-            for name in names:
-                info = plan.source(name)
-                base_tensor = reads.next() if plan.edits.get(name) else None
-                if transform is not None:
-                    merged = merged_tensor(plan, name, base_tensor)
-                    if base_tensor is not None:
-                        pool.give(base_tensor)
-                    for out_name, data in transform(name, info, merged):
-                        writer.write(out_name, data)
-                        weight_map[out_name] = shard
-                    del merged
-                else:
-                    target = output_dtype(info, dtype)
-                    rounded = merged_rounded(plan, name, target, base_tensor)
-                    if rounded is not None:
-                        if base_tensor is not None and rounded is not base_tensor:
-                            pool.give(base_tensor)
-                        writer.write(name, rounded, recycle=pool.give)
-                    elif target == info.dtype:
-                        writer.copy(name, info)  # unchanged: copied kernel-side
-                    else:
-                        writer.write(name, read_tensor(info).to(torch_dtype(target)))
-                    weight_map[name] = shard
-                    del rounded
-                if progress is not None:
-                    progress(info.nbytes)
-            writer.close()  # the fsync overlaps the next shard
-        for writer in writers:
-            writer.wait()
+        with core_for_io():
+            for shard, names in plan.shard_tensors.items():
+                writer = _open_shard(plan, out, shard, names, dtype, entries_for, copier)
+                writers.append(writer)
+                for name in names:
+                    base_tensor = reads.next() if plan.edits.get(name) else None
+                    for written in _write_tensor(
+                        plan, writer, name, base_tensor, pool, dtype, transform
+                    ):
+                        weight_map[written] = shard
+                    if progress is not None:
+                        progress(plan.source(name).nbytes)
+                writer.close()  # the fsync overlaps the next shard
+            for writer in writers:
+                writer.wait()
     except BaseException:
         for writer in writers:
             writer.abort()
         raise
     finally:
         reads.close()
-        torch.set_num_threads(threads)
     return weight_map
+
+
+def _open_shard(
+    plan: MergePlan,
+    out: Path,
+    shard: str,
+    names: list[str],
+    dtype: str | None,
+    entries_for: Callable[[str, TensorInfo, str], list[tuple[str, str, tuple[int, ...]]]] | None,
+    copier: ShardCopier | None,
+) -> StreamWriter:
+    """The writer of one output shard: over the base shard's copy, or a new file."""
+    if copier is not None:
+        return StreamWriter.patching(copier.wait(shard), {n: plan.source(n) for n in names})
+    entries: list[tuple[str, str, tuple[int, ...]]] = []
+    for name in names:
+        info = plan.source(name)
+        if entries_for is not None:
+            entries.extend(entries_for(name, info, output_dtype(info, dtype)))
+        else:
+            entries.append((name, output_dtype(info, dtype), info.shape))
+    return StreamWriter(out / shard, entries, {"format": "pt"})
+
+
+def _write_tensor(
+    plan: MergePlan,
+    writer: StreamWriter,
+    name: str,
+    base_tensor: torch.Tensor | None,
+    pool: BufferPool,
+    dtype: str | None,
+    transform: Callable[[str, TensorInfo, torch.Tensor | None], list[tuple[str, Any]]] | None,
+) -> list[str]:
+    """Queue output tensor ``name`` (merged if edits touch it); returns the names written."""
+    info = plan.source(name)
+    if transform is not None:
+        merged = merged_tensor(plan, name, base_tensor)
+        if base_tensor is not None:
+            pool.give(base_tensor)
+        outputs = transform(name, info, merged)
+        for out_name, data in outputs:
+            writer.write(out_name, data)
+        return [out_name for out_name, _ in outputs]
+    target = output_dtype(info, dtype)
+    rounded = merged_rounded(plan, name, target, base_tensor)
+    if rounded is not None:
+        if base_tensor is not None and rounded is not base_tensor:
+            pool.give(base_tensor)
+        writer.write(name, rounded, recycle=pool.give)
+    elif target == info.dtype:
+        writer.copy(name, info)  # unchanged: copied kernel-side (or already in the copy)
+    else:
+        writer.write(name, read_tensor(info).to(torch_dtype(target)))
+    return [name]
 
 
 def write_index(plan: MergePlan, out: Path, weight_map: dict[str, str]) -> None:

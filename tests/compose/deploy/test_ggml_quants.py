@@ -53,3 +53,13 @@ def test_matches_gguf_on_random_weights(kind, rows, blocks, seed, scale):
 def test_rows_that_are_not_whole_blocks_are_refused():
     with pytest.raises(ValueError, match="rows of 40 are not whole blocks of 32"):
         ggml_quants.quantize(torch.zeros(2, 40), "Q8_0")
+
+
+def test_roundf_is_halves_away_from_zero_at_and_beside_every_half():
+    halves = np.arange(-128, 128, dtype=np.float32) + np.float32(0.5)
+    values = np.concatenate(
+        [halves, np.nextafter(halves, np.float32(-1e9)), np.nextafter(halves, np.float32(1e9))]
+    )
+    values = np.concatenate([values, -values, np.float32([0.0, -0.0, 1e-30, 0.49999997])])
+    ours = ggml_quants._roundf(torch.from_numpy(values.copy())).numpy()
+    np.testing.assert_array_equal(ours, gguf.quants.np_roundf(values))
