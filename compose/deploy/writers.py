@@ -12,6 +12,7 @@ copying the base costs the disk's time, and the import (about 1.5 s) runs meanwh
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import queue
@@ -205,13 +206,34 @@ def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
 def _copy_range(
     src: int, dst: int, src_offset: int, dst_offset: int, nbytes: int, what: TensorInfo | Path
 ) -> None:
+    """Copy ``nbytes`` between two files at the given offsets, kernel-side when possible."""
     done = 0
     while done < nbytes:
-        got = os.copy_file_range(src, dst, nbytes - done, src_offset + done, dst_offset + done)
+        try:
+            got = os.copy_file_range(src, dst, nbytes - done, src_offset + done, dst_offset + done)
+        except OSError as error:
+            if error.errno not in _NO_COPY_FILE_RANGE:
+                raise
+            size = min(nbytes - done, 8 << 20)
+            got = _copy_through_memory(src, dst, src_offset + done, dst_offset + done, size)
         if got <= 0:
             name = what.file if isinstance(what, TensorInfo) else what
             raise InvalidArgument(f"{name}: truncated file while copying")
         done += got
+
+
+# Across filesystems (EXDEV), or where the kernel or filesystem has no copy_file_range.
+_NO_COPY_FILE_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
+
+
+def _copy_through_memory(src: int, dst: int, src_offset: int, dst_offset: int, size: int) -> int:
+    """One chunk copied with a read and a write (the fallback for ``copy_file_range``)."""
+    data = os.pread(src, size, src_offset)
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(dst, view, dst_offset + len(data) - len(view))
+        view = view[written:]
+    return len(data)
 
 
 class ShardCopier:

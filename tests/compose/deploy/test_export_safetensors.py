@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 
 import peft
 import pytest
@@ -185,7 +187,24 @@ def test_a_dtype_change_streams_new_shards_rounded_once_from_fp32(llama_base, ad
 
     for shard in BaseFolder.open(llama_base).shards:
         with safe_open(exact.path / shard, "pt") as a, safe_open(rounded.path / shard, "pt") as b:
-            assert sorted(a.keys()) == sorted(b.keys())
-            for name in a.keys():
+            names = sorted(a.keys())
+            assert sorted(b.keys()) == names
+            for name in names:
                 assert b.get_tensor(name).dtype == torch.bfloat16
                 assert torch.equal(b.get_tensor(name), a.get_tensor(name).bfloat16()), name
+
+
+def test_copies_fall_back_to_read_write_across_filesystems(
+    llama_base, adapter, tmp_path, monkeypatch
+):
+    folder = adapter("rslora", llama_base, METHODS["rslora"]())
+    expected = export_model([folder], llama_base, tmp_path / "kernel-side")
+
+    def cross_device(*args):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", cross_device)  # what Linux says across filesystems
+    result = export_model([folder], llama_base, tmp_path / "fallback")
+
+    for shard in BaseFolder.open(llama_base).shards:
+        assert (result.path / shard).read_bytes() == (expected.path / shard).read_bytes()
