@@ -107,9 +107,9 @@ def export_model(
             # the adapters are read and torch is imported; the merge then patches the copy.
             check_disk_space(target, _estimate(base_folder, [], spec))
             staging = stack.enter_context(staged_folder(target, force=force))
-            shards = [base_folder.path / shard for shard in base_folder.shards]
-            copier = ShardCopier(shards, staging)
-            stack.callback(copier.close)  # stopped before a failed export's folder is removed
+            shards = {shard: base_folder.path / shard for shard in base_folder.shards}
+            # Entered after the staging folder: stopped before a failed export removes it.
+            copier = stack.enter_context(ShardCopier(shards, staging))
         read_ahead = None
         if copier is None and spec.format in ("safetensors", "fp8", "gguf"):
             # Formats that read the whole base start the disk on it now, for the same reason.

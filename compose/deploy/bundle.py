@@ -141,14 +141,18 @@ def _copy_adapter(adapter: Adapter, dest: Path) -> None:
     headers, _ = read_header(adapter.path / "adapter_model.safetensors")
     entries = [(n, i.dtype, i.shape) for n, i in headers.items()]
     writer = StreamWriter(dest / "adapter_model.safetensors", entries, {"format": "pt"})
-    for name, info in headers.items():
-        tensor = read_tensor(info)
-        module = name.removeprefix("base_model.model.").rsplit(".lora_B.", 1)[0]
-        if ".lora_B." in name and module in scales:
-            tensor = (tensor.float() * scales[module]).to(tensor.dtype)
-        writer.write(name, tensor)
-    writer.close()
-    writer.wait()
+    try:
+        for name, info in headers.items():
+            tensor = read_tensor(info)
+            module = name.removeprefix("base_model.model.").rsplit(".lora_B.", 1)[0]
+            if ".lora_B." in name and module in scales:
+                tensor = (tensor.float() * scales[module]).to(tensor.dtype)
+            writer.write(name, tensor)
+        writer.close()
+        writer.wait()
+    except BaseException:
+        writer.abort()  # its thread would otherwise keep the process alive
+        raise
     ranks = dict(config.get("rank_pattern") or {})
     folded = {
         **config,

@@ -86,6 +86,7 @@ def _q4_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
 
     index = blocks.abs().argmax(dim=1, keepdim=True)  # the first of equal maxima, like numpy
     d = blocks.gather(1, index) / -8
-    qs = torch.trunc(blocks * _inverse(d) + 8.5).clamp_(0, 15).to(torch.uint8)
+    scaled = torch.nan_to_num_(blocks * _inverse(d) + 8.5, nan=0.0, posinf=0.0, neginf=0.0)
+    qs = torch.trunc(scaled).clamp_(0, 15).to(torch.uint8)  # 1/d overflows: gguf writes 0
     out[:, :2] = _scale_bytes(d)
     out[:, 2:] = qs[:, : BLOCK // 2] | (qs[:, BLOCK // 2 :] << 4)

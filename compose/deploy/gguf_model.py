@@ -250,14 +250,13 @@ def _write(plan: MergePlan, path: Path, mode: str, progress: Callable[[int], Non
     writer.write_ti_data_to_file()
 
     # Pass 2: one tensor at a time, merged and encoded here while a thread writes the previous
-    # ones (numpy's tofile releases the GIL).
+    # ones (numpy's tofile releases the GIL). Quantizing is the bulk of the work and the writes
+    # are light, so torch keeps every core here (leaving one to I/O was 15% slower).
     from concurrent.futures import Future, ThreadPoolExecutor
-
-    from compose.deploy.merged import core_for_io
 
     pending: list[Future[None]] = []
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="gguf-write") as io, core_for_io():
+        with ThreadPoolExecutor(1, thread_name_prefix="gguf-write") as io:
             for name, _, _shape, kind in order:
                 if not name:
                     assert rope_factors is not None

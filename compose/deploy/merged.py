@@ -169,7 +169,8 @@ def core_for_io() -> Iterator[None]:
     """Leave one core to the threads that read and write while torch computes.
 
     torch's threads wait for each other at the end of every operation, so one of them
-    descheduled for an I/O thread stalls them all; on 2 cores this halved the merge speed.
+    descheduled for an I/O thread stalls them all; on 2 cores the merge ran twice as fast on
+    one thread, and the whole export about 10% faster.
     """
     import torch
 

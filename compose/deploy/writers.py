@@ -12,6 +12,7 @@ copying the base costs the disk's time, and the import (about 1.5 s) runs meanwh
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -105,12 +106,15 @@ class StreamWriter:
             while (job := self._queue.get()) is not None:
                 if self._error is None:
                     job()
-            if self._error is None:
-                os.fsync(self._fd)
         except BaseException as error:  # re-raised by wait()
             self._error = error
             while self._queue.get() is not None:
                 pass  # drain: the producer must never block on a dead writer
+        try:
+            if self._error is None:
+                os.fsync(self._fd)
+        except OSError as error:  # ENOSPC, EIO... reported by wait()
+            self._error = error
         finally:
             os.close(self._fd)
 
@@ -200,7 +204,8 @@ def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
     harmless hint.
     """
     if nbytes and hasattr(os, "posix_fadvise"):
-        os.posix_fadvise(fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
+        with contextlib.suppress(OSError):  # a hint: never a reason to fail
+            os.posix_fadvise(fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
 
 
 def _copy_range(
@@ -237,7 +242,7 @@ def _copy_through_memory(src: int, dst: int, src_offset: int, dst_offset: int, s
 
 
 class ShardCopier:
-    """Copies files into ``folder`` on a background thread, kernel-side.
+    """Copies files into ``folder`` on a background thread, kernel-side, while in its ``with``.
 
     ``copy_file_range`` moves the bytes inside the kernel (on filesystems with shared extents,
     such as Btrfs and XFS, it shares them instead of copying). Nothing is flushed here: the
@@ -247,19 +252,28 @@ class ShardCopier:
 
     CHUNK = 64 << 20
 
-    def __init__(self, files: list[Path], folder: Path) -> None:
+    def __init__(self, files: dict[str, Path], folder: Path) -> None:
         self._files = files
+        """Name in ``folder`` (the index's shard name) -> file to copy."""
         self._folder = folder
-        self._done = {path.name: threading.Event() for path in files}
+        self._done = {name: threading.Event() for name in files}
         self._error: BaseException | None = None
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="copy base", daemon=True)
+
+    def __enter__(self) -> ShardCopier:
         self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _run(self) -> None:
         try:
-            for path in self._files:
-                with open(path, "rb") as src, open(self._folder / path.name, "wb") as dst:
+            for name, path in self._files.items():
+                dest = self._folder / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "rb") as src, open(dest, "wb") as dst:
                     size, offset = os.fstat(src.fileno()).st_size, 0
                     while offset < size and not self._stopped:
                         chunk = min(self.CHUNK, size - offset)
@@ -267,7 +281,7 @@ class ShardCopier:
                         offset += chunk
                 if self._stopped:
                     return
-                self._done[path.name].set()
+                self._done[name].set()
         except BaseException as error:  # re-raised by wait()
             self._error = error
         finally:
@@ -284,4 +298,5 @@ class ShardCopier:
     def close(self) -> None:
         """Stop copying (on failure) or confirm it finished; joins the thread."""
         self._stopped = True
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()

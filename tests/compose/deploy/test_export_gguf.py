@@ -102,10 +102,8 @@ def test_quantized_gguf_agrees(quant, llama_base, adapter, tmp_path):
     else:
         assert (got - expected).abs().max() < (5e-2 if quant == "q8_0" else 2e-2)
         # The random tiny model has near-ties (top-2 gaps down to 5e-3, under Q8_0's error)
-        # where any rounding may pick the other token: llama.cpp must pick PEFT's token
-        # nearly everywhere.
-        agree = (got.argmax(-1) == expected.argmax(-1)).float().mean()
-        assert agree >= 0.75
+        # where any rounding may pick the other token: one flip of the 8 is allowed.
+        assert (got.argmax(-1) != expected.argmax(-1)).sum() <= 1
 
 
 def test_gguf_unties_output_when_the_adapter_changes_embeddings(tied_base, adapter, tmp_path):

@@ -26,6 +26,8 @@ def test_matches_gguf_byte_for_byte_on_a_weight_with_edge_cases(kind, monkeypatc
     weight[5, :32] = torch.tensor([1.0, -1.0] * 16)  # equal maxima of both signs
     weight[7, :32] = torch.cat([torch.tensor([127.0]), torch.arange(31) - 15.5])  # d = 1: ties
     weight[9] *= 1e-6  # tiny scales (f16 subnormals)
+    weight[11, :32] = 0.0
+    weight[11, :2] = torch.tensor([1e-39, -5e-40])  # 1/d overflows to inf
     monkeypatch.setattr(ggml_quants, "ROWS_ELEMENTS", 1000)  # several steps, the last partial
 
     ours = ggml_quants.quantize(weight, kind)
