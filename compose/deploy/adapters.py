@@ -479,3 +479,22 @@ def touches_embeddings(adapters: list[Adapter], base: BaseFolder) -> bool:
     """True when any adapter changes the input embedding or the output projection."""
     names = {base.embed_name, LM_HEAD}
     return any(edit.target in names for adapter in adapters for edit in adapter.edits)
+
+
+def may_touch_embeddings(folders: list[Path], base: BaseFolder) -> bool:
+    """Whether any adapter might change the embedding or ``lm_head``, from headers alone.
+
+    Conservative (a tensor named after either module counts) and torch-free, so an export can
+    decide before the adapters are loaded whether the base's layout survives a tied base.
+    """
+    leaves = {LM_HEAD.split(".")[0]}
+    if base.embed_name is not None:
+        leaves.add(base.embed_name.rsplit(".", 2)[-2])
+    for folder in folders:
+        weights = folder / "adapter_model.safetensors"
+        if not weights.is_file():
+            return True  # reported properly when the adapter is loaded
+        names, _ = read_header(weights)
+        if any(leaves & set(name.split(".")) for name in names):
+            return True
+    return False

@@ -47,6 +47,8 @@ class BaseFolder:
     """Tensor name -> shard file name (the index's ``weight_map``)."""
     index_metadata: dict[str, Any] = field(default_factory=dict)
     indexed: bool = False
+    shard_metadata: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Shard file name -> its header's ``__metadata__``."""
 
     @classmethod
     def open(cls, path: str | Path) -> BaseFolder:
@@ -84,12 +86,15 @@ class BaseFolder:
             )
         tensors: dict[str, TensorInfo] = {}
         shard_of: dict[str, str] = {}
+        shard_metadata: dict[str, dict[str, str]] = {}
         for shard in shards:
-            found, _ = read_header(folder / shard)
+            found, shard_metadata[shard] = read_header(folder / shard)
             for name, info in found.items():
                 tensors[name] = info
                 shard_of[name] = shard
-        return cls(folder, config, shards, tensors, shard_of, index_metadata, indexed)
+        return cls(
+            folder, config, shards, tensors, shard_of, index_metadata, indexed, shard_metadata
+        )
 
     # -- facts ----------------------------------------------------------------------------
     @property

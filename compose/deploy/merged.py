@@ -182,10 +182,11 @@ def core_for_io() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def keeps_layout(base: BaseFolder, dtype: str | None) -> bool:
+def keeps_layout(base: BaseFolder, dtype: str | None, touches_embeddings: bool) -> bool:
     """True when a merged safetensors export has the base's exact file layout: no tensor
-    changes dtype and no ``lm_head`` is added (only a tied base can be untied)."""
-    if base.tied:
+    changes dtype and no ``lm_head`` is added (a tied base is untied only when an adapter
+    touches the embeddings)."""
+    if base.tied and touches_embeddings:
         return False
     return all(output_dtype(info, dtype) == info.dtype for info in base.tensors.values())
 
@@ -263,7 +264,8 @@ def _open_shard(
             entries.extend(entries_for(name, info, output_dtype(info, dtype)))
         else:
             entries.append((name, output_dtype(info, dtype), info.shape))
-    return StreamWriter(out / shard, entries, {"format": "pt"})
+    metadata = {**plan.base.shard_metadata.get(shard, {}), "format": "pt"}
+    return StreamWriter(out / shard, entries, metadata)
 
 
 def _write_tensor(

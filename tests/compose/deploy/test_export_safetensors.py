@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 
 import peft
 import pytest
@@ -208,3 +209,48 @@ def test_copies_fall_back_to_read_write_across_filesystems(
 
     for shard in BaseFolder.open(llama_base).shards:
         assert (result.path / shard).read_bytes() == (expected.path / shard).read_bytes()
+
+
+def test_a_tied_base_is_copied_and_patched_when_the_embeddings_are_untouched(
+    tied_base, adapter, tmp_path
+):
+    # A base whose headers are laid out in a way only a copy keeps (rewritten shards get
+    # compact JSON headers).
+    base = tmp_path / "base"
+    shutil.copytree(tied_base, base)
+    for shard in BaseFolder.open(base).shards:
+        _indent_header(base / shard)
+    folder = adapter("tied-plain", tied_base, peft.LoraConfig(r=4, target_modules=["v_proj"]))
+
+    result = export_model([folder], base, tmp_path / "out")
+
+    assert not result.untied
+    for shard in BaseFolder.open(base).shards:
+        base_bytes, out_bytes = (base / shard).read_bytes(), (result.path / shard).read_bytes()
+        header = 8 + int.from_bytes(base_bytes[:8], "little")
+        assert out_bytes[:header] == base_bytes[:header]
+        assert out_bytes != base_bytes  # v_proj changed
+    assert torch.allclose(hf_logits(result.path), peft_logits(tied_base, [folder]), atol=2e-5)
+
+
+def _indent_header(path):
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + size]), indent=1).encode()
+    header += b" " * (-len(header) % 8)
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data[8 + size :])
+
+
+def test_rewritten_shards_keep_the_bases_metadata(llama_base, adapter, tmp_path):
+    folder = adapter("rslora", llama_base, METHODS["rslora"]())
+    base = tmp_path / "base"
+    shutil.copytree(llama_base, base)
+    from safetensors.torch import load_file, save_file
+
+    for shard in BaseFolder.open(base).shards:
+        save_file(load_file(base / shard), base / shard, {"format": "pt", "origin": "lab"})
+
+    result = export_model([folder], base, tmp_path / "bf16", dtype="bf16")  # new layout
+
+    for shard in BaseFolder.open(base).shards:
+        assert read_header(result.path / shard)[1] == {"format": "pt", "origin": "lab"}
