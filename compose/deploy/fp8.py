@@ -18,10 +18,13 @@ from compose.deploy.merged import (
     DTYPES,
     export_safetensors,
     make_plan,
+    merged_blocks,
+    merged_rounded,
+    merged_tensor,
     write_config,
     write_index,
 )
-from compose.deploy.stio import TensorInfo, read_tensor, torch_dtype
+from compose.deploy.stio import TensorInfo, torch_dtype
 from schemas.errors import InvalidArgument
 from schemas.export import ExportSpec
 
@@ -106,14 +109,22 @@ def write_fp8(
             return [(name, "F8_E4M3", info.shape), scale]
         return [(name, target if info.is_float else info.dtype, info.shape)]
 
-    def transform(
-        name: str, info: TensorInfo, merged: torch.Tensor | None
-    ) -> list[tuple[str, Any]]:
-        weight = merged if merged is not None else read_tensor(info)
-        if _is_linear(name, info, base):
-            q, scale = quantize_fp8(weight.to(torch.float32), keep)
-            return [(name, q), (name.removesuffix(".weight") + ".weight_scale", scale)]
-        return [(name, weight.to(keep) if info.is_float else weight)]
+    def transform(name: str, info: TensorInfo, data: torch.Tensor) -> list[tuple[str, Any]]:
+        """Base tensor ``data`` -> the output tensors, merged and quantized per block of rows
+        (the per-channel scales are per row, so blocks quantize exactly like the whole)."""
+        if not _is_linear(name, info, base):
+            target = DTYPES[dtype] if info.is_float else info.dtype
+            merged = merged_rounded(plan, name, target, data)
+            return [(name, merged if merged is not None else data.to(torch_dtype(target)))]
+        q = torch.empty(info.shape, dtype=torch.float8_e4m3fn)
+        scale = torch.empty((info.shape[0], 1), dtype=keep)
+        blocks = merged_blocks(plan, name, data)
+        if blocks is None:
+            merged = merged_tensor(plan, name, data)
+            blocks = iter([(slice(None), merged if merged is not None else data.float())])
+        for rows, block in blocks:
+            q[rows], scale[rows] = quantize_fp8(block, keep)
+        return [(name, q), (name.removesuffix(".weight") + ".weight_scale", scale)]
 
     weight_map = export_safetensors(
         plan, staging, dtype=dtype, progress=progress, transform=transform, entries_for=entries_for

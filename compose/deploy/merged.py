@@ -202,16 +202,16 @@ def export_safetensors(
     *,
     dtype: str | None,
     progress: Callable[[int], None] | None = None,
-    transform: Callable[[str, TensorInfo, torch.Tensor | None], list[tuple[str, Any]]]
-    | None = None,
+    transform: Callable[[str, TensorInfo, torch.Tensor], list[tuple[str, Any]]] | None = None,
     entries_for: Callable[[str, TensorInfo, str], list[tuple[str, str, tuple[int, ...]]]]
     | None = None,
     copier: ShardCopier | None = None,
 ) -> dict[str, str]:
     """Write merged shards into ``out`` with the base's shard names; returns the weight map.
 
-    ``transform``/``entries_for`` let the FP8 writer reuse the same streaming loop (one output
-    tensor may become a weight plus its scale). With ``copier`` (copying the base's shards into
+    ``transform``/``entries_for`` let the FP8 writer reuse the same streaming loop: it gets
+    each base tensor (to merge with ``merged_blocks``) and returns the output tensors (a
+    weight may become a weight plus its scale). With ``copier`` (copying the base's shards into
     ``out``; only when the output keeps the base's layout, see ``keeps_layout``), each shard's
     copy is patched: only the tensors that change are written.
     """
@@ -275,17 +275,19 @@ def _write_tensor(
     base_tensor: torch.Tensor | None,
     pool: BufferPool,
     dtype: str | None,
-    transform: Callable[[str, TensorInfo, torch.Tensor | None], list[tuple[str, Any]]] | None,
+    transform: Callable[[str, TensorInfo, torch.Tensor], list[tuple[str, Any]]] | None,
 ) -> list[str]:
     """Queue output tensor ``name`` (merged if edits touch it); returns the names written."""
     info = plan.source(name)
     if transform is not None:
-        merged = merged_tensor(plan, name, base_tensor)
-        if base_tensor is not None:
-            pool.give(base_tensor)
-        outputs = transform(name, info, merged)
+        outputs = transform(
+            name, info, base_tensor if base_tensor is not None else read_tensor(info)
+        )
         for out_name, data in outputs:
             writer.write(out_name, data)
+        storages = {data.untyped_storage().data_ptr() for _, data in outputs}
+        if base_tensor is not None and base_tensor.untyped_storage().data_ptr() not in storages:
+            pool.give(base_tensor)  # not written itself: free for the next read
         return [out_name for out_name, _ in outputs]
     target = output_dtype(info, dtype)
     rounded = merged_rounded(plan, name, target, base_tensor)

@@ -9,6 +9,7 @@ import peft
 import pytest
 import torch
 
+import compose.deploy.merged
 from compose.deploy import export_model
 from compose.deploy.stio import read_header
 from schemas.errors import IncompatibleAdapters
@@ -17,8 +18,9 @@ from tests.compose.deploy.models import hf_logits, peft_logits
 LLAMA = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def test_fp8_loads_in_transformers_and_matches_peft(llama_base, adapter, tmp_path):
+def test_fp8_loads_in_transformers_and_matches_peft(llama_base, adapter, tmp_path, monkeypatch):
     pytest.importorskip("compressed_tensors")
+    monkeypatch.setattr(compose.deploy.merged, "BLOCK_ELEMENTS", 200)  # merged in many blocks
     folder = adapter(
         "fp8-lora", llama_base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=LLAMA)
     )
