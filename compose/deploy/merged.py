@@ -1,9 +1,10 @@
 """Merged weights, one tensor at a time, and the streaming safetensors export.
 
 ``MergePlan`` says, for every output tensor, where its base bytes come from and which edits
-(of which adapters, in order) change it. ``merged_tensor`` computes one output tensor in fp32
-and the writers round it once to the output dtype. Untouched tensors are copied byte for byte
-when the dtype does not change.
+(of which adapters, in order) change it. ``merged_blocks`` computes an output tensor in fp32
+one block of rows at a time (``merged_tensor`` all at once, for edits that need the whole
+weight) and the writers round it once to the output dtype. Untouched tensors are copied byte
+for byte when the dtype does not change, or already are, in the base's copy being patched.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Streaming safetensors I/O: read one tensor at a time, write a file tensor by tensor.
+"""Reading safetensors one tensor at a time: headers, positioned reads, buffers, read-ahead.
 
 The safetensors library reads whole files (``load_file``) or memory-maps them (``safe_open``),
 which counts every touched page as resident memory. Deploy reads each tensor with one
-positioned read and writes each output tensor as soon as it is computed, so peak memory stays
-about one tensor (plus the adapter), whatever the shard size.
+positioned read into a pooled buffer, ahead of its use on a thread, so peak memory stays a few
+tensors (plus the adapter), whatever the shard size. Writing is in ``writers.py``.
 """
 
 from __future__ import annotations
