@@ -89,6 +89,7 @@ class BaseFolder:
         shard_metadata: dict[str, dict[str, str]] = {}
         for shard in shards:
             found, shard_metadata[shard] = read_header(folder / shard)
+            _check_complete(folder / shard, found)
             for name, info in found.items():
                 tensors[name] = info
                 shard_of[name] = shard
@@ -154,3 +155,13 @@ class BaseFolder:
         if name == LM_HEAD and LM_HEAD not in self.tensors and self.embed_name:
             return self.tensors[self.embed_name].shape
         return self.tensors[name].shape
+
+
+def _check_complete(path: Path, tensors: dict[str, TensorInfo]) -> None:
+    """Refuse a shard shorter than its header says (an interrupted download or copy)."""
+    end = max((info.start + info.nbytes for info in tensors.values()), default=0)
+    size = path.stat().st_size
+    if size < end:
+        raise InvalidArgument(
+            f"base {path}: truncated: its header says {end} bytes, the file has {size}"
+        )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import peft
 import pytest
 
 import compose.deploy.merged
 import compose.deploy.output
 from compose.deploy import export_model
+from compose.deploy.base import BaseFolder
 from schemas.errors import (
     IncompatibleAdapters,
     InsufficientDiskSpace,
@@ -121,3 +124,20 @@ def test_bad_options(options, message, llama_base, tmp_path):
     with pytest.raises(InvalidArgument) as info:
         export_model([], llama_base, tmp_path / "out", **options)
     assert str(info.value).startswith(message)
+
+
+def test_a_truncated_base_shard_is_refused_up_front(q_lora, llama_base, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(llama_base, base)
+    shard = base / BaseFolder.open(base).shards[-1]
+    size = shard.stat().st_size
+    with open(shard, "r+b") as fh:
+        fh.truncate(size - 100)
+
+    with pytest.raises(InvalidArgument) as info:
+        export_model([q_lora], base, tmp_path / "out")
+
+    assert str(info.value) == (
+        f"base {shard}: truncated: its header says {size} bytes, the file has {size - 100}"
+    )
+    _nothing_left(tmp_path, keep=["base"])
