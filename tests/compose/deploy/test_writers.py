@@ -110,3 +110,39 @@ def test_a_stopped_copier_leaves_its_thread_joined(tmp_path):
     with copier:
         pass  # closed right away, as when adapter loading fails
     assert not copier._thread.is_alive()
+
+
+def test_read_ahead_keeps_its_window_and_stops_when_closed(tmp_path, monkeypatch):
+    from compose.deploy import stio
+
+    hinted: list[int] = []
+    real = os.posix_fadvise
+
+    def record(fd, offset, length, advice):
+        hinted.append(length)
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(stio.os, "posix_fadvise", record)
+    monkeypatch.setattr(stio.ReadAhead, "CHUNK", 1 << 10)
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"shard-{i}")
+        files[-1].write_bytes(os.urandom(4 << 10))
+    read_ahead = stio.ReadAhead(files, window=2 << 10)
+    _settle(lambda: sum(hinted) == 2 << 10)
+    assert sum(hinted) == 2 << 10  # two chunks ahead of nothing consumed, then it waits
+    read_ahead.advance(4 << 10)
+    _settle(lambda: sum(hinted) == 6 << 10)
+    assert sum(hinted) == 6 << 10
+    read_ahead.close()
+    read_ahead._thread.join(timeout=5)
+    assert not read_ahead._thread.is_alive()
+
+
+def _settle(condition, seconds=5.0):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # and nothing more comes
