@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compose.deploy.adapters import Adapter, load_adapter, may_touch_embeddings
+from compose.deploy.adapters import Adapter, load_adapter
 from compose.deploy.base import BaseFolder
 from compose.deploy.merged import keeps_layout
 from compose.deploy.output import check_disk_space, check_output, model_card, staged_folder
@@ -103,9 +103,7 @@ def export_model(
     with contextlib.ExitStack() as stack:
         copier = None
         if spec.format == "safetensors" and keeps_layout(
-            base_folder,
-            spec.dtype,
-            base_folder.tied and may_touch_embeddings([s.path for s in sources], base_folder),
+            base_folder, spec.dtype, [s.path for s in sources]
         ):
             # The output keeps the base's file layout: copy the base now, kernel-side, while
             # the adapters are read and torch is imported; the merge then patches the copy.
@@ -207,7 +205,7 @@ def _write_safetensors(
     from compose.deploy.merged import export_safetensors, make_plan, write_config, write_index
 
     plan = make_plan(base, adapters)
-    if copier is not None and plan.untie:  # may_touch_embeddings is conservative: never true
+    if copier is not None and plan.untie:  # keeps_layout is conservative: never true
         raise RuntimeError(f"{base.path}: the base was copied to be patched, but must be untied")
     weight_map = export_safetensors(
         plan, staging, dtype=spec.dtype, progress=progress, copier=copier

@@ -341,15 +341,11 @@ def _encode_block(block: torch.Tensor, kind: Any) -> torch.Tensor:
 
 
 def _encode(tensor: torch.Tensor, kind: Any) -> np.ndarray:
+    """GGML encoding of a whole fp32 tensor (2-D as ``_encode_block``; 1-D tensors are F32)."""
     import gguf
-    import torch
 
-    from compose.deploy import ggml_quants
-
-    if kind.name in ggml_quants.TYPE_SIZES and tensor.ndim == 2:
-        return ggml_quants.quantize(tensor, kind.name).numpy()
-    if kind == gguf.GGMLQuantizationType.F16:
-        return tensor.to(torch.float16).contiguous().numpy()
+    if tensor.ndim == 2:
+        return _encode_block(tensor, kind).numpy()
     return gguf.quants.quantize(tensor.contiguous().numpy(), kind)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compose.deploy.adapters import Adapter, Edit, touches_embeddings
+from compose.deploy.adapters import Adapter, Edit, may_touch_embeddings, touches_embeddings
 from compose.deploy.base import INDEX_NAME, LM_HEAD, BaseFolder
 from compose.deploy.stio import BufferPool, Prefetcher, TensorInfo, read_tensor, torch_dtype
 from compose.deploy.writers import ShardCopier, StreamWriter
@@ -74,21 +74,15 @@ def make_plan(base: BaseFolder, adapters: list[Adapter]) -> MergePlan:
     return plan
 
 
-def merged_tensor(
-    plan: MergePlan, name: str, data: torch.Tensor | None = None
-) -> torch.Tensor | None:
-    """The output tensor ``name`` in fp32 with every edit applied in order; None if untouched.
-
-    ``data`` is the base tensor when the caller has read it already (left unchanged).
-    """
+def merged_tensor(plan: MergePlan, name: str, data: torch.Tensor) -> torch.Tensor | None:
+    """Output tensor ``name`` in fp32, every edit applied in order to a copy of its base tensor
+    ``data`` (left unchanged); None if untouched."""
     edits = plan.edits.get(name)
     if not edits:
         return None
     import torch
 
-    source = data if data is not None else read_tensor(plan.source(name))
-    weight = source.to(torch.float32, copy=True)
-    del source  # a bf16 read is freed here
+    weight = data.to(torch.float32, copy=True)
     for edit in edits:
         weight = edit.apply(weight)
     return weight
@@ -135,21 +129,19 @@ def _blocks(
 
 
 def merged_rounded(
-    plan: MergePlan, name: str, target: str, data: torch.Tensor | None = None
+    plan: MergePlan, name: str, target: str, data: torch.Tensor
 ) -> torch.Tensor | None:
-    """The output tensor ``name`` in safetensors dtype ``target``; None if no edit touches it.
+    """Output tensor ``name`` in safetensors dtype ``target`` from its base tensor ``data``;
+    None if no edit touches it.
 
     The delta is computed in fp32 and rounded once, block by block (``merged_blocks``), into
-    the tensor that was read (or into the output tensor when the dtype changes), so memory
-    holds about one tensor in its stored dtype. ``data`` is the base tensor when the caller
-    has read it already; it may be overwritten with the result (which is then ``data``).
+    ``data`` itself (or into a new tensor when the dtype changes), so memory holds about one
+    tensor in its stored dtype.
     """
     if not plan.edits.get(name):
         return None
     import torch
 
-    if data is None:
-        data = read_tensor(plan.source(name))
     blocks = merged_blocks(plan, name, data)
     if blocks is None:
         merged = merged_tensor(plan, name, data)
@@ -183,11 +175,11 @@ def core_for_io() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def keeps_layout(base: BaseFolder, dtype: str | None, touches_embeddings: bool) -> bool:
-    """True when a merged safetensors export has the base's exact file layout: no tensor
-    changes dtype and no ``lm_head`` is added (a tied base is untied only when an adapter
-    touches the embeddings)."""
-    if base.tied and touches_embeddings:
+def keeps_layout(base: BaseFolder, dtype: str | None, adapters: list[Path]) -> bool:
+    """True when merging the adapter folders into ``base`` keeps its exact file layout: no
+    tensor changes dtype and no ``lm_head`` is added (a tied base is untied only when an
+    adapter touches the embeddings). Reads headers only, so it can run before torch loads."""
+    if base.tied and may_touch_embeddings(adapters, base):
         return False
     return all(output_dtype(info, dtype) == info.dtype for info in base.tensors.values())
 
@@ -291,9 +283,10 @@ def _write_tensor(
             pool.give(base_tensor)  # not written itself: free for the next read
         return [out_name for out_name, _ in outputs]
     target = output_dtype(info, dtype)
-    rounded = merged_rounded(plan, name, target, base_tensor)
-    if rounded is not None:
-        if base_tensor is not None and rounded is not base_tensor:
+    if base_tensor is not None:  # read ahead because edits touch it
+        rounded = merged_rounded(plan, name, target, base_tensor)
+        assert rounded is not None
+        if rounded is not base_tensor:
             pool.give(base_tensor)
         writer.write(name, rounded, recycle=pool.give)
     elif target == info.dtype:

@@ -167,7 +167,7 @@ class StreamWriter:
     def _copy(self, info: TensorInfo, offset: int) -> None:
         src = os.open(info.file, os.O_RDONLY)
         try:
-            _copy_range(src, self._fd, info.start, offset, info.nbytes, info)
+            _copy_range(src, self._fd, info.start, offset, info.nbytes, info.file)
         finally:
             os.close(src)
         _start_writeback(self._fd, offset, info.nbytes)
@@ -209,7 +209,7 @@ def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
 
 
 def _copy_range(
-    src: int, dst: int, src_offset: int, dst_offset: int, nbytes: int, what: TensorInfo | Path
+    src: int, dst: int, src_offset: int, dst_offset: int, nbytes: int, source: Path
 ) -> None:
     """Copy ``nbytes`` between two files at the given offsets, kernel-side when possible."""
     done = 0
@@ -222,8 +222,7 @@ def _copy_range(
             size = min(nbytes - done, 8 << 20)
             got = _copy_through_memory(src, dst, src_offset + done, dst_offset + done, size)
         if got <= 0:
-            name = what.file if isinstance(what, TensorInfo) else what
-            raise InvalidArgument(f"{name}: truncated file while copying")
+            raise InvalidArgument(f"{source}: truncated file while copying")
         done += got
 
 

@@ -90,7 +90,7 @@ def test_a_failure_midway_leaves_nothing(q_lora, llama_base, tmp_path, monkeypat
 
     def failing(plan, name, target, data=None):
         calls.append(name)
-        if len(calls) == 5:
+        if len(calls) == 2:  # the second changed tensor: the first is already written
             raise RuntimeError("disk on fire")
         return real(plan, name, target, data)
 
