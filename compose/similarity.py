@@ -1,0 +1,268 @@
+"""Weight-space similarity and spectra of adapters, computed in low rank. No file I/O.
+
+A LoRA module's update is ``delta = B @ A`` (``Factors``, scale folded into B). Every quantity
+here is a function of the delta alone, so it is the same for ``(B R, R^-1 A)`` as for ``(B, A)``
+(a cosine of the raw factors, as some tools report, is not). Nothing forms the d x k delta:
+
+- Inner products: ``<B1 A1, B2 A2>_F = tr(A1^T B1^T B2 A2) = tr((B1^T B2)(A2 A1^T))``, two
+  r1 x r2 products.
+- Subspaces and spectra: QR of ``B`` and ``A^T`` and an SVD of the r x r core ``Rb Ra^T``
+  (the same steps as ``compose.merge.svd_merge``) give the delta's thin SVD.
+
+Dense deltas (LoHa, LoKr, OFT) and IA3's ``l - 1`` vectors go through the same functions as
+``Dense`` values: the inner product is then a plain elementwise sum.
+
+All arithmetic is fp64; results are Python floats.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
+
+from compose.merge import Factors
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+
+@dataclass
+class Dense:
+    """A module's update given whole: a dense delta, or IA3's ``l - 1`` scaling vector."""
+
+    delta: Tensor
+
+
+Update = Union[Factors, Dense]  # noqa: UP007 (a runtime alias, py3.10 has no `type`)
+
+# Singular values below this fraction of the largest are numerical zeros when a subspace's
+# dimension is decided (the delta of a rank-r LoRA can have rank < r).
+_RANK_TOL = 1e-10
+
+
+def inner(u: Update, v: Update, *, module: str = "") -> float:
+    """Frobenius inner product ``<delta_u, delta_v>`` of two updates of one module.
+
+    Low rank: ``tr((B1^T B2)(A2 A1^T))``, O((d + k) r1 r2) work. A factored and a dense update
+    are combined as ``sum((B1^T D) * A1)``, one d x k pass over the dense one only.
+
+    Raises:
+        ValueError: the updates' shapes differ (different base layers).
+    """
+    import torch
+
+    _check_shapes(u, v, module)
+    if isinstance(u, Factors) and isinstance(v, Factors):
+        bb = u.B.double().T @ v.B.double()  # r1 x r2
+        aa = v.A.double() @ u.A.double().T  # r2 x r1
+        return float(torch.einsum("ij,ji->", bb, aa))
+    if isinstance(u, Dense) and isinstance(v, Dense):
+        return float((u.delta.double() * v.delta.double()).sum())
+    f, d = (u, v) if isinstance(u, Factors) else (v, u)
+    assert isinstance(f, Factors) and isinstance(d, Dense)
+    return float(((f.B.double().T @ d.delta.double()) * f.A.double()).sum())
+
+
+def norm(u: Update) -> float:
+    """Frobenius norm of the update."""
+    return math.sqrt(max(inner(u, u), 0.0))
+
+
+def cosine(u: Update, v: Update, *, module: str = "") -> float:
+    """``<du, dv> / (|du| |dv|)``, in [-1, 1]; 0.0 when either update is zero."""
+    nu, nv = norm(u), norm(v)
+    if nu == 0.0 or nv == 0.0:
+        return 0.0
+    return _clamp(inner(u, v, module=module) / (nu * nv))
+
+
+def relative_distance(u: Update, v: Update, *, module: str = "") -> float:
+    """``|du - dv| / (|du| + |dv|)``: 0 for equal updates, 1 for opposite ones (``dv = -c du``).
+
+    Symmetric and bounded, unlike ``|du - dv| / |du|``. From the expansion
+    ``|du - dv|^2 = |du|^2 + |dv|^2 - 2 <du, dv>``, so it stays in low rank. 0.0 when both are
+    zero.
+    """
+    nu, nv = norm(u), norm(v)
+    if nu + nv == 0.0:
+        return 0.0
+    squared = nu * nu + nv * nv - 2.0 * inner(u, v, module=module)
+    return min(math.sqrt(max(squared, 0.0)) / (nu + nv), 1.0)
+
+
+@dataclass
+class ThinSvd:
+    """The delta's thin SVD: ``delta = U diag(S) V^T`` with orthonormal ``U`` (d x n), ``V``
+    (k x n), descending ``S``; n is the delta's numerical rank."""
+
+    U: Tensor
+    S: Tensor
+    V: Tensor
+
+
+def thin_svd(u: Update) -> ThinSvd:
+    """The update's thin SVD: QR of ``B`` and ``A^T``, SVD of the r x r core ``Rb Ra^T``.
+
+    A dense update is decomposed directly (it is already d x k). Numerical zeros (below
+    ``1e-10`` of the largest singular value) are dropped, so ``S`` has the delta's true rank.
+    """
+    import torch
+
+    if isinstance(u, Factors):
+        qb, rb = torch.linalg.qr(u.B.double())
+        qa, ra = torch.linalg.qr(u.A.double().T)
+        cu, s, cvh = torch.linalg.svd(rb @ ra.T)
+        left, right = qb @ cu, qa @ cvh.T
+    else:
+        delta = u.delta.double()
+        if delta.dim() == 1:
+            delta = delta.unsqueeze(1)
+        left, s, vh = torch.linalg.svd(delta, full_matrices=False)
+        right = vh.T
+    keep = int((s > _RANK_TOL * s[0]).sum()) if s.numel() and s[0] > 0 else 0
+    return ThinSvd(U=left[:, :keep], S=s[:keep], V=right[:, :keep])
+
+
+@dataclass
+class PrincipalAngles:
+    """Principal angles (radians, ascending) between two deltas' column and row spaces."""
+
+    columns: list[float]
+    rows: list[float]
+
+
+def principal_angles(u: Update, v: Update, *, module: str = "") -> PrincipalAngles:
+    """Angles between the column spaces (outputs each update writes to) and the row spaces
+    (inputs it reads from) of two updates: ``arccos`` of the singular values of ``U1^T U2``.
+
+    Of two subspaces of dimensions n1 and n2 there are ``min(n1, n2)`` angles; 0 means a
+    shared direction, pi/2 an orthogonal one. Vectors (IA3) have no such subspaces: [].
+    """
+    import torch
+
+    _check_shapes(u, v, module)
+    if _is_vector(u) or _is_vector(v):
+        return PrincipalAngles(columns=[], rows=[])
+    su, sv = thin_svd(u), thin_svd(v)
+
+    def angles(x: Tensor, y: Tensor) -> list[float]:
+        if x.shape[1] == 0 or y.shape[1] == 0:
+            return []
+        cos = torch.linalg.svdvals(x.T @ y).clamp(-1.0, 1.0)
+        return [float(a) for a in torch.arccos(cos)]
+
+    return PrincipalAngles(columns=angles(su.U, sv.U), rows=angles(su.V, sv.V))
+
+
+@dataclass
+class Spectrum:
+    """One module's singular values and the ranks they imply."""
+
+    singular_values: list[float]
+    cumulative_energy: list[float]
+    """Fraction of the squared Frobenius norm kept by the top 1, 2, ... singular values."""
+    effective_rank: float
+    """``exp`` of the entropy of ``s_i / sum(s)`` (Roy & Vetterli, 2007)."""
+    stable_rank: float
+    """``|delta|_F^2 / |delta|_2^2``."""
+    rank: int
+    """The rank the adapter was trained with (r of the factors; the numerical rank if dense)."""
+
+    @property
+    def utilisation(self) -> float:
+        """Effective rank over trained rank: how much of r the adapter really uses."""
+        return self.effective_rank / self.rank if self.rank else 0.0
+
+
+def spectrum(u: Update) -> Spectrum:
+    """Singular values of the update from its r x r core, and the ranks derived from them."""
+    s = [float(x) for x in thin_svd(u).S]
+    rank = u.rank if isinstance(u, Factors) else len(s)
+    total_sq = sum(x * x for x in s)
+    total = sum(s)
+    if not s or total == 0.0:
+        return Spectrum([], [], 0.0, 0.0, rank)
+    running, cumulative = 0.0, []
+    for x in s:
+        running += x * x
+        cumulative.append(running / total_sq)
+    entropy = -sum((x / total) * math.log(x / total) for x in s if x > 0)
+    return Spectrum(
+        singular_values=s,
+        cumulative_energy=cumulative,
+        effective_rank=math.exp(entropy),
+        stable_rank=total_sq / (s[0] * s[0]),
+        rank=rank,
+    )
+
+
+@dataclass
+class Similarity:
+    """Two adapters compared module by module and as a whole."""
+
+    cosine: float
+    """Over all modules together: ``sum <du, dv> / sqrt(sum |du|^2 * sum |dv|^2)``."""
+    relative_distance: float
+    per_module: dict[str, dict[str, float]]
+    """Modules both adapt: ``cosine`` and ``relative_distance``."""
+    only_first: list[str]
+    only_second: list[str]
+    target_overlap: float
+    """Jaccard index of the two sets of adapted modules."""
+
+
+def compare(first: Mapping[str, Update], second: Mapping[str, Update]) -> Similarity:
+    """Compare two adapters given as ``module -> update`` maps.
+
+    A module only one adapter changes adds to that adapter's norm and nothing to the inner
+    product (the other's update there is zero), so the overall cosine is that of the two whole
+    updates, concatenated over every module.
+    """
+    shared = sorted(set(first) & set(second))
+    dot = sum(inner(first[m], second[m], module=m) for m in shared)
+    sq1 = sum(norm(x) ** 2 for x in first.values())
+    sq2 = sum(norm(x) ** 2 for x in second.values())
+    per_module = {
+        m: {
+            "cosine": cosine(first[m], second[m], module=m),
+            "relative_distance": relative_distance(first[m], second[m], module=m),
+        }
+        for m in shared
+    }
+    overall_cos = _clamp(dot / math.sqrt(sq1 * sq2)) if sq1 > 0 and sq2 > 0 else 0.0
+    n1, n2 = math.sqrt(sq1), math.sqrt(sq2)
+    dist = min(math.sqrt(max(sq1 + sq2 - 2.0 * dot, 0.0)) / (n1 + n2), 1.0) if n1 + n2 > 0 else 0.0
+    union = set(first) | set(second)
+    return Similarity(
+        cosine=overall_cos,
+        relative_distance=dist,
+        per_module=per_module,
+        only_first=sorted(set(first) - set(second)),
+        only_second=sorted(set(second) - set(first)),
+        target_overlap=len(shared) / len(union) if union else 1.0,
+    )
+
+
+def _shape(u: Update) -> tuple[int, ...]:
+    if isinstance(u, Factors):
+        return (int(u.B.shape[0]), int(u.A.shape[1]))
+    return tuple(int(x) for x in u.delta.shape)
+
+
+def _is_vector(u: Update) -> bool:
+    return isinstance(u, Dense) and u.delta.dim() == 1
+
+
+def _check_shapes(u: Update, v: Update, module: str) -> None:
+    if _shape(u) != _shape(v):
+        where = f"the updates of module {module!r}" if module else "the updates"
+        raise ValueError(
+            f"{where} differ in shape ({_shape(u)} vs {_shape(v)}): the adapters were trained"
+            " on different base layers"
+        )
+
+
+def _clamp(x: float) -> float:
+    return max(-1.0, min(1.0, x))
