@@ -358,6 +358,14 @@ def analyse_vera(
     )
 
 
+# Why a prompt adapter's stored count is not PEFT's trainable count: PEFT saves the prompt the
+# encoder computes (``get_prompt_embedding_to_save``), not the encoder it trained.
+_ENCODER_NOTE = (
+    "params_trainable counts the saved prompt (num_virtual_tokens x width); {method} trains a"
+    " {encoder} whose weights PEFT counts as trainable but does not save"
+)
+
+
 def analyse_prompt(method: str, config: dict[str, Any], tensors: dict[str, TensorInfo]) -> Analysis:
     """Prompt methods save one table, prompt_embeddings: (virtual tokens x transformer
     submodules) rows of token_dim (prefix tuning: a key and a value per layer, so
@@ -397,7 +405,7 @@ def analyse_prompt(method: str, config: dict[str, Any], tensors: dict[str, Tenso
             f" {expected_width} ({origin})",
             field="token_dim",
         )
-    details = {
+    details: dict[str, Any] = {
         "token_dim": token_dim,
         "num_layers": layers,
         "num_transformer_submodules": submodules,
@@ -406,6 +414,11 @@ def analyse_prompt(method: str, config: dict[str, Any], tensors: dict[str, Tenso
         details["prompt_tuning_init"] = config.get("prompt_tuning_init")
     elif method == "p_tuning":
         details["encoder_reparameterization_type"] = config.get("encoder_reparameterization_type")
+        details["params_note"] = _ENCODER_NOTE.format(method=method, encoder="prompt encoder")
     elif method == "prefix_tuning":
         details["prefix_projection"] = get_bool(config, "prefix_projection")
+        if details["prefix_projection"]:
+            details["params_note"] = _ENCODER_NOTE.format(
+                method=method, encoder="prefix projection"
+            )
     return Analysis(rank=tokens, extra_tokens=tokens, details=details)

@@ -74,7 +74,7 @@ def make_base(
     dtype: torch.dtype | None = None,
     **extra: Any,
 ) -> Path:
-    """Save a random tiny model of ``arch`` (llama, mistral, qwen2, gpt2) in ``folder``."""
+    """Save a random tiny model of ``arch`` (llama, mistral, qwen2, mixtral, gpt2) in ``folder``."""
     import transformers
 
     torch.manual_seed(seed)
@@ -89,6 +89,7 @@ def make_base(
             "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
             "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
             "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+            "mixtral": (transformers.MixtralConfig, transformers.MixtralForCausalLM),
         }[arch]
         config = cls[0](
             hidden_size=hidden,

@@ -1,0 +1,168 @@
+"""Fidelity: for every PEFT method and variant, on tiny Llama, tied Llama, Qwen2 (attention
+biases) and Mixtral (MoE) bases: save with PEFT, push, card against PEFT, pull + load, export
+vs the fp32 PeftModel, or the expected one-line refusal. See ``tests/e2e/fidelity.py``.
+
+To add a case, append a ``Case`` to ``CASES`` (one row per base where the base matters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.e2e.fidelity import MERGED, Bases, Card, Case, Refused, run_case
+
+FAMILIES = ("llama", "llama-tied", "qwen2", "mixtral")
+ATTENTION = ["q_proj", "v_proj"]
+NOT_MERGEABLE = "cannot be merged into weights"
+
+
+def peft(class_name: str, **kwargs: Any) -> Callable[[], Any]:
+    """A factory of ``peft.<class_name>(task_type="CAUSAL_LM", **kwargs)``."""
+
+    def build() -> Any:
+        import peft as peft_module
+
+        return getattr(peft_module, class_name)(task_type="CAUSAL_LM", **kwargs)
+
+    return build
+
+
+def _ia3(family: str) -> Callable[[], Any]:
+    # Mixtral's MLP is experts (no plain down_proj): its feed-forward IA3 is on o_proj.
+    ff = "o_proj" if family == "mixtral" else "down_proj"
+    return peft("IA3Config", target_modules=["k_proj", "v_proj", ff], feedforward_modules=[ff])
+
+
+def _per_base(family: str) -> list[Case]:
+    """The plain methods that must be right on every base family."""
+    return [
+        Case(
+            f"lora-{family}",
+            family,
+            peft("LoraConfig", r=8, lora_alpha=16, target_modules=ATTENTION),
+            Card("lora", rank=8),
+        ),
+        Case(
+            f"rslora-{family}",
+            family,
+            peft("LoraConfig", r=8, lora_alpha=16, use_rslora=True, target_modules=ATTENTION),
+            Card("lora", "rslora", 8),
+        ),
+        Case(
+            f"dora-{family}",
+            family,
+            peft("LoraConfig", r=4, lora_alpha=8, use_dora=True, target_modules=ATTENTION),
+            Card("lora", "dora", 4),
+        ),
+        Case(
+            f"patterns-{family}",
+            family,
+            peft(
+                "LoraConfig",
+                r=8,
+                lora_alpha=16,
+                rank_pattern={"q_proj": 4},
+                alpha_pattern={"v_proj": 32},
+                target_modules=[*ATTENTION, "o_proj"],
+            ),
+            Card(
+                "lora",
+                rank=8,
+                details={"rank_pattern": {"q_proj": 4}, "alpha_pattern": {"v_proj": 32}},
+            ),
+        ),
+        Case(
+            f"modules-to-save-{family}",
+            family,
+            peft(
+                "LoraConfig",
+                r=4,
+                lora_alpha=8,
+                target_modules=ATTENTION,
+                modules_to_save=["lm_head"],
+            ),
+            Card("lora", rank=4, details={"modules_to_save": ["lm_head"]}),
+        ),
+        Case(f"ia3-{family}", family, _ia3(family), Card("ia3")),
+        Case(
+            f"loha-{family}",
+            family,
+            peft("LoHaConfig", r=4, alpha=8, target_modules=ATTENTION),
+            Card("loha", rank=4),
+        ),
+        Case(
+            f"lokr-{family}",
+            family,
+            peft("LoKrConfig", r=4, alpha=8, target_modules=ATTENTION),
+            Card("lokr", rank=4),
+        ),
+        Case(
+            f"vera-{family}",
+            family,
+            peft("VeraConfig", r=8, target_modules=ATTENTION),
+            Card("vera", rank=8),
+        ),
+    ]
+
+
+CASES: list[Case] = [
+    *(case for family in FAMILIES for case in _per_base(family)),
+    Case(
+        "adalora-unpruned",
+        "llama",
+        peft("AdaLoraConfig", init_r=6, target_r=2, total_step=10, target_modules=ATTENTION),
+        Card("adalora", rank=6, details={"init_r": 6, "target_r": 2}),
+    ),
+    Case(
+        "oft",
+        "llama",
+        peft("OFTConfig", r=0, oft_block_size=8, target_modules=ATTENTION),
+        Card("oft", rank=4, details={"oft_block_size": 8}),
+        export={"safetensors": Refused("method oft " + NOT_MERGEABLE)},
+    ),
+    Case(
+        "boft",
+        "llama",
+        peft("BOFTConfig", boft_block_size=8, target_modules=ATTENTION),
+        Card("boft", details={"boft_block_size": 8}),
+        export={"safetensors": Refused("method boft " + NOT_MERGEABLE)},
+    ),
+    Case(
+        "prompt-tuning",
+        "llama",
+        peft("PromptTuningConfig", num_virtual_tokens=5),
+        Card("prompt_tuning", rank=5),
+        export={"safetensors": Refused("method prompt_tuning " + NOT_MERGEABLE)},
+    ),
+    Case(
+        "prefix-tuning",
+        "llama",
+        peft("PrefixTuningConfig", num_virtual_tokens=5),
+        Card("prefix_tuning", rank=5),
+        export={"safetensors": Refused("method prefix_tuning " + NOT_MERGEABLE)},
+    ),
+    Case(
+        "p-tuning",
+        "llama",
+        peft("PromptEncoderConfig", num_virtual_tokens=5, encoder_hidden_size=16),
+        Card("p_tuning", rank=5, params_note="prompt encoder"),
+        export={"safetensors": Refused("method p_tuning " + NOT_MERGEABLE)},
+    ),
+]
+
+_IDS = [case.id for case in CASES]
+assert len(set(_IDS)) == len(_IDS), "duplicate case ids"
+_ = MERGED  # the default export expectation (re-exported for rows that name it)
+
+
+@pytest.fixture(scope="session")
+def bases(tmp_path_factory) -> Bases:
+    return Bases(tmp_path_factory.mktemp("fidelity-bases"))
+
+
+@pytest.mark.parametrize("case", CASES, ids=_IDS)
+def test_fidelity(case: Case, registry, bases, tmp_path) -> None:
+    run_case(case, registry, bases, tmp_path)
