@@ -111,6 +111,12 @@ class AliasConflict(HubError, ValueError):
     code = "alias_conflict"
 
 
+class InvalidData(HubError, ValueError):
+    """An evaluation data file that cannot be used: missing fields, wrong types, not UTF-8."""
+
+    code = "invalid_data"
+
+
 ALL_ERRORS: dict[str, type[HubError]] = {
     cls.code: cls
     for cls in (
@@ -128,6 +134,7 @@ ALL_ERRORS: dict[str, type[HubError]] = {
         AuthError,
         StoreCorrupted,
         AliasConflict,
+        InvalidData,
     )
 }
 """Error code -> class, so a client can rebuild the same error a server raised."""

@@ -1,0 +1,263 @@
+"""Scoring a causal LM on evaluation data: one score per example and metric.
+
+The model is anything that maps ``input_ids`` + ``attention_mask`` to ``.logits`` (a
+transformers model, a ``PeftModel``, the base with its adapter disabled); generation uses its
+``generate``. Tokenization follows one rule for every kind, the one lm-evaluation-harness uses
+for log-likelihoods:
+
+- ``text``: the tokenized text (tokenizer defaults, so a BOS where the tokenizer adds one);
+  every token after the first is scored given the ones before it. The per-example score is
+  that example's mean cross-entropy (nats per token).
+- ``prompt`` + continuation (a target or a choice): ``whole = tok(prompt + continuation)``,
+  ``ctx = tok(prompt)``; the continuation's tokens are ``whole[len(ctx):]``, each scored given
+  everything before it.
+- ``exact_match``: greedy decoding from ``tok(prompt)``, at most as many new tokens as the
+  target has plus ``extra_new_tokens``, cut at the first newline or EOS, stripped, compared with
+  the stripped target.
+
+Batches are right-padded for scoring (padding never precedes a scored token under a causal mask)
+and left-padded for generation. All log-probabilities are computed in fp32 (``log_softmax`` of
+the logits cast to fp32). No file I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from compose.eval_data import EvalData, Row
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class Scored:
+    """Per-example scores of one model on one data file, and what scoring them cost."""
+
+    scores: dict[str, list[float]]
+    """Metric -> one score per example (for ``perplexity``: the example's cross-entropy)."""
+    predictions: list[str] = field(default_factory=list)
+    """Greedy outputs, for ``exact_match``."""
+    tokens_scored: int = 0
+
+
+@dataclass(frozen=True)
+class _Span:
+    """One sequence to score: its token ids and which positions count."""
+
+    ids: list[int]
+    start: int  # first scored token index (>= 1)
+
+
+def _spans_for_continuations(
+    tokenizer: Any, prompt: str, continuations: Sequence[str]
+) -> list[_Span]:
+    ctx = tokenizer(prompt)["input_ids"]
+    spans = []
+    for continuation in continuations:
+        whole = tokenizer(prompt + continuation)["input_ids"]
+        start = max(len(ctx), 1)
+        if start >= len(whole):  # the continuation vanished into the prompt's tokens
+            start = len(whole) - 1
+        spans.append(_Span(ids=whole, start=start))
+    return spans
+
+
+Progress = Callable[[int], None]
+"""Called with the number of sequences just finished (scored or generated)."""
+
+
+def _logprobs(
+    model: Any,
+    spans: Sequence[_Span],
+    *,
+    batch_size: int,
+    device: Any,
+    pad_id: int,
+    progress: Progress | None,
+) -> list[list[float]]:
+    """For each span, the log-probability of each scored token given the tokens before it."""
+    import torch
+
+    out: list[list[float]] = []
+    for first in range(0, len(spans), batch_size):
+        batch = spans[first : first + batch_size]
+        width = max(len(s.ids) for s in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, span in enumerate(batch):
+            ids[i, : len(span.ids)] = torch.tensor(span.ids)
+            mask[i, : len(span.ids)] = 1
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        for i, span in enumerate(batch):
+            targets = torch.tensor(span.ids[span.start :], device=logp.device)
+            rows = logp[i, span.start - 1 : len(span.ids) - 1]
+            out.append(rows.gather(1, targets.unsqueeze(1)).squeeze(1).double().tolist())
+        if progress:
+            progress(len(batch))
+    return out
+
+
+def _greedy(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Row],
+    *,
+    batch_size: int,
+    device: Any,
+    pad_id: int,
+    extra_new_tokens: int,
+    progress: Progress | None,
+) -> list[str]:
+    import torch
+
+    predictions: list[str] = []
+    eos = tokenizer.eos_token_id
+    for first in range(0, len(rows), batch_size):
+        batch = rows[first : first + batch_size]
+        prompts = [tokenizer(r.prompt)["input_ids"] for r in batch]
+        budget = max(len(tokenizer(r.target, add_special_tokens=False)["input_ids"]) for r in batch)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, p in enumerate(prompts):  # left padding: every prompt ends at the same column
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
+        with torch.no_grad():
+            generated = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=budget + extra_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=pad_id,
+                eos_token_id=eos,
+            )
+        for row in generated[:, width:].tolist():
+            if eos is not None and eos in row:
+                row = row[: row.index(eos)]
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            predictions.append(text.split("\n", 1)[0].strip())
+        if progress:
+            progress(len(batch))
+    return predictions
+
+
+def score(
+    model: Any,
+    tokenizer: Any,
+    data: EvalData,
+    metrics: Sequence[str],
+    *,
+    batch_size: int = 8,
+    device: Any = "cpu",
+    extra_new_tokens: int = 16,
+    progress: Progress | None = None,
+) -> Scored:
+    """Score ``model`` on every row of ``data`` for ``metrics`` (all of the data's kind).
+
+    Args:
+        model: maps ``input_ids``/``attention_mask`` to ``.logits``; ``generate`` for
+            ``exact_match``.
+        tokenizer: the base's tokenizer (a transformers tokenizer).
+        metrics: a subset of ``data.metrics``.
+        progress: called after each batch with the number of sequences it finished; the total
+            is ``sequences(data, metrics)``.
+
+    Returns:
+        ``Scored``: per-example scores per metric, greedy predictions for ``exact_match``.
+    """
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    common: dict[str, Any] = dict(
+        batch_size=batch_size, device=device, pad_id=pad_id, progress=progress
+    )
+    scores: dict[str, list[float]] = {m: [] for m in metrics}
+    result = Scored(scores=scores)
+    rows = data.rows
+    if data.kind == "text":
+        spans = []
+        for row in rows:
+            ids = tokenizer(row.text)["input_ids"]
+            if len(ids) < 2:
+                raise ValueError(f"a text row of {len(ids)} token has nothing to score")
+            spans.append(_Span(ids=ids, start=1))
+        for lp in _logprobs(model, spans, **common):
+            ce = -math.fsum(lp) / len(lp)
+            for name in metrics:  # perplexity is derived from the mean cross-entropy
+                scores[name].append(ce)
+            result.tokens_scored += len(lp)
+    elif data.kind == "generation":
+        if "target_logprob" in metrics:
+            spans = [_spans_for_continuations(tokenizer, r.prompt or "", [r.target or ""])[0]
+                     for r in rows]  # fmt: skip
+            for lp in _logprobs(model, spans, **common):
+                scores["target_logprob"].append(math.fsum(lp) / len(lp))
+                result.tokens_scored += len(lp)
+        if "exact_match" in metrics:
+            result.predictions = _greedy(
+                model, tokenizer, rows, extra_new_tokens=extra_new_tokens, **common
+            )
+            scores["exact_match"] = [
+                1.0 if p == (r.target or "").strip() else 0.0
+                for p, r in zip(result.predictions, rows, strict=True)
+            ]
+    else:
+        spans, owners = [], []
+        for index, row in enumerate(rows):
+            for span in _spans_for_continuations(tokenizer, row.prompt or "", row.choices):
+                spans.append(span)
+                owners.append(index)
+        per_choice = _logprobs(model, spans, **common)
+        grouped: list[list[list[float]]] = [[] for _ in rows]
+        for owner, lp in zip(owners, per_choice, strict=True):
+            grouped[owner].append(lp)
+            result.tokens_scored += len(lp)
+        for row, choices in zip(rows, grouped, strict=True):
+            total = [math.fsum(lp) for lp in choices]
+            per_token = [math.fsum(lp) / len(lp) for lp in choices]
+            if "accuracy" in metrics:
+                scores["accuracy"].append(1.0 if _argmax(total) == row.answer else 0.0)
+            if "accuracy_norm" in metrics:
+                scores["accuracy_norm"].append(1.0 if _argmax(per_token) == row.answer else 0.0)
+    return result
+
+
+def sequences(data: EvalData, metrics: Sequence[str]) -> int:
+    """How many sequences ``score`` runs through the model: the total its progress reports."""
+    if data.kind == "choice":
+        return sum(len(r.choices) for r in data.rows)
+    if data.kind == "generation":
+        return len(data.rows) * sum(m in metrics for m in ("target_logprob", "exact_match"))
+    return len(data.rows)
+
+
+def _argmax(values: Sequence[float]) -> int:
+    """Index of the largest value; ties go to the first (as ``torch.argmax`` does)."""
+    return max(range(len(values)), key=lambda i: (values[i], -i))
+
+
+def aggregate(metric: str, per_example: Sequence[float]) -> float:
+    """The metric's value from its per-example scores: the mean, except ``perplexity``, which is
+    ``exp`` of the mean cross-entropy (so its interval is ``exp`` of the cross-entropy's)."""
+    mean = math.fsum(per_example) / len(per_example)
+    return math.exp(mean) if metric == "perplexity" else mean
+
+
+def device_for(requested: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is refused."""
+    import torch
+
+    from schemas.errors import InvalidArgument
+
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgument("--device cuda: no CUDA device is available (use --device cpu)")
+    return torch.device(requested)
