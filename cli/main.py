@@ -276,10 +276,11 @@ def show(ctx: click.Context, ref: str, versions: bool, as_json: bool) -> None:
             print_table(CARD_HEADERS, card_rows(cards))
         return
     card = registry.show(ref).model_dump(mode="json")
+    evals = registry.evals(card["repo"] + "@" + card["commit"])
     if as_json:
-        print_json(card)
+        print_json({**card, "evals": evals})
     else:
-        print_card(card)
+        print_card(card, evals)
 
 
 @cli.command()
@@ -420,10 +421,13 @@ def convert(ctx: click.Context, path: Path, output: Path | None) -> None:
 
 
 from cli.compose import compose  # noqa: E402 (command modules register at the bottom)
+from cli.eval import eval_command, metric  # noqa: E402
 from cli.export import export  # noqa: E402
 from cli.remote import serve, token  # noqa: E402
 
 cli.add_command(compose)
+cli.add_command(eval_command)
+cli.add_command(metric)
 cli.add_command(export)
 cli.add_command(serve)
 cli.add_command(token)

@@ -97,8 +97,19 @@ def _with_revision(name: str | None, revision: str | None) -> str | None:
     return f"{name}@{revision}" if name and revision else name
 
 
-def print_card(card: dict[str, Any]) -> None:
-    """``hub show``: the card as aligned ``key: value`` lines."""
+def _metric_text(m: dict[str, Any]) -> str:
+    text = f"{m['name']}={m['value']:.4g}"
+    if m.get("ci95"):
+        text += f" [{m['ci95'][0]:.4g}, {m['ci95'][1]:.4g}]"
+    if m.get("dataset"):
+        text += f"@{m['dataset']}"
+    if m.get("source") not in (None, "push"):
+        text += f" ({m['source']})"
+    return text
+
+
+def print_card(card: dict[str, Any], evals: Sequence[dict[str, Any]] = ()) -> None:
+    """``hub show``: the card as aligned ``key: value`` lines, then files and eval records."""
     overhead = card.get("inference_overhead") or {}
     lines: list[tuple[str, Any]] = [
         ("adapter", f"{card['repo']}@v{card['version']}"),
@@ -115,11 +126,7 @@ def print_card(card: dict[str, Any]) -> None:
         ("tags", ", ".join(f"{k}={v}" for k, v in (card.get("tags") or {}).items()) or None),
         (
             "metrics",
-            ", ".join(
-                f"{m['name']}={m['value']:g}" + (f"@{m['dataset']}" if m.get("dataset") else "")
-                for m in card.get("metrics") or []
-            )
-            or None,
+            ", ".join(_metric_text(m) for m in card.get("metrics") or []) or None,
         ),
         (
             "trainable params",
@@ -155,3 +162,17 @@ def print_card(card: dict[str, Any]) -> None:
     click.echo("files:")
     for entry in card.get("files") or []:
         click.echo(f"  {entry['path']}  {human_size(entry['size'])}  sha256:{entry['sha256'][:16]}")
+    if evals:
+        click.echo("evals:")
+    for record in evals:
+        dataset = record.get("dataset") or {}
+        where = dataset.get("name") or "-"
+        if dataset.get("sha256"):
+            where += f" sha256:{dataset['sha256'][:12]}, {dataset.get('rows')} rows"
+        results = ", ".join(
+            f"{name}={s['value']:.4g}"
+            + (f" [{s['ci95'][0]:.4g}, {s['ci95'][1]:.4g}]" if s.get("ci95") else "")
+            + (f" n={s['n']}" if s.get("n") else "")
+            for name, s in record.get("metrics", {}).items()
+        )
+        click.echo(f"  {record['id']}  {record.get('source')}  {where}  {results}")

@@ -122,7 +122,37 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
+def _migration_3(db: sqlite_utils.Database) -> None:
+    # Evaluation records (hub eval, hub metric add): the record as JSON, keyed to the version;
+    # the blobs they reference (dataset, per-example results) count as referenced for gc.
+    db.table("evals").create(
+        {
+            "id": str,
+            "version_id": int,
+            "created_at": str,
+            "source": str,
+            "dataset_sha256": str,
+            "results_sha256": str,
+            "record": str,
+        },
+        pk="id",
+        foreign_keys=[("version_id", "versions", "id")],
+        not_null={"version_id", "created_at", "source", "record"},
+    )
+    db.table("evals").create_index(["version_id"])
+    # The base model's per-example scores, cached by base, data digest and scoring config.
+    db.table("base_scores").create(
+        {"key": str, "results_sha256": str, "created_at": str},
+        pk="key",
+        not_null={"results_sha256", "created_at"},
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _migration_1,
+    _migration_2,
+    _migration_3,
+]
 """Numbered from 1; append only. Each runs once, in one transaction with its record."""
 
 
@@ -293,14 +323,24 @@ class Index:
 
     def delete_versions(self, conn: sqlite3.Connection, version_ids: list[int]) -> None:
         for version_id in version_ids:
-            for table in ("files", "tasks", "tags", "metrics"):
+            for table in ("files", "tasks", "tags", "metrics", "evals"):
                 conn.execute(f"DELETE FROM {table} WHERE version_id = ?", (version_id,))
             conn.execute("DELETE FROM aliases WHERE version_id = ?", (version_id,))
             conn.execute("DELETE FROM versions_fts WHERE rowid = ?", (version_id,))
             conn.execute("DELETE FROM versions WHERE id = ?", (version_id,))
 
     def referenced_digests(self) -> set[str]:
-        return {row[0] for row in self.conn.execute("SELECT DISTINCT sha256 FROM files")}
+        """Every blob something in the index points at: version files, eval datasets and
+        per-example results, cached base scores."""
+        return {
+            row[0]
+            for row in self.conn.execute(
+                "SELECT sha256 FROM files UNION SELECT dataset_sha256 FROM evals"
+                " UNION SELECT results_sha256 FROM evals UNION SELECT results_sha256"
+                " FROM base_scores"
+            )
+            if row[0] is not None
+        }
 
     def versions_using(self, digests: set[str]) -> dict[str, list[str]]:
         """digest -> ['ns/name@v3', ...] for each given digest."""

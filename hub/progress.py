@@ -33,3 +33,13 @@ def byte_progress(description: str, total: int, *, min_bytes: int = LARGE_FILE_B
     return tqdm(
         total=total, desc=description, unit="B", unit_scale=True, unit_divisor=1024, leave=False
     )
+
+
+def count_progress(description: str, total: int, *, unit: str = "it", min_total: int = 16) -> Any:
+    """A tqdm counter of ``total`` items (sequences scored, steps), or a silent stand-in for
+    small or quiet work."""
+    if total < min_total or progress_disabled():
+        return _NoProgress()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit=unit, leave=False)

@@ -511,6 +511,33 @@ class Registry:
 
         return rebuild(self, ref)
 
+    # -- evaluation ---------------------------------------------------------------------
+    def evaluate(
+        self, refs: str | Sequence[str], data: str | os.PathLike[str], **options: Any
+    ) -> list[dict[str, Any]]:
+        """Score adapters on a JSONL file and record the results on their versions.
+
+        See ``hub.evals.evaluate`` for the options (base, metrics, limit, device, dtype...).
+
+        Example:
+            >>> reg.evaluate("team/sql-lora", "qa.jsonl")[0]["delta"]       # doctest: +SKIP
+        """
+        from hub.evals import evaluate
+
+        return evaluate(self, [refs] if isinstance(refs, str) else list(refs), data, **options)
+
+    def evals(self, ref: str | AdapterRef) -> list[dict[str, Any]]:
+        """The eval records of one version (``hub eval`` runs, ``hub metric add``)."""
+        from hub.evals import records_for
+
+        return records_for(self, self.show(ref))
+
+    def add_metric(self, ref: str, spec: str, **options: Any) -> dict[str, Any]:
+        """Record ``NAME=VALUE[@DATASET]`` on an existing version; see ``hub.evals.add_metric``."""
+        from hub.evals import add_metric
+
+        return add_metric(self, ref, spec, **options)
+
     # -- export -------------------------------------------------------------------------
     def export(
         self,

@@ -44,11 +44,19 @@ class FileEntry(BaseModel):
 
 
 class Metric(BaseModel):
-    """An evaluation result recorded at push: ``--metric exact_match=0.71@spider``."""
+    """An evaluation result: typed at push (``--metric exact_match=0.71@spider``), added later
+    (``hub metric add``) or measured (``hub eval``, with its interval and the eval's id)."""
 
     name: str
     value: float
     dataset: str | None = None
+    source: str = "push"
+    """Where the value comes from: ``push``, ``manual``, ``hub-eval``."""
+    n: int | None = None
+    stderr: float | None = None
+    ci95: list[float] | None = None
+    higher_is_better: bool | None = None
+    eval_id: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> Metric:

@@ -1,0 +1,171 @@
+"""``hub eval`` and ``hub metric add``: measured and reported results on adapter versions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli.output import json_option, print_json, print_table
+from schemas.errors import InvalidArgument
+
+
+def format_estimate(summary: dict[str, Any]) -> str:
+    """``0.712 [0.651, 0.770]`` (value and 95% interval), or the value alone."""
+    text = f"{summary['value']:.4g}"
+    ci = summary.get("ci95")
+    if ci:
+        text += f" [{ci[0]:.4g}, {ci[1]:.4g}]"
+    return text
+
+
+def format_delta(delta: dict[str, Any] | None) -> str:
+    if not delta:
+        return ""
+    if "ratio" in delta:
+        return f"x{delta['ratio']:.4g} [{delta['ci95'][0]:.4g}, {delta['ci95'][1]:.4g}]"
+    return f"{delta['value']:+.4g} [{delta['ci95'][0]:+.4g}, {delta['ci95'][1]:+.4g}]"
+
+
+def _bar(label: str, total: int) -> Any:
+    from hub.progress import count_progress
+
+    return count_progress(f"eval {label}", total, unit="seq")
+
+
+@click.command(name="eval")
+@click.argument("refs", nargs=-1, required=True)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="JSONL: {text} | {prompt, target} | {prompt, choices, answer} rows.",
+)
+@click.option("--base", help="Base model folder or registry reference (default: the card's).")
+@click.option("--metric", "metrics", multiple=True, help="Only this metric (repeatable).")
+@click.option("--limit", type=int, help="Score only the first N rows.")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option(
+    "--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True
+)
+@click.option("--no-base", is_flag=True, help="Do not score the base model for comparison.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@json_option
+@click.pass_context
+def eval_command(
+    ctx: click.Context,
+    refs: tuple[str, ...],
+    data: Path,
+    base: str | None,
+    metrics: tuple[str, ...],
+    limit: int | None,
+    batch_size: int,
+    device: str,
+    dtype: str,
+    no_base: bool,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Measure adapters on a JSONL file and record the results on their versions.
+
+    For each adapter and metric: the value, n, standard error and a seeded 95% bootstrap
+    interval; unless --no-base, the base model on the same rows and the paired difference.
+    The dataset and the per-example scores are stored with the record (see `hub show`).
+
+    \b
+    Example:
+        hub eval team/sql-lora team/sql-dora --data sql-dev.jsonl --base models/llama
+        hub eval team/sql-lora --data sql-dev.jsonl --metric exact_match --limit 200 --json
+    """
+    from hub.registry import Registry
+
+    records = Registry(ctx.obj["home"]).evaluate(
+        list(refs),
+        data,
+        base=base,
+        metrics=metrics,
+        limit=limit,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        with_base=not no_base,
+        seed=seed,
+        progress=_bar,
+    )
+    if as_json:
+        print_json(records)
+        return
+    rows = []
+    for record in records:
+        for name, summary in record["metrics"].items():
+            base_summary = (record.get("base") or {}).get("metrics", {}).get(name)
+            rows.append(
+                [
+                    record["ref"].split("@")[0],
+                    name,
+                    format_estimate(summary),
+                    format_estimate(base_summary) if base_summary else "",
+                    format_delta((record.get("delta") or {}).get(name)),
+                    summary["n"],
+                ]
+            )
+    print_table(["adapter", "metric", "value [95% CI]", "base", "delta [95% CI]", "n"], rows)
+    for record in records:
+        click.echo(
+            f"Recorded {record['id']} on {record['ref']} ({record['dataset']['name']},"
+            f" {record['seconds']:.1f}s)",
+            err=True,
+        )
+
+
+@click.group()
+def metric() -> None:
+    """Results reported by hand on existing versions (measured ones come from `hub eval`)."""
+
+
+@metric.command(name="add")
+@click.argument("ref")
+@click.argument("spec", metavar="NAME=VALUE[@DATASET]")
+@click.option("--ci", help="95% interval LO,HI.")
+@click.option("--n", "n", type=int, help="Number of examples behind the value.")
+@click.option("--lower-is-better", is_flag=True, help="For losses, error rates, perplexity.")
+@json_option
+@click.pass_context
+def metric_add(
+    ctx: click.Context,
+    ref: str,
+    spec: str,
+    ci: str | None,
+    n: int | None,
+    lower_is_better: bool,
+    as_json: bool,
+) -> None:
+    """Record a result on an existing version (source `manual`); the files do not change.
+
+    \b
+    Example:
+        hub metric add team/sql-lora@v2 exact_match=0.71@spider --ci 0.66,0.76 --n 1034
+    """
+    from hub.registry import Registry
+
+    interval = None
+    if ci is not None:
+        lo, sep, hi = ci.partition(",")
+        try:
+            interval = (float(lo), float(hi))
+        except ValueError:
+            interval = None
+        if not sep or interval is None:
+            raise InvalidArgument(f"invalid --ci {ci!r}: expected LO,HI, e.g. 0.66,0.76")
+    record = Registry(ctx.obj["home"]).add_metric(
+        ref, spec, ci=interval, n=n, lower_is_better=lower_is_better
+    )
+    if as_json:
+        print_json(record)
+        return
+    name, summary = next(iter(record["metrics"].items()))
+    click.echo(f"Recorded {name}={format_estimate(summary)} on {record['ref']} ({record['id']})")

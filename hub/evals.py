@@ -1,0 +1,536 @@
+"""Evaluation records: ``hub eval`` runs, and metrics added after push, kept on the exact version.
+
+An eval scores each adapter (and, unless told not to, the base with no adapter) on a local JSONL
+file, then stores one record per adapter: the dataset's sha256 (the file itself is stored as a
+blob so the eval can be re-run), its row count and kind, the whole config, package versions,
+device, time taken, the per-example scores as a JSONL blob, and for every metric its value, n,
+standard error and seeded 95% bootstrap interval, with the paired difference against the base.
+
+Records hang off the version row (its commit id never changes); each metric also joins the
+card's ``metrics`` list with ``source: "hub-eval"`` and the eval's id, so ``hub ls --sort
+metric:NAME`` and ``card.metric(NAME)`` see it. The base's per-example scores are cached by
+base, data digest and the config that changes scores, so evaluating ten adapters against one
+base scores the base once.
+
+Example:
+    >>> records = Registry().evaluate(["team/sql-lora"], data="qa.jsonl")   # doctest: +SKIP
+    >>> records[0]["metrics"]["exact_match"]["ci95"]                        # doctest: +SKIP
+    [0.61, 0.74]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hub.index import utcnow
+from hub.locks import file_lock
+from schemas.errors import IncompatibleAdapters, InvalidArgument, InvalidData
+
+if TYPE_CHECKING:
+    from compose.eval_data import EvalData
+    from hub.registry import Registry
+    from schemas.card import AdapterCard
+
+DTYPES = ("fp32", "bf16", "fp16")
+EVAL_SOURCE = "hub-eval"
+
+
+def evaluate(
+    registry: Registry,
+    refs: Sequence[str],
+    data: str | os.PathLike[str],
+    *,
+    base: str | os.PathLike[str] | None = None,
+    metrics: Sequence[str] = (),
+    limit: int | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    dtype: str = "fp32",
+    with_base: bool = True,
+    seed: int = 0,
+    progress: Callable[[str, int], Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Score each adapter of ``refs`` on ``data`` and record the result on its version.
+
+    Args:
+        refs: registry references (adapters, stacks).
+        data: a JSONL file (see ``compose.eval_data`` for the three kinds).
+        base: the base model (a folder, or a registry reference); defaults to each card's
+            ``base_model`` when that is a folder here.
+        metrics: a subset of what the data's kind gives; all of them by default.
+        limit: score only the first ``limit`` rows.
+        with_base: also score the base (adapter disabled) on the same rows and report the
+            paired difference.
+        seed: the bootstrap's seed (intervals are reproducible).
+        progress: ``progress(label, total)`` returns a bar with ``update(n)`` and ``close()``.
+
+    Returns:
+        One record per adapter, as stored (``hub eval --json`` prints this list).
+
+    Raises:
+        InvalidData (the file), InvalidArgument (options, base), IncompatibleAdapters (an
+        adapter that does not fit its base), AdapterNotFound, RevisionNotFound.
+    """
+    from compose.eval_data import check_metrics, read_eval_data
+
+    if limit is not None and limit <= 0:
+        raise InvalidArgument(f"--limit must be a positive number of rows, got {limit}")
+    if batch_size <= 0:
+        raise InvalidArgument(f"--batch-size must be positive, got {batch_size}")
+    if dtype not in DTYPES:
+        raise InvalidArgument(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    dataset = read_eval_data(Path(data), limit=limit)
+    chosen = check_metrics(dataset, list(metrics))
+    cards = [registry.show(ref) for ref in refs]
+    for card in cards:
+        if card.method == "composite" and (card.details or {}).get("kind") == "ensemble":
+            raise InvalidArgument(
+                f"{card.ref} is a prompt ensemble: evaluate its members (ensemble scoring is not"
+                " part of hub eval yet)"
+            )
+    config = {
+        "metrics": list(chosen),
+        "limit": limit,
+        "batch_size": batch_size,
+        "device": device,
+        "dtype": dtype,
+        "with_base": with_base,
+        "seed": seed,
+        "resamples": _resamples(),
+    }
+    records = []
+    with tempfile.TemporaryDirectory(prefix="hub-eval-") as tmp:
+        for i, card in enumerate(cards):
+            base_dir, base_label = _base(registry, base, card, Path(tmp) / f"base-{i}")
+            records.append(
+                _evaluate_one(
+                    registry,
+                    card,
+                    dataset,
+                    chosen,
+                    base_dir,
+                    base_label,
+                    config,
+                    Path(tmp) / f"adapter-{i}",
+                    progress,
+                )
+            )
+    return records
+
+
+def _resamples() -> int:
+    from compose.eval_stats import DEFAULT_RESAMPLES
+
+    return DEFAULT_RESAMPLES
+
+
+def _base(
+    registry: Registry, base: str | os.PathLike[str] | None, card: AdapterCard, scratch: Path
+) -> tuple[Path, str]:
+    given = base if base is not None else card.base_model
+    if given is None:
+        raise InvalidArgument(f"{card.ref} names no base model: give --base DIR")
+    text = str(given)
+    if Path(text).is_dir():
+        folder = Path(text)
+    elif base is None:
+        raise InvalidArgument(
+            f"{card.ref} was trained on {text!r}, which is not a folder here: give --base DIR"
+            " (a local copy of the base model, or a registry reference)"
+        )
+    else:
+        base_card = registry.show(text)
+        registry.link_files(base_card, scratch)
+        return scratch, base_card.ref
+    if not (folder / "config.json").is_file():
+        raise InvalidArgument(f"--base {folder}: no config.json (not a model folder)")
+    return folder, str(folder)
+
+
+def _base_identity(folder: Path) -> str:
+    """What a cached base score is keyed by: the config and each weight file's name, size and
+    modification time (hashing gigabytes of weights per eval would cost more than scoring)."""
+    parts = [(folder / "config.json").read_bytes().decode("utf-8", "replace")]
+    for path in sorted(folder.glob("*.safetensors")):
+        stat = path.stat()
+        parts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for package in ("torch", "transformers", "peft", "hub-adapters"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "unknown"
+    return out
+
+
+def _load_model(base_dir: Path, dtype: str, device: Any) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch_dtype)
+    return model.to(device).eval()
+
+
+def _tokenizer(base_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(base_dir))
+    except (OSError, ValueError) as err:
+        raise InvalidArgument(
+            f"--base {base_dir}: no tokenizer could be loaded from it ({err})"
+        ) from None
+
+
+def _scores(
+    model: Any,
+    tokenizer: Any,
+    dataset: EvalData,
+    metrics: Sequence[str],
+    config: dict[str, Any],
+    device: Any,
+    label: str,
+    progress: Callable[[str, int], Any] | None,
+) -> dict[str, list[float]]:
+    from compose.evaluate import score, sequences
+
+    bar = progress(label, sequences(dataset, metrics)) if progress else None
+    try:
+        scored = score(
+            model,
+            tokenizer,
+            dataset,
+            metrics,
+            batch_size=config["batch_size"],
+            device=device,
+            progress=bar.update if bar else None,
+        )
+    finally:
+        if bar:
+            bar.close()
+    return scored.scores
+
+
+def _evaluate_one(
+    registry: Registry,
+    card: AdapterCard,
+    dataset: EvalData,
+    metrics: Sequence[str],
+    base_dir: Path,
+    base_label: str,
+    config: dict[str, Any],
+    scratch: Path,
+    progress: Callable[[str, int], Any] | None,
+) -> dict[str, Any]:
+    from compose.composites import load_composed
+    from compose.evaluate import device_for
+
+    started = time.perf_counter()
+    device = device_for(config["device"])
+    tokenizer = _tokenizer(base_dir)
+    base_scores = None
+    if config["with_base"]:
+        base_scores = _cached_base_scores(
+            registry, base_dir, dataset, metrics, config, device, tokenizer, progress
+        )
+    registry.link_files(card, scratch)
+    try:
+        model = load_composed(_load_model(base_dir, config["dtype"], device), scratch)
+    except (RuntimeError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise IncompatibleAdapters(
+            f"{card.ref} does not fit the base {base_label}: {first}", adapter=card.ref
+        ) from None
+    scores = _scores(model, tokenizer, dataset, metrics, config, device, card.repo, progress)
+    del model
+    return _record(
+        registry,
+        card,
+        dataset,
+        metrics,
+        scores,
+        base_scores,
+        base_label,
+        config,
+        device,
+        time.perf_counter() - started,
+    )
+
+
+def _cached_base_scores(
+    registry: Registry,
+    base_dir: Path,
+    dataset: EvalData,
+    metrics: Sequence[str],
+    config: dict[str, Any],
+    device: Any,
+    tokenizer: Any,
+    progress: Callable[[str, int], Any] | None,
+) -> dict[str, list[float]]:
+    key_fields = {
+        "base": _base_identity(base_dir),
+        "data": dataset.sha256,
+        "rows": len(dataset.rows),
+        "metrics": sorted(metrics),
+        "dtype": config["dtype"],
+        "device": str(device.type),
+        "versions": _versions(),
+    }
+    key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()
+    row = registry.index.conn.execute(
+        "SELECT results_sha256 FROM base_scores WHERE key = ?", (key,)
+    ).fetchone()
+    if row is not None and registry.store.has(row[0]):
+        return json.loads(registry.store.path(row[0]).read_bytes())
+    model = _load_model(base_dir, config["dtype"], device)
+    scores = _scores(model, tokenizer, dataset, metrics, config, device, "base", progress)
+    payload = json.dumps(scores, sort_keys=True).encode()
+    with file_lock(registry.lock_path, shared=True):
+        digest, _ = registry.store.put_bytes(payload)
+        with registry.index.write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO base_scores (key, results_sha256, created_at)"
+                " VALUES (?,?,?)",
+                (key, digest, utcnow()),
+            )
+    return scores
+
+
+def _summaries(
+    metrics: Sequence[str], scores: dict[str, list[float]], seed: int
+) -> dict[str, dict[str, Any]]:
+    import math
+
+    from compose.eval_data import HIGHER_IS_BETTER
+    from compose.eval_stats import estimate
+
+    out = {}
+    for name in metrics:
+        est = estimate(scores[name], seed=seed)
+        value, lo, hi, err = est.value, est.ci95[0], est.ci95[1], est.stderr
+        if name == "perplexity":  # exp of the cross-entropy: its interval maps through exp
+            value, lo, hi, err = math.exp(value), math.exp(lo), math.exp(hi), math.exp(value) * err
+        out[name] = {
+            "value": value,
+            "n": est.n,
+            "stderr": err,
+            "ci95": [lo, hi],
+            "higher_is_better": HIGHER_IS_BETTER[name],
+        }
+    return out
+
+
+def _deltas(
+    metrics: Sequence[str],
+    scores: dict[str, list[float]],
+    base: dict[str, list[float]],
+    seed: int,
+) -> dict[str, dict[str, Any]]:
+    import math
+
+    from compose.eval_stats import paired_delta
+
+    out = {}
+    for name in metrics:
+        d = paired_delta(scores[name], base[name], seed=seed)
+        if name == "perplexity":  # a ratio: exp(mean paired cross-entropy difference)
+            out[name] = {
+                "ratio": math.exp(d.value),
+                "ci95": [math.exp(d.ci95[0]), math.exp(d.ci95[1])],
+                "p_value": d.p_value,
+            }
+        else:
+            out[name] = {"value": d.value, "ci95": list(d.ci95), "p_value": d.p_value}
+    return out
+
+
+def _record(
+    registry: Registry,
+    card: AdapterCard,
+    dataset: EvalData,
+    metrics: Sequence[str],
+    scores: dict[str, list[float]],
+    base_scores: dict[str, list[float]] | None,
+    base_label: str,
+    config: dict[str, Any],
+    device: Any,
+    seconds: float,
+) -> dict[str, Any]:
+    seed = config["seed"]
+    per_example = "".join(
+        json.dumps(
+            {
+                "row": i,
+                **{m: scores[m][i] for m in metrics},
+                **({f"base_{m}": base_scores[m][i] for m in metrics} if base_scores else {}),
+            },
+            sort_keys=True,
+        )
+        + "\n"
+        for i in range(len(dataset.rows))
+    ).encode()
+    record: dict[str, Any] = {
+        "id": f"ev-{uuid.uuid4().hex[:12]}",
+        "ref": card.ref,
+        "commit": card.commit,
+        "source": EVAL_SOURCE,
+        "dataset": {
+            "sha256": dataset.sha256,
+            "rows": len(dataset.rows),
+            "kind": dataset.kind,
+            "name": dataset.path.name,
+        },
+        "metrics": _summaries(metrics, scores, seed),
+        "base": (
+            {"model": base_label, "metrics": _summaries(metrics, base_scores, seed)}
+            if base_scores
+            else None
+        ),
+        "delta": _deltas(metrics, scores, base_scores, seed) if base_scores else None,
+        "cost": None,
+        "config": config,
+        "versions": _versions(),
+        "device": _device_name(device),
+        "seconds": round(seconds, 3),
+        "created_at": utcnow(),
+    }
+    with file_lock(registry.lock_path, shared=True):
+        data_digest, _ = registry.store.put_file(dataset.path)
+        if data_digest != dataset.sha256:
+            raise InvalidData(f"{dataset.path}: changed while it was being evaluated")
+        results_digest, _ = registry.store.put_bytes(per_example)
+        record["results_sha256"] = results_digest
+        store_record(registry, card, record)
+    return record
+
+
+def _device_name(device: Any) -> str:
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
+
+
+def store_record(registry: Registry, card: AdapterCard, record: dict[str, Any]) -> None:
+    """Attach ``record`` to ``card``'s version and add its metrics to the card, in one
+    transaction (the caller holds the store lock shared if the record references blobs)."""
+    with registry.index.write() as conn:
+        row = conn.execute(
+            "SELECT v.id, v.card FROM versions v JOIN repos r ON r.id = v.repo_id"
+            " WHERE r.repo = ? AND v.commit_id = ?",
+            (card.repo, card.commit),
+        ).fetchone()
+        if row is None:
+            from schemas.errors import RevisionNotFound
+
+            raise RevisionNotFound(
+                f"{card.ref} was removed while it was being evaluated", repo=card.repo
+            )
+        version_id, stored = int(row[0]), json.loads(row[1])
+        conn.execute(
+            "INSERT INTO evals (id, version_id, created_at, source, dataset_sha256,"
+            " results_sha256, record) VALUES (?,?,?,?,?,?,?)",
+            (
+                record["id"],
+                version_id,
+                record["created_at"],
+                record["source"],
+                record["dataset"].get("sha256"),
+                record.get("results_sha256"),
+                json.dumps(record, sort_keys=True),
+            ),
+        )
+        dataset_name = record["dataset"].get("name")
+        for name, summary in record["metrics"].items():
+            stored["metrics"].append(
+                {
+                    "name": name,
+                    "value": summary["value"],
+                    "dataset": dataset_name,
+                    "source": record["source"],
+                    "n": summary.get("n"),
+                    "stderr": summary.get("stderr"),
+                    "ci95": summary.get("ci95"),
+                    "higher_is_better": summary.get("higher_is_better"),
+                    "eval_id": record["id"],
+                }
+            )
+        registry.index.replace_annotations(conn, version_id, stored)
+
+
+def records_for(registry: Registry, card: AdapterCard) -> list[dict[str, Any]]:
+    """Every eval record of ``card``'s version, oldest first."""
+    rows = registry.index.conn.execute(
+        "SELECT e.record FROM evals e JOIN versions v ON v.id = e.version_id"
+        " JOIN repos r ON r.id = v.repo_id WHERE r.repo = ? AND v.commit_id = ?"
+        " ORDER BY e.created_at, e.id",
+        (card.repo, card.commit),
+    ).fetchall()
+    return [json.loads(r[0]) for r in rows]
+
+
+def add_metric(
+    registry: Registry,
+    ref: str,
+    spec: str,
+    *,
+    ci: tuple[float, float] | None = None,
+    n: int | None = None,
+    lower_is_better: bool = False,
+) -> dict[str, Any]:
+    """Record ``NAME=VALUE[@DATASET]`` on an existing version (source ``manual``)."""
+    import math
+
+    from schemas.card import Metric
+
+    metric = Metric.parse(spec)
+    if not math.isfinite(metric.value):
+        raise InvalidArgument(f"invalid metric {spec!r}: the value must be a finite number")
+    if ci is not None:
+        lo, hi = ci
+        if not (math.isfinite(lo) and math.isfinite(hi)) or not lo <= metric.value <= hi:
+            raise InvalidArgument(f"--ci {lo},{hi}: expected LO,HI around the value {metric.value}")
+    if n is not None and n <= 0:
+        raise InvalidArgument(f"--n must be a positive number of examples, got {n}")
+    card = registry.show(ref)
+    record = {
+        "id": f"ev-{uuid.uuid4().hex[:12]}",
+        "ref": card.ref,
+        "commit": card.commit,
+        "source": "manual",
+        "dataset": {"name": metric.dataset},
+        "metrics": {
+            metric.name: {
+                "value": metric.value,
+                "n": n,
+                "stderr": None,
+                "ci95": list(ci) if ci else None,
+                "higher_is_better": not lower_is_better,
+            }
+        },
+        "base": None,
+        "delta": None,
+        "cost": None,
+        "config": {},
+        "versions": {},
+        "created_at": utcnow(),
+    }
+    store_record(registry, card, record)
+    return record
