@@ -28,7 +28,7 @@ def format_delta(delta: dict[str, Any] | None) -> str:
     return f"{delta['value']:+.4g} [{delta['ci95'][0]:+.4g}, {delta['ci95'][1]:+.4g}]"
 
 
-def _bar(label: str, total: int) -> Any:
+def eval_progress(label: str, total: int) -> Any:
     from hub.progress import count_progress
 
     return count_progress(f"eval {label}", total, unit="seq")
@@ -94,7 +94,7 @@ def eval_command(
         dtype=dtype,
         with_base=not no_base,
         seed=seed,
-        progress=_bar,
+        progress=eval_progress,
     )
     if as_json:
         print_json(records)

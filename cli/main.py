@@ -420,11 +420,13 @@ def convert(ctx: click.Context, path: Path, output: Path | None) -> None:
     click.echo(f"Wrote {dest}")
 
 
-from cli.compose import compose  # noqa: E402 (command modules register at the bottom)
+from cli.compare import compare_command  # noqa: E402 (command modules register at the bottom)
+from cli.compose import compose  # noqa: E402
 from cli.eval import eval_command, metric  # noqa: E402
 from cli.export import export  # noqa: E402
 from cli.remote import serve, token  # noqa: E402
 
+cli.add_command(compare_command)
 cli.add_command(compose)
 cli.add_command(eval_command)
 cli.add_command(metric)

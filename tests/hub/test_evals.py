@@ -13,64 +13,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from tests.compose.deploy.models import make_base
-
-# A synthetic "task": sentences of the tokenizer's own vocabulary in one fixed order.
-TRAIN = [
-    "the quick brown fox jumps over the lazy dog",
-    "a merged adapter ships to llama cpp",
-    "vllm serves many loras on one base model",
-    "with tokens bytes and merges",
-] * 4
-HELD_OUT = [
-    "the quick brown fox jumps over",
-    "a merged adapter ships to llama",
-    "vllm serves many loras on one base",
-    "the lazy dog while a merged adapter",
-    "many loras on one base model with tokens",
-    "bytes and merges the quick brown fox",
-]
-
-
-def _train_lora(base, out, steps=40, seed=0):
-    """Train a rank-4 LoRA for a few seconds on TRAIN and save it with PEFT."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    tok = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    peft_model = get_peft_model(
-        model,
-        LoraConfig(
-            task_type="CAUSAL_LM",
-            r=4,
-            lora_alpha=8,
-            target_modules=["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
-        ),
-    )
-    optimizer = torch.optim.Adam([p for p in peft_model.parameters() if p.requires_grad], 1e-2)
-    batch = tok(TRAIN, return_tensors="pt", padding=True) if tok.pad_token else None
-    if batch is None:
-        tok.pad_token = tok.eos_token
-        batch = tok(TRAIN, return_tensors="pt", padding=True)
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    peft_model.train()
-    for _ in range(steps):
-        loss = peft_model(**batch, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    peft_model.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evals")
-    base = make_base(root / "base", tokenizer="bpe")
-    data = root / "held-out.jsonl"
-    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in HELD_OUT))
-    return base, _train_lora(base, root / "lora"), _train_lora(base, root / "lora2", 10, 1), data
+from tests.hub.trained import HELD_OUT
 
 
 def _direct_cross_entropy(base, adapter, texts):

@@ -1,0 +1,129 @@
+"""``hub compare``: one call of ``hub.compare.compare`` plus the table, CSV or Markdown."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli.eval import eval_progress, format_estimate
+from cli.output import human_count, human_size, method_label, print_json, print_table
+
+
+def _metric_columns(adapters: list[dict[str, Any]]) -> list[str]:
+    return sorted({name for a in adapters for name in a["metrics"]})
+
+
+def _table(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    adapters = report["adapters"]
+    columns = _metric_columns(adapters)
+    headers = ["ADAPTER", "METHOD", "RANK", "TARGETS", "PARAMS", "SIZE", "OVERHEAD", *columns]
+    rows = []
+    for a in adapters:
+        rows.append(
+            [
+                f"{a['repo']}@v{a['version']}",
+                method_label(a),
+                a["rank"],
+                len(a["targets"]),
+                human_count(a["params_trainable"])
+                + (f" ({a['params_fraction']:.3%})" if a.get("params_fraction") else ""),
+                human_size(a["size_bytes"]),
+                a["overhead"],
+                *(format_estimate(a["metrics"][c]) if c in a["metrics"] else "" for c in columns),
+            ]
+        )
+    return headers, rows
+
+
+def _markdown(headers: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        return "" if value is None else str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+@click.command(name="compare")
+@click.argument("refs", nargs=-1, required=True)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    help="Evaluate every adapter on this JSONL first (as `hub eval`), then compare.",
+)
+@click.option("--base", help="Base model for --data (default: each card's).")
+@click.option("--eval", "eval_ids", multiple=True, help="Compare only these eval records.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--json", "fmt", flag_value="json", help="Print machine-readable JSON.")
+@click.option("--csv", "fmt", flag_value="csv", help="Print the table as CSV.")
+@click.option("--markdown", "fmt", flag_value="markdown", help="Print the table as Markdown.")
+@click.pass_context
+def compare_command(
+    ctx: click.Context,
+    refs: tuple[str, ...],
+    data: Path | None,
+    base: str | None,
+    eval_ids: tuple[str, ...],
+    seed: int,
+    fmt: str | None,
+) -> None:
+    """Lay adapters side by side: card facts, metrics with intervals, which differences are
+    significant (paired, Holm-corrected), weight-space similarity and spectra.
+
+    \b
+    Example:
+        hub compare team/sql-lora team/sql-dora team/sql-merged
+        hub compare team/sql-lora team/sql-dora --data sql-dev.jsonl --base models/llama --json
+    """
+    from hub.compare import compare
+    from hub.registry import Registry
+
+    registry = Registry(ctx.obj["home"])
+    ids = list(eval_ids)
+    if data is not None:
+        records = registry.evaluate(
+            list(refs), data, base=base, seed=seed, progress=eval_progress
+        )
+        ids += [r["id"] for r in records]
+    report = compare(registry, list(refs), eval_ids=ids, seed=seed)
+    if fmt == "json":
+        print_json(report)
+        return
+    headers, rows = _table(report)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(headers)
+        writer.writerows(rows)
+        click.echo(out.getvalue(), nl=False)
+        return
+    if fmt == "markdown":
+        click.echo(_markdown(headers, rows))
+        return
+    print_table(headers, rows)
+    tests = report["significance"]
+    if tests:
+        click.echo("\nsignificance (paired, Holm-corrected):")
+        for t in tests:
+            verdict = "significant" if t["significant"] else "not significant"
+            click.echo(
+                f"  {t['a'].split('@')[0]} vs {t['b'].split('@')[0]}  {t['metric']}@{t['dataset']}"
+                f"  {t['difference']:+.4g} [{t['ci95'][0]:+.4g}, {t['ci95'][1]:+.4g}]"
+                f"  {t['test']} p={t['p_value']:.3g} holm={t['p_holm']:.3g}  {verdict}"
+            )
+    sim = report["similarity"]
+    names = [r.split("@")[0] for r in sim["refs"]]
+    click.echo("\nweight cosine (low rank, all modules):")
+    print_table(
+        ["", *names],
+        [
+            [name, *("-" if v is None else f"{v:.3f}" for v in row)]
+            for name, row in zip(names, sim["cosine"], strict=True)
+        ],
+    )
+    for ref, why in sim["skipped"].items():
+        click.echo(f"  {ref.split('@')[0]}: {why}")

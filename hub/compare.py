@@ -1,0 +1,269 @@
+"""``hub compare``: adapters side by side, from their cards, eval records and weights.
+
+- A table: method, variant, rank, targets, parameters, size, and each metric with its interval,
+  taken from eval records on one dataset digest (the newest record per adapter and dataset).
+- Significance: for every pair of adapters evaluated on the same rows of the same dataset, the
+  paired difference of each metric (paired bootstrap; exact McNemar for 0/1 scores), with
+  Holm-corrected p-values over all the pairs and metrics compared.
+- Weight-space similarity in low rank (``compose.similarity``): the overall cosine and relative
+  distance of every pair, per-module cosines, principal angles, target overlap.
+- Spectra: each module's singular values, effective and stable rank, utilisation.
+
+Example:
+    >>> report = compare(Registry(), ["team/sql-lora", "team/sql-dora"])    # doctest: +SKIP
+    >>> report["similarity"]["cosine"]                                      # doctest: +SKIP
+    [[1.0, 0.41], [0.41, 1.0]]
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from schemas.errors import IncompatibleAdapters, InvalidArgument
+
+if TYPE_CHECKING:
+    from compose.similarity import Update
+    from hub.registry import Registry
+    from schemas.card import AdapterCard
+
+
+def compare(
+    registry: Registry,
+    refs: Sequence[str],
+    *,
+    eval_ids: Sequence[str] = (),
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Compare ``refs`` (at least two). ``eval_ids`` restricts the metrics to those records.
+
+    Returns:
+        ``{"adapters": [...], "significance": [...], "similarity": {...}, "spectra": {...}}``
+        (the shape ``hub compare --json`` prints; see DESIGN.md).
+
+    Raises:
+        InvalidArgument (fewer than two adapters, an eval id of none of them),
+        AdapterNotFound, RevisionNotFound.
+    """
+    if len(refs) < 2:
+        raise InvalidArgument("hub compare needs at least two adapters")
+    cards = [registry.show(ref) for ref in refs]
+    records = {card.ref: registry.evals(card.ref) for card in cards}
+    if eval_ids:
+        wanted = set(eval_ids)
+        known = {r["id"] for rs in records.values() for r in rs}
+        if missing := sorted(wanted - known):
+            raise InvalidArgument(
+                f"eval {missing[0]} is not a record of any of the adapters compared"
+                " (see `hub show REF` for their eval ids)"
+            )
+        records = {ref: [r for r in rs if r["id"] in wanted] for ref, rs in records.items()}
+    latest = {ref: _latest_per_dataset(rs) for ref, rs in records.items()}
+    adapters = [_row(card, latest[card.ref]) for card in cards]
+    significance = _significance(registry, cards, latest, seed)
+    updates, skipped = _updates(registry, cards)
+    return {
+        "adapters": adapters,
+        "significance": significance,
+        "similarity": _similarity(cards, updates, skipped),
+        "spectra": _spectra(updates),
+    }
+
+
+def _latest_per_dataset(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """dataset key -> the newest record with per-example results on it (measured records only:
+    a hand-typed metric has no examples to pair)."""
+    out: dict[str, dict[str, Any]] = {}
+    for record in records:  # oldest first, so later ones win
+        dataset = record.get("dataset") or {}
+        key = dataset.get("sha256") or f"name:{dataset.get('name')}"
+        out[key] = record
+    return out
+
+
+def _row(card: AdapterCard, latest: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    metrics: dict[str, dict[str, Any]] = {}
+    for key, record in latest.items():
+        name = (record.get("dataset") or {}).get("name") or key
+        for metric, summary in record["metrics"].items():
+            metrics[f"{metric}@{name}"] = {
+                **summary,
+                "dataset_sha256": (record.get("dataset") or {}).get("sha256"),
+                "eval_id": record["id"],
+                "delta_vs_base": (record.get("delta") or {}).get(metric),
+            }
+    overhead = card.inference_overhead
+    return {
+        "ref": card.ref,
+        "repo": card.repo,
+        "version": card.version,
+        "method": card.method,
+        "variant": card.variant,
+        "rank": card.rank,
+        "targets": card.target_modules,
+        "params_trainable": card.params_trainable,
+        "params_base": card.params_base,
+        "params_fraction": card.params_fraction,
+        "size_bytes": card.size_bytes,
+        "overhead": (
+            "none when merged"
+            if overhead.none_when_merged
+            else f"{overhead.extra_tokens} extra tokens"
+            if overhead.extra_tokens
+            else "extra layers"
+        ),
+        "metrics": metrics,
+    }
+
+
+def _per_example(registry: Registry, record: dict[str, Any]) -> list[dict[str, Any]] | None:
+    digest = record.get("results_sha256")
+    if not digest or not registry.store.has(digest):
+        return None
+    lines = registry.store.path(digest).read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _significance(
+    registry: Registry,
+    cards: list[AdapterCard],
+    latest: dict[str, dict[str, dict[str, Any]]],
+    seed: int,
+) -> list[dict[str, Any]]:
+    from compose.eval_stats import holm, is_binary, mcnemar, paired_delta
+
+    tests: list[dict[str, Any]] = []
+    for i, first in enumerate(cards):
+        for second in cards[i + 1 :]:
+            for key, rec_a in latest[first.ref].items():
+                rec_b = latest[second.ref].get(key)
+                if rec_b is None or not (rec_a.get("dataset") or {}).get("sha256"):
+                    continue
+                if rec_a["dataset"]["rows"] != rec_b["dataset"]["rows"]:
+                    continue  # different --limit: not the same examples
+                rows_a, rows_b = _per_example(registry, rec_a), _per_example(registry, rec_b)
+                if rows_a is None or rows_b is None:
+                    continue
+                for metric in sorted(set(rec_a["metrics"]) & set(rec_b["metrics"])):
+                    a = [r[metric] for r in rows_a]
+                    b = [r[metric] for r in rows_b]
+                    binary = is_binary(a) and is_binary(b)
+                    d = paired_delta(a, b, seed=seed)
+                    tests.append(
+                        {
+                            "a": first.ref,
+                            "b": second.ref,
+                            "dataset": rec_a["dataset"]["name"],
+                            "metric": metric,
+                            "n": d.n,
+                            "difference": d.value,
+                            "ci95": list(d.ci95),
+                            "test": "mcnemar" if binary else "paired bootstrap",
+                            "p_value": (
+                                mcnemar([x == 1.0 for x in a], [y == 1.0 for y in b])
+                                if binary
+                                else d.p_value
+                            ),
+                        }
+                    )
+    for test, adjusted in zip(tests, holm([t["p_value"] for t in tests]), strict=True):
+        test["p_holm"] = adjusted
+        test["significant"] = adjusted <= 0.05
+    return tests
+
+
+def _updates(
+    registry: Registry, cards: list[AdapterCard]
+) -> tuple[dict[str, dict[str, Update]], dict[str, str]]:
+    """module -> update for each adapter whose weights have a plain delta; why not for others."""
+    from compose.adapter_io import load_adapter
+    from compose.merge import Factors
+    from compose.similarity import Dense
+
+    updates: dict[str, dict[str, Update]] = {}
+    skipped: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="hub-compare-") as tmp:
+        for i, card in enumerate(cards):
+            if card.method not in ("lora", "loha", "lokr", "ia3"):
+                skipped[card.ref] = f"{card.method} has no weight delta to compare"
+                continue
+            folder = registry.link_files(card, Path(tmp) / str(i))
+            try:
+                loaded = load_adapter(folder, card.ref, card.method, "compare")
+            except IncompatibleAdapters as err:
+                skipped[card.ref] = str(err).replace("`compare` cannot merge it", "").strip("; ")
+                continue
+            found: dict[str, Update] = {}
+            for module, lora in loaded.modules.items():
+                found[module] = Factors(A=lora.factors.A, B=lora.factors.B)
+            for module, delta in loaded.dense.items():
+                found[module] = Dense(delta)
+            for module, vector in loaded.vectors.items():
+                found[module] = Dense(vector - 1.0)
+            updates[card.ref] = found
+    return updates, skipped
+
+
+def _similarity(
+    cards: list[AdapterCard], updates: dict[str, dict[str, Update]], skipped: dict[str, str]
+) -> dict[str, Any]:
+    from compose import similarity
+
+    refs = [c.ref for c in cards]
+    n = len(refs)
+    cosine: list[list[float | None]] = [[None] * n for _ in range(n)]
+    distance: list[list[float | None]] = [[None] * n for _ in range(n)]
+    per_module: dict[str, dict[str, float]] = {}
+    angles: dict[str, dict[str, dict[str, list[float]]]] = {}
+    overlap: dict[str, float] = {}
+    for i, a in enumerate(refs):
+        for j, b in enumerate(refs):
+            if a not in updates or b not in updates or j < i:
+                continue
+            try:
+                result = similarity.compare(updates[a], updates[b])
+            except ValueError as err:
+                raise IncompatibleAdapters(f"{a} and {b}: {err}") from None
+            cosine[i][j] = cosine[j][i] = result.cosine
+            distance[i][j] = distance[j][i] = result.relative_distance
+            if j > i:
+                pair = f"{a} | {b}"
+                per_module[pair] = {m: v["cosine"] for m, v in result.per_module.items()}
+                overlap[pair] = result.target_overlap
+                angles[pair] = {}
+                for module in result.per_module:
+                    pa = similarity.principal_angles(updates[a][module], updates[b][module])
+                    angles[pair][module] = {"columns": pa.columns, "rows": pa.rows}
+    return {
+        "refs": refs,
+        "cosine": cosine,
+        "relative_distance": distance,
+        "per_module": per_module,
+        "principal_angles": angles,
+        "target_overlap": overlap,
+        "skipped": skipped,
+    }
+
+
+def _spectra(updates: dict[str, dict[str, Update]]) -> dict[str, dict[str, Any]]:
+    from compose import similarity
+
+    out: dict[str, dict[str, Any]] = {}
+    for ref, modules in updates.items():
+        out[ref] = {}
+        for module, update in sorted(modules.items()):
+            if isinstance(update, similarity.Dense) and update.delta.dim() == 1:
+                continue  # IA3 vectors have no spectrum
+            spec = similarity.spectrum(update)
+            out[ref][module] = {
+                "singular_values": spec.singular_values,
+                "cumulative_energy": spec.cumulative_energy,
+                "effective_rank": spec.effective_rank,
+                "stable_rank": spec.stable_rank,
+                "rank": spec.rank,
+                "utilisation": spec.utilisation,
+            }
+    return out

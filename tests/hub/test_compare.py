@@ -1,0 +1,95 @@
+"""hub compare: the table from cards and eval records, paired significance over the stored
+per-example scores, weight cosine against dense math on PEFT's own scaled deltas."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.main import cli
+
+
+def _dense_deltas(folder):
+    """module -> scaling * B @ A, read back through PEFT's own model (fp64)."""
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = json.loads((folder / "adapter_config.json").read_text())
+    base = AutoModelForCausalLM.from_config(
+        AutoConfig.from_pretrained(config["base_model_name_or_path"])
+    )
+    model = PeftModel.from_pretrained(base, str(folder))
+    out = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            a = module.lora_A["default"].weight.double()
+            b = module.lora_B["default"].weight.double()
+            out[name] = module.scaling["default"] * b @ a
+    return out
+
+
+def test_compare_two_trained_adapters(registry, trained):
+    base, lora, lora2, data = trained
+    registry.push(lora, name="team/long")
+    registry.push(lora2, name="team/short")
+    registry.evaluate(["team/long", "team/short"], data, base=str(base))
+    from hub.compare import compare
+
+    report = compare(registry, ["team/long", "team/short"])
+    long_row, short_row = report["adapters"]
+    assert (long_row["method"], long_row["rank"]) == ("lora", 4)
+    ce = long_row["metrics"]["cross_entropy@held-out.jsonl"]
+    assert ce["ci95"][0] <= ce["value"] <= ce["ci95"][1]
+    assert ce["delta_vs_base"]["value"] < 0
+
+    tests = {t["metric"]: t for t in report["significance"]}
+    assert set(tests) == {"cross_entropy", "perplexity"}
+    t = tests["cross_entropy"]
+    assert t["test"] == "paired bootstrap" and t["n"] == 6
+    short_ce = short_row["metrics"]["cross_entropy@held-out.jsonl"]["value"]
+    assert t["difference"] == pytest.approx(ce["value"] - short_ce, abs=1e-9)
+    assert t["p_holm"] == pytest.approx(min(1.0, 2 * min(tt["p_value"] for tt in tests.values())))
+
+    dense_a, dense_b = _dense_deltas(lora), _dense_deltas(lora2)
+    flat_a = torch.cat([dense_a[m].flatten() for m in sorted(dense_a)])
+    flat_b = torch.cat([dense_b[m].flatten() for m in sorted(dense_a)])
+    expected = float(flat_a @ flat_b / (flat_a.norm() * flat_b.norm()))
+    sim = report["similarity"]
+    assert sim["cosine"][0][0] == pytest.approx(1.0)
+    assert sim["cosine"][0][1] == pytest.approx(expected, abs=1e-6)
+    assert sim["cosine"][1][0] == sim["cosine"][0][1]
+    pair = next(iter(sim["per_module"]))
+    assert len(sim["per_module"][pair]) == len(dense_a)
+    spectra = report["spectra"][long_row["ref"]]
+    assert len(spectra) == len(dense_a)
+    first = next(iter(spectra.values()))
+    assert first["rank"] == 4 and 0 < first["utilisation"] <= 1
+
+
+def test_compare_cli_formats_and_errors(hub_home, trained):
+    _, lora, lora2, _ = trained
+    runner = CliRunner()
+    runner.invoke(cli, ["push", str(lora), "--name", "team/x"])
+    runner.invoke(cli, ["push", str(lora2), "--name", "team/y"])
+    result = runner.invoke(cli, ["compare", "team/x", "team/y", "--markdown"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "| ADAPTER | METHOD | RANK | TARGETS | PARAMS | SIZE | OVERHEAD |"
+    assert lines[2].startswith("| team/x@v1 | lora | 4 | 5 | ")
+    result = runner.invoke(cli, ["compare", "team/x", "team/y", "--json"])
+    report = json.loads(result.stdout)
+    assert report["significance"] == []  # no eval records yet: nothing to pair
+    assert report["similarity"]["refs"][0].startswith("team/x@")
+    result = runner.invoke(cli, ["compare", "team/x"])
+    assert (result.exit_code, result.stderr) == (
+        1,
+        "Error: hub compare needs at least two adapters\n",
+    )
+    result = runner.invoke(cli, ["compare", "team/x", "team/y", "--eval", "ev-000000000000"])
+    assert result.stderr == (
+        "Error: eval ev-000000000000 is not a record of any of the adapters compared"
+        " (see `hub show REF` for their eval ids)\n"
+    )
