@@ -51,3 +51,19 @@ class AdapterFactory:
 @pytest.fixture(scope="session")
 def adapters(tmp_path_factory, base_dir) -> AdapterFactory:
     return AdapterFactory(tmp_path_factory.mktemp("adapters"), base_dir)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny base with a tokenizer, two LoRAs trained for seconds on a synthetic task (40 and
+    10 steps) and a held-out JSONL of that task: ``(base, lora, lora2, data)``."""
+    import json
+
+    from tests.compose.deploy.models import make_base
+    from tests.hub.trained import HELD_OUT, train_lora
+
+    root = tmp_path_factory.mktemp("trained")
+    base = make_base(root / "base", tokenizer="bpe")
+    data = root / "held-out.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in HELD_OUT))
+    return base, train_lora(base, root / "lora"), train_lora(base, root / "lora2", 10, 1), data

@@ -30,6 +30,11 @@ def _workspace(tmp_path, adapters):
     (tmp_path / "adapters").mkdir()
     shutil.copytree(adapters("lora"), tmp_path / "adapters" / "sql-lora")
     shutil.copytree(adapters("ia3"), tmp_path / "adapters" / "chat-ia3")
+    return _workspace_bin(tmp_path)
+
+
+def _workspace_bin(tmp_path):
+    """A `hub` on PATH that runs this checkout's CLI with the test's interpreter."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "hub").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m cli.main "$@"\n')
@@ -82,3 +87,25 @@ def test_python_api_example_runs(tmp_path, adapters, hub_home):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith("lora 8 ['q_proj', 'v_proj']")
+
+
+def test_evaluate_commands_run_as_written(tmp_path, trained, hub_home):
+    """The Evaluate and compare section, on adapters trained for seconds on a synthetic task."""
+    import json
+
+    from hub import Registry
+
+    base, lora, lora2, data = trained
+    env = _workspace_bin(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "llama").symlink_to(base)
+    shutil.copy(data, tmp_path / "dev.jsonl")
+    with Registry(hub_home) as registry:
+        registry.push(lora, name="team/sql-lora")
+        registry.push(lora2, name="team/code-lora")
+    (block,) = _blocks("bash", "## Evaluate and compare")
+    _run_block(block, tmp_path, env)
+    with Registry(hub_home) as registry:
+        sources = [r["source"] for r in registry.evals("team/sql-lora")]
+        assert sources == ["hub-eval", "hub-eval", "manual"]
+        assert json.loads(json.dumps(registry.evals("team/code-lora")))[0]["delta"]
