@@ -65,4 +65,5 @@ def test_push_card_pull_load(method, registry, adapters, base_dir, tmp_path):
     ids = torch.tensor([[1, 5, 9, 42, 7, 3]])
     expected = peft_logits(base_dir, folder, ids)
     got = peft_logits(base_dir, pulled, ids)
-    assert torch.equal(expected, got)
+    # The files are the same bytes (above); the two forward passes agree to fp32 rounding.
+    torch.testing.assert_close(got, expected)
