@@ -160,6 +160,7 @@ def _agree(reg, one, two, tmp_path):
     }
 
 
+@pytest.mark.numerics
 def test_dare_is_seeded_and_rebuilds(reg, tmp_path):
     recipe = {
         "operator": "dare",
@@ -299,6 +300,7 @@ def test_different_base_and_shapes_are_refused(reg, base_dir, tmp_path):
     )
 
 
+@pytest.mark.numerics
 def test_cli_form_and_recipe_file_are_equivalent(reg, hub_home, tmp_path):
     runner = CliRunner()
     result = runner.invoke(

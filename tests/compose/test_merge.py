@@ -12,6 +12,8 @@ from compose import merge
 from compose.merge import Factors
 from schemas import IncompatibleAdapters, InvalidRecipe
 
+pytestmark = pytest.mark.numerics
+
 
 def _lora(d, k, r, seed):
     g = torch.Generator().manual_seed(seed)

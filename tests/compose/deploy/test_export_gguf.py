@@ -45,6 +45,7 @@ def gguf_file(result) -> Path:
     return result.path / next(f for f in result.files if f.endswith(".gguf"))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize(
     ("arch_base", "tokenizer"),
     [("llama_base", "bpe"), ("spm_base", "sentencepiece"), ("qwen2_base", "bpe")],

@@ -83,6 +83,7 @@ def test_layout_config_tokenizer_and_card_follow_the_base(llama_base, adapter, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging left
 
 
+@pytest.mark.numerics
 def test_bf16_delta_in_fp32_rounded_once(llama_base, adapter, tmp_path, built):
     from tests.compose.deploy.models import make_base
 
@@ -195,6 +196,7 @@ def test_base_alone_is_copied_exactly(llama_base, tmp_path):
     torch.testing.assert_close(hf_logits(result.path, IDS), hf_logits(llama_base, IDS))
 
 
+@pytest.mark.numerics
 def test_a_dtype_change_streams_new_shards_rounded_once_from_fp32(llama_base, adapter, tmp_path):
     # Same dtype: the base's shards are copied and patched. Another dtype changes the layout,
     # so the shards are written from scratch; both must hold the same merged values.

@@ -20,6 +20,8 @@ from compose.deploy import ggml_quants
 
 KINDS = ["Q8_0", "Q4_0"]
 
+pytestmark = pytest.mark.numerics
+
 
 def reference(weight: torch.Tensor, kind: str) -> np.ndarray:
     return gguf.quants.quantize(weight.numpy(), gguf.GGMLQuantizationType[kind])
