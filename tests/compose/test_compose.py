@@ -160,7 +160,6 @@ def _agree(reg, one, two, tmp_path):
     }
 
 
-@pytest.mark.numerics
 def test_dare_is_seeded_and_rebuilds(reg, tmp_path):
     recipe = {
         "operator": "dare",

@@ -102,7 +102,6 @@ def _separate_logprobs(base_dir, folders, ids=IDS):
     return torch.stack(out)
 
 
-@pytest.mark.numerics
 def test_ensemble_averages_log_probabilities_of_separate_runs(reg, folders, base_dir):
     card = reg.compose(
         {"operator": "ensemble", "name": "t/ens", "inputs": ["t/p1", "t/p2", "t/p3"]}

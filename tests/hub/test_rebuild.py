@@ -19,8 +19,6 @@ from cli.main import cli
 from compose.reproduce import TOLERANCE
 from tests.factories import make_adapter
 
-pytestmark = pytest.mark.numerics
-
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = "model.layers.0.self_attn.q_proj"
 B_KEY = f"base_model.model.{MODULE}.lora_B.weight"
