@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install demo test lint typecheck unit numerics bench clean
 
 # torch is installed first, pinned to the CPU wheel that lies on this machine's disk, and the
 # constraints file keeps the resolver from ever replacing it with a multi-GB CUDA build.
@@ -30,7 +30,13 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -n 2 -q
 
-test: lint typecheck unit
+# The numerics tests again on ATen's portable (non-SIMD) kernels: other summation orders and
+# roundings than this CPU's AVX2/AVX-512 ones, as another CI machine would have (a few tens of
+# seconds). They assert bounds, so they must pass on both.
+numerics: $(STAMP)
+	ATEN_CPU_CAPABILITY=default PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -n 2 -q -m numerics
+
+test: lint typecheck unit numerics
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ls_10k.py

@@ -83,7 +83,10 @@ def build(home: Path, total: int, versions_per_repo: int = 10) -> None:
         return
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    workers = os.cpu_count() or 2
+    # The cores this process may use (a container or taskset limits them; cpu_count is the
+    # host's), so the build does not start dozens of processes on a 2-core CI runner.
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    workers = len(usable) if usable else os.cpu_count() or 2
     step = -(-total // (workers * 8))
     # Parts are whole repositories so each repository's versions come from one process.
     step = -(-step // versions_per_repo) * versions_per_repo

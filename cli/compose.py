@@ -127,7 +127,7 @@ def compose() -> None:
     """Combine adapters into a new adapter version: merges, stacks, ensembles.
 
     The result records its recipe and exact input commits; `hub verify --rebuild REF`
-    recomputes it bit for bit.
+    recomputes it and checks it within the rounding bound of its dtype.
 
     \b
     Example:

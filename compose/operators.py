@@ -324,5 +324,9 @@ def _readme(recipe: Recipe, inputs: Sequence[ComposeInput], params: dict[str, An
         "",
         "Parameters: " + ", ".join(f"{k}={v}" for k, v in params.items() if k != "weights"),
         "",
+        "`hub verify --rebuild` recomputes it from this recipe and checks it within the rounding"
+        " bound of its dtype (a recomputation may differ in the last bit between CPUs and"
+        " thread counts).",
+        "",
     ]
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job end to end on an embedded registry (a SQLite file + a blob folder):
 # build real adapters with PEFT, push them, search, show a card, tag, pull, load with PEFT,
-# merge two of them, rebuild the merge bit for bit, and export a merged model.
+# merge two of them, rebuild the merge and check it (within the rounding bound), and export a
+# merged model.
 set -euo pipefail
 DEMO="${DEMO_DIR:-.demo}"
 export HUB_HOME="$DEMO/home"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from schemas.errors import InvalidRecipe
 
 if TYPE_CHECKING:
     from compose.operators import ComposeInput, ComposeResult
+    from compose.reproduce import FileCheck
     from hub.registry import PushResult, Registry
     from schemas.recipe import Recipe
 
@@ -71,30 +72,66 @@ def recipe_record(recipe: Recipe, params: dict[str, Any]) -> dict[str, Any]:
 
 def compose(registry: Registry, recipe: Recipe) -> PushResult:
     """Run ``recipe`` and push the result as the next version of ``recipe.name``."""
+    from compose.reproduce import TOLERANCE
     from schemas.card import Lineage
 
     with _workspace(registry) as work:
         out, result, exact_inputs = _build(registry, recipe, work)
+        # The card says how `hub verify --rebuild` checks this result, and where it was built.
+        details = {**result.details, "rebuild_check": TOLERANCE, "built_with": build_environment()}
         return registry.push(
             out,
             name=recipe.name,
             tasks=recipe.tasks,
             lineage=Lineage(recipe=recipe_record(recipe, result.params), inputs=exact_inputs),
-            details=result.details,
+            details=details,
         )
 
 
 @dataclass
 class RebuildReport:
+    """What ``hub verify --rebuild`` found, file by file (see ``compose.reproduce``)."""
+
     ref: str
     matches: bool
     differing: list[str] = field(default_factory=list)
-    """Files whose rebuilt bytes differ (or that are missing/extra)."""
+    """Files that differ beyond the bound (or are missing/extra), sorted."""
+    files: list[FileCheck] = field(default_factory=list)
+    tolerance: str = ""
+    """What was checked, in words (``compose.reproduce.TOLERANCE``)."""
+
+    @property
+    def identical(self) -> bool:
+        """Every file is the same bytes (then the check was bit for bit)."""
+        return all(f.status == "identical" for f in self.files)
+
+    @property
+    def max_relative(self) -> float:
+        """Largest relative difference of any tensor or module delta, over all files."""
+        return max((f.max_relative for f in self.files), default=0.0)
+
+    @property
+    def max_bound_fraction(self) -> float:
+        """Largest ``difference / bound`` over all files (at most 1.0 when it matches)."""
+        return max((f.max_bound_fraction for f in self.files), default=0.0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "identical": self.identical,
+            "max_relative": self.max_relative,
+            "max_bound_fraction": self.max_bound_fraction,
+        }
 
 
 def rebuild(registry: Registry, ref: str) -> RebuildReport:
-    """Recompute a composite from its recorded recipe and exact inputs; compare bit for bit."""
-    from hub.store import sha256_file
+    """Recompute a composite from its recorded recipe and exact inputs, and compare it with
+    the stored files: tensors within the rounding bound, other files byte for byte.
+
+    Bytes are not the test because BLAS/LAPACK results differ in the last bit between CPUs,
+    thread counts and MKL settings (``compose.reproduce`` says why and derives the bound).
+    """
+    from compose.reproduce import TOLERANCE, compare_folders
     from schemas.recipe import Recipe
 
     card = registry.show(ref)
@@ -115,11 +152,18 @@ def rebuild(registry: Registry, ref: str) -> RebuildReport:
     )
     with _workspace(registry) as work:
         out, _, _ = _build(registry, recipe, work)
-        rebuilt = {
-            p.relative_to(out).as_posix(): sha256_file(p) for p in out.rglob("*") if p.is_file()
-        }
-    stored = {f.path: f.sha256 for f in card.files}
-    differing = sorted(
-        path for path in set(stored) | set(rebuilt) if stored.get(path) != rebuilt.get(path)
-    )
-    return RebuildReport(card.ref, not differing, differing)
+        stored = registry.link_files(card, work / "stored")
+        files = compare_folders(stored, out)
+    differing = [f.path for f in files if not f.ok]
+    return RebuildReport(card.ref, not differing, differing, files, TOLERANCE)
+
+
+def build_environment() -> dict[str, Any]:
+    """Where a composite was computed, for its card: what a rebuild elsewhere may differ in."""
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+    }

@@ -484,7 +484,7 @@ class Registry:
         """Build a composite (merge, stack, ensemble) from ``recipe`` and push it.
 
         Inputs are resolved to exact commits, recorded in the result's lineage with the
-        operator's resolved parameters, so ``rebuild`` can recompute it bit for bit.
+        operator's resolved parameters, so ``rebuild`` can recompute and check it.
 
         Example:
             >>> reg.compose({"operator": "svd", "name": "team/sql-chat", "rank": 16,
@@ -505,7 +505,9 @@ class Registry:
         """Recompute the composite ``ref`` and compare it with what is stored, file by file.
 
         Returns:
-            ``hub.composer.RebuildReport`` (``matches``, ``differing`` paths).
+            ``hub.composer.RebuildReport``: ``matches``, the ``differing`` paths, and per file
+            whether it is identical or within the rounding bound, with the largest relative
+            difference (``compose.reproduce`` derives the bound).
         """
         from hub.composer import rebuild
 

@@ -1,7 +1,8 @@
 """Compose recipes: the reviewed-file form of ``hub compose OP REF... --name NS/NAME``.
 
 A recipe YAML is validated up front (unknown keys refused, each error naming its field), and
-is what a composite's card records so ``hub verify --rebuild`` can recompute it bit for bit.
+is what a composite's card records so ``hub verify --rebuild`` can recompute and check it
+(within the rounding bound of its dtype: see ``compose.reproduce``).
 
 Example recipe::
 

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from peft.utils import merge_utils
 
 from cli.main import cli
+from compose.reproduce import compare_folders
 from schemas import IncompatibleAdapters, InvalidRecipe
 from tests.factories import load_base, make_adapter, make_base, peft_logits
 
@@ -148,12 +149,18 @@ def test_sparsifying_operators_match_peft_then_factor(reg, inputs, base_dir, tmp
     )
 
 
-def _weights_digest(card):
-    """The digests of what defines the adapter (the README names the result, so it differs)."""
-    return [f.sha256 for f in card.files if f.path != "README.md"]
+def _agree(reg, one, two, tmp_path):
+    """Two composites hold the same adapter: what ``hub verify --rebuild`` accepts (tensors
+    within the rounding bound, configs byte for byte). The README names the result, so it
+    differs and is left out."""
+    checks = compare_folders(reg.pull(one, tmp_path / "one"), reg.pull(two, tmp_path / "two"))
+    return {c.path: c.ok for c in checks if c.path != "README.md"} == {
+        "adapter_config.json": True,
+        "adapter_model.safetensors": True,
+    }
 
 
-def test_dare_is_seeded_and_rebuilds_bit_for_bit(reg):
+def test_dare_is_seeded_and_rebuilds(reg, tmp_path):
     recipe = {
         "operator": "dare",
         "name": "t/dare",
@@ -163,10 +170,10 @@ def test_dare_is_seeded_and_rebuilds_bit_for_bit(reg):
         "variant": "ties",
     }
     first = reg.compose(recipe).card
-    again = reg.compose({**recipe, "name": "t/dare2"}).card
-    assert _weights_digest(first) == _weights_digest(again)
-    other = reg.compose({**recipe, "name": "t/dare3", "seed": 4}).card
-    assert _weights_digest(other) != _weights_digest(first)
+    reg.compose({**recipe, "name": "t/dare2"})
+    assert _agree(reg, "t/dare", "t/dare2", tmp_path / "same")
+    reg.compose({**recipe, "name": "t/dare3", "seed": 4})
+    assert not _agree(reg, "t/dare", "t/dare3", tmp_path / "other")  # other drops
     assert first.lineage.recipe["seed"] == 3 and first.lineage.recipe["variant"] == "ties"
     assert reg.rebuild("t/dare").matches
 
@@ -189,6 +196,7 @@ def test_ia3_linear_merges_scaling_offsets(reg, inputs, base_dir, tmp_path):
     for key, vector in merged.items():
         assert torch.allclose(vector, 1 + (one[key] - 1) + (two[key] - 1), atol=1e-6)
     single = reg.compose({"operator": "linear", "name": "t/ia3-one", "inputs": ["t/ia3"]}).card
+    # 1 + 1 * (l - 1) is exact in fp64 for an fp32 l, so one input is reproduced bit for bit.
     assert torch.equal(
         load_file(reg.pull(single.ref, tmp_path / "one") / "adapter_model.safetensors")[key],
         one[key],
@@ -291,6 +299,7 @@ def test_different_base_and_shapes_are_refused(reg, base_dir, tmp_path):
     )
 
 
+@pytest.mark.numerics
 def test_cli_form_and_recipe_file_are_equivalent(reg, hub_home, tmp_path):
     runner = CliRunner()
     result = runner.invoke(
@@ -306,9 +315,15 @@ def test_cli_form_and_recipe_file_are_equivalent(reg, hub_home, tmp_path):
     )
     result = runner.invoke(cli, ["compose", "run", str(recipe)])
     assert result.exit_code == 0, result.output
-    assert _weights_digest(reg.show("t/file")) == _weights_digest(card)
+    assert _agree(reg, "t/file", "t/cli", tmp_path)
     rebuilt = runner.invoke(cli, ["verify", "--rebuild", "t/cli"])
-    assert rebuilt.stdout == f"Rebuilt {card.ref}: identical, bit for bit.\n"
+    assert rebuilt.exit_code == 0, rebuilt.output
+    # Usually the same bytes; a kernel that rounds differently gives the second form (its
+    # exact text is checked in tests/hub/test_rebuild.py).
+    summary = rebuilt.stdout.removeprefix(f"Rebuilt {card.ref}: ")
+    assert summary == "matches, bit for bit (3 files identical).\n" or summary.startswith(
+        "matches within the rounding bound (2 files identical; "
+    )
 
     recipe.write_text("operator: svd\nname: t/file\ninputs: [t/a]\nrnk: 6\n")
     bad = runner.invoke(cli, ["compose", "run", str(recipe)])

@@ -127,10 +127,13 @@ def test_ensemble_averages_log_probabilities_of_separate_runs(reg, folders, base
         lp = _separate_logprobs(base_dir, prompts, ids).mean(dim=0)[0]
         scores.append(sum(float(lp[3 + i, t]) for i, t in enumerate(choice)))
     assert ensemble.score(prompt, choices[2]) == pytest.approx(scores[2], abs=1e-4)
-    assert ensemble.classify(prompt, choices) == max(range(3), key=scores.__getitem__)
+    # The batched run agrees with the separate ones within 1e-4 per score, so its choice is
+    # the best one or one within 2e-4 of it (a near-tie either side of which rounding lands).
+    assert scores[ensemble.classify(prompt, choices)] >= max(scores) - 2e-4
     generated = ensemble.generate(prompt, max_new_tokens=3)
-    first = int(_separate_logprobs(base_dir, prompts, prompt).mean(0)[0, -1].argmax())
-    assert generated.shape == (1, 7) and int(generated[0, 4]) == first
+    assert generated.shape == (1, 7)
+    last = _separate_logprobs(base_dir, prompts, prompt).mean(0)[0, -1]
+    assert float(last[int(generated[0, 4])]) >= float(last.max()) - 2e-5  # greedy, within 1e-5
 
 
 def test_ensemble_average_writes_one_prompt_adapter(reg, folders, base_dir, tmp_path):

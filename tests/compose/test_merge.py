@@ -12,6 +12,8 @@ from compose import merge
 from compose.merge import Factors
 from schemas import IncompatibleAdapters, InvalidRecipe
 
+pytestmark = pytest.mark.numerics
+
 
 def _lora(d, k, r, seed):
     g = torch.Generator().manual_seed(seed)
@@ -81,6 +83,8 @@ def test_dare_matches_peft_in_expectation_and_is_reproducible():
     delta = torch.randn(200, 200, generator=torch.Generator().manual_seed(0))
     one = merge.dare([delta], [1.0], 0.3, torch.Generator().manual_seed(5))
     two = merge.dare([delta], [1.0], 0.3, torch.Generator().manual_seed(5))
+    # Elementwise only (a seeded mask, a product, a division, no sum whose order a kernel
+    # picks): the same seed gives the same bits on any CPU.
     assert torch.equal(one, two)
     kept = one != 0
     assert kept.float().mean().item() == pytest.approx(0.3, abs=0.02)

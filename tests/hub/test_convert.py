@@ -40,7 +40,7 @@ def test_bin_adapter_is_refused_then_converted(registry, adapters, tmp_path):
     ]
     loaded = load_file(converted / "adapter_model.safetensors")
     assert loaded.keys() == tensors.keys()
-    assert all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    assert all(torch.equal(loaded[k], tensors[k]) for k in tensors)  # copied, not computed
     assert registry.push(converted, name="a/old").card.rank == 8
 
 

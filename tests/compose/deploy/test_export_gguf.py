@@ -13,6 +13,7 @@ import torch
 
 from compose.deploy import export_model
 from tests.compose.deploy.models import IDS, make_base, peft_logits
+from tests.numerics import assert_argmax_within
 
 llama_cpp = pytest.importorskip("llama_cpp")
 LLAMA = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -44,6 +45,7 @@ def gguf_file(result) -> Path:
     return result.path / next(f for f in result.files if f.endswith(".gguf"))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize(
     ("arch_base", "tokenizer"),
     [("llama_base", "bpe"), ("spm_base", "sentencepiece"), ("qwen2_base", "bpe")],
@@ -58,8 +60,10 @@ def test_f16_gguf_matches_peft(arch_base, tokenizer, request, adapter, tmp_path)
     result = export_model([folder], base, tmp_path / "gguf", format="gguf", quant="f16")
 
     got = cpp_logits(gguf_file(result))
-    assert (got - expected).abs().max() < 1e-2
-    assert torch.equal(got.argmax(-1), expected.argmax(-1))
+    # F16 weights and llama.cpp's kernels put the logits within 1e-2 of PEFT's fp32 ones; the
+    # random tiny model has top-2 gaps down to 2e-3, so the greedy token may only differ where
+    # the gap is within that bound.
+    assert_argmax_within(got, expected, 1e-2)
     assert (result.path / "Modelfile").read_text() == "FROM ./model-f16.gguf\n"
     from gguf import GGUFReader
 
@@ -100,10 +104,9 @@ def test_quantized_gguf_agrees(quant, llama_base, adapter, tmp_path):
     if quant == "q4_0":
         assert torch.corrcoef(torch.stack([got.flatten(), expected.flatten()]))[0, 1] > 0.95
     else:
-        assert (got - expected).abs().max() < (5e-2 if quant == "q8_0" else 2e-2)
         # The random tiny model has near-ties (top-2 gaps down to 5e-3, under Q8_0's error)
-        # where any rounding may pick the other token: one flip of the 8 is allowed.
-        assert (got.argmax(-1) != expected.argmax(-1)).sum() <= 1
+        # where any rounding may pick the other token: only there may the greedy token differ.
+        assert_argmax_within(got, expected, 5e-2 if quant == "q8_0" else 2e-2)
 
 
 def test_gguf_unties_output_when_the_adapter_changes_embeddings(tied_base, adapter, tmp_path):

@@ -1,4 +1,11 @@
-"""Our torch GGML quantizers against the gguf package's (bit-exact with ggml's reference)."""
+"""Our torch GGML quantizers against the gguf package's (bit-exact with ggml's reference).
+
+Bit equality is the property here, not an accident of one CPU: Q8_0/Q4_0 take a block's
+maximum (exact), a division, then per value a multiply and an add in separate kernels (each
+correctly rounded by IEEE 754 on every CPU, as in numpy), and round half away from zero; no
+sum whose order a kernel could pick. `make test` also runs these under
+ATEN_CPU_CAPABILITY=default.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,8 @@ from hypothesis import strategies as st
 from compose.deploy import ggml_quants
 
 KINDS = ["Q8_0", "Q4_0"]
+
+pytestmark = pytest.mark.numerics
 
 
 def reference(weight: torch.Tensor, kind: str) -> np.ndarray:
