@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from compose.deploy import deltas
 from compose.deploy.base import LM_HEAD, BaseFolder
 from compose.deploy.stio import read_header, read_tensor
+from compose.peft_patterns import adalora_scaling
 from schemas.errors import IncompatibleAdapters, InvalidAdapter
 
 if TYPE_CHECKING:
@@ -335,7 +336,7 @@ def _adalora_edits(
     _need(f, ("lora_A", "lora_B", "lora_E"), module, label)
     a, b, e = f["lora_A"], f["lora_B"], f["lora_E"]
     fif = bool(config.get("fan_in_fan_out"))
-    alpha = float(config.get("lora_alpha", 0))
+    scaling, ranknum = adalora_scaling(config, module)
     target = _target(base, module, label)
     dims = (b.shape[0], a.shape[1])
     _check_shape(label, module, base.shape(target), dims[::-1] if fif else dims)
@@ -344,7 +345,7 @@ def _adalora_edits(
             target,
             module,
             "adalora",
-            lambda w: w + deltas.adalora_delta(a, b, e, alpha, fan_in_fan_out=fif),
+            lambda w: w + deltas.adalora_delta(a, b, e, scaling, ranknum, fan_in_fan_out=fif),
         )
     ]
 

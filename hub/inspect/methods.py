@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compose.peft_patterns import adalora_mask_module
 from hub.inspect.config import (
     CONFIG,
     get_bool,
@@ -185,8 +186,7 @@ def _adalora_masks(pattern: dict[str, Any]) -> dict[str, list[Any]]:
     """AdaLoRA's ``rank_pattern`` by module name.
 
     Unlike LoRA's (a regex per key), it is written by AdaLoRA's rank allocator: one boolean
-    mask per lora_E parameter, keyed by its full name (``model.layers.0.self_attn.q_proj.
-    lora_E``; the adapter name that follows in memory is stripped when PEFT saves).
+    mask per lora_E parameter (see ``compose.peft_patterns.adalora_mask_module``).
     """
     masks: dict[str, list[Any]] = {}
     for key, mask in pattern.items():
@@ -196,8 +196,7 @@ def _adalora_masks(pattern: dict[str, Any]) -> dict[str, list[Any]]:
                 f" got {mask!r}",
                 field="rank_pattern",
             )
-        parts = key.removeprefix(PREFIX).split(".")
-        masks[".".join(parts[: parts.index("lora_E")] if "lora_E" in parts else parts)] = mask
+        masks[adalora_mask_module(key)] = mask
     return masks
 
 
