@@ -140,6 +140,16 @@ def push(
             allow_nonfinite=allow_nonfinite,
         )
     card = result.card
+    unknown = card.details.get("unknown_config_keys")
+    if unknown:
+        from compose.peft_config import PEFT_VERSION
+
+        click.echo(
+            f"Warning: {path / 'adapter_config.json'}: field(s) {', '.join(map(repr, unknown))}"
+            f" unknown to PEFT {PEFT_VERSION}, kept on the card as unknown_config_keys;"
+            " export and compose refuse to merge it while one of them is on",
+            err=True,
+        )
     if as_json:
         print_json({**card.model_dump(mode="json"), "created": result.created})
     elif result.created:

@@ -272,6 +272,10 @@ CASES.extend(
                 family,
                 peft("LoraConfig", r=4, lora_alpha=8, bias=bias, target_modules=ATTENTION),
                 Card("lora", rank=4, details={"bias": bias}),
+                export={
+                    "safetensors": MERGED,
+                    "vllm-bundle": Refused("a trained bias (bias='all'/'lora_only') on model."),
+                },
             )
             for bias in ("all", "lora_only")
             for family in ("qwen2",)  # the family with biases (q/k/v)
@@ -288,7 +292,11 @@ CASES.extend(
             "unknown-key-on",
             "llama",
             peft("LoraConfig", r=4, lora_alpha=8, target_modules=ATTENTION),
-            Card("lora", rank=4, details={"unknown_config_keys": ["use_future_variant"]}),
+            Card(
+                "lora",
+                rank=4,
+                details={"unknown_config_keys": ["future_variant_config", "use_future_variant"]},
+            ),
             export={"safetensors": Refused("'use_future_variant'")},
             edit_config={"use_future_variant": True, "future_variant_config": None},
         ),
