@@ -121,8 +121,9 @@ def merge_refusal(config: dict[str, Any]) -> str | None:
     if tokens:
         return (
             f"is an activated LoRA (aLoRA, alora_invocation_tokens={tokens}): it applies only"
-            " from its invocation tokens on, so no merged weight equals it (PEFT: 'aLoRA does"
-            " not support merging'); serve it unmerged with PEFT"
+            " from its invocation tokens on, which neither merged weights nor plain LoRA files"
+            " for vLLM or llama.cpp express (PEFT: 'aLoRA does not support merging'); serve it"
+            " unmerged with PEFT"
         )
     init = base_changing_init(config)
     if init is not None:
@@ -134,7 +135,8 @@ def merge_refusal(config: dict[str, Any]) -> str | None:
         )
         return (
             f"was saved with init_lora_weights={init!r} and not converted: PEFT loads it onto"
-            f" {becomes}, not onto the original base, so merging it there would be wrong; {fix}"
+            f" {becomes}, not onto the original base, so applying it to the original base"
+            f" (merged or as a LoRA file) would be wrong; {fix}"
         )
     on = {key: config[key] for key in unknown_keys(config) if not _off(config[key])}
     if on:
