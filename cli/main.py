@@ -99,6 +99,7 @@ def push(
 
     The folder is checked first (config, tensor headers, shapes, NaN/Inf); nothing is
     stored if anything is wrong. Pushing identical files again creates no new version.
+    Config fields a newer PEFT wrote are kept on the card, with one warning on stderr.
 
     \b
     Example:
