@@ -7,6 +7,8 @@ To add a case, append a ``Case`` to ``CASES`` (one row per base where the base m
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -178,7 +180,9 @@ def _prune_adalora(model: Any, generator: Any) -> None:
     model.base_model.rankallocator.mask_using_rank_pattern(inner, pattern)
 
 
+# PiSSA's conversion reads the initial adapter from a path fixed in the row's save options.
 _PISSA_INITIAL = Path(tempfile.mkdtemp(prefix="fidelity-pissa-")) / "initial"
+atexit.register(shutil.rmtree, _PISSA_INITIAL.parent, ignore_errors=True)
 
 
 def _pissa_save_initial(model: Any, generator: Any) -> None:
