@@ -81,6 +81,12 @@ def load_adapter(folder: Path, label: str, method: str, operator: str) -> Loaded
     refusal = merge_refusal(config)
     if refusal is not None:
         raise IncompatibleAdapters(f"{label} {refusal}", adapter=label)
+    if config.get("modules_to_save"):
+        raise _refuse(
+            label,
+            f"replaces whole modules ({', '.join(config['modules_to_save'])}: modules_to_save)",
+            operator,
+        )
     trained_biases = sorted(
         k for k in tensors if k.endswith(".bias") and not k.endswith("lora_B.bias")
     )
@@ -91,12 +97,6 @@ def load_adapter(folder: Path, label: str, method: str, operator: str) -> Loaded
             label,
             f"trains the base model's biases (bias={config.get('bias')!r}:"
             f" {module.removesuffix('.base_layer')})",
-            operator,
-        )
-    if config.get("modules_to_save"):
-        raise _refuse(
-            label,
-            f"replaces whole modules ({', '.join(config['modules_to_save'])}: modules_to_save)",
             operator,
         )
     if method == "lora":
