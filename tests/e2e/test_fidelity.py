@@ -320,7 +320,6 @@ CASES.extend(
 
 _IDS = [case.id for case in CASES]
 assert len(set(_IDS)) == len(_IDS), "duplicate case ids"
-_ = MERGED  # the default export expectation (re-exported for rows that name it)
 
 
 @pytest.fixture(scope="session")
