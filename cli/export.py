@@ -55,6 +55,8 @@ def export(
     REFS are adapter references (NS/NAME[@REV]) or folders, merged in the order given (a
     stack); with vllm-bundle they stay separate. With no REFS, the base alone is converted.
     Shapes are checked before anything is written; the output appears whole or not at all.
+    Adapters that no export reproduces are refused with the reason: aLoRA, PiSSA/OLoRA saved
+    without path_initial_model_for_weight_conversion, config fields unknown to hub's PEFT.
 
     \b
     Example:

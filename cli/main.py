@@ -99,6 +99,7 @@ def push(
 
     The folder is checked first (config, tensor headers, shapes, NaN/Inf); nothing is
     stored if anything is wrong. Pushing identical files again creates no new version.
+    Config fields a newer PEFT wrote are kept on the card, with one warning on stderr.
 
     \b
     Example:
@@ -140,6 +141,16 @@ def push(
             allow_nonfinite=allow_nonfinite,
         )
     card = result.card
+    unknown = card.details.get("unknown_config_keys")
+    if unknown:
+        from compose.peft_config import PEFT_VERSION
+
+        click.echo(
+            f"Warning: {path / 'adapter_config.json'}: field(s) {', '.join(map(repr, unknown))}"
+            f" unknown to PEFT {PEFT_VERSION}, kept on the card as unknown_config_keys;"
+            " export and compose refuse to merge it while one of them is on",
+            err=True,
+        )
     if as_json:
         print_json({**card.model_dump(mode="json"), "created": result.created})
     elif result.created:

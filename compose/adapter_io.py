@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compose.merge import Factors
+from compose.peft_config import merge_refusal
 from compose.peft_patterns import pattern_value
 from schemas.errors import IncompatibleAdapters
 
@@ -77,10 +78,25 @@ def load_adapter(folder: Path, label: str, method: str, operator: str) -> Loaded
     dtypes = {t.dtype for t in tensors.values()}
     dtype = dtypes.pop() if len(dtypes) == 1 else _fp32()
     loaded = LoadedAdapter(label=label, method=method, config=config, dtype=dtype)
+    refusal = merge_refusal(config)
+    if refusal is not None:
+        raise IncompatibleAdapters(f"{label} {refusal}", adapter=label)
     if config.get("modules_to_save"):
         raise _refuse(
             label,
             f"replaces whole modules ({', '.join(config['modules_to_save'])}: modules_to_save)",
+            operator,
+        )
+    trained_biases = sorted(
+        k for k in tensors if k.endswith(".bias") and not k.endswith("lora_B.bias")
+    )
+    if trained_biases:
+        # They replace the base's biases; a weighted sum of replacements means nothing.
+        module = trained_biases[0].removeprefix(_PREFIX).removesuffix(".bias")
+        raise _refuse(
+            label,
+            f"trains the base model's biases (bias={config.get('bias')!r}:"
+            f" {module.removesuffix('.base_layer')})",
             operator,
         )
     if method == "lora":

@@ -119,15 +119,17 @@ class InspectedAdapter(BaseModel):
     base_revision: str | None = None
     method: Method
     variant: str | None = None
-    """``dora`` for DoRA LoRAs; ``rslora`` when rank-stabilised scaling is on."""
+    """LoRA: ``dora``, ``alora`` (activated LoRA), ``mica``, or ``rslora`` when only the
+    rank-stabilised scaling is on."""
     rank: int | None = None
     alpha: float | None = None
     target_modules: list[str] = Field(default_factory=list)
     """Module names (last path component, sorted) the adapter changes, incl. modules_to_save."""
     task_type: str | None = None
     params_trainable: int
-    """Number of values in the adapter's tensors (shared frozen projections such as VeRA's A/B
-    excluded)."""
+    """Number of values in the adapter's tensors, frozen ones excluded (VeRA's shared
+    projections, MiCA's lora_B): PEFT's ``get_nb_trainable_parameters()`` after loading, or
+    ``details["params_note"]`` says why not."""
     params_base: int | None = None
     params_fraction: float | None = None
     size_bytes: int

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from compose.deploy import deltas
 from compose.deploy.base import LM_HEAD, BaseFolder
 from compose.deploy.stio import read_header, read_tensor
+from compose.peft_config import merge_refusal
+from compose.peft_patterns import adalora_scaling, module_matches
 from schemas.errors import IncompatibleAdapters, InvalidAdapter
 
 if TYPE_CHECKING:
@@ -46,6 +48,15 @@ _FACTOR_SUFFIXES: dict[str, tuple[str, ...]] = {
 }
 
 
+KIND_NAMES: dict[str, str] = {
+    "replace": "modules_to_save",
+    "embedding-lora": "embedding LoRA",
+    "bias": "a LoRA bias (lora_bias)",
+    "trained-bias": "a trained bias (bias='all'/'lora_only')",
+}
+"""How messages name an ``Edit.kind`` that a format cannot express (default: the kind)."""
+
+
 @dataclass
 class LoraFactors:
     """A plain LoRA edit, kept factored for formats that ship the adapter (gguf-lora, vLLM)."""
@@ -65,7 +76,8 @@ class Edit:
     module: str
     kind: str
     """``lora``, ``dora``, ``embedding-lora``, ``ia3``, ``loha``, ``lokr``, ``adalora``,
-    ``vera``, ``bias`` or ``replace`` (modules_to_save)."""
+    ``vera``, ``bias`` (lora_bias), ``trained-bias`` (``bias="all"``/``"lora_only"``: replaces
+    the base's) or ``replace`` (modules_to_save)."""
     apply: Callable[[Tensor], Tensor]
     """fp32 weight -> new fp32 weight."""
     lora: LoraFactors | None = None
@@ -110,8 +122,12 @@ def _group(
         name = key.removeprefix(PREFIX)
         if name in ("base_model.vera_A", "base_model.vera_B"):
             continue  # VeRA's shared projections, read by the VeRA builder
-        if name.endswith(".base_layer.weight") or name.endswith(".base_layer.bias"):
+        if name.endswith(".base_layer.weight"):
             continue  # PEFT's copy of the (unchanged) base embedding: nothing to merge
+        if name.endswith(".base_layer.bias"):
+            # An adapted module's own bias, trained (bias="all"/"lora_only"): it replaces the
+            # base's. (Replacing an unchanged copy would be exact too.)
+            name = name.removesuffix(".base_layer.bias") + ".bias"
         for suffix in suffixes:
             if name.endswith("." + suffix):
                 modules.setdefault(name[: -len(suffix) - 1], {})[suffix] = tensor
@@ -128,8 +144,10 @@ def load_adapter(folder: str | Path, base: BaseFolder, label: str | None = None)
 
     Raises:
         InvalidAdapter: missing/malformed config or weights.
-        IncompatibleAdapters: the method cannot be merged, a module is missing from the base,
-            or a factor's shape contradicts the base tensor (message names both).
+        IncompatibleAdapters: the method cannot be merged, the config says merging would be
+            wrong (``compose.peft_config.merge_refusal``: aLoRA, a base-changing init, an
+            unknown field that is on), a module is missing from the base, or a factor's shape
+            contradicts the base tensor (message names both).
     """
     import torch
 
@@ -155,20 +173,25 @@ def load_adapter(folder: str | Path, base: BaseFolder, label: str | None = None)
             f" (mergeable: {', '.join(MERGEABLE)}; prompt-learning adapters need the PEFT runtime)",
             adapter=label,
         )
+    refusal = merge_refusal(config)
+    if refusal is not None:
+        raise IncompatibleAdapters(f"adapter {label} {refusal}", adapter=label)
     _check_architecture(config, base, label)
     headers, _ = read_header(weights)
     tensors = {name: read_tensor(info).to(torch.float32) for name, info in headers.items()}
     adapter = Adapter(path, label, config, method)
     modules, saved = _group(tensors, method)
-    builder = _BUILDERS[method]
-    for module, factors in sorted(modules.items()):
-        adapter.edits.extend(builder(module, factors, config, base, label, tensors))
+    # Replacements first: a trained bias is the value a LoRA bias (lora_bias) then adds to.
     for name, tensor in sorted(saved.items()):
         module, _, param = name.rpartition(".")
         target = base.resolve(module, param)
+        trained_bias = param == "bias" and not module_matches(
+            module, config.get("modules_to_save") or []
+        )
+        what = f"bias={config.get('bias')!r}" if trained_bias else "modules_to_save"
         if target is None:
             raise IncompatibleAdapters(
-                f"adapter {label}: tensor {name} (modules_to_save) has no counterpart in the base",
+                f"adapter {label}: tensor {name} ({what}) has no counterpart in the base",
                 adapter=label,
                 module=name,
             )
@@ -177,11 +200,14 @@ def load_adapter(folder: str | Path, base: BaseFolder, label: str | None = None)
             Edit(
                 target,
                 module,
-                "replace",
+                "trained-bias" if trained_bias else "replace",
                 _replacement(tensor),
                 rows=_replacement_rows(tensor),
             )
         )
+    builder = _BUILDERS[method]
+    for module, factors in sorted(modules.items()):
+        adapter.edits.extend(builder(module, factors, config, base, label, tensors))
     return adapter
 
 
@@ -335,7 +361,7 @@ def _adalora_edits(
     _need(f, ("lora_A", "lora_B", "lora_E"), module, label)
     a, b, e = f["lora_A"], f["lora_B"], f["lora_E"]
     fif = bool(config.get("fan_in_fan_out"))
-    alpha = float(config.get("lora_alpha", 0))
+    scaling, ranknum = adalora_scaling(config, module)
     target = _target(base, module, label)
     dims = (b.shape[0], a.shape[1])
     _check_shape(label, module, base.shape(target), dims[::-1] if fif else dims)
@@ -344,7 +370,7 @@ def _adalora_edits(
             target,
             module,
             "adalora",
-            lambda w: w + deltas.adalora_delta(a, b, e, alpha, fan_in_fan_out=fif),
+            lambda w: w + deltas.adalora_delta(a, b, e, scaling, ranknum, fan_in_fan_out=fif),
         )
     ]
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from compose.deploy.adapters import Adapter
+from compose.deploy.adapters import KIND_NAMES, Adapter
 from compose.deploy.base import BaseFolder
 from compose.deploy.stio import read_header, read_tensor
 from compose.deploy.writers import StreamWriter
@@ -38,9 +38,7 @@ def check_bundle(base: BaseFolder, adapters: list[Adapter], spec: ExportSpec) ->
             )
         for edit in adapter.edits:
             if edit.kind != "lora":
-                what = {"replace": "modules_to_save", "embedding-lora": "embedding LoRA"}.get(
-                    edit.kind, edit.kind
-                )
+                what = KIND_NAMES.get(edit.kind, edit.kind)
                 raise IncompatibleAdapters(
                     f"adapter {adapter.label}: {what} on {edit.module} is not served by vLLM's"
                     " multi-LoRA (merge it with --format safetensors instead)",

@@ -85,12 +85,14 @@ def lokr_delta(w1: Tensor, w2: Tensor, scale: float, shape: tuple[int, ...]) -> 
 
 
 def adalora_delta(
-    a: Tensor, b: Tensor, e: Tensor, alpha: float, *, fan_in_fan_out: bool = False
+    a: Tensor, b: Tensor, e: Tensor, scaling: float, ranknum: float, *, fan_in_fan_out: bool = False
 ) -> Tensor:
-    """AdaLoRA: ``B (A * E) * alpha / (r + 1e-5)`` with r the module's kept rank."""
-    rank = a.shape[0]
-    scaling = alpha if alpha > 0 else rank
-    return _t(b @ (a * e) * scaling / (rank + 1e-5), fan_in_fan_out)
+    """AdaLoRA: ``B (A * E) * scaling / (ranknum + 1e-5)``.
+
+    ``ranknum`` is the rank the module was built with (``init_r``), not the triplets kept after
+    pruning: see ``compose.peft_patterns.adalora_scaling``.
+    """
+    return _t(b @ (a * e) * scaling / (ranknum + 1e-5), fan_in_fan_out)
 
 
 def vera_delta(

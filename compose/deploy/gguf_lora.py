@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from compose.deploy.adapters import Adapter
+from compose.deploy.adapters import KIND_NAMES, Adapter
 from compose.deploy.base import LM_HEAD, BaseFolder
 from compose.deploy.gguf_model import gguf_arch, permute_rows
 from schemas.errors import IncompatibleAdapters, InvalidArgument
@@ -31,7 +31,7 @@ def check_gguf_lora(base: BaseFolder, adapters: list[Adapter], spec: ExportSpec)
     for adapter in adapters:
         for edit in adapter.edits:
             if edit.kind != "lora" or edit.lora is None:
-                what = "modules_to_save" if edit.kind == "replace" else edit.kind
+                what = KIND_NAMES.get(edit.kind, edit.kind)
                 raise IncompatibleAdapters(
                     f"adapter {adapter.label}: {what} on {edit.module} cannot be a llama.cpp LoRA"
                     " (plain LoRA only; export --format gguf to merge it instead)",

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from compose.peft_config import unknown_keys
 from hub.inspect.config import get_names, load_config, method_of
 from hub.inspect.methods import (
     PROMPT_METHODS,
@@ -61,6 +62,7 @@ _CONFIG_DETAILS = (
     "lora_bias",
     "use_qalora",
     "loftq_config",
+    "alora_invocation_tokens",
 )
 
 
@@ -145,7 +147,7 @@ def inspect_adapter(
         size_bytes=sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
         dtypes=sorted({t.dtype.lower() for t in tensors.values()}),
         inference_overhead=InferenceOverhead(
-            none_when_merged=not prompt,
+            none_when_merged=not prompt and analysis.mergeable,
             extra_tokens=analysis.extra_tokens,
             extra_layers=0 if prompt else len(analysis.modules),
         ),
@@ -187,7 +189,7 @@ def _analyse(
     analysis.modules = sorted(grouping.modules)
     analysis.saved_modules = grouping.saved
     analysis.bias_modules = grouping.biases
-    return analysis, grouping.shared
+    return analysis, grouping.shared | analysis.frozen
 
 
 def _details(
@@ -211,4 +213,7 @@ def _details(
     if init is not True:
         details["init_lora_weights"] = init  # PiSSA, OLoRA, LoftQ...: tied to a changed base
     details["peft_version"] = config.get("peft_version") or metadata.get("peft_version")
+    # Fields of a newer PEFT: accepted, named here (the CLI warns), and merging refuses the
+    # ones that are on (compose.peft_config.merge_refusal).
+    details["unknown_config_keys"] = unknown_keys(config)
     return {k: v for k, v in details.items() if not (v is None or v is False or v in ({}, [], ""))}

@@ -1,6 +1,7 @@
 """Reading ``adapter_config.json`` with errors that name the field at fault.
 
-Like PEFT, unknown keys are tolerated (configs grow with every PEFT release).
+Like PEFT, unknown keys are tolerated (configs grow with every PEFT release); the card lists
+them (``compose.peft_config.unknown_keys``) and merging refuses those that are on.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compose.peft_patterns import adalora_mask_module
 from hub.inspect.config import (
     CONFIG,
     get_bool,
@@ -59,6 +60,10 @@ class Analysis:
     saved_modules: list[str] = field(default_factory=list)
     bias_modules: list[str] = field(default_factory=list)
     extra_tokens: int = 0
+    mergeable: bool = True
+    """False when no merged weight equals the adapter (aLoRA): it always runs unmerged."""
+    frozen: set[str] = field(default_factory=set)
+    """Keys of stored tensors PEFT keeps frozen (MiCA's lora_B): not counted as trainable."""
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -105,14 +110,25 @@ def _varying(per_module: dict[str, int]) -> dict[str, int]:
     return per_module if len(set(per_module.values())) > 1 else {}
 
 
+def _lora_variant(config: dict[str, Any]) -> str | None:
+    """The variant that defines the adapter most: DoRA, aLoRA, MiCA, then rsLoRA scaling."""
+    if get_bool(config, "use_dora"):
+        return "dora"
+    if config.get("alora_invocation_tokens"):
+        return "alora"
+    if config.get("init_lora_weights") == "mica":
+        return "mica"
+    return "rslora" if get_bool(config, "use_rslora") else None
+
+
 def analyse_lora(config: dict[str, Any], groups: TensorInfoGroups) -> Analysis:
-    """LoRA, rsLoRA, DoRA: lora_A is (r, in), lora_B is (out, r), r per ``rank_pattern``."""
+    """LoRA, rsLoRA, DoRA, aLoRA, MiCA: lora_A is (r, in), lora_B is (out, r), r per
+    ``rank_pattern``. aLoRA only runs unmerged; MiCA's lora_B is stored but frozen."""
     use_dora, use_rslora = get_bool(config, "use_dora"), get_bool(config, "use_rslora")
-    out = Analysis(
-        alpha=get_float(config, "lora_alpha"),
-        variant="dora" if use_dora else ("rslora" if use_rslora else None),
-    )
+    out = Analysis(alpha=get_float(config, "lora_alpha"), variant=_lora_variant(config))
+    out.mergeable = out.variant != "alora"
     ranks: dict[str, int] = {}
+    frozen = 0
     for module, parts in sorted(groups.items()):
         expected, origin = _expected_rank(config, module)
         embedding = "lora_embedding_A" in parts
@@ -131,8 +147,12 @@ def analyse_lora(config: dict[str, Any], groups: TensorInfoGroups) -> Analysis:
         if use_dora and magnitude is None and not embedding:
             raise _shape_error(module, f"has no lora_magnitude_vector but {CONFIG} says use_dora")
         ranks[module] = expected
+        if out.variant == "mica":  # PEFT registers B as a frozen weight (MiCALinearVariant)
+            out.frozen.add(b.key)
+            frozen += b.numel
     out.rank = max(ranks.values(), default=get_int(config, "r"))
     out.details.update(
+        params_frozen=frozen,
         module_ranks=_varying(ranks),
         rank_pattern=get_pattern(config, "rank_pattern"),
         alpha_pattern=get_pattern(config, "alpha_pattern"),
@@ -185,8 +205,7 @@ def _adalora_masks(pattern: dict[str, Any]) -> dict[str, list[Any]]:
     """AdaLoRA's ``rank_pattern`` by module name.
 
     Unlike LoRA's (a regex per key), it is written by AdaLoRA's rank allocator: one boolean
-    mask per lora_E parameter, keyed by its full name (``model.layers.0.self_attn.q_proj.
-    lora_E``; the adapter name that follows in memory is stripped when PEFT saves).
+    mask per lora_E parameter (see ``compose.peft_patterns.adalora_mask_module``).
     """
     masks: dict[str, list[Any]] = {}
     for key, mask in pattern.items():
@@ -196,8 +215,7 @@ def _adalora_masks(pattern: dict[str, Any]) -> dict[str, list[Any]]:
                 f" got {mask!r}",
                 field="rank_pattern",
             )
-        parts = key.removeprefix(PREFIX).split(".")
-        masks[".".join(parts[: parts.index("lora_E")] if "lora_E" in parts else parts)] = mask
+        masks[adalora_mask_module(key)] = mask
     return masks
 
 

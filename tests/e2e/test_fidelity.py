@@ -7,12 +7,16 @@ To add a case, append a ``Case`` to ``CASES`` (one row per base where the base m
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.fidelity import MERGED, Bases, Card, Case, Refused, run_case
+from tests.e2e.fidelity import MERGED, Bases, Card, Case, Refused, perturb, run_case
 
 FAMILIES = ("llama", "llama-tied", "qwen2", "mixtral")
 ATTENTION = ["q_proj", "v_proj"]
@@ -153,9 +157,169 @@ CASES: list[Case] = [
     ),
 ]
 
+# -- exports that were silently wrong (issue 9): each merges right now, or is refused --------
+ADAPTERS_ONLY = ("gguf-lora", "vllm-bundle")  # formats that ship the adapter beside the base
+
+
+def _prune_adalora(model: Any, generator: Any) -> None:
+    """Train-like noise, then AdaLoRA's own final masking step with a fixed budget: q_proj keeps
+    3 of its 6 triplets, v_proj 2 (what ``update_and_allocate`` does at ``tfinal``, with the
+    triplets it kept made explicit so the expected ranks are known)."""
+    perturb(model, generator)
+    keep = {
+        "q_proj": [True, False, True, False, False, True],
+        "v_proj": [False, True, False, False, True, False],
+    }
+    inner = model.base_model.model  # AdaLoRA's allocator works on the wrapped model's names
+    pattern = {
+        name: keep[name.split(".")[-3]]
+        for name, _ in inner.named_parameters()
+        if ".lora_E." in name
+    }
+    model.peft_config["default"].rank_pattern = pattern
+    model.base_model.rankallocator.mask_using_rank_pattern(inner, pattern)
+
+
+# PiSSA's conversion reads the initial adapter from a path fixed in the row's save options.
+_PISSA_INITIAL = Path(tempfile.mkdtemp(prefix="fidelity-pissa-")) / "initial"
+atexit.register(shutil.rmtree, _PISSA_INITIAL.parent, ignore_errors=True)
+
+
+def _pissa_save_initial(model: Any, generator: Any) -> None:
+    """PEFT's PiSSA guide: save the initial adapter (as plain LoRA init), then train."""
+    model.peft_config["default"].init_lora_weights = True
+    model.save_pretrained(_PISSA_INITIAL)
+    model.peft_config["default"].init_lora_weights = "pissa"
+    perturb(model, generator)
+
+
+def _refused_everywhere(text: str) -> dict[str, Refused]:
+    return {fmt: Refused(text) for fmt in ("safetensors", *ADAPTERS_ONLY)}
+
+
+CASES.extend(
+    [
+        Case(
+            "adalora-pruned",
+            "llama",
+            peft(
+                "AdaLoraConfig",
+                init_r=6,
+                target_r=2,
+                tinit=1,
+                tfinal=2,
+                total_step=6,
+                target_modules=ATTENTION,
+            ),
+            Card(
+                "adalora",
+                rank=3,
+                details={
+                    "init_r": 6,
+                    "module_ranks": {
+                        f"model.layers.{i}.self_attn.{m}": k
+                        for i in range(2)
+                        for m, k in (("q_proj", 3), ("v_proj", 2))
+                    },
+                },
+            ),
+            prepare=_prune_adalora,
+        ),
+        *(
+            Case(
+                f"{init}-unconverted",
+                "llama",
+                peft(
+                    "LoraConfig",
+                    r=4,
+                    lora_alpha=8,
+                    init_lora_weights=init,
+                    target_modules=ATTENTION,
+                ),
+                Card("lora", rank=4, details={"init_lora_weights": init}),
+                export=_refused_everywhere(f"init_lora_weights={init!r}"),
+            )
+            for init in ("pissa", "olora")
+        ),
+        Case(
+            "pissa-converted",
+            "llama",
+            peft(
+                "LoraConfig", r=4, lora_alpha=8, init_lora_weights="pissa", target_modules=ATTENTION
+            ),
+            Card("lora", rank=8),
+            prepare=_pissa_save_initial,
+            save={"path_initial_model_for_weight_conversion": str(_PISSA_INITIAL)},
+        ),
+        Case(
+            "alora",
+            "llama",
+            peft(
+                "LoraConfig",
+                r=8,
+                lora_alpha=16,
+                alora_invocation_tokens=[5, 9],
+                target_modules=ATTENTION,
+            ),
+            Card(
+                "lora",
+                "alora",
+                8,
+                none_when_merged=False,
+                details={"alora_invocation_tokens": [5, 9]},
+            ),
+            export=_refused_everywhere("aLoRA"),
+        ),
+        *(
+            Case(
+                f"bias-{bias.replace('_', '-')}-{family}",
+                family,
+                peft("LoraConfig", r=4, lora_alpha=8, bias=bias, target_modules=ATTENTION),
+                Card("lora", rank=4, details={"bias": bias}),
+                export={
+                    "safetensors": MERGED,
+                    "vllm-bundle": Refused("a trained bias (bias='all'/'lora_only') on model."),
+                },
+            )
+            for bias in ("all", "lora_only")
+            for family in ("qwen2",)  # the family with biases (q/k/v)
+        ),
+        Case(
+            "mica",
+            "llama",
+            peft(
+                "LoraConfig", r=4, lora_alpha=8, init_lora_weights="mica", target_modules=ATTENTION
+            ),
+            Card("lora", "mica", 4),
+        ),
+        Case(
+            "unknown-key-on",
+            "llama",
+            peft("LoraConfig", r=4, lora_alpha=8, target_modules=ATTENTION),
+            Card(
+                "lora",
+                rank=4,
+                details={"unknown_config_keys": ["future_variant_config", "use_future_variant"]},
+            ),
+            export={"safetensors": Refused("'use_future_variant'")},
+            edit_config={"use_future_variant": True, "future_variant_config": None},
+        ),
+        Case(
+            "unknown-key-off",
+            "llama",
+            peft("LoraConfig", r=4, lora_alpha=8, target_modules=ATTENTION),
+            Card(
+                "lora",
+                rank=4,
+                details={"unknown_config_keys": ["future_variant_config", "use_future_variant"]},
+            ),
+            edit_config={"use_future_variant": False, "future_variant_config": None},
+        ),
+    ]
+)
+
 _IDS = [case.id for case in CASES]
 assert len(set(_IDS)) == len(_IDS), "duplicate case ids"
-_ = MERGED  # the default export expectation (re-exported for rows that name it)
 
 
 @pytest.fixture(scope="session")
