@@ -58,6 +58,19 @@ def _markdown(headers: list[str], rows: list[list[Any]]) -> str:
 @click.option("--base", help="Base model for --data (default: each card's).")
 @click.option("--eval", "eval_ids", multiple=True, help="Compare only these eval records.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option(
+    "--plot",
+    "plot_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write pareto, similarity and spectra plots (PNG and SVG) into this folder.",
+)
+@click.option(
+    "--axes",
+    default="params_trainable",
+    show_default=True,
+    help="Pareto axes X[,Y]: a card field (params_trainable, params_fraction, size_bytes, rank)"
+    " or a metric column NAME@DATASET; Y defaults to the first metric.",
+)
 @click.option("--json", "fmt", flag_value="json", help="Print machine-readable JSON.")
 @click.option("--csv", "fmt", flag_value="csv", help="Print the table as CSV.")
 @click.option("--markdown", "fmt", flag_value="markdown", help="Print the table as Markdown.")
@@ -69,6 +82,8 @@ def compare_command(
     base: str | None,
     eval_ids: tuple[str, ...],
     seed: int,
+    plot_dir: Path | None,
+    axes: str,
     fmt: str | None,
 ) -> None:
     """Lay adapters side by side: card facts, metrics with intervals, which differences are
@@ -78,18 +93,21 @@ def compare_command(
     Example:
         hub compare team/sql-lora team/sql-dora team/sql-merged
         hub compare team/sql-lora team/sql-dora --data sql-dev.jsonl --base models/llama --json
+        hub compare team/sql-lora team/sql-dora --plot plots --axes params_trainable
     """
-    from hub.compare import compare
+    from hub.compare import compare, write_plots
     from hub.registry import Registry
 
     registry = Registry(ctx.obj["home"])
     ids = list(eval_ids)
     if data is not None:
-        records = registry.evaluate(
-            list(refs), data, base=base, seed=seed, progress=eval_progress
-        )
+        records = registry.evaluate(list(refs), data, base=base, seed=seed, progress=eval_progress)
         ids += [r["id"] for r in records]
     report = compare(registry, list(refs), eval_ids=ids, seed=seed)
+    if plot_dir is not None:
+        x, _, y = axes.partition(",")
+        for path in write_plots(report, plot_dir, x=x, y=y or None):
+            click.echo(f"Wrote {path}", err=True)
     if fmt == "json":
         print_json(report)
         return

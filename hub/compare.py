@@ -267,3 +267,66 @@ def _spectra(updates: dict[str, dict[str, Update]]) -> dict[str, dict[str, Any]]
                 "utilisation": spec.utilisation,
             }
     return out
+
+
+AXES = ("params_trainable", "params_fraction", "size_bytes", "rank")
+"""Card fields a Pareto plot can put on an axis (besides any metric of the table)."""
+
+
+def write_plots(
+    report: dict[str, Any], folder: Path, *, x: str = "params_trainable", y: str | None = None
+) -> list[Path]:
+    """``pareto``, ``similarity`` and ``spectra`` as PNG and SVG in ``folder``.
+
+    Args:
+        x: a card field of ``AXES`` or a metric column (``NAME@DATASET``).
+        y: a metric column; default the first one the adapters were evaluated on. Without any
+            metric there is no Pareto plot.
+
+    Raises:
+        InvalidArgument: an axis that is neither a card field nor a metric of the table.
+    """
+    from compose.plots import Point, plot_heatmap, plot_pareto, plot_spectra
+
+    adapters = report["adapters"]
+    columns = sorted({name for a in adapters for name in a["metrics"]})
+    for axis in (x, y):
+        if axis is not None and axis not in AXES and axis not in columns:
+            known = ", ".join([*AXES, *columns])
+            raise InvalidArgument(f"--axes: {axis!r} is not one of {known}")
+    written: list[Path] = []
+    y = y or (columns[0] if columns else None)
+    if y is not None:
+
+        def value(a: dict[str, Any], axis: str) -> float | None:
+            got = a["metrics"][axis]["value"] if axis in a["metrics"] else a.get(axis)
+            return None if got is None else float(got)
+
+        points = []
+        for a in adapters:
+            px, py = value(a, x), value(a, y)
+            if px is None or py is None:
+                continue
+            ci = a["metrics"][y].get("ci95") if y in a["metrics"] else None
+            points.append(Point(a["repo"], px, py, ci[0] if ci else None, ci[1] if ci else None))
+        higher = next((a["metrics"][y].get("higher_is_better") for a in adapters
+                       if y in a["metrics"]), True)  # fmt: skip
+        if points:
+            written += plot_pareto(
+                points,
+                folder / "pareto",
+                x_label=x,
+                y_label=y,
+                higher_is_better=higher is not False,
+                log_x=x in ("params_trainable", "size_bytes"),
+            )
+    sim = report["similarity"]
+    labels = [ref.split("@")[0] for ref in sim["refs"]]
+    written += plot_heatmap(labels, sim["cosine"], folder / "similarity", title="weight cosine")
+    curves = {
+        ref.split("@")[0]: {m: s["cumulative_energy"] for m, s in modules.items()}
+        for ref, modules in report["spectra"].items()
+    }
+    if curves:
+        written += plot_spectra(curves, folder / "spectra")
+    return written

@@ -93,3 +93,23 @@ def test_compare_cli_formats_and_errors(hub_home, trained):
         "Error: eval ev-000000000000 is not a record of any of the adapters compared"
         " (see `hub show REF` for their eval ids)\n"
     )
+
+
+def test_compare_plots(hub_home, trained, tmp_path):
+    base, lora, lora2, data = trained
+    runner = CliRunner()
+    runner.invoke(cli, ["push", str(lora), "--name", "team/p"])
+    runner.invoke(cli, ["push", str(lora2), "--name", "team/q"])
+    out = tmp_path / "plots"
+    args = ["compare", "team/p", "team/q", "--data", str(data), "--base", str(base)]
+    result = runner.invoke(cli, [*args, "--plot", str(out), "--axes", "size_bytes"])
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [f"{stem}.{ext}" for stem in ("pareto", "similarity", "spectra")
+                     for ext in ("png", "svg")]  # fmt: skip
+    svg = (out / "pareto.svg").read_text()
+    assert "team/p" in svg and "cross_entropy@held-out.jsonl (lower is better)" in svg
+    result = runner.invoke(cli, ["compare", "team/p", "team/q", "--plot", str(out), "--axes",
+                                 "params_trainable,bleu"])  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: --axes: 'bleu' is not one of params_trainable,")
