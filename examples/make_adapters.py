@@ -1,21 +1,27 @@
-"""Build a tiny Llama base model and four real PEFT adapters for the demo.
+"""Build a tiny Llama base, train four real PEFT adapters on synthetic tasks, and write the
+tasks' held-out evaluation files, for the demo. Everything runs offline, in seconds on a CPU.
 
 Usage: python examples/make_adapters.py OUT_DIR
-Writes OUT_DIR/base (a transformers model folder) and OUT_DIR/adapters/{sql-lora,
-code-lora,summarize-dora,chat-ia3}, each saved by PEFT's own save_pretrained.
+Writes:
+  OUT_DIR/base                    a transformers model folder with a byte-level BPE tokenizer
+  OUT_DIR/adapters/{sql-lora,code-lora,summarize-dora,chat-ia3}
+                                  each trained on its task and saved by PEFT's save_pretrained
+  OUT_DIR/data/{sql,code}-dev.jsonl   held-out {"prompt", "target"} rows of two tasks
 """
 
 from __future__ import annotations
 
+import json
+import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import IA3Config, LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 TINY = dict(
-    vocab_size=256,
     hidden_size=64,
     intermediate_size=128,
     num_hidden_layers=2,
@@ -23,34 +29,99 @@ TINY = dict(
     num_key_value_heads=2,
     max_position_embeddings=128,
 )
+TABLES = ["users", "orders", "items", "carts", "notes", "books",
+          "songs", "trips", "teams", "cards", "plans", "tasks"]  # fmt: skip
+NAMES = ["total", "count", "price", "name", "title", "owner", "score", "level"]
+
+
+def task_rows(task: str) -> list[dict[str, str]]:
+    """Every example of a synthetic task: a prompt and the one right continuation."""
+    if task == "sql":
+        return [
+            {"prompt": f"sql: {n} of {t} ->", "target": f" select {n} from {t} ;"}
+            for t in TABLES
+            for n in NAMES
+        ]
+    if task == "code":
+        return [
+            {"prompt": f"code: {n} of {t} ->", "target": f" {t} . get ( {n} )"}
+            for t in TABLES
+            for n in NAMES
+        ]
+    if task == "summarize":
+        return [{"prompt": f"tldr: the {t} have a {n} ->", "target": f" {n}"} for t in TABLES
+                for n in NAMES]  # fmt: skip
+    return [{"prompt": f"chat: hi {t} ->", "target": " hello there"} for t in TABLES]
+
+
+def train_tokenizer(folder: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    texts = [r["prompt"] + r["target"] for task in ("sql", "code", "summarize", "chat")
+             for r in task_rows(task)]  # fmt: skip
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<s>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(folder)
+
+
+def train(base_dir: Path, config: Any, rows: list[dict[str, str]], out: Path) -> None:
+    """A few dozen Adam steps on the task's rows (the loss is on every token)."""
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    tok.pad_token = tok.eos_token
+    model = get_peft_model(LlamaForCausalLM.from_pretrained(base_dir), config)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    batch = tok([r["prompt"] + r["target"] for r in rows], return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    model.train()
+    for _ in range(60):
+        loss = model(**batch, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.save_pretrained(out)
+    print(f"trained {out} (final loss {loss.item():.3f})")
 
 
 def main(out: Path) -> None:
     torch.manual_seed(0)
     base_dir = out / "base"
-    LlamaForCausalLM(LlamaConfig(**TINY)).save_pretrained(base_dir)
+    train_tokenizer(base_dir)
+    vocab = len(AutoTokenizer.from_pretrained(base_dir))
+    LlamaForCausalLM(LlamaConfig(vocab_size=vocab, **TINY)).save_pretrained(base_dir)
+    attention = ["q_proj", "k_proj", "v_proj", "o_proj"]
     configs = {
-        "sql-lora": LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
-        "code-lora": LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj"]),
-        "summarize-dora": LoraConfig(
-            r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "k_proj", "v_proj"]
+        "sql-lora": ("sql", LoraConfig(r=8, lora_alpha=16, target_modules=attention)),
+        "code-lora": ("code", LoraConfig(r=4, lora_alpha=8, target_modules=attention)),
+        "summarize-dora": (
+            "summarize",
+            LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "v_proj"]),
         ),
-        "chat-ia3": IA3Config(
-            target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"]
+        "chat-ia3": (
+            "chat",
+            IA3Config(
+                target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"]
+            ),
         ),
     }
-    for seed, (name, config) in enumerate(configs.items(), start=1):
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    for name, (task, config) in configs.items():
         config.task_type = "CAUSAL_LM"
-        model = LlamaForCausalLM.from_pretrained(base_dir)
-        peft_model = get_peft_model(model, config)
-        # Stand-in for training: give the adapter weights that change the model's outputs.
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for param in peft_model.parameters():
-                if param.requires_grad:
-                    param.add_(0.05 * torch.randn(param.shape, generator=generator))
-        peft_model.save_pretrained(out / "adapters" / name)
-        print(f"built {out / 'adapters' / name}")
+        rows = task_rows(task)
+        random.Random(task).shuffle(rows)
+        held_out, train_rows = rows[:16], rows[16:]
+        train(base_dir, config, train_rows, out / "adapters" / name)
+        if task in ("sql", "code"):
+            path = out / "data" / f"{task}-dev.jsonl"
+            path.write_text("".join(json.dumps(r) + "\n" for r in held_out))
 
 
 if __name__ == "__main__":

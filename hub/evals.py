@@ -182,8 +182,17 @@ def _load_model(base_dir: Path, dtype: str, device: Any) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from transformers.utils import logging as hf_logging
+
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch_dtype)
+    # transformers' own per-load bars would interleave with ours, once per model loaded.
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch_dtype)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     return model.to(device).eval()
 
 
