@@ -78,11 +78,11 @@ def train(base_dir: Path, config: Any, rows: list[dict[str, str]], out: Path) ->
     tok = AutoTokenizer.from_pretrained(base_dir)
     tok.pad_token = tok.eos_token
     model = get_peft_model(LlamaForCausalLM.from_pretrained(base_dir), config)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-2)
     batch = tok([r["prompt"] + r["target"] for r in rows], return_tensors="pt", padding=True)
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     model.train()
-    for _ in range(60):
+    for _ in range(80):
         loss = model(**batch, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
@@ -97,10 +97,10 @@ def main(out: Path) -> None:
     train_tokenizer(base_dir)
     vocab = len(AutoTokenizer.from_pretrained(base_dir))
     LlamaForCausalLM(LlamaConfig(vocab_size=vocab, **TINY)).save_pretrained(base_dir)
-    attention = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    linear = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
     configs = {
-        "sql-lora": ("sql", LoraConfig(r=8, lora_alpha=16, target_modules=attention)),
-        "code-lora": ("code", LoraConfig(r=4, lora_alpha=8, target_modules=attention)),
+        "sql-lora": ("sql", LoraConfig(r=8, lora_alpha=16, target_modules=linear)),
+        "code-lora": ("code", LoraConfig(r=4, lora_alpha=8, target_modules=linear)),
         "summarize-dora": (
             "summarize",
             LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "v_proj"]),
@@ -117,7 +117,8 @@ def main(out: Path) -> None:
         config.task_type = "CAUSAL_LM"
         rows = task_rows(task)
         random.Random(task).shuffle(rows)
-        held_out, train_rows = rows[:16], rows[16:]
+        cut = min(16, len(rows) // 4)  # a quarter held out, at most 16 rows
+        held_out, train_rows = rows[:cut], rows[cut:]
         train(base_dir, config, train_rows, out / "adapters" / name)
         if task in ("sql", "code"):
             path = out / "data" / f"{task}-dev.jsonl"
