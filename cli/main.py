@@ -80,6 +80,12 @@ def cli(ctx: click.Context, home: Path | None) -> None:
     "--allow-nonfinite", is_flag=True, help="Accept tensors that contain NaN or Inf values."
 )
 @click.option("--to", "remote", envvar="HUB_REMOTE", help="Push to a team hub at this URL.")
+@click.option(
+    "--checkpoints",
+    is_flag=True,
+    help="PATH is a Trainer output_dir: push each checkpoint-<step>/ as a version, in step"
+    " order, with its step and logged metrics.",
+)
 @json_option
 @click.pass_context
 def push(
@@ -93,6 +99,7 @@ def push(
     description: str | None,
     allow_nonfinite: bool,
     remote: str | None,
+    checkpoints: bool,
     as_json: bool,
 ) -> None:
     """Register an adapter folder (what PEFT's save_pretrained wrote) as a new version.
@@ -100,13 +107,46 @@ def push(
     The folder is checked first (config, tensor headers, shapes, NaN/Inf); nothing is
     stored if anything is wrong. Pushing identical files again creates no new version.
     Config fields a newer PEFT wrote are kept on the card, with one warning on stderr.
+    Training state (checkpoint-<step>/, optimizer.pt, scheduler.pt, rng_state.pth,
+    training_args.bin, trainer_state.json...) is left out; --checkpoints pushes a Trainer's
+    checkpoints as versions instead. mlx-lm and torchtune adapters: `hub convert` first.
 
     \b
     Example:
         hub push out/sql-lora --name team/sql-lora --task sql --tag team=nlp \\
             --metric exact_match=0.71@spider
+        hub push out/trainer-run --checkpoints --name team/sql-lora
     """
     from hub.hf_interop import is_hf
+
+    if checkpoints:
+        if remote:
+            from schemas.errors import InvalidArgument
+
+            raise InvalidArgument(
+                "--checkpoints pushes to the local registry: push each checkpoint folder with"
+                " --to instead"
+            )
+        results = _registry(ctx).push_checkpoints(
+            path,
+            name=name,
+            tasks=tasks,
+            tags=list(tags),
+            metrics=metrics,
+            parent=parent,
+            description=description,
+            allow_nonfinite=allow_nonfinite,
+        )
+        if as_json:
+            print_json(
+                [
+                    {**r.card.model_dump(mode="json"), "created": r.created, "left_out": r.left_out}
+                    for r in results
+                ]
+            )
+        else:
+            _echo_checkpoints(results)
+        return
 
     if is_hf(remote):
         from hub.hf_interop import push_to_hf
@@ -152,17 +192,43 @@ def push(
             err=True,
         )
     if as_json:
-        print_json({**card.model_dump(mode="json"), "created": result.created})
-    elif result.created:
+        print_json(
+            {**card.model_dump(mode="json"), "created": result.created, "left_out": result.left_out}
+        )
+        return
+    _echo_pushed(result)
+    if result.left_out:
+        hint = (
+            f" (push the checkpoints as versions with `hub push {path} --checkpoints`)"
+            if any(p.startswith("checkpoint-") for p in result.left_out)
+            else ""
+        )
+        click.echo(f"Left out training state: {', '.join(result.left_out)}{hint}")
+
+
+def _echo_pushed(result: Any, extra: str = "") -> None:
+    card = result.card
+    if result.created:
         rank = f", rank {card.rank}" if card.rank is not None else ""
         click.echo(
             f"Pushed {card.repo}@v{card.version} ({card.commit[:10]}): "
-            f"{card.method}{rank}, {human_size(card.size_bytes)}"
+            f"{card.method}{rank}, {human_size(card.size_bytes)}{extra}"
         )
     else:
         click.echo(
             f"Unchanged: {card.repo}@v{card.version} ({card.commit[:10]}) already has these files"
         )
+
+
+def _echo_checkpoints(results: list[Any]) -> None:
+    for result in results:
+        logged = "".join(
+            f", {m.name}={m.value:.4g}" for m in result.card.metrics if m.source == "trainer"
+        )
+        _echo_pushed(result, f", step {result.card.tags.get('step')}{logged}")
+    left_out = sorted({p.rsplit("/", 1)[-1] for r in results for p in r.left_out})
+    if left_out:
+        click.echo(f"Left out training state in each checkpoint: {', '.join(left_out)}")
 
 
 @cli.command()
@@ -429,23 +495,49 @@ def gc(ctx: click.Context, as_json: bool) -> None:
     "-o",
     "--output",
     type=click.Path(path_type=Path),
-    help="Folder to write (default: PATH-safetensors).",
+    help="Folder to write (default: PATH-safetensors for adapter_model.bin, else PATH-peft).",
+)
+@click.option(
+    "--base",
+    type=click.Path(path_type=Path),
+    help="Base model folder: required for torchtune (architecture); for mlx-lm, checks the"
+    " modules and names the base.",
+)
+@click.option(
+    "--alpha",
+    type=float,
+    help="torchtune without adapter_config.json: the lora_alpha it was trained with.",
 )
 @click.pass_context
-def convert(ctx: click.Context, path: Path, output: Path | None) -> None:
-    """Convert a pickle adapter (adapter_model.bin) to safetensors, safely.
+def convert(
+    ctx: click.Context, path: Path, output: Path | None, base: Path | None, alpha: float | None
+) -> None:
+    """Convert an adapter into a PEFT folder that `hub push` takes, safely.
 
-    Loads with torch.load(weights_only=True), which refuses arbitrary code; writes a new
-    folder with adapter_model.safetensors and the other files, ready for `hub push`.
+    \b
+    Recognised from the files:
+      adapter_model.bin     PEFT's pickle -> adapter_model.safetensors
+      adapters.safetensors  mlx-lm LoRA -> PEFT LoRA (lora_a/lora_b transposed,
+                            lora_alpha = scale * rank)
+      adapter_model.pt      torchtune LoRA -> PEFT LoRA for --base (names mapped,
+                            q/k rows back in Hugging Face order)
+    Pickles are read with torch.load(weights_only=True), which refuses arbitrary code.
 
     \b
     Example:
         hub convert old-adapter -o old-adapter-st && hub push old-adapter-st --name team/old
+        hub convert mlx-run/adapters -o sql-peft && hub push sql-peft --name team/sql
+        hub convert tune-out/epoch_0 --base models/llama -o sql-peft
     """
-    from hub.convert import convert_bin_adapter
+    from hub.convert import convert_adapter
 
-    dest = convert_bin_adapter(path, output)
-    click.echo(f"Wrote {dest}")
+    converted = convert_adapter(path, output, base=base, alpha=alpha)
+    if converted.source == "peft-bin":
+        click.echo(f"Wrote {converted.path}")
+    else:
+        click.echo(
+            f"Wrote {converted.path}: PEFT LoRA from {converted.source}, {converted.summary}"
+        )
 
 
 from cli.compare import compare_command  # noqa: E402 (command modules register at the bottom)

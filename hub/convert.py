@@ -1,4 +1,7 @@
-"""Safe conversion of pickle adapters (``adapter_model.bin``) to safetensors.
+"""``hub convert``: adapters the hub does not store as they are, turned into PEFT folders.
+
+- PEFT's pickle ``adapter_model.bin`` -> ``adapter_model.safetensors`` (``convert_bin_adapter``).
+- mlx-lm and torchtune LoRA adapters -> PEFT LoRA folders (``hub.formats``).
 
 The hub never unpickles files implicitly. This explicit step uses
 ``torch.load(weights_only=True)``, which only rebuilds tensors and refuses any other object.
@@ -9,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from schemas.errors import InvalidAdapter, OutputExists
@@ -62,3 +66,75 @@ def convert_bin_adapter(folder: Path, output: Path | None = None) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return dest
+
+
+@dataclass(frozen=True)
+class Converted:
+    path: Path
+    source: str
+    """``peft-bin``, ``mlx-lm`` or ``torchtune``."""
+    summary: str = ""
+
+
+def convert_adapter(
+    folder: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    base: str | os.PathLike[str] | None = None,
+    alpha: float | None = None,
+) -> Converted:
+    """Convert the adapter ``folder`` into a PEFT folder that ``hub push`` takes.
+
+    The format is recognised from the files: PEFT's pickle ``adapter_model.bin`` (written as
+    ``<folder>-safetensors``), an mlx-lm or a torchtune LoRA adapter (``<folder>-peft``).
+    The output folder appears whole or not at all.
+
+    Args:
+        output: the folder to write (must not exist).
+        base: the base model folder: required for torchtune (architecture), optional for
+            mlx-lm (checks every module's name and shape, and becomes the base model name).
+        alpha: torchtune without ``adapter_config.json``: the LoRA alpha it was trained with.
+
+    Raises:
+        InvalidAdapter, ForeignFormat: nothing to convert, or what cannot be converted.
+        InvalidArgument: a missing or contradicting ``base`` / ``alpha``.
+        OutputExists: ``output`` exists.
+
+    Example:
+        >>> convert_adapter("mlx-out/adapters", "adapters-peft")           # doctest: +SKIP
+        Converted(path=PosixPath('adapters-peft'), source='mlx-lm', summary='r=8, ...')
+    """
+    from compose.deploy.output import staged_folder
+    from hub.formats import detect
+
+    folder = Path(folder)
+    fmt = detect(folder) if folder.is_dir() else None
+    if fmt is None:
+        if (folder / "adapter_model.safetensors").is_file():
+            raise InvalidAdapter(
+                f"{folder} is already a PEFT folder (adapter_model.safetensors): push it as it"
+                f" is with `hub push {folder}`",
+                path=str(folder),
+            )
+        if not (folder / "adapter_model.bin").is_file():
+            raise InvalidAdapter(
+                f"{folder}: nothing to convert (no PEFT adapter_model.bin, no mlx-lm"
+                " adapters.safetensors, no torchtune adapter_model.pt)",
+                path=str(folder),
+            )
+        dest = convert_bin_adapter(folder, None if output is None else Path(output))
+        return Converted(dest, "peft-bin")
+    dest = Path(output) if output is not None else folder.with_name(folder.name + "-peft")
+    if dest.exists():
+        raise OutputExists(f"{dest} already exists (choose another -o)", path=str(dest))
+    base_path = Path(base) if base is not None else None
+    with staged_folder(dest, force=False) as staging:
+        if fmt == "mlx-lm":
+            from hub.formats.mlx import convert_mlx
+
+            summary = convert_mlx(folder, staging, base_path)
+        else:
+            from hub.formats.torchtune import convert_torchtune
+
+            summary = convert_torchtune(folder, staging, base_path, alpha)
+    return Converted(dest, fmt, summary)

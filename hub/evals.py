@@ -181,7 +181,6 @@ def _versions() -> dict[str, str]:
 def _load_model(base_dir: Path, dtype: str, device: Any) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
-
     from transformers.utils import logging as hf_logging
 
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]

@@ -19,7 +19,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,14 +67,17 @@ def commit_id(parent: str | None, files: Sequence[FileEntry]) -> str:
 def adapter_files(folder: Path) -> list[tuple[str, Path]]:
     """(relative posix path, absolute path) of every file to store, sorted.
 
-    Hidden files and folders (``.git``, ``.ipynb_checkpoints``) and ``__pycache__`` are left out.
+    Hidden files and folders (``.git``, ``.ipynb_checkpoints``) and ``__pycache__`` are left out,
+    and so is training state (``checkpoint-N/``, ``optimizer.pt``...: ``hub.inspect.files``).
     """
+    from hub.inspect.files import is_training_output
+
     out = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
         if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
             continue
-        if path.is_file():
+        if path.is_file() and not is_training_output(rel.as_posix(), folder):
             out.append((rel.as_posix(), path))
     return out
 
@@ -92,6 +95,8 @@ class PushResult:
     card: AdapterCard
     created: bool
     """False when the content equals the latest version's (nothing new stored)."""
+    left_out: list[str] = field(default_factory=list)
+    """Training state in the folder that was not stored (``hub.inspect.files``)."""
 
 
 class Registry:
@@ -147,7 +152,9 @@ class Registry:
             name: ``namespace/name``; defaults to ``<user>/<folder name>``.
             tasks: task labels such as ``sql``.
             tags: ``{"key": "value"}`` or ``["key=value", ...]``.
-            metrics: ``Metric`` objects or ``"name=value[@dataset]"`` strings.
+            metrics: ``Metric`` objects or ``"name=value[@dataset]"`` strings. A Trainer
+                checkpoint folder (with ``trainer_state.json``) adds the metrics logged at its
+                step, the tag ``step=N`` and ``details.trainer`` (``hub.checkpoints``).
             parent: reference of the adapter this one was trained on top of (stacking).
             description: overrides the README's description.
             lineage: for composites: recipe and exact inputs.
@@ -161,6 +168,7 @@ class Registry:
         Raises:
             InvalidName, InvalidAdapter, UnsafeFormat, AdapterNotFound (parent).
         """
+        from hub.checkpoints import read_trainer_state
         from hub.inspect import inspect_adapter
         from schemas.card import FileEntry, Lineage, Metric, parse_tags
         from schemas.refs import validate_repo_id
@@ -173,6 +181,11 @@ class Registry:
         if not folder.is_dir():
             raise InvalidAdapter(f"{folder}: not a folder (give the folder save_pretrained wrote)")
         inspected = inspect_adapter(folder, allow_nonfinite=allow_nonfinite)
+        trained = read_trainer_state(folder)  # a Trainer checkpoint: its step and logged metrics
+        if trained is not None:
+            tag_map = {"step": str(trained.step), **tag_map}
+            metric_list += [m for m in trained.metrics if m not in metric_list]
+            details = {"trainer": trained.details(), **(details or {})}
         if details:
             inspected.details = {**inspected.details, **details}
         if parent is not None:
@@ -186,7 +199,8 @@ class Registry:
             for rel, abs_path in files_on_disk:
                 digest, size = self.store.put_file(abs_path, description=f"push {rel}")
                 entries.append(FileEntry(path=rel, sha256=digest, size=size))
-            return self._commit(
+            inspected.size_bytes = sum(entry.size for entry in entries)  # what is stored
+            result = self._commit(
                 repo,
                 inspected.model_dump(),
                 entries,
@@ -196,6 +210,17 @@ class Registry:
                 description,
                 lineage,
             )
+        from hub.inspect.files import training_outputs
+
+        result.left_out = training_outputs(folder)
+        return result
+
+    def push_checkpoints(self, path: str | os.PathLike[str], **options: Any) -> list[PushResult]:
+        """Push each ``checkpoint-<step>/`` of a Trainer output folder as a version, in step
+        order, with its step and logged metrics (``hub.checkpoints.push_checkpoints``)."""
+        from hub.checkpoints import push_checkpoints
+
+        return push_checkpoints(self, Path(path), **options)
 
     def create_repo(self, repo: str) -> bool:
         """Create an empty repository (no version yet); False if it already exists."""
@@ -261,8 +286,10 @@ class Registry:
                     latest_card["tasks"] = sorted(set(latest_card["tasks"]) | set(tasks))
                     latest_card["tags"] = {**latest_card["tags"], **tags}
                     latest_card["metrics"] = latest_card["metrics"] + [
-                        m.model_dump() for m in metrics
-                    ]
+                        m.model_dump()
+                        for m in metrics
+                        if m.model_dump() not in latest_card["metrics"]
+                    ]  # pushing a checkpoint again must not repeat its trainer metrics
                     if description:
                         latest_card["description"] = description
                     index.replace_annotations(conn, latest[0], latest_card)

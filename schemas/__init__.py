@@ -25,7 +25,8 @@ _EXPORTS: dict[str, str] = {
     "Recipe": "schemas.recipe",
 }
 _ERRORS = (
-    "AdapterNotFound", "AliasConflict", "AuthError", "HubError", "IncompatibleAdapters",
+    "AdapterNotFound", "AliasConflict", "AuthError", "ForeignFormat", "HubError",
+    "IncompatibleAdapters",
     "InsufficientDiskSpace", "InvalidAdapter", "InvalidArgument", "InvalidName", "InvalidRecipe",
     "OutputExists", "RevisionNotFound", "StoreCorrupted", "UnsafeFormat",
 )  # fmt: skip
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
         AdapterNotFound,
         AliasConflict,
         AuthError,
+        ForeignFormat,
         HubError,
         IncompatibleAdapters,
         InsufficientDiskSpace,

@@ -51,7 +51,8 @@ class Metric(BaseModel):
     value: float
     dataset: str | None = None
     source: str = "push"
-    """Where the value comes from: ``push``, ``manual``, ``hub-eval``."""
+    """Where the value comes from: ``push``, ``manual``, ``hub-eval``, ``trainer`` (logged by a
+    Trainer at the checkpoint's step, in its ``trainer_state.json``)."""
     n: int | None = None
     stderr: float | None = None
     ci95: list[float] | None = None

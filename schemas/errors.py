@@ -63,6 +63,15 @@ class UnsafeFormat(InvalidAdapter):
     code = "unsafe_format"
 
 
+class ForeignFormat(InvalidAdapter):
+    """An adapter saved by another trainer (mlx-lm, torchtune): ``hub convert`` makes it PEFT's.
+
+    ``format`` names the trainer's format; the message gives the convert command.
+    """
+
+    code = "foreign_format"
+
+
 class IncompatibleAdapters(HubError, ValueError):
     """Adapters that cannot be combined or applied together (base, shapes, methods)."""
 
@@ -126,6 +135,7 @@ ALL_ERRORS: dict[str, type[HubError]] = {
         RevisionNotFound,
         InvalidAdapter,
         UnsafeFormat,
+        ForeignFormat,
         IncompatibleAdapters,
         InvalidRecipe,
         InvalidArgument,

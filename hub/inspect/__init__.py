@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from compose.peft_config import unknown_keys
+from hub.formats import refuse_foreign
 from hub.inspect.config import get_names, load_config, method_of
 from hub.inspect.methods import (
     PROMPT_METHODS,
@@ -90,6 +91,7 @@ def inspect_adapter(
             contradict the config, modules the config does not target, NaN/Inf values. The
             message names the file and the field, module or tensor at fault.
         UnsafeFormat: only a pickle ``adapter_model.bin`` is present.
+        ForeignFormat: an mlx-lm or torchtune adapter (``hub convert`` makes it PEFT's).
 
     Example:
         >>> card = inspect_adapter("out/sql-lora")                  # doctest: +SKIP
@@ -101,6 +103,7 @@ def inspect_adapter(
         from hub.inspect.composite import inspect_composite
 
         return inspect_composite(folder, inspect_adapter, allow_nonfinite)
+    refuse_foreign(folder)  # mlx-lm, torchtune, a Trainer output folder: say what it is
     config = load_config(folder)
     method = method_of(config)
     weights = folder / WEIGHTS
