@@ -56,3 +56,15 @@ def assert_argmax_within(got: torch.Tensor, expected: torch.Tensor, tolerance: f
     top = expected.max(dim=-1, keepdim=True).values
     picked = expected.gather(-1, got.argmax(dim=-1, keepdim=True))
     assert bool((picked >= top - 2 * tolerance).all()), (picked - top).min()
+
+
+def argmax_is(scores: list[float], index: int, tolerance: float) -> set[float]:
+    """The values ``float(argmax == index)`` may take for scores computed within ``tolerance``
+    of ``scores``: {1.0} where ``index`` beats every other choice by more than
+    ``2 * tolerance``, {0.0} where another choice beats it by more, and both at a near-tie,
+    where any rounding may land on either side."""
+    best = max(scores)
+    within = {i for i, score in enumerate(scores) if score >= best - 2 * tolerance}
+    if within == {index}:
+        return {1.0}
+    return {0.0, 1.0} if index in within else {0.0}

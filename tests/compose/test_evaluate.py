@@ -13,6 +13,7 @@ from compose import evaluate
 from compose.eval_data import read_eval_data
 from schemas.errors import InvalidData
 from tests.compose.deploy.models import make_adapter, make_base
+from tests.numerics import argmax_is
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +84,10 @@ def test_choice_accuracy_follows_the_summed_logprob(model_and_tokenizer, tmp_pat
             total, count = _direct_logprob(model, tok(row.prompt + choice)["input_ids"], ctx)
             sums.append(total)
             means.append(total / count)
-        assert acc == float(max(range(len(sums)), key=sums.__getitem__) == row.answer)
-        assert acc_norm == float(max(range(len(means)), key=means.__getitem__) == row.answer)
+        # Batched (padded) scoring agrees with the direct pass within rounding (1e-5 per
+        # token), so its pick is a choice within that of the best: exact where it decides.
+        assert acc in argmax_is(sums, row.answer, 1e-4)
+        assert acc_norm in argmax_is(means, row.answer, 1e-4)
     assert data.rows[1].answer == 1  # a text answer is resolved to its index
 
 
