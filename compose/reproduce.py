@@ -87,6 +87,7 @@ class FileCheck:
     reason: str = ""
     """Why a file differs (which tensor, or that names/dtypes/shapes/bytes differ)."""
     tensors_checked: int = 0
+    """Checks made: a LoRA module's A and B count once, as their product."""
     max_relative: float = 0.0
     """Largest relative (Frobenius) difference of a tensor or module delta in this file."""
     max_bound_fraction: float = 0.0
