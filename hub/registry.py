@@ -29,7 +29,7 @@ from hub.index import Index, utcnow
 from hub.locks import file_lock
 from hub.maintenance import GcReport, VerifyReport, collect_garbage, verify_store
 from hub.search import SearchFilters, SearchQuery, run_search, run_search_json
-from hub.store import BlobStore, fsync_dir
+from hub.store import BlobStore
 from schemas.errors import (
     AdapterNotFound,
     InvalidAdapter,

@@ -14,13 +14,12 @@ import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from hub.progress import byte_progress
-from hub.store import CHUNK, fsync_dir, sha256_file
+from hub.store import CHUNK, sha256_file
 from schemas.api import MAX_JSON_BYTES, MAX_PUSH_FILES
 from schemas.errors import (
     ALL_ERRORS,
@@ -204,7 +203,7 @@ class RemoteRegistry:
                 f"{folder}: {len(local_files)} files, over the {MAX_PUSH_FILES} one push may"
                 " hold (leave out what the adapter does not need)"
             )
-        files = [
+        files: list[dict[str, Any]] = [
             {"path": rel, "sha256": sha256_file(local), "size": local.stat().st_size}
             for rel, local in local_files
         ]

@@ -17,8 +17,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from hub.locks import file_lock
 from hub.server.common import (
-    MAX_JSON_BYTES,
     BlobWriter,
     BoundedBodies,
     ServerState,
@@ -33,8 +33,7 @@ from hub.server.common import (
     stage_files,
     state,
 )
-from hub.locks import file_lock
-from schemas.api import AliasBody, BlobStored, NewVersion, PushedCard
+from schemas.api import MAX_JSON_BYTES, AliasBody, BlobStored, NewVersion, PushedCard
 from schemas.card import AdapterCard
 from schemas.errors import AuthError, HubError, InvalidArgument
 from schemas.recipe import Recipe

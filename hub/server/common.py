@@ -21,7 +21,6 @@ from hub.registry import Registry, adapter_files
 from hub.store import BlobStore
 from hub.tokens import Token, active_token, authenticate
 from hub.uploads import grace_start
-from schemas.api import MAX_JSON_BYTES
 from schemas.errors import (
     AdapterNotFound,
     AuthError,
