@@ -482,7 +482,7 @@ class Registry:
             AdapterNotFound, RevisionNotFound, OutputExists (``dest`` is a non-empty folder and
             ``force`` is False), StoreCorrupted.
         """
-        from compose.deploy.output import replace_folder
+        from compose.folders import replace_folder
 
         card = self.show(ref)
         target = Path(dest) if dest is not None else Path.cwd() / card.repo.split("/")[1]

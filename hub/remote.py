@@ -259,7 +259,7 @@ class RemoteRegistry:
         """Download ``ref`` into ``dest`` (default ``./NAME``): resumable, sha256-checked,
         assembled next to ``dest`` and renamed into place at the end (with ``force``, the
         old folder is moved aside first and removed only once the new one is in place)."""
-        from compose.deploy.output import staged_folder
+        from compose.folders import staged_folder
 
         card = self.show(ref)
         target = Path(dest) if dest is not None else Path.cwd() / card.repo.split("/")[1]
