@@ -41,11 +41,17 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _buffer(size: int) -> bytearray:
+    """A read buffer for a file of ``size`` bytes: a small file gets a small one (zeroing
+    CHUNK bytes per file made hashing thousands of small files take seconds)."""
+    return bytearray(min(CHUNK, size + 1))
+
+
 def sha256_file(path: Path, progress: Any = None) -> str:
     """Stream ``path`` through sha256 and return the hex digest."""
     digest = hashlib.sha256()
     with open(path, "rb", buffering=0) as fh:
-        buf = bytearray(CHUNK)
+        buf = _buffer(os.fstat(fh.fileno()).st_size)
         view = memoryview(buf)
         while n := fh.readinto(buf):
             digest.update(view[:n])
@@ -119,7 +125,7 @@ class BlobStore:
         bar = byte_progress(description or Path(src).name, size)
         try:
             with open(src, "rb", buffering=0) as fin, fout:
-                buf = bytearray(CHUNK)
+                buf = _buffer(size)
                 view = memoryview(buf)
                 while n := fin.readinto(buf):
                     chunk = view[:n]
@@ -169,7 +175,7 @@ class BlobStore:
         hasher = hashlib.sha256()
         try:
             with open(src, "rb", buffering=0) as fin, open(dest, "wb", buffering=0) as fout:
-                buf = bytearray(CHUNK)
+                buf = _buffer(size)
                 view = memoryview(buf)
                 while n := fin.readinto(buf):
                     hasher.update(view[:n])
