@@ -67,29 +67,35 @@ from pathlib import Path
 from huggingface_hub import HfApi
 api = HfApi()
 api.create_repo("team/busy", exist_ok=True)
-folder = Path(sys.argv[1])
-for i in range(int(sys.argv[2])):
+folder, enough = Path(sys.argv[1]), Path(sys.argv[2])
+i = 0
+while (i < 8 or not enough.exists()) and i < 40:
     (folder / "notes" / "extra.txt").write_text(f"commit {i}")
     print(api.upload_folder(folder_path=folder, repo_id="team/busy").oid, flush=True)
+    i += 1
 """
 
 
 def test_upload_folder_racing_a_gc_loop_loses_nothing(live_server, tokens, adapters, tmp_path):
     """The issue's stress on the HF path (files inline in the commit, the default with
-    hf_xet installed): 8 commits while `hub gc` runs over and over."""
+    hf_xet installed): commits while `hub gc` runs over and over, until gc has run 3 times
+    and 8 commits are done (bounded: 40 commits at most)."""
     folder = with_notes(adapters("lora"), tmp_path / "a", "")
+    enough = tmp_path / "gc-ran-enough"
     stop = threading.Event()
     runs = []
 
     def gc_loop() -> None:
         while not stop.is_set():
             runs.append(hub_gc(live_server.home))
+            if len(runs) >= 3:
+                enough.touch()
 
     looper = threading.Thread(target=gc_loop)
     looper.start()
     try:
         done = subprocess.run(
-            [sys.executable, "-c", UPLOAD_LOOP, str(folder), "8"],
+            [sys.executable, "-c", UPLOAD_LOOP, str(folder), str(enough)],
             env=hf_env(live_server, tokens["writer"], tmp_path, xet=True),
             capture_output=True,
             text=True,
@@ -99,7 +105,7 @@ def test_upload_folder_racing_a_gc_loop_loses_nothing(live_server, tokens, adapt
         stop.set()
         looper.join(timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert len(runs) >= 2
+    assert len(runs) >= 3
     with Registry(live_server.home) as reg:
         versions = reg.versions("team/busy")
         assert [v.commit for v in versions] == done.stdout.split()

@@ -167,7 +167,8 @@ def test_a_commit_never_drops_a_file_it_lists(live_server, tokens, adapters, tmp
 
 
 def test_pushes_racing_a_gc_loop_lose_nothing(live_server, tokens, adapters, tmp_path):
-    """The issue's stress: `hub gc` over and over while pushes come in. Bounded: 12 pushes."""
+    """The issue's stress: `hub gc` over and over while pushes come in, until gc has run at
+    least 3 times and 12 pushes are done (bounded: 60 pushes at most)."""
     stop = threading.Event()
     runs = []
 
@@ -178,18 +179,20 @@ def test_pushes_racing_a_gc_loop_lose_nothing(live_server, tokens, adapters, tmp
     remote = RemoteRegistry(live_server.url, tokens["writer"])
     looper = threading.Thread(target=gc_loop)
     looper.start()
+    pushes = 0
     try:
-        for i in range(12):
-            folder = with_notes(adapters("lora"), tmp_path / f"v{i}", f"push {i}")
+        while (pushes < 12 or len(runs) < 3) and pushes < 60:
+            folder = with_notes(adapters("lora"), tmp_path / f"v{pushes}", f"push {pushes}")
             card, created = remote.push(folder, name="team/busy")
             assert created and len(card.files) == 4, card.files
+            pushes += 1
     finally:
         stop.set()
         looper.join(timeout=120)
-    assert len(runs) >= 2  # gc really ran while the pushes did
+    assert len(runs) >= 3
     with Registry(live_server.home) as reg:
         versions = reg.versions("team/busy")
-        assert [v.version for v in versions] == list(range(1, 13))
+        assert [v.version for v in versions] == list(range(1, pushes + 1))
         for i, card in enumerate(versions):
             assert reg.blob_path(card, "notes/extra.txt").read_text() == f"push {i}"
         assert reg.verify().healthy
