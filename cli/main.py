@@ -373,6 +373,8 @@ def rm(ctx: click.Context, ref: str) -> None:
     removed = _registry(ctx).remove(ref)
     for card in removed:
         click.echo(f"Removed {card.repo}@v{card.version} ({card.commit[:10]})")
+    if not removed:
+        click.echo(f"Removed {ref} (it had no version yet)")
 
 
 @cli.command()
@@ -478,6 +480,9 @@ def _rebuild_summary(rebuilt: Any) -> str:
 def gc(ctx: click.Context, as_json: bool) -> None:
     """Delete stored files no version references (after `hub rm` or an interrupted push).
 
+    Files uploaded to `hub serve` for a commit not yet made are kept for 24 hours, and
+    uploads still in progress are left alone: gc may run while the server takes pushes.
+
     \b
     Example:
         hub gc
@@ -486,7 +491,12 @@ def gc(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         print_json(vars(report))
     else:
-        click.echo(f"Removed {report.blobs_removed} blobs, freed {human_size(report.bytes_freed)}")
+        line = f"Removed {report.blobs_removed} blobs, freed {human_size(report.bytes_freed)}"
+        if report.uploads_kept == 1:
+            line += "; kept 1 upload awaiting its commit"
+        elif report.uploads_kept:
+            line += f"; kept {report.uploads_kept} uploads awaiting their commit"
+        click.echo(line)
 
 
 @cli.command()

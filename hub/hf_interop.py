@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,24 +41,21 @@ def pull_from_hf(spec: str, dest: str | os.PathLike[str] | None, *, force: bool 
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
+    from compose.folders import staged_folder
+
     repo, revision = parse_hf(spec)
     target = Path(dest) if dest is not None else Path.cwd() / repo.split("/")[1]
     if target.exists() and not force and (not target.is_dir() or any(target.iterdir())):
         raise OutputExists(
             f"{target} already exists and is not empty (choose another -o or pass --force)"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.hub-{uuid.uuid4().hex[:8]}.incomplete"
     try:
-        snapshot_download(repo, revision=revision, local_dir=staging)
-        shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        # The old folder (with --force) is moved aside and removed only once this is in place.
+        with staged_folder(target, force=force) as staging:
+            snapshot_download(repo, revision=revision, local_dir=staging)
+            shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping
     except (RepositoryNotFoundError, RevisionNotFoundError) as error:
         raise AdapterNotFound(f"{spec}: {str(error).splitlines()[0]}", repo=repo) from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

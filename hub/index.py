@@ -148,10 +148,24 @@ def _migration_3(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migration_4(db: sqlite_utils.Database) -> None:
+    # Pending uploads: blobs a server token sent that no version may reference yet. They keep
+    # `gc` off those blobs for a grace period and let only their uploader use them
+    # (hub/uploads.py states the rule). In the index, not in a worker's memory, so that every
+    # worker (and `hub gc` in another process) sees the same records.
+    db.table("uploads").create(
+        {"token_id": str, "sha256": str, "uploaded_at": str},
+        pk=("token_id", "sha256"),
+        not_null={"uploaded_at"},
+    )
+    db.table("uploads").create_index(["uploaded_at"])
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1,
     _migration_2,
     _migration_3,
+    _migration_4,
 ]
 """Numbered from 1; append only. Each runs once, in one transaction with its record."""
 
@@ -354,6 +368,30 @@ class Index:
             )
             out[digest] = [f"{repo}@v{version} ({path})" for repo, version, path in rows]
         return out
+
+    # -- pending uploads (see hub/uploads.py) --------------------------------------------
+    def record_upload(self, token_id: str, digest: str) -> None:
+        """Record (or refresh) that the token ``token_id`` sent the blob ``digest`` now."""
+        with self.write() as conn:
+            conn.execute(
+                "INSERT INTO uploads (token_id, sha256, uploaded_at) VALUES (?,?,?)"
+                " ON CONFLICT (token_id, sha256) DO UPDATE SET uploaded_at = excluded.uploaded_at",
+                (token_id, digest, utcnow()),
+            )
+
+    def uploaded_by(self, token_id: str, digest: str, *, since: str) -> bool:
+        """Whether ``token_id`` sent blob ``digest`` at or after ``since`` (ISO time)."""
+        row = self.conn.execute(
+            "SELECT 1 FROM uploads WHERE token_id = ? AND sha256 = ? AND uploaded_at >= ?",
+            (token_id, digest, since),
+        ).fetchone()
+        return row is not None
+
+    def expire_uploads(self, before: str) -> set[str]:
+        """Drop upload records older than ``before``; return the digests still pending."""
+        with self.write() as conn:
+            conn.execute("DELETE FROM uploads WHERE uploaded_at < ?", (before,))
+            return {row[0] for row in conn.execute("SELECT DISTINCT sha256 FROM uploads")}
 
     def integrity_check(self) -> str:
         return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])

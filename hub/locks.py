@@ -1,8 +1,10 @@
 """Inter-process locks that die with their holder.
 
 Pushes hold the store lock *shared* while they write blobs and commit metadata; ``gc`` holds
-it *exclusive*, so it never deletes a blob a live push is about to reference. ``flock`` locks
-are released by the kernel when a process dies, so a SIGKILLed push never wedges the store.
+it *exclusive*, so it never deletes a blob a live push is about to reference. Server uploads
+arrive before their commit: hub/uploads.py states how they are kept (a lock on each temp file
+while it is written, then an upload record). ``flock`` locks are released by the kernel when a
+process dies, so a SIGKILLed push never wedges the store, and its temp files become fair game.
 """
 
 from __future__ import annotations
@@ -34,3 +36,20 @@ def file_lock(path: Path, *, shared: bool = False) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def hold_file(fd: int) -> None:
+    """Lock the open file ``fd`` for its writer, until the descriptor is closed."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def try_hold_file(fd: int) -> bool:
+    """Lock ``fd`` if no one else holds it; False when a live writer does."""
+    if fcntl is None:  # pragma: no cover - no way to tell: treat the file as abandoned
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True

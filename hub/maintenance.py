@@ -4,9 +4,11 @@ what nothing references."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from hub.locks import file_lock
+from hub.uploads import UPLOAD_GRACE, grace_start
 
 if TYPE_CHECKING:
     from hub.registry import Registry
@@ -37,6 +39,8 @@ class VerifyReport:
 class GcReport:
     blobs_removed: int = 0
     bytes_freed: int = 0
+    uploads_kept: int = 0
+    """Blobs uploaded to `hub serve` within the grace period, kept for their commit."""
 
 
 def verify_store(registry: Registry) -> VerifyReport:
@@ -59,14 +63,21 @@ def verify_store(registry: Registry) -> VerifyReport:
     return report
 
 
-def collect_garbage(registry: Registry) -> GcReport:
+def collect_garbage(registry: Registry, *, upload_grace: timedelta = UPLOAD_GRACE) -> GcReport:
     """Delete unreferenced blobs and leftovers of interrupted writes, holding the store lock
-    exclusively (pushes hold it shared, so none is in flight meanwhile)."""
+    exclusively (pushes and commits hold it shared, so none is in flight meanwhile).
+
+    Blobs uploaded to the server within ``upload_grace`` are kept for the commit that will
+    reference them, and temp files a live writer holds are left alone (the rule is in
+    hub/uploads.py)."""
     report = GcReport()
     with file_lock(registry.lock_path, shared=False):
+        pending = registry.index.expire_uploads(before=grace_start(upload_grace))
         referenced = registry.index.referenced_digests()
         for digest in list(registry.store.iter_digests()):
-            if digest not in referenced:
+            if digest in pending and digest not in referenced:
+                report.uploads_kept += 1
+            elif digest not in referenced:
                 report.bytes_freed += registry.store.delete(digest)
                 report.blobs_removed += 1
         report.bytes_freed += registry.store.clear_tmp()

@@ -29,7 +29,7 @@ from hub.index import Index, utcnow
 from hub.locks import file_lock
 from hub.maintenance import GcReport, VerifyReport, collect_garbage, verify_store
 from hub.search import SearchFilters, SearchQuery, run_search, run_search_json
-from hub.store import BlobStore, fsync_dir
+from hub.store import BlobStore
 from schemas.errors import (
     AdapterNotFound,
     InvalidAdapter,
@@ -337,6 +337,13 @@ class Registry:
                 repo=parsed.repo,
             )
         repo_id, last_version = repo_row["id"], repo_row["last_version"]
+        if not last_version:
+            raise RevisionNotFound(
+                f"{parsed.repo} has no version yet (it was created empty, over the Hugging Face"
+                f" API): push to it first, or remove it with `hub rm {parsed.repo}`",
+                repo=parsed.repo,
+                revision=parsed.revision,
+            )
         kind = parsed.revision_kind
         rows: list[Any]
         if kind == "latest":
@@ -382,20 +389,20 @@ class Registry:
         return self._card(card, version_id)
 
     def versions(self, repo: str) -> list[AdapterCard]:
-        """Every version of ``repo``, oldest first."""
+        """Every version of ``repo``, oldest first (none for a repository created empty)."""
         from schemas.refs import validate_repo_id
 
         validate_repo_id(repo)
+        if self.index.repo_row(repo) is None:
+            raise AdapterNotFound(
+                f"no adapter named {repo!r} in the registry at {self.home}",
+                repo=repo,
+            )
         rows = self.index.query(
             "SELECT v.id, v.card FROM versions v JOIN repos r ON r.id = v.repo_id"
             " WHERE r.repo = ? ORDER BY v.version",
             (repo,),
         )
-        if not rows:
-            raise AdapterNotFound(
-                f"no adapter named {repo!r} in the registry at {self.home}",
-                repo=repo,
-            )
         return [self._card(json.loads(row["card"]), row["id"]) for row in rows]
 
     def search(
@@ -475,6 +482,8 @@ class Registry:
             AdapterNotFound, RevisionNotFound, OutputExists (``dest`` is a non-empty folder and
             ``force`` is False), StoreCorrupted.
         """
+        from compose.folders import replace_folder
+
         card = self.show(ref)
         target = Path(dest) if dest is not None else Path.cwd() / card.repo.split("/")[1]
         if target.exists() and not force and (not target.is_dir() or any(target.iterdir())):
@@ -493,14 +502,7 @@ class Registry:
                         raise InvalidAdapter(f"file path {entry.path!r} escapes the folder")
                     out.parent.mkdir(parents=True, exist_ok=True)
                     self.store.copy_out(entry.sha256, out, description=f"pull {entry.path}")
-            if target.exists():
-                trash = target.parent / f".{target.name}.hub-{uuid.uuid4().hex[:8]}.old"
-                os.replace(target, trash)
-                os.replace(staging, target)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(staging, target)
-            fsync_dir(target.parent)
+            replace_folder(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -616,7 +618,8 @@ class Registry:
     def remove(self, ref: str | AdapterRef) -> list[AdapterCard]:
         """Remove a whole repository (``ns/name``) or one version (``ns/name@v2``).
 
-        Blobs are left for ``gc`` (another version may share them). Returns what was removed.
+        Blobs are left for ``gc`` (another version may share them). Returns the versions
+        removed (none for a repository created empty, which is removed all the same).
         """
         from schemas.refs import AdapterRef
 
@@ -674,6 +677,8 @@ class Registry:
     def gc(self) -> GcReport:
         """Delete blobs no version references and leftovers of interrupted writes.
 
-        Holds the store lock exclusively, so it waits for in-flight pushes and pulls.
+        Holds the store lock exclusively, so it waits for in-flight pushes and pulls. Blobs
+        uploaded to `hub serve` in the last 24 hours are kept for their commit
+        (hub/uploads.py).
         """
         return collect_garbage(self)

@@ -14,14 +14,21 @@ import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from hub.progress import byte_progress
-from hub.store import CHUNK, fsync_dir, sha256_file
-from schemas.errors import ALL_ERRORS, AuthError, HubError, OutputExists, StoreCorrupted
+from hub.store import CHUNK, sha256_file
+from schemas.api import MAX_JSON_BYTES, MAX_PUSH_FILES
+from schemas.errors import (
+    ALL_ERRORS,
+    AuthError,
+    HubError,
+    InvalidArgument,
+    OutputExists,
+    StoreCorrupted,
+)
 
 API = "/api/hub/v1"
 
@@ -173,7 +180,14 @@ class RemoteRegistry:
     ) -> tuple[Any, bool]:
         """Inspect locally (same checks as a local push), upload missing blobs, commit.
 
+        The commit request is built (and checked against the server's limits) before any
+        upload, so a push the server would refuse costs no transfer.
+
         Returns ``(card, created)``.
+
+        Raises:
+            InvalidArgument: the folder has more files, or a longer file list, than one
+                push may carry.
         """
         from hub.inspect import inspect_adapter
         from hub.registry import adapter_files
@@ -183,17 +197,16 @@ class RemoteRegistry:
         folder = Path(path)
         repo = validate_repo_id(name or f"{os.environ.get('USER', 'local')}/{folder.name}")
         inspect_adapter(folder, allow_nonfinite=allow_nonfinite)  # fail fast, before uploading
-        files = []
-        for rel, local in adapter_files(folder):
-            digest, size = sha256_file(local), local.stat().st_size
-            files.append({"path": rel, "sha256": digest, "size": size})
-            exists = True
-            try:
-                self._request("HEAD", f"{API}/blobs/{digest}").close()
-            except HubError:
-                exists = False
-            if not exists:
-                self._upload(local, digest, size, rel)
+        local_files = adapter_files(folder)
+        if len(local_files) > MAX_PUSH_FILES:
+            raise InvalidArgument(
+                f"{folder}: {len(local_files)} files, over the {MAX_PUSH_FILES} one push may"
+                " hold (leave out what the adapter does not need)"
+            )
+        files: list[dict[str, Any]] = [
+            {"path": rel, "sha256": sha256_file(local), "size": local.stat().st_size}
+            for rel, local in local_files
+        ]
         namespace, short = repo.split("/")
         payload = {
             "files": files,
@@ -204,6 +217,18 @@ class RemoteRegistry:
             "description": description,
             "allow_nonfinite": allow_nonfinite,
         }
+        body = json.dumps(payload).encode()
+        if len(body) > MAX_JSON_BYTES:
+            raise InvalidArgument(
+                f"{folder}: the list of its {len(files)} files takes {len(body)} bytes, over"
+                f" the {MAX_JSON_BYTES} bytes a push request may hold (leave out what the"
+                " adapter does not need, or use shorter file names)"
+            )
+        for entry, (rel, local) in zip(files, local_files, strict=True):
+            try:
+                self._request("HEAD", f"{API}/blobs/{entry['sha256']}").close()
+            except HubError:
+                self._upload(local, entry["sha256"], entry["size"], rel)
         result = self._json("POST", f"{API}/adapters/{namespace}/{short}/versions", payload)
         created = bool(result.pop("created"))
         return AdapterCard.model_validate(result), created
@@ -232,7 +257,10 @@ class RemoteRegistry:
         self, ref: str, dest: str | os.PathLike[str] | None = None, *, force: bool = False
     ) -> Path:
         """Download ``ref`` into ``dest`` (default ``./NAME``): resumable, sha256-checked,
-        assembled next to ``dest`` and renamed into place at the end."""
+        assembled next to ``dest`` and renamed into place at the end (with ``force``, the
+        old folder is moved aside first and removed only once the new one is in place)."""
+        from compose.folders import staged_folder
+
         card = self.show(ref)
         target = Path(dest) if dest is not None else Path.cwd() / card.repo.split("/")[1]
         if target.exists() and not force and (not target.is_dir() or any(target.iterdir())):
@@ -242,9 +270,7 @@ class RemoteRegistry:
         target.parent.mkdir(parents=True, exist_ok=True)
         # Partial downloads live next to the target and survive a failure, for resuming.
         partial = target.parent / f".{target.name}.hub-download"
-        staging = target.parent / f".{target.name}.hub-{uuid.uuid4().hex[:8]}.incomplete"
-        staging.mkdir()
-        try:
+        with staged_folder(target, force=force) as staging:
             for entry in card.files:
                 out = staging / entry.path
                 if not out.resolve().is_relative_to(staging.resolve()):
@@ -253,14 +279,7 @@ class RemoteRegistry:
                 blob = partial / entry.sha256
                 self._download(entry.sha256, entry.size, blob, entry.path)
                 os.replace(blob, out)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
-            fsync_dir(target.parent)
-            shutil.rmtree(partial, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        shutil.rmtree(partial, ignore_errors=True)
         return target
 
     def _download(self, digest: str, size: int, dest: Path, label: str) -> None:

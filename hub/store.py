@@ -3,7 +3,8 @@
 Layout under the store root::
 
     blobs/sha256/ab/abcdef...    one file per distinct content (the digest is the name)
-    tmp/                         in-flight writes; anything left here after a crash is garbage
+    tmp/                         in-flight writes, each locked by its writer (``open_temp``);
+                                 one no writer holds is a crash's leftover, garbage
 
 Writes go to ``tmp/`` first, are fsynced, then renamed into place, so a blob path either
 holds the complete, correct bytes or does not exist. Renaming over an existing blob is
@@ -20,8 +21,9 @@ import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from hub.locks import hold_file, try_hold_file
 from hub.progress import byte_progress
 from schemas.errors import StoreCorrupted
 
@@ -39,11 +41,17 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _buffer(size: int) -> bytearray:
+    """A read buffer for a file of ``size`` bytes: a small file gets a small one (zeroing
+    CHUNK bytes per file made hashing thousands of small files take seconds)."""
+    return bytearray(min(CHUNK, size + 1))
+
+
 def sha256_file(path: Path, progress: Any = None) -> str:
     """Stream ``path`` through sha256 and return the hex digest."""
     digest = hashlib.sha256()
     with open(path, "rb", buffering=0) as fh:
-        buf = bytearray(CHUNK)
+        buf = _buffer(os.fstat(fh.fileno()).st_size)
         view = memoryview(buf)
         while n := fh.readinto(buf):
             digest.update(view[:n])
@@ -82,6 +90,22 @@ class BlobStore:
         self.tmp.mkdir(parents=True, exist_ok=True)
         return self.tmp / f"{uuid.uuid4().hex}.incomplete"
 
+    def open_temp(self, buffering: int = -1) -> tuple[Path, IO[bytes]]:
+        """A new temp file, open for writing and locked by this writer until it is closed:
+        ``clear_tmp`` (``gc``) leaves it alone while the writer lives. Keep it open until
+        the blob is published."""
+        while True:
+            path = self.temp_path()
+            fh = open(path, "xb", buffering=buffering)  # noqa: SIM115 (the caller closes it)
+            hold_file(fh.fileno())
+            try:
+                # clear_tmp may have taken the file between its creation and our lock.
+                if os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino:
+                    return path, fh
+            except FileNotFoundError:
+                pass
+            fh.close()
+
     def publish(self, tmp: Path, digest: str) -> None:
         final = self.path(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -96,12 +120,12 @@ class BlobStore:
         stored costs a read and a discarded write, and stores nothing new.
         """
         size = os.path.getsize(src)
-        tmp = self.temp_path()
+        tmp, fout = self.open_temp(buffering=0)
         digest = hashlib.sha256()
         bar = byte_progress(description or Path(src).name, size)
         try:
-            with open(src, "rb", buffering=0) as fin, open(tmp, "wb", buffering=0) as fout:
-                buf = bytearray(CHUNK)
+            with open(src, "rb", buffering=0) as fin, fout:
+                buf = _buffer(size)
                 view = memoryview(buf)
                 while n := fin.readinto(buf):
                     chunk = view[:n]
@@ -110,11 +134,11 @@ class BlobStore:
                     bar.update(n)
                 fout.flush()
                 os.fsync(fout.fileno())
-            hexdigest = digest.hexdigest()
-            if self.has(hexdigest):
-                tmp.unlink()
-            else:
-                self.publish(tmp, hexdigest)
+                hexdigest = digest.hexdigest()
+                if self.has(hexdigest):
+                    tmp.unlink()
+                else:
+                    self.publish(tmp, hexdigest)
             return hexdigest, size
         except BaseException:
             with contextlib.suppress(OSError):
@@ -127,12 +151,12 @@ class BlobStore:
         """Store ``data``; return ``(sha256, size)``."""
         hexdigest = hashlib.sha256(data).hexdigest()
         if not self.has(hexdigest):
-            tmp = self.temp_path()
-            with open(tmp, "wb") as fh:
+            tmp, fh = self.open_temp()
+            with fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            self.publish(tmp, hexdigest)
+                self.publish(tmp, hexdigest)
         return hexdigest, len(data)
 
     def copy_out(self, digest: str, dest: Path, *, description: str | None = None) -> None:
@@ -151,7 +175,7 @@ class BlobStore:
         hasher = hashlib.sha256()
         try:
             with open(src, "rb", buffering=0) as fin, open(dest, "wb", buffering=0) as fout:
-                buf = bytearray(CHUNK)
+                buf = _buffer(size)
                 view = memoryview(buf)
                 while n := fin.readinto(buf):
                     hasher.update(view[:n])
@@ -194,11 +218,13 @@ class BlobStore:
         return size
 
     def clear_tmp(self) -> int:
-        """Remove leftovers of interrupted writes. Only safe while no write is in flight."""
+        """Remove leftovers of interrupted writes: the temp files no live writer holds
+        (``open_temp``). Returns the bytes freed."""
         freed = 0
         if self.tmp.is_dir():
             for leftover in self.tmp.iterdir():
-                with contextlib.suppress(OSError):
-                    freed += leftover.stat().st_size
-                    leftover.unlink()
+                with contextlib.suppress(OSError), open(leftover, "rb") as fh:
+                    if try_hold_file(fh.fileno()):
+                        freed += os.fstat(fh.fileno()).st_size
+                        leftover.unlink()
         return freed

@@ -99,6 +99,22 @@ def revoke_token(registry: Registry, token_id: str) -> Token:
     return next(t for t in list_tokens(registry) if t.id == token_id)
 
 
+def active_token(registry: Registry, token_id: str) -> Token:
+    """The token with id ``token_id``, if it is not revoked: what a signed upload link checks
+    when it is used (it was issued to that token, and must die with it).
+
+    Raises:
+        AuthError: no such token, or it was revoked (403).
+    """
+    row = registry.index.conn.execute(
+        "SELECT id, name, read, write, created_at, revoked_at FROM tokens WHERE id = ?",
+        (token_id,),
+    ).fetchone()
+    if row is None or row[5]:
+        raise AuthError("the token this upload link was issued to is revoked", status=403)
+    return Token(row[0], row[1], tuple(json.loads(row[2])), tuple(json.loads(row[3])), row[4])
+
+
 def authenticate(registry: Registry, presented: str) -> Token:
     """The token ``presented`` names, if its secret matches (compared in constant time)."""
     parts = presented.split("_", 2)

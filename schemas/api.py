@@ -13,6 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.card import AdapterCard
 
 SHA256 = r"^[0-9a-f]{64}$"
+MAX_JSON_BYTES = 1024 * 1024
+"""The largest JSON request body the server reads (a push's file list included)."""
+MAX_PUSH_FILES = 10_000
+"""The most files one pushed version may list."""
 
 
 # -- native API ----------------------------------------------------------------------------
@@ -29,7 +33,7 @@ class NewVersion(BaseModel):
     """A push: the files (uploaded beforehand with ``PUT /blobs/{sha256}``) and annotations."""
 
     model_config = ConfigDict(extra="forbid")
-    files: list[FileSpec] = Field(min_length=1, max_length=10_000)
+    files: list[FileSpec] = Field(min_length=1, max_length=MAX_PUSH_FILES)
     tasks: list[str] = Field(default_factory=list, max_length=100)
     tags: dict[str, str] = Field(default_factory=dict)
     metrics: list[str] = Field(default_factory=list, max_length=100)

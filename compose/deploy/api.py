@@ -19,9 +19,10 @@ from typing import Any
 from compose.deploy.adapters import Adapter, load_adapter
 from compose.deploy.base import BaseFolder
 from compose.deploy.merged import keeps_layout
-from compose.deploy.output import check_disk_space, check_output, model_card, staged_folder
+from compose.deploy.output import check_disk_space, model_card
 from compose.deploy.stio import ReadAhead
 from compose.deploy.writers import ShardCopier
+from compose.folders import check_output, staged_folder
 from schemas.errors import InvalidArgument
 from schemas.export import ExportSpec
 

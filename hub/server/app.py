@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from hub.locks import file_lock
 from hub.server.common import (
-    MAX_JSON_BYTES,
     BlobWriter,
     BoundedBodies,
     ServerState,
@@ -29,9 +30,10 @@ from hub.server.common import (
     readable,
     require_read,
     require_write,
+    stage_files,
     state,
 )
-from schemas.api import AliasBody, BlobStored, NewVersion, PushedCard
+from schemas.api import MAX_JSON_BYTES, AliasBody, BlobStored, NewVersion, PushedCard
 from schemas.card import AdapterCard
 from schemas.errors import AuthError, HubError, InvalidArgument
 from schemas.recipe import Recipe
@@ -183,20 +185,25 @@ def create_app(
         token = require_write(request, namespace)
         repo = _ref(namespace, name, None)
         registry = state(request).registry()
-        missing = [
-            f.sha256 for f in body.files if not state(request).may_reference(token, f.sha256)
-        ]
-        if missing:
-            raise InvalidArgument(f"blobs not uploaded yet: {', '.join(m[:12] for m in missing)}")
-        with tempfile.TemporaryDirectory(dir=srv.scratch()) as tmp:
-            folder = Path(tmp) / name
+        # Shared store lock from the check that every blob is there until the version is
+        # indexed: `gc` cannot take one of them meanwhile (hub/uploads.py).
+        with (
+            file_lock(registry.lock_path, shared=True),
+            tempfile.TemporaryDirectory(dir=srv.scratch()) as tmp,
+        ):
+            missing = [f.sha256 for f in body.files if not srv.may_reference(token, f.sha256)]
+            if missing:
+                raise InvalidArgument(
+                    f"blobs not uploaded yet: {', '.join(m[:12] for m in missing)}"
+                    " (send them with PUT /blobs/SHA256, then push again)"
+                )
             for spec in body.files:
-                target = folder / safe_relative_path(spec.path)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                blob = registry.store.path(spec.sha256)
-                if blob.stat().st_size != spec.size:
+                safe_relative_path(spec.path)
+                if registry.store.path(spec.sha256).stat().st_size != spec.size:
                     raise InvalidArgument(f"blob {spec.sha256[:12]} is not {spec.size} bytes")
-                os.symlink(blob, target)
+            folder = stage_files(
+                registry, Path(tmp) / name, {spec.path: spec.sha256 for spec in body.files}
+            )
             result = registry.push(
                 folder,
                 name=repo,
@@ -253,8 +260,8 @@ def create_app(
         },
     )
     def get_blob(request: Request, digest: str) -> Response:
-        """A stored file by sha256, if a version the caller may read uses it (writers also
-        see blobs uploaded for a push not yet made). HTTP Range supported, for resuming."""
+        """A stored file by sha256, if a version the caller may read uses it, or the caller
+        uploaded it (for a push not yet made). HTTP Range supported, for resuming."""
         path = _readable_blob(request, check_digest(digest))
         if path is None:
             return Response(status_code=404, headers={"X-Error-Code": "EntryNotFound"})
@@ -286,8 +293,9 @@ def create_app(
 
 def _readable_blob(request: Request, digest: str) -> Path | None:
     """The blob's path if the caller may read it: a version it may read uses the blob, or
-    (for writers) no version uses it yet. Otherwise None, as for a blob that does not exist,
-    so that digests of other namespaces' files cannot be probed."""
+    the caller uploaded it. Otherwise None, as for a blob that does not exist, so that
+    digests of other namespaces' files cannot be probed, nor a blob `hub rm` took down or
+    another token's pending upload be read."""
     srv = state(request)
     token = caller(request)
     if token is None and not srv.anonymous_read:
@@ -296,10 +304,8 @@ def _readable_blob(request: Request, digest: str) -> Path | None:
     namespaces = blob_namespaces(registry, digest)
     if token is None:
         allowed = bool(namespaces)  # anonymous read: every version, nothing pending
-    elif namespaces:
-        allowed = any(token.can_read(ns) for ns in namespaces)
     else:
-        allowed = bool(token.write)
+        allowed = any(token.can_read(ns) for ns in namespaces) or srv.uploaded_by(token, digest)
     if not allowed or not registry.store.has(digest):
         return None
     return registry.store.path(digest)
@@ -309,9 +315,10 @@ async def receive_blob(
     request: Request, digest: str, *, uploader: str, skip: bool = False
 ) -> dict[str, Any]:
     """Stream the body into the store, hashing; publish only on a digest match, and record
-    that ``uploader`` (a token id) holds these bytes. With ``skip`` (the blob is stored and
-    the uploader may use it already), the body is not read. A client that disconnects
-    midway leaves nothing visible (the temp file is removed)."""
+    that ``uploader`` (a token id, still active at the end) holds these bytes: the record
+    keeps `gc` off the blob until its commit (hub/uploads.py). With ``skip`` (the blob is
+    stored and the uploader may use it already), the body is not read. A client that
+    disconnects midway leaves nothing visible (the temp file is removed)."""
     srv = state(request)
     store = srv.registry().store
     if skip:
@@ -319,6 +326,5 @@ async def receive_blob(
     with BlobWriter(store, limit=srv.max_upload_bytes) as blob:
         async for chunk in request.stream():
             blob.write(chunk)
-        _, size = blob.publish(expected=digest)
-    srv.uploaded(uploader, digest)
+        size = await run_in_threadpool(srv.keep_upload, blob, digest, uploader)
     return {"sha256": digest, "size": size, "stored": True}

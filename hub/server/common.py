@@ -1,5 +1,5 @@
 """What every route shares: a registry per worker thread, token checks, error responses,
-bounded request bodies and verified blob writes."""
+bounded request bodies, verified blob writes and the staging of a commit's files."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from hub.registry import Registry
+from hub.locks import file_lock
+from hub.registry import Registry, adapter_files
 from hub.store import BlobStore
-from hub.tokens import Token, authenticate
+from hub.tokens import Token, active_token, authenticate
+from hub.uploads import grace_start
 from schemas.errors import (
     AdapterNotFound,
     AuthError,
@@ -30,7 +32,6 @@ from schemas.errors import (
 )
 
 MiB = 1024 * 1024
-MAX_JSON_BYTES = MiB
 DRAIN_BYTES = 64 * MiB
 DIGEST = re.compile(r"[0-9a-f]{64}")
 
@@ -87,7 +88,6 @@ class ServerState:
     _local: threading.local = field(default_factory=threading.local)
     _repo_locks: dict[str, threading.Lock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
-    _uploaded: set[tuple[str, str]] = field(default_factory=set)
 
     def registry(self) -> Registry:
         # SQLite connections stay in the thread that opened them: one registry per worker.
@@ -102,27 +102,37 @@ class ServerState:
         with self._guard:
             return self._repo_locks.setdefault(repo, threading.Lock())
 
-    def uploaded(self, token_id: str, digest: str) -> None:
-        """Record that ``token_id`` sent bytes hashing to ``digest`` (see ``may_reference``)."""
-        with self._guard:
-            if len(self._uploaded) >= 100_000:
-                self._uploaded.clear()  # a client that loses its record simply uploads again
-            self._uploaded.add((token_id, digest))
+    def keep_upload(self, blob: BlobWriter, expected: str, token_id: str) -> int:
+        """Publish a received blob and record that ``token_id`` uploaded it, under the store
+        lock (shared), so ``gc`` spares it until its commit (hub/uploads.py). Refused when
+        the token was revoked meanwhile. Returns the blob's size. Blocks while ``gc`` runs:
+        call it from a worker thread."""
+        registry = self.registry()
+        with file_lock(registry.lock_path, shared=True):
+            active_token(registry, token_id)
+            digest, size = blob.publish(expected=expected)
+            registry.index.record_upload(token_id, digest)
+        return size
+
+    def uploaded_by(self, token: Token, digest: str) -> bool:
+        """Whether ``token`` uploaded ``digest`` within the upload grace period."""
+        return self.registry().index.uploaded_by(token.id, digest, since=grace_start())
 
     def may_reference(self, token: Token, digest: str) -> bool:
         """Whether a push by ``token`` may use the stored blob ``digest`` without uploading it.
 
         Blobs are stored once across namespaces, so knowing a digest must not be enough to
-        copy a file out of a namespace the token cannot read: the blob has to be in a
-        version the token may read, or waiting for its first version, or uploaded by this
-        token (which proves it holds the bytes)."""
+        copy a file out of a namespace the token cannot read, nor one that ``hub rm`` took
+        down or that another token uploaded for a commit not yet made: the blob has to be in
+        a version the token may read, or uploaded by this token (which proves it holds the
+        bytes)."""
         registry = self.registry()
         if not registry.store.has(digest):
             return False
-        if self.anonymous_read or (token.id, digest) in self._uploaded:
-            return True
         namespaces = blob_namespaces(registry, digest)
-        return not namespaces or any(token.can_read(ns) for ns in namespaces)
+        if namespaces and (self.anonymous_read or any(token.can_read(ns) for ns in namespaces)):
+            return True
+        return self.uploaded_by(token, digest)
 
     def scratch(self) -> Path:
         """A folder for request-scoped temp files, on the store's file system."""
@@ -209,10 +219,10 @@ class BlobWriter:
 
     def __init__(self, store: BlobStore, *, limit: int) -> None:
         self.store, self.limit = store, limit
-        self.tmp = store.temp_path()
+        # Locked while open, so that `gc` leaves it alone: closed in publish / __exit__.
+        self.tmp, self._fh = store.open_temp()
         self.hasher = hashlib.sha256()
         self.size = 0
-        self._fh = open(self.tmp, "wb")  # noqa: SIM115 (closed in publish/__exit__)
 
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -226,7 +236,6 @@ class BlobWriter:
         ``expected`` is given and the bytes hash to something else."""
         self._fh.flush()
         os.fsync(self._fh.fileno())
-        self._fh.close()
         digest = self.hasher.hexdigest()
         if expected is not None and digest != expected:
             raise InvalidArgument(
@@ -236,6 +245,7 @@ class BlobWriter:
             self.tmp.unlink()
         else:
             self.store.publish(self.tmp, digest)
+        self._fh.close()  # only now: the open file is what keeps `gc` off the temp file
         return digest, self.size
 
     def __enter__(self) -> BlobWriter:
@@ -245,6 +255,32 @@ class BlobWriter:
         self._fh.close()
         with contextlib.suppress(OSError):
             self.tmp.unlink()  # gone already when published
+
+
+def stage_files(registry: Registry, folder: Path, files: dict[str, str]) -> Path:
+    """Lay out a commit's ``files`` (path -> sha256) in ``folder`` as links to their blobs,
+    for ``Registry.push``, and check that the push will store every one of them: a version
+    never has fewer files than the client sent. Call it holding the store lock (shared)
+    until the push is done, so that no blob goes away meanwhile (hub/uploads.py).
+
+    Raises:
+        InvalidArgument: a blob is not stored, or a path is one an adapter folder leaves out.
+    """
+    for path, digest in files.items():
+        if not registry.store.has(digest):
+            raise InvalidArgument(
+                f"{path!r}: blob {digest[:12]} is not stored (upload it and commit again)"
+            )
+        target = folder / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(registry.store.path(digest), target)
+    left_out = sorted(set(files) - {rel for rel, _ in adapter_files(folder)})
+    if left_out:
+        raise InvalidArgument(
+            f"file {left_out[0]!r} would not be stored: hidden files and __pycache__ folders"
+            " are no part of an adapter (leave them out of the commit)"
+        )
+    return folder
 
 
 ASGIApp = Callable[

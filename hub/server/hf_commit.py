@@ -28,7 +28,7 @@ from fastapi import Request
 
 from hub.registry import PushResult, Registry, commit_id
 from hub.server.app import safe_relative_path
-from hub.server.common import DIGEST, BlobWriter, MiB
+from hub.server.common import DIGEST, BlobWriter, MiB, stage_files
 from hub.store import BlobStore
 from schemas.errors import AdapterNotFound, InvalidAdapter, InvalidArgument, RevisionNotFound
 
@@ -234,6 +234,7 @@ def _apply_item(
 
 def apply_commit(registry: Registry, repo: str, commit: Commit) -> PushResult:
     """Apply ``commit`` to the latest files of ``repo`` and push the result like `hub push`.
+    Call it holding the store lock (shared), as ``stage_files`` says.
 
     Raises:
         InvalidArgument: the commit names a parent that is not the repository's head (412).
@@ -267,9 +268,5 @@ def apply_commit(registry: Registry, repo: str, commit: Commit) -> PushResult:
             f"{repo}: the commit leaves no adapter_config.json; this hub stores PEFT adapters"
         )
     with tempfile.TemporaryDirectory(dir=registry.home / "tmp") as tmp:
-        folder = Path(tmp) / repo.split("/")[1]
-        for path, digest in files.items():
-            target = folder / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(registry.store.path(digest), target)
+        folder = stage_files(registry, Path(tmp) / repo.split("/")[1], files)
         return registry.push(folder, name=repo)

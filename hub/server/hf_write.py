@@ -6,8 +6,9 @@ Xet is never offered. ``preupload`` answers ``regular`` for files up to the serv
 ``inline_upload_max``: the client then sends them inline in the commit, over plain HTTP,
 which is the path clients with ``hf_xet`` installed take (they would send any ``lfs`` file
 through Xet). Larger files are ``lfs``: clients with Xet disabled upload them through the
-LFS batch API to a short-lived signed URL (the client sends no token there), and they become
-visible only once their bytes hash to the announced oid. Every commit is applied to the
+LFS batch API to a short-lived signed URL (the client sends no token there, so the URL names
+it, and it works only while that token is not revoked), and they become visible only once
+their bytes hash to the announced oid. Every commit is applied to the
 repository's latest files and pushed through the registry (``hub.server.hf_commit``).
 """
 
@@ -24,12 +25,13 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
+from hub.locks import file_lock
 from hub.registry import PushResult
 from hub.server.app import receive_blob, safe_relative_path
 from hub.server.common import DIGEST, ServerState, caller, error_responses, require_write, state
 from hub.server.hf import TAGS, _hf_error
 from hub.server.hf_commit import apply_commit, read_commit, spool
-from hub.tokens import Token
+from hub.tokens import Token, active_token
 from schemas.api import HfCreateRepo, HfLfsBatch, HfLfsVerify, HfPreupload
 from schemas.errors import AuthError, HubError, InvalidArgument, InvalidName
 from schemas.refs import validate_repo_id
@@ -189,6 +191,7 @@ def register_hf_write_routes(app: FastAPI) -> None:
                 or not hmac.compare_digest(_ticket(secret, oid, expires, who), ticket)
             ):
                 raise AuthError("upload link expired or invalid", status=403)
+            active_token(state(request).registry(), who)  # and again once the bytes are in
             result = await receive_blob(request, oid, uploader=who)
         except HubError as error:
             return _hf_error(error)
@@ -251,13 +254,16 @@ def register_hf_write_routes(app: FastAPI) -> None:
 
 def _commit(srv: ServerState, token: Token, repo: str, spooled: Path) -> PushResult:
     # Runs in a worker thread: reading and storing inline files, inspection and hashing
-    # would otherwise stall every other request on the event loop.
+    # would otherwise stall every other request on the event loop. The store lock is held
+    # (shared) from storing the inline files and checking the LFS ones until the version is
+    # indexed, so `gc` cannot take a blob of this commit meanwhile (hub/uploads.py).
     registry = srv.registry()
-    parsed = read_commit(
-        spooled,
-        registry.store,
-        upload_limit=srv.max_upload_bytes,
-        may_reference=lambda oid: srv.may_reference(token, oid),
-    )
-    with srv.repo_lock(repo):
-        return apply_commit(registry, repo, parsed)
+    with file_lock(registry.lock_path, shared=True):
+        parsed = read_commit(
+            spooled,
+            registry.store,
+            upload_limit=srv.max_upload_bytes,
+            may_reference=lambda oid: srv.may_reference(token, oid),
+        )
+        with srv.repo_lock(repo):
+            return apply_commit(registry, repo, parsed)
