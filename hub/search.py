@@ -13,6 +13,7 @@ from typing import Any, TypedDict
 
 from hub.index import Index
 from schemas.errors import InvalidArgument
+from schemas.inputs import INDEX_INT_MAX, check_index_int, parse_index_int
 
 _RANK_RANGE = re.compile(r"(\d*)\.\.(\d*)")
 _RANK_CMP = re.compile(r"(<=|>=|<|>|==|=)?(\d+)")
@@ -45,21 +46,21 @@ def parse_rank(spec: str) -> tuple[int | None, int | None]:
     """
     text = spec.replace(" ", "")
     if match := _RANK_RANGE.fullmatch(text):
-        low, high = (int(g) if g else None for g in match.groups())
+        low, high = (parse_index_int(g, "--rank") if g else None for g in match.groups())
         if low is None and high is None:
             raise InvalidArgument(f"invalid --rank {spec!r}: give at least one bound, e.g. 8..16")
         if low is not None and high is not None and low > high:
             raise InvalidArgument(f"invalid --rank {spec!r}: the lower bound exceeds the upper")
         return low, high
     if match := _RANK_CMP.fullmatch(text):
-        op, number = match.group(1) or "=", int(match.group(2))
+        op, number = match.group(1) or "=", parse_index_int(match.group(2), "--rank")
         return {
             "=": (number, number),
             "==": (number, number),
             "<=": (None, number),
             "<": (None, number - 1),
             ">=": (number, None),
-            ">": (number + 1, None),
+            ">": (min(number + 1, INDEX_INT_MAX), None),  # nothing is ranked that high
         }[op]
     raise InvalidArgument(
         f"invalid --rank {spec!r}: use N, LOW..HIGH, <=N, <N, >=N or >N (e.g. 8..16)"
@@ -173,10 +174,8 @@ class SearchQuery:
         sql += f" ORDER BY {order}"
         params.extend(order_params)
         if self.limit is not None:
-            if self.limit < 0:
-                raise InvalidArgument(f"invalid --limit {self.limit}: must be >= 0")
             sql += " LIMIT ?"
-            params.append(self.limit)
+            params.append(check_index_int(self.limit, "--limit"))
         return sql, params
 
     def _order_by(self) -> tuple[str, list[Any]]:
