@@ -58,7 +58,10 @@ def main() -> None:
         headers = {"Authorization": f"Bearer {token}"} if auth == "token" else {}
         start = time.perf_counter()
         result = fuzz_routes(
-            create_app(home), headers, max_examples=args.examples, seed=args.seed,
+            create_app(home),
+            headers,
+            max_examples=args.examples,
+            seed=args.seed,
             existing="team/sql",
         )
         took = time.perf_counter() - start
@@ -70,7 +73,10 @@ def main() -> None:
             token = create_token(reg, "fuzz", read=["team"], write=["team"])
         start = time.perf_counter()
         results = fuzz_bodies(
-            Target(server.url, token), adapter, cases=args.cases, seconds=args.seconds,
+            Target(server.url, token),
+            adapter,
+            cases=args.cases,
+            seconds=args.seconds,
             seed=args.seed,
         )
         took = time.perf_counter() - start

@@ -13,7 +13,6 @@ from typing import Any, TypedDict
 
 from hub.index import Index
 from schemas.errors import InvalidArgument
-from schemas.inputs import INDEX_INT_MAX, check_index_int, parse_index_int
 
 _RANK_RANGE = re.compile(r"(\d*)\.\.(\d*)")
 _RANK_CMP = re.compile(r"(<=|>=|<|>|==|=)?(\d+)")
@@ -46,21 +45,21 @@ def parse_rank(spec: str) -> tuple[int | None, int | None]:
     """
     text = spec.replace(" ", "")
     if match := _RANK_RANGE.fullmatch(text):
-        low, high = (parse_index_int(g, "--rank") if g else None for g in match.groups())
+        low, high = (int(g) if g else None for g in match.groups())
         if low is None and high is None:
             raise InvalidArgument(f"invalid --rank {spec!r}: give at least one bound, e.g. 8..16")
         if low is not None and high is not None and low > high:
             raise InvalidArgument(f"invalid --rank {spec!r}: the lower bound exceeds the upper")
         return low, high
     if match := _RANK_CMP.fullmatch(text):
-        op, number = match.group(1) or "=", parse_index_int(match.group(2), "--rank")
+        op, number = match.group(1) or "=", int(match.group(2))
         return {
             "=": (number, number),
             "==": (number, number),
             "<=": (None, number),
             "<": (None, number - 1),
             ">=": (number, None),
-            ">": (min(number + 1, INDEX_INT_MAX), None),  # nothing is ranked that high
+            ">": (number + 1, None),
         }[op]
     raise InvalidArgument(
         f"invalid --rank {spec!r}: use N, LOW..HIGH, <=N, <N, >=N or >N (e.g. 8..16)"
@@ -174,8 +173,10 @@ class SearchQuery:
         sql += f" ORDER BY {order}"
         params.extend(order_params)
         if self.limit is not None:
+            if self.limit < 0:
+                raise InvalidArgument(f"invalid --limit {self.limit}: must be >= 0")
             sql += " LIMIT ?"
-            params.append(check_index_int(self.limit, "--limit"))
+            params.append(self.limit)
         return sql, params
 
     def _order_by(self) -> tuple[str, list[Any]]:

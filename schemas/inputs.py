@@ -1,33 +1,10 @@
-"""Checks on values a user types or a client sends, shared by the local CLI and the server so
-that both refuse the same input with the same one-line message."""
+"""Checks on text a user types or a client sends, shared by the local CLI and the server so
+that both refuse the same input with the same one-line message (search bounds: see the
+search schema)."""
 
 from __future__ import annotations
 
 from schemas.errors import InvalidArgument
-
-INDEX_INT_MAX = 2**63 - 1
-"""The largest integer the index (SQLite, PostgreSQL ``bigint``) can compare against."""
-
-
-def check_index_int(value: int, option: str) -> int:
-    """``value`` if the index can hold it (0 <= value <= 2**63-1), else InvalidArgument.
-
-    Example:
-        >>> check_index_int(16, "--rank")
-        16
-    """
-    if not 0 <= value <= INDEX_INT_MAX:
-        raise InvalidArgument(f"invalid {option}: must be between 0 and {INDEX_INT_MAX}")
-    return value
-
-
-def parse_index_int(digits: str, option: str) -> int:
-    """The number ``digits`` (a string of 0-9) spells, bounded like ``check_index_int``
-    (and never parsed when it is longer than any such number, however long it is)."""
-    digits = digits.lstrip("0") or "0"
-    if len(digits) > len(str(INDEX_INT_MAX)):
-        return check_index_int(INDEX_INT_MAX + 1, option)
-    return check_index_int(int(digits), option)
 
 
 def check_text(value: str, what: str) -> str:

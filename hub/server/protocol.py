@@ -15,6 +15,8 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+READ_SIZE = 64 * 1024
+
 
 def deadline_protocol(timeout: float) -> type[asyncio.Protocol]:
     """The protocol class to pass as ``uvicorn.run(..., http=...)``.
@@ -42,6 +44,10 @@ def deadline_protocol(timeout: float) -> type[asyncio.Protocol]:
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            if hasattr(transport, "max_size"):
+                # asyncio reads up to 256 KiB per socket read, and uvicorn keeps a read until
+                # the app takes it: many connections sending at once would hold that each.
+                transport.max_size = READ_SIZE
             self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -55,6 +61,11 @@ def deadline_protocol(timeout: float) -> type[asyncio.Protocol]:
                 self._disarm()
 
         def on_response_complete(self) -> None:
+            if self.cycle is not None:
+                # Once answered, the app can no longer read the request's body (uvicorn's
+                # receive says "disconnect"): what it had buffered of it is dropped now, not
+                # when the connection closes.
+                self.cycle.body = bytearray()
             # Armed first: a pipelined request already received is parsed (and disarms it)
             # inside the call below.
             with contextlib.suppress(RuntimeError):  # the loop is closing

@@ -204,7 +204,9 @@ def seed_bodies(target: Target, adapter: Path) -> tuple[dict[str, Any], bytes]:
     files = sorted(p for p in adapter.iterdir() if p.is_file())
     specs = [{"path": p.name, **target.upload(p.read_bytes())} for p in files]
     status, text = target.send(
-        "POST", "/api/hub/v1/adapters/team/base/versions", json.dumps({"files": specs}).encode(),
+        "POST",
+        "/api/hub/v1/adapters/team/base/versions",
+        json.dumps({"files": specs}).encode(),
         "application/json",
     )
     assert status == 200, text
@@ -224,7 +226,10 @@ def seed_bodies(target: Target, adapter: Path) -> tuple[dict[str, Any], bytes]:
         )
     last = specs[-1]
     lines += [
-        {"key": "lfsFile", "value": {"path": last["path"], "algo": "sha256", "oid": last["sha256"]}},
+        {
+            "key": "lfsFile",
+            "value": {"path": last["path"], "algo": "sha256", "oid": last["sha256"]},
+        },
         {"key": "file", "value": {"path": "notes/a.txt", "content": "plain text"}},
         {"key": "deletedFile", "value": {"path": "old.txt"}},
         {"key": "deletedFolder", "value": {"path": "old/"}},

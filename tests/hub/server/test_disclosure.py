@@ -71,8 +71,15 @@ def test_compose_inputs_in_an_unreadable_namespace_look_missing(live_server, tok
         recipe = {"operator": "cat", "inputs": [ref, ref], "name": "team/merged"}
         answers.append(_post(url, tokens["writer"], json.dumps(recipe).encode())[:2])
     assert answers == [
-        (404, {"error": {"code": "adapter_not_found", "message": f"no adapter '{r}' that"
-                         " this token may read"}})
+        (
+            404,
+            {
+                "error": {
+                    "code": "adapter_not_found",
+                    "message": f"no adapter '{r}' that this token may read",
+                }
+            },
+        )
         for r in ("other/secret", "other/nothing")
     ]
 

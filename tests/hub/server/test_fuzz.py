@@ -27,9 +27,8 @@ def test_every_route_never_answers_5xx(tmp_path, adapters, auth):
     )
     assert result.operations >= 20
     assert result.failures == []
-    if auth == "none":  # every route but the open ones refused the anonymous caller
-        assert set(result.statuses) <= {200, 401, 403, 404, 405, 413, 422, 501}
-        assert result.statuses[401] > result.cases // 2
+    if auth == "none":  # most cases are refused for want of a token
+        assert result.statuses[401] > result.cases // 2, result.statuses
 
 
 def test_mutated_push_bodies_and_commits_never_answer_5xx(tmp_path, adapters):
@@ -43,6 +42,8 @@ def test_mutated_push_bodies_and_commits_never_answer_5xx(tmp_path, adapters):
         assert result.failures == [], kind
         assert result.cases >= 50, (kind, result.cases)
         # The mutations reach past parsing: some are stored, most are refused with a 4xx.
-        assert result.statuses[200] > 0 and sum(
-            n for status, n in result.statuses.items() if 400 <= status < 500
-        ) > result.cases // 3, (kind, result.statuses)
+        assert (
+            result.statuses[200] > 0
+            and sum(n for status, n in result.statuses.items() if 400 <= status < 500)
+            > result.cases // 3
+        ), (kind, result.statuses)
