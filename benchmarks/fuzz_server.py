@@ -3,8 +3,8 @@ test_fuzz.py). Everything talks to a server on 127.0.0.1 only.
 
 1. schemathesis over every route of the OpenAPI schema, with a valid token and with none
    (``--examples`` cases per route and auth, seeded).
-2. Our mutation fuzzer over native push bodies and Hugging Face NDJSON commits against a
-   real server (``--cases`` of each, within ``--seconds``, seeded).
+2. Our mutation fuzzer over native push bodies, Hugging Face NDJSON commits and compose
+   recipes against a real server (``--cases`` of each, within ``--seconds``, seeded).
 
 Prints one row per run: cases, answers by status class, 5xx count and wall time; exits 1 and
 prints each 5xx with the input that caused it if there is any.

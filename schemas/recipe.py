@@ -39,7 +39,9 @@ class Recipe(BaseModel):
     density: float | None = Field(
         default=None, gt=0, le=1, description="Fraction of values kept (ties, dare, prune)."
     )
-    seed: int | None = Field(default=None, ge=0, description="Seed for dare's random drops.")
+    seed: int | None = Field(
+        default=None, ge=0, le=2**64 - 1, description="Seed for dare's random drops (64 bits)."
+    )
     variant: Literal["linear", "ties"] | None = Field(
         default=None, description="dare only: rescaled sum (linear) or TIES sign election."
     )

@@ -110,6 +110,16 @@ _INTERESTING: list[Any] = [
 ]
 
 
+_RECIPES: list[tuple[str, dict[str, Any]]] = [  # valid ones, for the mutations to start from
+    ("cat", {}),
+    ("linear", {"rank": 4}),
+    ("svd", {"rank": 4}),
+    ("ties", {"rank": 4, "density": 0.5}),
+    ("dare", {"density": 0.5, "seed": 1, "variant": "ties"}),
+    ("magnitude-prune", {"density": 0.5}),
+]
+
+
 def _mutate_value(value: Any, rng: random.Random, depth: int = 0) -> Any:
     """``value`` with one random change somewhere inside it."""
     if depth > 6 or rng.random() < 0.25 or not isinstance(value, (dict, list)) or not value:
@@ -241,18 +251,34 @@ def seed_bodies(target: Target, adapter: Path) -> tuple[dict[str, Any], bytes]:
 def fuzz_bodies(
     target: Target, adapter: Path, *, cases: int, seconds: float, seed: int
 ) -> dict[str, FuzzResult]:
-    """Up to ``cases`` mutated push bodies and as many NDJSON commits (alternating), within
-    ``seconds``; each result lists the 5xx answers with the body that caused them."""
+    """Up to ``cases`` mutated push bodies, as many NDJSON commits and compose recipes (in
+    turn), within ``seconds``; each result lists the 5xx answers with the body that caused
+    them."""
     rng = random.Random(seed)
     push, commit = seed_bodies(target, adapter)
-    results = {"push": FuzzResult(operations=1), "commit": FuzzResult(operations=1)}
+    kinds = ("push", "commit", "compose")
+    results = {kind: FuzzResult(operations=1) for kind in kinds}
     deadline = time.monotonic() + seconds
-    for number in range(2 * cases):
+    for number in range(len(kinds) * cases):
         if time.monotonic() > deadline:
             break
         repo = f"team/fz{rng.randrange(4)}"
-        kind = "push" if number % 2 == 0 else "commit"
-        if kind == "push":
+        kind = kinds[number % len(kinds)]
+        if kind == "compose":
+            operator, params = rng.choice(_RECIPES)
+            recipe: Any = {
+                "operator": operator,
+                "inputs": ["team/base", "team/base@v1"],
+                "name": repo,
+                "weights": [0.5, 0.5],
+                "tasks": ["sql"],
+                **params,
+            }
+            for _ in range(rng.randint(1, 3)):
+                recipe = _mutate_value(recipe, rng)
+            body = json.dumps(recipe).encode()
+            path, content_type = "/api/hub/v1/compose", "application/json"
+        elif kind == "push":
             mutated: Any = push
             for _ in range(rng.randint(1, 3)):
                 mutated = _mutate_value(mutated, rng)

@@ -31,16 +31,16 @@ def test_every_route_never_answers_5xx(tmp_path, adapters, auth):
         assert result.statuses[401] > result.cases // 2, result.statuses
 
 
-def test_mutated_push_bodies_and_commits_never_answer_5xx(tmp_path, adapters):
+def test_mutated_pushes_commits_and_recipes_never_answer_5xx(tmp_path, adapters):
     with start_server(tmp_path / "home") as server:
         with Registry(server.home) as reg:
             token = create_token(reg, "fuzz", read=["team"], write=["team"])
         results = fuzz_bodies(
-            Target(server.url, token), adapters("lora"), cases=150, seconds=20, seed=0
+            Target(server.url, token), adapters("lora"), cases=100, seconds=25, seed=0
         )
     for kind, result in results.items():
         assert result.failures == [], kind
-        assert result.cases >= 50, (kind, result.cases)
+        assert result.cases >= 30, (kind, result.cases)
         # The mutations reach past parsing: some are stored, most are refused with a 4xx.
         assert (
             result.statuses[200] > 0

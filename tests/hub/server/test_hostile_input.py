@@ -206,3 +206,27 @@ def test_a_non_ascii_lfs_ticket_is_refused_without_a_token(live_server):
             403,
             {"error": "upload link expired or invalid"},
         )
+
+
+def test_a_seed_beyond_64_bits_is_refused_alike(live_server, tokens, adapters, hub_home):
+    for home in (live_server.home, hub_home):
+        with Registry(home) as reg:
+            reg.push(adapters("lora"), name="team/a")
+    seed = str(2**64)
+    status, body = _call(
+        "POST",
+        f"{live_server.url}/api/hub/v1/compose",
+        tokens["writer"],
+        json.dumps(
+            {"operator": "dare", "inputs": ["team/a", "team/a"], "name": "team/d", "seed": 2**64}
+        ).encode(),
+    )
+    message = "Input should be less than or equal to 18446744073709551615"
+    assert (status, body["error"]["message"]) == (422, f"invalid request: body.seed: {message}")
+    local = CliRunner().invoke(
+        cli, ["compose", "dare", "team/a", "team/a", "--name", "team/d", "--seed", seed]
+    )
+    assert (local.exit_code, local.stderr) == (1, f"Error: command line: field 'seed': {message}\n")
+    for home in (live_server.home, hub_home):
+        with Registry(home) as reg:
+            assert [c["repo"] for c in reg.search_raw()] == ["team/a"]
