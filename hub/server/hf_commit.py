@@ -187,14 +187,13 @@ def _store_inline(value: dict[str, Any], store: BlobStore, limit: int) -> str:
     content = value["content"]
     if not isinstance(content, str):
         raise InvalidArgument(f"file {value['path']!r}: content must be a string")
-    try:
-        data = (
-            base64.b64decode(content, validate=True)
-            if value.get("encoding") == "base64"
-            else check_text(content, f"content of {value['path']!r}").encode()
-        )
-    except binascii.Error as error:
-        raise InvalidArgument(f"file {value['path']!r}: bad base64 ({error})") from None
+    if value.get("encoding") == "base64":
+        try:
+            data = base64.b64decode(content, validate=True)
+        except ValueError as error:  # binascii.Error, or text that is not even ASCII
+            raise InvalidArgument(f"file {value['path']!r}: bad base64 ({error})") from None
+    else:
+        data = check_text(content, f"content of {value['path']!r}").encode()
     with BlobWriter(store, limit=limit) as blob:
         blob.write(data)
         return blob.publish()[0]

@@ -230,3 +230,57 @@ def test_a_seed_beyond_64_bits_is_refused_alike(live_server, tokens, adapters, h
     for home in (live_server.home, hub_home):
         with Registry(home) as reg:
             assert [c["repo"] for c in reg.search_raw()] == ["team/a"]
+
+
+def test_inline_content_that_is_not_ascii_base64_is_refused(live_server, tokens):
+    line = {"key": "file", "value": {"path": "README.md", "content": "é", "encoding": "base64"}}
+    status, body = _call(
+        "POST",
+        f"{live_server.url}/api/models/team/x/commit/main",
+        tokens["writer"],
+        _ndjson({"key": "header", "value": {}}, line),
+        "application/x-ndjson",
+    )
+    assert (status, body) == (
+        400,
+        {
+            "error": "file 'README.md': bad base64 (string argument should contain only ASCII"
+            " characters)"
+        },
+    )
+
+
+def test_weights_that_are_not_finite_or_overflow_are_refused(
+    live_server, tokens, adapters, hub_home
+):
+    for home in (live_server.home, hub_home):
+        with Registry(home) as reg:
+            reg.push(adapters("lora"), name="team/a")
+    url = f"{live_server.url}/api/hub/v1/compose"
+    recipe = '{"operator": "ties", "inputs": ["team/a", "team/a"], "name": "team/t",'
+    recipe += ' "rank": 4, "density": 0.5, "weights": %s}'
+    answers = [
+        _call("POST", url, tokens["writer"], (recipe % weights).encode())
+        for weights in ("[0.5, Infinity]", "[NaN, 0.5]", "[1e300, 1e300]")
+    ]
+    finite = "Input should be a finite number"
+    overflow = (
+        "the combined delta of module 'model.layers.0.self_attn.q_proj' is not"
+        " finite: weights this large overflow (use weights of the order of 1)"
+    )
+    assert [(status, body["error"]["message"]) for status, body in answers] == [
+        (422, f"invalid request: body.weights.1: {finite}"),
+        (422, f"invalid request: body.weights.0: {finite}"),
+        (400, overflow),
+    ]
+    args = ["compose", "ties", "team/a", "team/a", "--name", "team/t", "--density", "0.5"]
+    local = CliRunner().invoke(cli, [*args, "--weights", "inf,1"])
+    assert (local.exit_code, local.stderr) == (
+        1,
+        f"Error: command line: field 'weights.0': {finite}\n",
+    )
+    local = CliRunner().invoke(cli, [*args, "--weights", "1e300,1e300"])
+    assert (local.exit_code, local.stderr) == (1, f"Error: {overflow}\n")
+    for home in (live_server.home, hub_home):
+        with Registry(home) as reg:
+            assert [c["repo"] for c in reg.search_raw()] == ["team/a"]
