@@ -22,28 +22,72 @@ def remote_registry(url: str) -> Any:
 @click.option(
     "--anonymous-read", is_flag=True, help="Let requests without a token read every adapter."
 )
+@click.option(
+    "--base-dir",
+    "base_dirs",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder of base models a pushed adapter may name (ORG/MODEL is looked up under it)"
+    " to count the base's parameters. Without one, the server reads no base from its disk.",
+)
+@click.option(
+    "--client-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds a client may take to send a request's headers or JSON body, or pause an"
+    " upload (else 408 and the connection is closed).",
+)
+@click.option(
+    "--max-anonymous",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Requests without a valid token handled at once; more are answered 429.",
+)
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, anonymous_read: bool) -> None:
+def serve(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    anonymous_read: bool,
+    base_dirs: tuple[str, ...],
+    client_timeout: float,
+    max_anonymous: int,
+) -> None:
     """Serve the registry over HTTP: the native API and the Hugging Face Hub protocol.
 
     Clients: `hub push PATH --to http://HOST:PORT`, `hub pull REF --from ...`, and
     HF_ENDPOINT=http://HOST:PORT for huggingface_hub / PeftModel.from_pretrained.
-    The OpenAPI schema is at /openapi.json.
+    The OpenAPI schema is at /openapi.json. Idle connections are closed after 5 s.
 
     \b
     Example:
         hub token create --name ci --write team
-        hub serve --host 0.0.0.0 --port 8000
+        hub serve --host 0.0.0.0 --port 8000 --base-dir /models
     """
     import uvicorn
 
     from hub.registry import Registry
     from hub.server import create_app
+    from hub.server.protocol import deadline_protocol
 
     home = Registry(ctx.find_root().obj["home"]).home
     click.echo(f"Serving {home} on http://{host}:{port}", err=True)
+    app = create_app(
+        home,
+        anonymous_read=anonymous_read,
+        base_dirs=base_dirs,
+        client_timeout=client_timeout,
+        max_anonymous=max_anonymous,
+    )
     uvicorn.run(
-        create_app(home, anonymous_read=anonymous_read), host=host, port=port, log_level="warning"
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        http=deadline_protocol(client_timeout),
+        timeout_keep_alive=5,
     )
 
 

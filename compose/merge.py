@@ -152,6 +152,12 @@ def factor(delta: Tensor, rank: int, *, module: str = "") -> Truncation:
 
     d, k = delta.shape
     _check_rank(rank, d, k, module)
+    if not bool(torch.isfinite(delta).all()):
+        raise InvalidRecipe(
+            f"the combined delta of module {module!r} is not finite: weights this large"
+            " overflow (use weights of the order of 1)",
+            module=module,
+        )
     u, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)
     root = s[:rank].sqrt()
     return Truncation(

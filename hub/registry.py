@@ -99,6 +99,27 @@ class PushResult:
     """Training state in the folder that was not stored (``hub.inspect.files``)."""
 
 
+def _check_annotations(
+    tasks: list[str],
+    tags: dict[str, str],
+    metrics: list[Metric],
+    description: str | None,
+    parent: str | None,
+) -> None:
+    """Refuse text the index cannot store (lone surrogates) before anything is stored."""
+    from schemas.inputs import check_text
+
+    for task in tasks:
+        check_text(task, "--task")
+    for key, value in tags.items():
+        check_text(key, "--tag key")
+        check_text(value, f"--tag {key!r}")
+    for metric in metrics:
+        check_text(f"{metric.name}@{metric.dataset or ''}", "--metric")
+    check_text(description or "", "description")
+    check_text(parent or "", "--parent")
+
+
 class Registry:
     """Adapters stored in ``home``: ``index.db`` plus a content-addressed ``store/``."""
 
@@ -140,6 +161,7 @@ class Registry:
         lineage: Lineage | None = None,
         details: dict[str, Any] | None = None,
         allow_nonfinite: bool = False,
+        base_dirs: Sequence[Path] | None = None,
     ) -> PushResult:
         """Register the adapter folder ``path`` as the next version of ``name``.
 
@@ -160,6 +182,8 @@ class Registry:
             lineage: for composites: recipe and exact inputs.
             details: extra facts for the card's ``details`` (composites: retained energy).
             allow_nonfinite: accept NaN/Inf tensors.
+            base_dirs: where the base folder the adapter names may be read to count its
+                parameters; None: anywhere (a local push). The server passes its allow-list.
 
         Returns:
             ``PushResult(card, created)``; ``created`` is False when the files equal the latest
@@ -180,12 +204,13 @@ class Registry:
         task_list = sorted({t.strip() for t in tasks if t.strip()})
         if not folder.is_dir():
             raise InvalidAdapter(f"{folder}: not a folder (give the folder save_pretrained wrote)")
-        inspected = inspect_adapter(folder, allow_nonfinite=allow_nonfinite)
+        inspected = inspect_adapter(folder, allow_nonfinite=allow_nonfinite, base_dirs=base_dirs)
         trained = read_trainer_state(folder)  # a Trainer checkpoint: its step and logged metrics
         if trained is not None:
             tag_map = {"step": str(trained.step), **tag_map}
             metric_list += [m for m in trained.metrics if m not in metric_list]
             details = {"trainer": trained.details(), **(details or {})}
+        _check_annotations(task_list, tag_map, metric_list, description, parent)
         if details:
             inspected.details = {**inspected.details, **details}
         if parent is not None:

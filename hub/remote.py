@@ -34,10 +34,13 @@ API = "/api/hub/v1"
 
 
 def raise_for_error(error: urllib.error.HTTPError) -> None:
-    """Turn the server's ``{"error": {"code", "message"}}`` back into the matching HubError."""
+    """Turn the server's ``{"error": {"code", "message"}}`` back into the matching HubError
+    (or a Hugging Face route's ``{"error": message}``, its code in ``X-Error-Code``)."""
     body = error.read()
     try:
         payload = json.loads(body)["error"]
+        if isinstance(payload, str):
+            payload = {"code": error.headers.get("X-Error-Code", ""), "message": payload}
         code, message = payload["code"], payload["message"]
     except (ValueError, KeyError, TypeError):
         raise HubError(f"server answered {error.code}: {body[:200]!r}") from None

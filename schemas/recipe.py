@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
 
 from schemas.refs import AdapterRef, validate_repo_id
 
@@ -32,14 +32,16 @@ class Recipe(BaseModel):
     operator: Operator
     name: str = Field(description="Repository id of the result, NAMESPACE/NAME.")
     inputs: list[str] = Field(min_length=1, description="Adapter references, in order.")
-    weights: list[float] | None = Field(
+    weights: list[FiniteFloat] | None = Field(
         default=None, description="One weight per input (default: 1 each; svd/linear: 1/N)."
     )
     rank: int | None = Field(default=None, gt=0, description="Rank of the result (LoRA ops).")
     density: float | None = Field(
         default=None, gt=0, le=1, description="Fraction of values kept (ties, dare, prune)."
     )
-    seed: int | None = Field(default=None, ge=0, description="Seed for dare's random drops.")
+    seed: int | None = Field(
+        default=None, ge=0, le=2**64 - 1, description="Seed for dare's random drops (64 bits)."
+    )
     variant: Literal["linear", "ties"] | None = Field(
         default=None, description="dare only: rescaled sum (linear) or TIES sign election."
     )

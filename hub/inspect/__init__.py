@@ -14,7 +14,7 @@ shapes, rank and facts), ``params`` (base-model sizes), ``readme`` (the descript
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,7 @@ def inspect_adapter(
     *,
     allow_nonfinite: bool = False,
     base_config: dict[str, Any] | None = None,
+    base_dirs: Sequence[Path] | None = None,
 ) -> InspectedAdapter:
     """Read the adapter folder ``path`` into an ``InspectedAdapter`` (a card without repo).
 
@@ -81,6 +82,7 @@ def inspect_adapter(
         base_config: the base model's ``config.json``, for ``params_base`` /
             ``params_fraction``. Without it, a local folder named by the adapter's
             ``base_model_name_or_path`` is read (its safetensors headers, else its config).
+        base_dirs: where that folder may be (see ``base_param_count``); None: anywhere.
 
     Returns:
         The card's automatic fields: method, variant, rank, alpha, targets, parameter counts,
@@ -102,7 +104,9 @@ def inspect_adapter(
     if (folder / "composite.json").is_file() and not (folder / "adapter_config.json").exists():
         from hub.inspect.composite import inspect_composite
 
-        return inspect_composite(folder, inspect_adapter, allow_nonfinite)
+        return inspect_composite(
+            folder, inspect_adapter, allow_nonfinite=allow_nonfinite, base_dirs=base_dirs
+        )
     refuse_foreign(folder)  # mlx-lm, torchtune, a Trainer output folder: say what it is
     config = load_config(folder)
     method = method_of(config)
@@ -132,7 +136,7 @@ def inspect_adapter(
 
     params_trainable = sum(t.numel for k, t in tensors.items() if k not in frozen)
     base_model = _text(config.get("base_model_name_or_path"))
-    params_base = base_param_count(base_model, base_config)
+    params_base = base_param_count(base_model, base_config, base_dirs)
     prompt = method in PROMPT_METHODS
     targets = sorted({m.rsplit(".", 1)[-1] for m in analysis.modules + analysis.saved_modules})
     return InspectedAdapter(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from compose.composites import read_composite
 from schemas.card import InferenceOverhead, InspectedAdapter
@@ -13,12 +13,11 @@ if TYPE_CHECKING:
 
 
 def inspect_composite(
-    folder: Path, inspect: Callable[..., InspectedAdapter], allow_nonfinite: bool
+    folder: Path, inspect: Callable[..., InspectedAdapter], **options: Any
 ) -> InspectedAdapter:
+    """The card of a composite: ``inspect(member, **options)`` for each member, combined."""
     spec = read_composite(folder)
-    members = [
-        inspect(folder / m["path"], allow_nonfinite=allow_nonfinite) for m in spec["members"]
-    ]
+    members = [inspect(folder / m["path"], **options) for m in spec["members"]]
     ensemble = spec["kind"] == "ensemble"
     mergeable = all(m.inference_overhead.none_when_merged for m in members)
     return InspectedAdapter(

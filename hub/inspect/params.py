@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +21,27 @@ _TIED_BY_DEFAULT: dict[str, bool] = {
 }
 
 
-def base_param_count(base_model: Any, base_config: dict[str, Any] | None) -> int | None:
+def base_param_count(
+    base_model: Any,
+    base_config: dict[str, Any] | None,
+    base_dirs: Sequence[Path] | None = None,
+) -> int | None:
     """The base model's parameter count, or None when it cannot be known without downloads.
 
     An explicit ``base_config`` is used first. Without one (or for an architecture
     ``count_base_params`` does not know), a local folder named by ``base_model`` is read: the
     sum over its safetensors headers (exact), else its ``config.json``.
+
+    ``base_dirs`` limits which folders may be read: None (a local push) reads the folder the
+    adapter names, wherever it is; otherwise (a server) only folders inside these, a hub id
+    such as ``org/model`` being looked up under each of them. An uploaded adapter's config
+    is untrusted, so it must not make a server read, or learn anything about, other paths.
     """
     if base_config:
         count = count_base_params(base_config)
         if count is not None:
             return count
-    folder = _local_folder(base_model)
+    folder = _local_folder(base_model, base_dirs)
     if folder is None:
         return None
     count = _count_safetensors(folder)
@@ -44,14 +54,22 @@ def base_param_count(base_model: Any, base_config: dict[str, Any] | None) -> int
     return count_base_params(config) if isinstance(config, dict) else None
 
 
-def _local_folder(base_model: Any) -> Path | None:
-    if not isinstance(base_model, str) or not base_model:
+def _local_folder(base_model: Any, base_dirs: Sequence[Path] | None) -> Path | None:
+    if not isinstance(base_model, str) or not base_model or "\x00" in base_model:
         return None
-    folder = Path(base_model)
     try:
-        return folder if folder.is_dir() else None
-    except OSError:  # a hub id that is not a valid path on this OS
+        if base_dirs is None:
+            folder = Path(base_model)
+            return folder if folder.is_dir() else None
+        for root in base_dirs:
+            inside = root.resolve()
+            # Resolved, so that neither ``..`` nor a symlink leads out of the allowed folder.
+            folder = (inside / base_model).resolve()
+            if folder.is_relative_to(inside) and folder.is_dir():
+                return folder
+    except (OSError, ValueError):  # a hub id that is not a valid path on this OS
         return None
+    return None
 
 
 def _count_safetensors(folder: Path) -> int | None:

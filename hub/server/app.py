@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,10 @@ from hub.server.common import (
 )
 from schemas.api import MAX_JSON_BYTES, AliasBody, BlobStored, NewVersion, PushedCard
 from schemas.card import AdapterCard
-from schemas.errors import AuthError, HubError, InvalidArgument
+from schemas.errors import AdapterNotFound, AuthError, HubError, InvalidArgument
+from schemas.inputs import check_text
 from schemas.recipe import Recipe
-from schemas.refs import validate_repo_id
+from schemas.refs import AdapterRef, validate_repo_id
 
 API = "/api/hub/v1"
 _STREAMED = re.compile(rf"PUT {API}/(blobs|lfs)/[^/]*|POST /api/models/[^/]+/[^/]+/commit/.*")
@@ -50,6 +52,7 @@ def _streams(method: str, path: str) -> bool:
 
 def safe_relative_path(path: str) -> str:
     """A file path inside an adapter folder: relative, no ``..``, no empty or hidden tricks."""
+    check_text(path, "file path")
     parts = path.split("/")
     if (
         not path
@@ -61,6 +64,43 @@ def safe_relative_path(path: str) -> str:
     ):
         raise InvalidArgument(f"invalid file path {path!r}: must stay inside the adapter folder")
     return path
+
+
+def check_file_tree(paths: Iterable[str]) -> None:
+    """Refuse file paths that cannot all be files of one folder: a path given twice, or one
+    that is also another's folder (``a`` and ``a/b``)."""
+    files: set[str] = set()
+    for path in paths:
+        if path in files:
+            raise InvalidArgument(f"file {path!r} is listed twice: give each path once")
+        files.add(path)
+    folders = {path.rsplit("/", i)[0] for path in files for i in range(1, path.count("/") + 1)}
+    for clash in sorted(files & folders):
+        inside = min(p for p in files if p.startswith(clash + "/"))
+        raise InvalidArgument(
+            f"file {clash!r} is also the folder of {inside!r}: a path is a file or a folder"
+        )
+
+
+def referenced(request: Request, ref: str) -> AdapterCard:
+    """The card ``ref`` (a parent, a compose input) names, for a caller that may read it.
+
+    A repository the caller may not read is answered exactly as one that does not exist, so
+    references cannot probe other namespaces."""
+    registry = state(request).registry()
+    parsed = AdapterRef.parse(ref)
+    hidden = AdapterNotFound(
+        f"no adapter {parsed.repo!r} that this token may read", repo=parsed.repo
+    )
+    token = caller(request)
+    if token is None and not state(request).anonymous_read:
+        raise AuthError("authentication required: send 'Authorization: Bearer TOKEN'", status=401)
+    if token is not None and not token.can_read(parsed.namespace):
+        raise hidden
+    try:
+        return registry.show(parsed)
+    except AdapterNotFound:
+        raise hidden from None
 
 
 def _ref(namespace: str, name: str, revision: str | None) -> str:
@@ -75,6 +115,9 @@ def create_app(
     inline_upload_max: int | None = None,
     max_upload_bytes: int | None = None,
     max_commit_bytes: int | None = None,
+    base_dirs: Iterable[str | os.PathLike[str]] = (),
+    client_timeout: float | None = None,
+    max_anonymous: int | None = None,
 ) -> FastAPI:
     """The team hub over the registry at ``home``.
 
@@ -86,6 +129,13 @@ def create_app(
             Git LFS. Default 1 GiB.
         max_upload_bytes: the largest single file accepted. Default 64 GiB.
         max_commit_bytes: the largest Hugging Face commit body (spooled to disk). Default 4 GiB.
+        base_dirs: folders where base models named by pushed adapters may be read to count
+            their parameters (``org/model`` is looked up under each). Default: none, so the
+            server never reads its disk for an uploaded config.
+        client_timeout: seconds a JSON body may take to arrive, and an upload may pause
+            (``hub.server.protocol`` applies it to request headers). Default 30.
+        max_anonymous: requests without a valid token handled at once (more get 429).
+            Default 64.
 
     Example:
         >>> import uvicorn                                                   # doctest: +SKIP
@@ -105,8 +155,13 @@ def create_app(
         srv.max_upload_bytes = max_upload_bytes
     if max_commit_bytes is not None:
         srv.max_commit_bytes = max_commit_bytes
+    srv.base_dirs = tuple(Path(d) for d in base_dirs)
+    if client_timeout is not None:
+        srv.client_timeout = client_timeout
+    if max_anonymous is not None:
+        srv.max_anonymous = max_anonymous
     app.state.hub = srv
-    app.add_middleware(BoundedBodies, limit=MAX_JSON_BYTES, streams=_streams)
+    app.add_middleware(BoundedBodies, srv=srv, limit=MAX_JSON_BYTES, streams=_streams)
 
     @app.exception_handler(HubError)
     async def _hub_error(request: Request, error: HubError) -> JSONResponse:
@@ -185,6 +240,8 @@ def create_app(
         token = require_write(request, namespace)
         repo = _ref(namespace, name, None)
         registry = state(request).registry()
+        check_file_tree(f.path for f in body.files)
+        parent = referenced(request, body.parent).ref if body.parent is not None else None
         # Shared store lock from the check that every blob is there until the version is
         # indexed: `gc` cannot take one of them meanwhile (hub/uploads.py).
         with (
@@ -210,9 +267,10 @@ def create_app(
                 tasks=body.tasks,
                 tags=body.tags,
                 metrics=body.metrics,
-                parent=body.parent,
+                parent=parent,
                 description=body.description,
                 allow_nonfinite=body.allow_nonfinite,
+                base_dirs=srv.base_dirs,
             )
         return JSONResponse({**result.card.model_dump(mode="json"), "created": result.created})
 
@@ -245,7 +303,7 @@ def create_app(
         """Run a compose recipe server-side (same fields as `hub compose run RECIPE.yaml`)."""
         require_write(request, recipe.name.split("/")[0])
         for ref in recipe.inputs:
-            require_read(request, ref.split("/")[0])
+            referenced(request, ref)
         result = state(request).registry().compose(recipe)
         return JSONResponse({**result.card.model_dump(mode="json"), "created": result.created})
 

@@ -3,18 +3,22 @@ bounded request bodies, verified blob writes and the staging of a commit's files
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 import re
 import threading
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from hub.locks import file_lock
 from hub.registry import Registry, adapter_files
@@ -32,6 +36,8 @@ from schemas.errors import (
 )
 
 MiB = 1024 * 1024
+ANONYMOUS_BODY_BYTES = 64 * 1024
+"""The most a request without a valid token may send (the LFS upload links excepted)."""
 DRAIN_BYTES = 64 * MiB
 DIGEST = re.compile(r"[0-9a-f]{64}")
 
@@ -57,12 +63,30 @@ def header_safe(text: str) -> str:
     return text[:500].encode("ascii", "backslashreplace").decode().replace("\n", " ")
 
 
-def error_response(error: HubError) -> JSONResponse:
-    """``{"error": {"code", "message"}}`` plus the headers the HF client reads."""
+_PUBLIC_HOME: ContextVar[tuple[str, ...]] = ContextVar("hub_public_home", default=())
+"""The spellings of the registry folder of the app answering the current request."""
+
+
+def public_message(error: HubError) -> str:
+    """``str(error)`` as a client may see it: no path on the server's disk (the registry
+    folder reads ``$HUB_HOME``; a pushed file is named by its place in the adapter, not by
+    the temp folder it was inspected in), and only text that can be encoded."""
+    message = str(error)
+    for home in _PUBLIC_HOME.get():
+        message = re.sub(re.escape(home) + r"/tmp/[^/\s'\"]+/", "", message)
+        message = message.replace(home, "$HUB_HOME")
+    return message.encode("utf-8", "backslashreplace").decode()
+
+
+def error_response(error: HubError, *, hf: bool = False) -> JSONResponse:
+    """``{"error": {"code", "message"}}`` plus the headers the HF client reads; with ``hf``,
+    the Hugging Face Hub's own ``{"error": message}``."""
+    message = public_message(error)
+    body: dict[str, Any] = {"error": message if hf else {"code": error.code, "message": message}}
     return JSONResponse(
-        {"error": {"code": error.code, "message": str(error)}},
+        body,
         status_code=status_of(error),
-        headers={"X-Error-Code": error.code, "X-Error-Message": header_safe(str(error))},
+        headers={"X-Error-Code": error.code, "X-Error-Message": header_safe(message)},
     )
 
 
@@ -88,6 +112,15 @@ class ServerState:
     _local: threading.local = field(default_factory=threading.local)
     _repo_locks: dict[str, threading.Lock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
+    base_dirs: tuple[Path, ...] = ()
+    """Folders under which a pushed adapter's ``base_model_name_or_path`` may be read to count
+    the base's parameters (the operator's allow-list); nothing else on disk is ever read."""
+    client_timeout: float = 30.0
+    """Seconds a JSON body may take to arrive, and an upload may go without sending a byte."""
+    max_anonymous: int = 64
+    """Requests without a valid token handled at once; more are answered 429 at once."""
+    anonymous_in_flight: int = 0
+    """Counted by ``BoundedBodies`` on the event loop's thread (so no lock)."""
 
     def registry(self) -> Registry:
         # SQLite connections stay in the thread that opened them: one registry per worker.
@@ -290,12 +323,29 @@ ASGIApp = Callable[
 
 
 class BoundedBodies:
-    """ASGI middleware: every request body is read (up to ``limit`` bytes, chunked or not)
-    before the app sees it; larger ones are refused with 413. Routes that stream uploads
-    (``streams(method, path)``) are passed through and bound their bodies themselves."""
+    """ASGI middleware in front of every route: who may send how much, how slowly.
 
-    def __init__(self, app: ASGIApp, limit: int, streams: Callable[[str, str], bool]) -> None:
-        self.app, self.limit, self.streams = app, limit, streams
+    - The token is checked before any body is read. A request with an invalid token has its
+      body discarded (read, never kept, within ``client_timeout``) and gets 401; one without a
+      token may send at most ``ANONYMOUS_BODY_BYTES`` (the signed LFS upload links, checked
+      by their route before reading, excepted). At most ``max_anonymous`` requests without a
+      valid token are handled at once; more get 429 before anything is read.
+    - Other bodies are read (up to ``limit`` bytes, chunked or not) before the app sees
+      them, within ``client_timeout`` seconds (else 408); larger ones are refused with 413.
+    - Routes that stream uploads (``streams(method, path)``) bound their bodies themselves;
+      here an upload that sends nothing for ``client_timeout`` seconds is ended (408).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        srv: ServerState,
+        limit: int,
+        streams: Callable[[str, str], bool],
+    ) -> None:
+        self.app, self.srv, self.limit, self.streams = app, srv, limit, streams
+        home = Path(srv.home).expanduser().absolute()
+        self.homes = tuple(dict.fromkeys([str(home), str(home.resolve())]))
 
     async def __call__(
         self,
@@ -303,30 +353,102 @@ class BoundedBodies:
         receive: Callable[[], Awaitable[Any]],
         send: Callable[[Any], Awaitable[None]],
     ) -> None:
-        if scope["type"] != "http" or self.streams(scope["method"], scope["path"]):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = InvalidArgument(f"request body over {self.limit} bytes", status=413)
+        homes = _PUBLIC_HOME.set(self.homes)
+        try:
+            await self._guarded(scope, receive, send)
+        finally:
+            _PUBLIC_HOME.reset(homes)
+
+    async def _guarded(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        srv = self.srv
+        hf = not scope["path"].startswith("/api/hub/v1/") or "/lfs/" in scope["path"]
+        refusal: HubError | None = None
+        authorization = dict(scope.get("headers") or []).get(b"authorization")
+        if authorization is not None:
+            try:
+                await run_in_threadpool(caller, Request(scope))
+            except HubError as error:
+                refusal = error
+        if authorization is None or refusal is not None:
+            if srv.anonymous_in_flight >= srv.max_anonymous:
+                busy = InvalidArgument(
+                    f"over {srv.max_anonymous} requests without a valid token at once: retry"
+                    " later, or send 'Authorization: Bearer TOKEN'",
+                    status=429,
+                )
+                await error_response(busy, hf=hf)(scope, receive, send)
+                return
+            srv.anonymous_in_flight += 1
+            try:
+                await self._bounded(scope, receive, send, refusal, hf, anonymous=True)
+            finally:
+                srv.anonymous_in_flight -= 1
+            return
+        await self._bounded(scope, receive, send, None, hf, anonymous=False)
+
+    async def _bounded(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+        refusal: HubError | None,
+        hf: bool,
+        *,
+        anonymous: bool,
+    ) -> None:
+        timeout = self.srv.client_timeout
+        limit = ANONYMOUS_BODY_BYTES if anonymous else self.limit
+        if refusal is None and self.streams(scope["method"], scope["path"]):
+            await self.app(scope, _idle_limited(receive, timeout), send)
+            return
         length = dict(scope.get("headers") or []).get(b"content-length", b"")
         if length.isdigit() and int(length) > DRAIN_BYTES:
-            await error_response(too_large)(scope, receive, send)
+            too_large = InvalidArgument(f"request body over {self.limit} bytes", status=413)
+            await error_response(refusal or too_large, hf=hf)(scope, receive, send)
             return
         body = bytearray()
         seen = 0
+        deadline = time.monotonic() + timeout
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                stalled = InvalidArgument(
+                    f"request body not received within {timeout:g} s", status=408
+                )
+                await error_response(refusal or stalled, hf=hf)(scope, receive, send)
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
             seen += len(chunk)
-            if seen <= self.limit:
+            if refusal is None and seen > limit:
+                refusal = (
+                    AuthError(
+                        "authentication required: send 'Authorization: Bearer TOKEN' (a"
+                        f" request without a token may send at most {limit} bytes)",
+                        status=401,
+                    )
+                    if anonymous
+                    else InvalidArgument(f"request body over {limit} bytes", status=413)
+                )
+                body.clear()
+            if refusal is None:
                 body += chunk
             if not message.get("more_body") or seen > DRAIN_BYTES:
                 break
-        if seen > self.limit:
+        if refusal is not None:
             # Read (and dropped) up to DRAIN_BYTES first: a client still sending when the
             # answer comes would see a broken pipe instead of this message.
-            await error_response(too_large)(scope, receive, send)
+            await error_response(refusal, hf=hf)(scope, receive, send)
             return
         replayed = False
 
@@ -338,3 +460,26 @@ class BoundedBodies:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+def _idle_limited(
+    receive: Callable[[], Awaitable[Any]], timeout: float
+) -> Callable[[], Awaitable[Any]]:
+    """``receive`` for a streamed upload: each chunk must come within ``timeout`` seconds.
+    Once the body is complete, waits (for the disconnect) are not limited."""
+    done = False
+
+    async def timed() -> Any:
+        nonlocal done
+        if done:
+            return await receive()
+        try:
+            message = await asyncio.wait_for(receive(), timeout)
+        except asyncio.TimeoutError:
+            raise InvalidArgument(
+                f"upload stalled: nothing received for {timeout:g} s", status=408
+            ) from None
+        done = message["type"] != "http.request" or not message.get("more_body")
+        return message
+
+    return timed

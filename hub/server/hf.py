@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from hub.registry import commit_id
-from hub.server.common import header_safe, require_read, state, status_of
+from hub.server.common import header_safe, public_message, require_read, state, status_of
 from schemas.card import AdapterCard
 from schemas.errors import AdapterNotFound, HubError, InvalidName, RevisionNotFound
 
@@ -27,14 +27,15 @@ _HF_CODES = {AdapterNotFound: "RepoNotFound", RevisionNotFound: "RevisionNotFoun
 
 def _hf_error(error: HubError, code: str | None = None) -> JSONResponse:
     code = code or next((c for cls, c in _HF_CODES.items() if isinstance(error, cls)), None)
-    headers = {"X-Error-Message": header_safe(str(error))}
+    message = public_message(error)
+    headers = {"X-Error-Message": header_safe(message)}
     if code:
         headers["X-Error-Code"] = code
     status = status_of(error)
     if isinstance(error, InvalidName):
         status = 404  # the HF client reads a malformed id as "repository not found"
         headers["X-Error-Code"] = "RepoNotFound"
-    return JSONResponse({"error": str(error)}, status_code=status, headers=headers)
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def _card(request: Request, namespace: str, name: str, revision: str | None) -> AdapterCard:

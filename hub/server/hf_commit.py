@@ -19,7 +19,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -27,10 +27,11 @@ from typing import IO, Any, Literal
 from fastapi import Request
 
 from hub.registry import PushResult, Registry, commit_id
-from hub.server.app import safe_relative_path
+from hub.server.app import check_file_tree, safe_relative_path
 from hub.server.common import DIGEST, BlobWriter, MiB, stage_files
 from hub.store import BlobStore
 from schemas.errors import AdapterNotFound, InvalidAdapter, InvalidArgument, RevisionNotFound
+from schemas.inputs import check_text
 
 SHORT_LINE = MiB
 """Lines up to this long are parsed as JSON; longer ones must be inline base64 files."""
@@ -186,14 +187,13 @@ def _store_inline(value: dict[str, Any], store: BlobStore, limit: int) -> str:
     content = value["content"]
     if not isinstance(content, str):
         raise InvalidArgument(f"file {value['path']!r}: content must be a string")
-    try:
-        data = (
-            base64.b64decode(content, validate=True)
-            if value.get("encoding") == "base64"
-            else content.encode()
-        )
-    except binascii.Error as error:
-        raise InvalidArgument(f"file {value['path']!r}: bad base64 ({error})") from None
+    if value.get("encoding") == "base64":
+        try:
+            data = base64.b64decode(content, validate=True)
+        except ValueError as error:  # binascii.Error, or text that is not even ASCII
+            raise InvalidArgument(f"file {value['path']!r}: bad base64 ({error})") from None
+    else:
+        data = check_text(content, f"content of {value['path']!r}").encode()
     with BlobWriter(store, limit=limit) as blob:
         blob.write(data)
         return blob.publish()[0]
@@ -232,9 +232,12 @@ def _apply_item(
         raise InvalidArgument(f"unsupported commit operation {key!r}")
 
 
-def apply_commit(registry: Registry, repo: str, commit: Commit) -> PushResult:
-    """Apply ``commit`` to the latest files of ``repo`` and push the result like `hub push`.
-    Call it holding the store lock (shared), as ``stage_files`` says.
+def apply_commit(
+    registry: Registry, repo: str, commit: Commit, base_dirs: Sequence[Path] = ()
+) -> PushResult:
+    """Apply ``commit`` to the latest files of ``repo`` and push the result like `hub push`
+    (``base_dirs``: the server's allow-list for base folders, see ``Registry.push``). Call it
+    holding the store lock (shared), as ``stage_files`` says.
 
     Raises:
         InvalidArgument: the commit names a parent that is not the repository's head (412).
@@ -263,10 +266,11 @@ def apply_commit(registry: Registry, repo: str, commit: Commit) -> PushResult:
             files.pop(path, None)
         else:
             files = {p: d for p, d in files.items() if not p.startswith(path)}
+    check_file_tree(files)
     if "adapter_config.json" not in files:
         raise InvalidAdapter(
             f"{repo}: the commit leaves no adapter_config.json; this hub stores PEFT adapters"
         )
     with tempfile.TemporaryDirectory(dir=registry.home / "tmp") as tmp:
         folder = stage_files(registry, Path(tmp) / repo.split("/")[1], files)
-        return registry.push(folder, name=repo)
+        return registry.push(folder, name=repo, base_dirs=base_dirs)

@@ -188,7 +188,9 @@ def register_hf_write_routes(app: FastAPI) -> None:
             if (
                 not DIGEST.fullmatch(oid)
                 or expires < time.time()
-                or not hmac.compare_digest(_ticket(secret, oid, expires, who), ticket)
+                or not hmac.compare_digest(
+                    _ticket(secret, oid, expires, who).encode(), ticket.encode()
+                )
             ):
                 raise AuthError("upload link expired or invalid", status=403)
             active_token(state(request).registry(), who)  # and again once the bytes are in
@@ -266,4 +268,4 @@ def _commit(srv: ServerState, token: Token, repo: str, spooled: Path) -> PushRes
             may_reference=lambda oid: srv.may_reference(token, oid),
         )
         with srv.repo_lock(repo):
-            return apply_commit(registry, repo, parsed)
+            return apply_commit(registry, repo, parsed, srv.base_dirs)
