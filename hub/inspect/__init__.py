@@ -22,7 +22,6 @@ from compose.peft_config import unknown_keys
 from hub.formats import refuse_foreign
 from hub.inspect.config import get_names, load_config, method_of
 from hub.inspect.methods import (
-    PROMPT_METHODS,
     WEIGHTS,
     Analysis,
     TensorInfoGroups,
@@ -41,6 +40,7 @@ from hub.inspect.readme import readme_description
 from hub.inspect.safetensors_header import TensorInfo, find_nonfinite, read_safetensors_header
 from schemas.card import InferenceOverhead, InspectedAdapter
 from schemas.errors import InvalidAdapter, UnsafeFormat
+from schemas.methods import METHODS
 
 __all__ = [
     "TensorInfo",
@@ -120,7 +120,14 @@ def inspect_adapter(
         )
     tensors, metadata = read_safetensors_header(weights)
 
-    analysis, frozen = _analyse(method, config, tensors, weights)
+    row = METHODS[method]
+    nested = 0
+    if row.card == "generic":
+        from hub.inspect.generic import analyse_generic
+
+        analysis, frozen, nested = analyse_generic(row, config, tensors, folder)
+    else:
+        analysis, frozen = _analyse(method, config, tensors, weights)
     if not allow_nonfinite:
         bad = find_nonfinite(weights, tensors)
         if bad is not None:
@@ -130,10 +137,10 @@ def inspect_adapter(
                 tensor=bad,
             )
 
-    params_trainable = sum(t.numel for k, t in tensors.items() if k not in frozen)
+    params_trainable = nested + sum(t.numel for k, t in tensors.items() if k not in frozen)
     base_model = _text(config.get("base_model_name_or_path"))
     params_base = base_param_count(base_model, base_config)
-    prompt = method in PROMPT_METHODS
+    prompt = row.family == "prompt"
     targets = sorted({m.rsplit(".", 1)[-1] for m in analysis.modules + analysis.saved_modules})
     return InspectedAdapter(
         base_model=base_model,
@@ -149,8 +156,10 @@ def inspect_adapter(
         params_fraction=params_trainable / params_base if params_base else None,
         size_bytes=sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
         dtypes=sorted({t.dtype.lower() for t in tensors.values()}),
+        # PEFT's family decides it: prompt learning adds virtual tokens, a mergeable tuner
+        # costs nothing once merged, any other keeps its extra layers.
         inference_overhead=InferenceOverhead(
-            none_when_merged=not prompt and analysis.mergeable,
+            none_when_merged=row.family == "mergeable" and analysis.mergeable,
             extra_tokens=analysis.extra_tokens,
             extra_layers=0 if prompt else len(analysis.modules),
         ),
@@ -181,7 +190,7 @@ def _analyse(
     method: str, config: dict[str, Any], tensors: dict[str, TensorInfo], weights: Path
 ) -> tuple[Analysis, set[str]]:
     """The method's analysis, and the keys of frozen tensors (not counted as trainable)."""
-    if method in PROMPT_METHODS:
+    if METHODS[method].family == "prompt":
         return analyse_prompt(method, config, tensors), set()
     grouping = group_by_module(method, config, tensors)
     if not grouping.modules:
