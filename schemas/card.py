@@ -8,7 +8,7 @@ card is what ``hub ls --json`` / ``hub show --json`` print and what the server r
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 

@@ -51,7 +51,10 @@ GENERIC_TYPES: dict[str, dict[str, Any]] = {
 }
 """PEFT type (lowercase) -> keyword arguments of its config class (task_type CAUSAL_LM)."""
 
-FORWARD_KWARGS: dict[str, dict[str, Any]] = {"poly": {"task_ids": [0]}, "multitask_prompt_tuning": {"task_ids": [0]}}
+FORWARD_KWARGS: dict[str, dict[str, Any]] = {
+    "poly": {"task_ids": [0]},
+    "multitask_prompt_tuning": {"task_ids": [0]},
+}
 """Extra forward arguments a type needs (Poly and multitask prompts route by task id)."""
 
 

@@ -13,6 +13,7 @@ shapes, rank and facts), ``params`` (base-model sizes), ``readme`` (the descript
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,7 @@ from schemas.methods import METHODS
 __all__ = [
     "TensorInfo",
     "count_base_params",
+    "extra_adapters",
     "inspect_adapter",
     "read_safetensors_header",
     "readme_description",
@@ -166,6 +168,31 @@ def inspect_adapter(
         details=_details(config, analysis, metadata),
         description=readme_description(folder / "README.md"),
     )
+
+
+def extra_adapters(folder: str | Path) -> list[str]:
+    """Names of the extra adapters of a multi-adapter save, sorted; [] for a single adapter.
+
+    ``save_pretrained`` of a PeftModel holding several adapters writes ``default`` at the top
+    and every other adapter in a subfolder of its name (``<folder>/<adapter>/adapter_config.
+    json``). X-LoRA's subfolders are the LoRAs it mixes, part of the one adapter.
+    """
+    from hub.inspect.files import is_training_output
+
+    root = Path(folder)
+    subfolders = sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir()
+        and not p.name.startswith(".")
+        and not is_training_output(f"{p.name}/adapter_config.json", root)  # checkpoint-N/
+        and (p / "adapter_config.json").is_file()
+    )
+    if subfolders and (root / "adapter_config.json").is_file():
+        with contextlib.suppress(InvalidAdapter):
+            if method_of(load_config(root)) == "xlora":
+                return []
+    return subfolders
 
 
 def _text(value: Any) -> str | None:

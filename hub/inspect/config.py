@@ -19,6 +19,7 @@ __all__ = ["module_matches", "pattern_value"]
 
 CONFIG = "adapter_config.json"
 
+
 def load_config(folder: Path) -> dict[str, Any]:
     """Parse ``folder/adapter_config.json``; raise ``InvalidAdapter`` naming what is wrong."""
     path = folder / CONFIG
