@@ -31,12 +31,12 @@ GENERIC_TYPES: dict[str, dict[str, Any]] = {
     "hra": {"target_modules": _QV},
     "lily": {"target_modules": _QV},
     "ln_tuning": {"target_modules": ["input_layernorm", "post_attention_layernorm"]},
-    "miss": {"target_modules": _QV},
+    "miss": {"r": 8, "target_modules": _QV},
     "multitask_prompt_tuning": {"num_virtual_tokens": 4, "num_tasks": 2},
     "osf": {"target_modules": _QV},
     "peanut": {"target_modules": _QV},
     "poly": {"target_modules": _QV, "n_tasks": 2},
-    "psoft": {"target_modules": _QV},
+    "psoft": {"r": 8, "target_modules": _QV},
     "pvera": {"target_modules": _QV},
     "randlora": {"target_modules": _QV},
     "road": {"group_size": 16, "target_modules": _QV},
@@ -56,6 +56,11 @@ FORWARD_KWARGS: dict[str, dict[str, Any]] = {
     "multitask_prompt_tuning": {"task_ids": [0]},
 }
 """Extra forward arguments a type needs (Poly and multitask prompts route by task id)."""
+
+SPECIAL_FORWARD = frozenset({"poly", "multitask_prompt_tuning", "shadow", "xlora"})
+"""Types the shared fidelity harness cannot run as plain rows: a forward pass that needs task
+ids, one PEFT itself cannot run after loading (ShadowPEFT on Llama), X-LoRA (LoRAs in
+subfolders, no KV cache). ``tests/e2e/test_generic_types.py`` covers them."""
 
 
 def make_typed_adapter(peft_type: str, out_dir: Path, base_dir: Path, seed: int = 1) -> Path:
