@@ -143,8 +143,11 @@ ROWS: tuple[Row, ...] = (
     Row("vblora", "mergeable", "peft", prefix="vblora_"),
     Row("waveft", "mergeable", "peft", prefix="waveft_"),
     Row("xlora", "layers", "none", prefix="lora_",
+        params_note="counts every value of its subfolders (its LoRAs, its classifier and the"
+        " base tensors PEFT saves with them); PEFT trains only the classifier",
         note=_NO_MERGE.format(why="a classifier mixes its LoRAs per token")
-        + "; the LoRAs are in its subfolders"),
+        + "; PEFT 0.21.2 reloads it from the LoRA paths its config names, not from the"
+        " subfolders it saves, and draws its classifier anew on every load"),
 )  # fmt: skip
 
 METHODS: dict[str, Row] = {row.method: row for row in ROWS if row.variant is None}
