@@ -276,7 +276,8 @@ def test_cli_push_of_a_multi_adapter_folder_and_peft_export_note(
     args = ["export", "team/hra", "--base", base_dir, "-o", tmp_path / "m", "--dtype", "fp16"]
     out = runner.invoke(cli, [str(a) for a in args])
     assert out.exit_code == 0, out.output
-    assert out.output.splitlines()[-1] == (
+    assert (
         "Note: merged by PEFT's merge_and_unload, which holds the whole model in memory"
+        in out.output.splitlines()
     )
     assert json.loads((tmp_path / "m" / "config.json").read_text())["dtype"] == "float16"
