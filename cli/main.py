@@ -194,7 +194,11 @@ def push(
             err=True,
         )
     if as_json:
-        body = {**card.model_dump(mode="json"), "created": result.created, "left_out": result.left_out}
+        body = {
+            **card.model_dump(mode="json"),
+            "created": result.created,
+            "left_out": result.left_out,
+        }
         if result.others:  # a multi-adapter folder: one repository per adapter
             body["others"] = [
                 {**r.card.model_dump(mode="json"), "created": r.created} for r in result.others

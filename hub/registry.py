@@ -254,7 +254,9 @@ class Registry:
             inspect_adapter(folder / sub, allow_nonfinite=options["allow_nonfinite"])
         results = [self.push(folder, name=repo, _exclude=extras, **options)] if has_default else []
         results += [self.push(folder / sub, name=names[sub], **options) for sub in extras]
-        return PushResult(results[0].card, results[0].created, results[1:])
+        return PushResult(
+            results[0].card, results[0].created, results[0].left_out, others=results[1:]
+        )
 
     def create_repo(self, repo: str) -> bool:
         """Create an empty repository (no version yet); False if it already exists."""
