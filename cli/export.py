@@ -57,6 +57,9 @@ def export(
     Shapes are checked before anything is written; the output appears whole or not at all.
     Adapters that no export reproduces are refused with the reason: aLoRA, PiSSA/OLoRA saved
     without path_initial_model_for_weight_conversion, config fields unknown to hub's PEFT.
+    Methods the hub does not merge itself (OFT, BOFT, FourierFT, HRA... see the README's
+    method table) go through PEFT's merge_and_unload, which holds the whole model in memory
+    and writes safetensors only.
 
     \b
     Example:
@@ -96,5 +99,7 @@ def export(
         f"Exported {result.path} ({result.format}, {what} on {result.base},"
         f" {human_size(result.size_bytes)}, {result.seconds:.1f}s)"
     )
+    if "merge" in result.details:
+        click.echo(f"Note: {result.details['merge']}")
     if "command" in result.details:
         click.echo(f"Serve with: {result.details['command']}")

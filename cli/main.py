@@ -110,6 +110,8 @@ def push(
     Training state (checkpoint-<step>/, optimizer.pt, scheduler.pt, rng_state.pth,
     training_args.bin, trainer_state.json...) is left out; --checkpoints pushes a Trainer's
     checkpoints as versions instead. mlx-lm and torchtune adapters: `hub convert` first.
+    A multi-adapter save (one subfolder per adapter besides default) becomes one repository
+    per adapter: NAME for default, NAME-ADAPTER for each other one.
 
     \b
     Example:
@@ -192,11 +194,19 @@ def push(
             err=True,
         )
     if as_json:
-        print_json(
-            {**card.model_dump(mode="json"), "created": result.created, "left_out": result.left_out}
-        )
+        body = {
+            **card.model_dump(mode="json"),
+            "created": result.created,
+            "left_out": result.left_out,
+        }
+        if result.others:  # a multi-adapter folder: one repository per adapter
+            body["others"] = [
+                {**r.card.model_dump(mode="json"), "created": r.created} for r in result.others
+            ]
+        print_json(body)
         return
-    _echo_pushed(result)
+    for one in [result, *result.others]:
+        _echo_pushed(one)
     if result.left_out:
         hint = (
             f" (push the checkpoints as versions with `hub push {path} --checkpoints`)"

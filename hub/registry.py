@@ -97,6 +97,8 @@ class PushResult:
     """False when the content equals the latest version's (nothing new stored)."""
     left_out: list[str] = field(default_factory=list)
     """Training state in the folder that was not stored (``hub.inspect.files``)."""
+    others: list[PushResult] = field(default_factory=list)
+    """A multi-adapter folder's other adapters, each its own repository ``NAME-<adapter>``."""
 
 
 def _check_annotations(
@@ -162,6 +164,7 @@ class Registry:
         details: dict[str, Any] | None = None,
         allow_nonfinite: bool = False,
         base_dirs: Sequence[Path] | None = None,
+        _exclude: Sequence[str] = (),
     ) -> PushResult:
         """Register the adapter folder ``path`` as the next version of ``name``.
 
@@ -185,15 +188,21 @@ class Registry:
             base_dirs: where the base folder the adapter names may be read to count its
                 parameters; None: anywhere (a local push). The server passes its allow-list.
 
+        A multi-adapter save (PEFT writes each adapter but ``default`` to a subfolder of its
+        name) becomes one repository per adapter: ``name`` for ``default`` (the top-level
+        files) and ``name-<adapter>`` for each subfolder; every one is inspected before any is
+        stored, and each loads alone with ``PeftModel.from_pretrained``.
+
         Returns:
-            ``PushResult(card, created)``; ``created`` is False when the files equal the latest
-            version's (the given tasks/tags/metrics are then added to that version).
+            ``PushResult(card, created, others)``; ``created`` is False when the files equal the
+            latest version's (the given tasks/tags/metrics are then added to that version);
+            ``others`` holds the results of a multi-adapter folder's other adapters.
 
         Raises:
             InvalidName, InvalidAdapter, UnsafeFormat, AdapterNotFound (parent).
         """
         from hub.checkpoints import read_trainer_state
-        from hub.inspect import inspect_adapter
+        from hub.inspect import extra_adapters, inspect_adapter
         from schemas.card import FileEntry, Lineage, Metric, parse_tags
         from schemas.refs import validate_repo_id
 
@@ -204,6 +213,13 @@ class Registry:
         task_list = sorted({t.strip() for t in tasks if t.strip()})
         if not folder.is_dir():
             raise InvalidAdapter(f"{folder}: not a folder (give the folder save_pretrained wrote)")
+        extras = [] if _exclude else extra_adapters(folder)
+        if extras:
+            return self._push_adapters(
+                folder, repo, extras, tasks=task_list, tags=tag_map, metrics=metric_list,
+                parent=parent, description=description, allow_nonfinite=allow_nonfinite,
+                base_dirs=base_dirs,
+            )  # fmt: skip
         inspected = inspect_adapter(folder, allow_nonfinite=allow_nonfinite, base_dirs=base_dirs)
         trained = read_trainer_state(folder)  # a Trainer checkpoint: its step and logged metrics
         if trained is not None:
@@ -217,7 +233,8 @@ class Registry:
             parent_card = self.show(parent)
             lineage = (lineage or Lineage()).model_copy(update={"parent": parent_card.ref})
             inspected.parent = parent_card.ref
-        files_on_disk = adapter_files(folder)
+        # The top adapter of a multi-adapter folder: its own files only.
+        files_on_disk = [f for f in adapter_files(folder) if f[0].split("/")[0] not in _exclude]
 
         with file_lock(self.lock_path, shared=True):
             entries = []
@@ -246,6 +263,27 @@ class Registry:
         from hub.checkpoints import push_checkpoints
 
         return push_checkpoints(self, Path(path), **options)
+
+    def _push_adapters(
+        self, folder: Path, repo: str, extras: list[str], **options: Any
+    ) -> PushResult:
+        """Push a multi-adapter folder: ``repo`` for ``default``, ``repo-<adapter>`` for each
+        subfolder, after checking every one (nothing is stored when one is invalid)."""
+        from hub.inspect import inspect_adapter
+        from schemas.refs import validate_repo_id
+
+        names = {sub: validate_repo_id(f"{repo}-{sub}") for sub in extras}
+        has_default = (folder / "adapter_config.json").is_file()
+        check = dict(allow_nonfinite=options["allow_nonfinite"], base_dirs=options["base_dirs"])
+        if has_default:
+            inspect_adapter(folder, **check)
+        for sub in extras:
+            inspect_adapter(folder / sub, **check)
+        results = [self.push(folder, name=repo, _exclude=extras, **options)] if has_default else []
+        results += [self.push(folder / sub, name=names[sub], **options) for sub in extras]
+        return PushResult(
+            results[0].card, results[0].created, results[0].left_out, others=results[1:]
+        )
 
     def create_repo(self, repo: str) -> bool:
         """Create an empty repository (no version yet); False if it already exists."""

@@ -8,29 +8,18 @@ card is what ``hub ls --json`` / ``hub show --json`` print and what the server r
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.errors import InvalidArgument
+from schemas.methods import PROMPT_METHODS
 
-Method = Literal[
-    "lora",
-    "adalora",
-    "ia3",
-    "loha",
-    "lokr",
-    "oft",
-    "boft",
-    "vera",
-    "prompt_tuning",
-    "prefix_tuning",
-    "p_tuning",
-    "composite",
-]
-"""Lowercase PEFT type. DoRA is ``lora`` with ``variant="dora"``; stacks are composites."""
+__all__ = ["PROMPT_METHODS"]
 
-PROMPT_METHODS: frozenset[str] = frozenset({"prompt_tuning", "prefix_tuning", "p_tuning"})
+Method = str
+"""Lowercase PEFT type (a method of ``schemas.methods.METHODS``) or ``composite``. DoRA is
+``lora`` with ``variant="dora"``; stacks and ensembles are composites."""
 
 
 class FileEntry(BaseModel):

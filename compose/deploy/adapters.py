@@ -23,12 +23,14 @@ from compose.deploy.stio import read_header, read_tensor
 from compose.peft_config import merge_refusal
 from compose.peft_patterns import adalora_scaling, module_matches
 from schemas.errors import IncompatibleAdapters, InvalidAdapter
+from schemas.methods import METHODS
 
 if TYPE_CHECKING:
     from torch import Tensor
 
 PREFIX = "base_model.model."
-MERGEABLE = ("lora", "adalora", "ia3", "loha", "lokr", "vera")
+# The methods this module turns into edits (the streamed merge): one fact, in schemas.methods.
+MERGEABLE = tuple(m for m, row in METHODS.items() if row.merge == "streamed")
 # method -> the key suffixes that carry its factors (everything else is modules_to_save).
 _FACTOR_SUFFIXES: dict[str, tuple[str, ...]] = {
     "lora": (

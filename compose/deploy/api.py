@@ -20,6 +20,12 @@ from compose.deploy.adapters import Adapter, load_adapter
 from compose.deploy.base import BaseFolder
 from compose.deploy.merged import keeps_layout
 from compose.deploy.output import check_disk_space, model_card
+from compose.deploy.peft_merge import (
+    adapter_row,
+    check_peft_format,
+    export_with_peft,
+    refuse_unmergeable,
+)
 from compose.deploy.stio import ReadAhead
 from compose.deploy.writers import ShardCopier
 from compose.folders import check_output, staged_folder
@@ -101,6 +107,26 @@ def export_model(
     check_output(target, force=force)
     base_folder = BaseFolder.open(Path(base))
     label = base_label or str(Path(base))
+    rows = [(adapter_row(s.path), s.label) for s in sources]
+    for row, adapter_label in rows:
+        if row is not None and row.merge == "none":
+            raise refuse_unmergeable(row, adapter_label)
+    if any(row is not None and row.merge == "peft" for row, _ in rows):
+        # Methods only PEFT can merge: the whole stack goes through merge_and_unload.
+        check_peft_format([(r, lab) for r, lab in rows if r is not None], spec)
+        files, size, details = export_with_peft(
+            base_folder, sources, target, spec, force=force, base_label=label, recipe=recipe
+        )
+        return ExportResult(
+            target,
+            spec.format,
+            files,
+            size,
+            time.perf_counter() - started,
+            label,
+            [s.label for s in sources],
+            details=details,
+        )
     with contextlib.ExitStack() as stack:
         copier = None
         if spec.format == "safetensors" and keeps_layout(

@@ -13,6 +13,7 @@ shapes, rank and facts), ``params`` (base-model sizes), ``readme`` (the descript
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,7 +23,6 @@ from compose.peft_config import unknown_keys
 from hub.formats import refuse_foreign
 from hub.inspect.config import get_names, load_config, method_of
 from hub.inspect.methods import (
-    PROMPT_METHODS,
     WEIGHTS,
     Analysis,
     TensorInfoGroups,
@@ -41,10 +41,12 @@ from hub.inspect.readme import readme_description
 from hub.inspect.safetensors_header import TensorInfo, find_nonfinite, read_safetensors_header
 from schemas.card import InferenceOverhead, InspectedAdapter
 from schemas.errors import InvalidAdapter, UnsafeFormat
+from schemas.methods import METHODS
 
 __all__ = [
     "TensorInfo",
     "count_base_params",
+    "extra_adapters",
     "inspect_adapter",
     "read_safetensors_header",
     "readme_description",
@@ -124,7 +126,14 @@ def inspect_adapter(
         )
     tensors, metadata = read_safetensors_header(weights)
 
-    analysis, frozen = _analyse(method, config, tensors, weights)
+    row = METHODS[method]
+    nested = 0
+    if row.card == "generic":
+        from hub.inspect.generic import analyse_generic
+
+        analysis, frozen, nested = analyse_generic(row, config, tensors, folder)
+    else:
+        analysis, frozen = _analyse(method, config, tensors, weights)
     if not allow_nonfinite:
         bad = find_nonfinite(weights, tensors)
         if bad is not None:
@@ -134,10 +143,10 @@ def inspect_adapter(
                 tensor=bad,
             )
 
-    params_trainable = sum(t.numel for k, t in tensors.items() if k not in frozen)
+    params_trainable = nested + sum(t.numel for k, t in tensors.items() if k not in frozen)
     base_model = _text(config.get("base_model_name_or_path"))
     params_base = base_param_count(base_model, base_config, base_dirs)
-    prompt = method in PROMPT_METHODS
+    prompt = row.family == "prompt"
     targets = sorted({m.rsplit(".", 1)[-1] for m in analysis.modules + analysis.saved_modules})
     return InspectedAdapter(
         base_model=base_model,
@@ -153,14 +162,41 @@ def inspect_adapter(
         params_fraction=params_trainable / params_base if params_base else None,
         size_bytes=sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
         dtypes=sorted({t.dtype.lower() for t in tensors.values()}),
+        # PEFT's family decides it: prompt learning adds virtual tokens, a mergeable tuner
+        # costs nothing once merged, any other keeps its extra layers.
         inference_overhead=InferenceOverhead(
-            none_when_merged=not prompt and analysis.mergeable,
+            none_when_merged=row.family == "mergeable" and analysis.mergeable,
             extra_tokens=analysis.extra_tokens,
             extra_layers=0 if prompt else len(analysis.modules),
         ),
         details=_details(config, analysis, metadata),
         description=readme_description(folder / "README.md"),
     )
+
+
+def extra_adapters(folder: str | Path) -> list[str]:
+    """Names of the extra adapters of a multi-adapter save, sorted; [] for a single adapter.
+
+    ``save_pretrained`` of a PeftModel holding several adapters writes ``default`` at the top
+    and every other adapter in a subfolder of its name (``<folder>/<adapter>/adapter_config.
+    json``). X-LoRA's subfolders are the LoRAs it mixes, part of the one adapter.
+    """
+    from hub.inspect.files import is_training_output
+
+    root = Path(folder)
+    subfolders = sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir()
+        and not p.name.startswith(".")
+        and not is_training_output(f"{p.name}/adapter_config.json", root)  # checkpoint-N/
+        and (p / "adapter_config.json").is_file()
+    )
+    if subfolders and (root / "adapter_config.json").is_file():
+        with contextlib.suppress(InvalidAdapter):
+            if method_of(load_config(root)) == "xlora":
+                return []
+    return subfolders
 
 
 def _text(value: Any) -> str | None:
@@ -185,7 +221,7 @@ def _analyse(
     method: str, config: dict[str, Any], tensors: dict[str, TensorInfo], weights: Path
 ) -> tuple[Analysis, set[str]]:
     """The method's analysis, and the keys of frozen tensors (not counted as trainable)."""
-    if method in PROMPT_METHODS:
+    if METHODS[method].family == "prompt":
         return analyse_prompt(method, config, tensors), set()
     grouping = group_by_module(method, config, tensors)
     if not grouping.modules:

@@ -13,24 +13,11 @@ from typing import Any
 
 from compose.peft_patterns import module_matches, pattern_value
 from schemas.errors import InvalidAdapter
+from schemas.methods import METHODS
 
 __all__ = ["module_matches", "pattern_value"]
 
 CONFIG = "adapter_config.json"
-
-PEFT_TYPES: dict[str, str] = {
-    "LORA": "lora",
-    "ADALORA": "adalora",
-    "IA3": "ia3",
-    "LOHA": "loha",
-    "LOKR": "lokr",
-    "OFT": "oft",
-    "BOFT": "boft",
-    "VERA": "vera",
-    "PROMPT_TUNING": "prompt_tuning",
-    "PREFIX_TUNING": "prefix_tuning",
-    "P_TUNING": "p_tuning",
-}
 
 
 def load_config(folder: Path) -> dict[str, Any]:
@@ -56,16 +43,19 @@ def load_config(folder: Path) -> dict[str, Any]:
 
 
 def method_of(config: dict[str, Any]) -> str:
+    """The card's method: the config's ``peft_type`` lowercased, if PEFT has such a type."""
     peft_type = config.get("peft_type")
     if peft_type is None:
         raise InvalidAdapter(f"{CONFIG}: field 'peft_type' is missing", field="peft_type")
-    if not isinstance(peft_type, str) or peft_type.upper() not in PEFT_TYPES:
+    method = peft_type.lower() if isinstance(peft_type, str) else None
+    if method not in METHODS:
         raise InvalidAdapter(
-            f"{CONFIG}: field 'peft_type' is {peft_type!r}, not one of the supported methods"
-            f" ({', '.join(PEFT_TYPES)})",
+            f"{CONFIG}: field 'peft_type' is {peft_type!r}, which is no PEFT type this hub knows"
+            f" (it knows the {len(METHODS)} types of peft 0.21.2, from {min(METHODS).upper()}"
+            f" to {max(METHODS).upper()}: check the field, or upgrade the hub)",
             field="peft_type",
         )
-    return PEFT_TYPES[peft_type.upper()]
+    return method
 
 
 def get_int(config: dict[str, Any], field: str, default: int | None = None) -> int | None:

@@ -25,7 +25,6 @@ from schemas.errors import InvalidAdapter
 
 WEIGHTS = "adapter_model.safetensors"
 PREFIX = "base_model.model."
-PROMPT_METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning")
 
 # Tensor-name suffixes each method saves per adapted module (PEFT strips the adapter name;
 # the ``.weight`` forms are what older PEFT versions wrote).

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from schemas.methods import PROMPT_METHODS
 from tests.compose.deploy.models import make_base
 
 PULL_TOL = 1e-6
@@ -200,7 +201,6 @@ def error_line(error: BaseException) -> str:
 
 
 # -- the round trip ----------------------------------------------------------------------
-PROMPT_METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning")
 
 
 def run_case(case: Case, registry: Any, bases: Bases, tmp: Path) -> None:

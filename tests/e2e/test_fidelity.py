@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.fidelity import MERGED, Bases, Card, Case, Refused, perturb, run_case
+from tests.e2e.fidelity import MERGED, Bases, Card, Case, Merged, Refused, perturb, run_case
 
 FAMILIES = ("llama", "llama-tied", "qwen2", "mixtral")
 ATTENTION = ["q_proj", "v_proj"]
 NOT_MERGEABLE = "cannot be merged into weights"
+PEFT_ONLY = "is merged by PEFT's merge_and_unload, which only gives merged weights"
 
 
 def peft(class_name: str, **kwargs: Any) -> Callable[[], Any]:
@@ -125,14 +126,14 @@ CASES: list[Case] = [
         "llama",
         peft("OFTConfig", r=0, oft_block_size=8, target_modules=ATTENTION),
         Card("oft", rank=4, details={"oft_block_size": 8}),
-        export={"safetensors": Refused("method oft " + NOT_MERGEABLE)},
+        export={"safetensors": MERGED, "gguf": Refused(PEFT_ONLY)},
     ),
     Case(
         "boft",
         "llama",
         peft("BOFTConfig", boft_block_size=8, target_modules=ATTENTION),
         Card("boft", details={"boft_block_size": 8}),
-        export={"safetensors": Refused("method boft " + NOT_MERGEABLE)},
+        export={"safetensors": MERGED, "gguf": Refused(PEFT_ONLY)},
     ),
     Case(
         "prompt-tuning",
@@ -318,6 +319,50 @@ CASES.extend(
     ]
 )
 
+
+def _generic_types() -> list[Case]:
+    """Every PEFT type the hub cards generically (``schemas.methods``), built with the configs
+    of ``tests.peft_types`` (sized for tiny models). Poly, multitask prompt tuning (both need
+    task ids in the forward pass), ShadowPEFT (PEFT's own forward fails after loading) and
+    X-LoRA (its LoRAs in subfolders, no KV cache) are in ``test_generic_types.py``."""
+    from schemas.methods import METHODS
+    from tests.peft_types import GENERIC_TYPES, SPECIAL_FORWARD
+
+    cases = []
+    for peft_type, kwargs in sorted(GENERIC_TYPES.items()):
+        if peft_type in SPECIAL_FORWARD:
+            continue
+        row = METHODS[peft_type]
+        config = _generic_config(peft_type, kwargs)
+        built = config()
+        rank = built.num_virtual_tokens if row.family == "prompt" else getattr(built, "r", None)
+        export: dict[str, Merged | Refused] = {"safetensors": Refused(NOT_MERGEABLE)}
+        if row.merge == "peft":
+            export = {"safetensors": MERGED, "gguf": Refused(PEFT_ONLY)}
+        if peft_type == "beft":  # PEFT merges a bias delta only into a layer with a bias
+            export = {"safetensors": Refused("Base layer has no bias, cannot merge bias")}
+            cases.append(Case("beft-qwen2", "qwen2", config, Card("beft", none_when_merged=True)))
+        card = Card(
+            peft_type,
+            rank=rank if isinstance(rank, int) else None,
+            targets=("self_attn",) if peft_type == "adaption_prompt" else None,
+            params_note=row.params_note,
+            none_when_merged=row.family == "mergeable",
+        )
+        cases.append(Case(peft_type.replace("_", "-"), "llama", config, card, export=export))
+    return cases
+
+
+def _generic_config(peft_type: str, kwargs: dict[str, Any]) -> Callable[[], Any]:
+    def build() -> Any:
+        from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+        return PEFT_TYPE_TO_CONFIG_MAPPING[peft_type.upper()](task_type="CAUSAL_LM", **kwargs)
+
+    return build
+
+
+CASES += _generic_types()
 _IDS = [case.id for case in CASES]
 assert len(set(_IDS)) == len(_IDS), "duplicate case ids"
 
