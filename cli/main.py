@@ -110,6 +110,8 @@ def push(
     Training state (checkpoint-<step>/, optimizer.pt, scheduler.pt, rng_state.pth,
     training_args.bin, trainer_state.json...) is left out; --checkpoints pushes a Trainer's
     checkpoints as versions instead. mlx-lm and torchtune adapters: `hub convert` first.
+    Hidden files and __pycache__ are skipped; a link inside the folder is stored as the
+    file it points to; links leaving the folder, FIFOs and devices are refused.
 
     \b
     Example:
@@ -277,7 +279,7 @@ def pull(
     help="name, created, rank, size, params, method, base or metric:NAME;"
     " prefix + or - for ascending/descending.",
 )
-@click.option("--limit", type=int, help="At most N results.")
+@click.option("--limit", type=int, help="At most N results (0 to 100000).")
 @click.option("--all-versions", is_flag=True, help="Every version, not just the latest.")
 @click.option("--from", "remote", envvar="HUB_REMOTE", help="Search a team hub at this URL.")
 @json_option
@@ -404,8 +406,9 @@ def tag(ctx: click.Context, ref: str, alias: str) -> None:
 def verify(ctx: click.Context, rebuild_ref: str | None, as_json: bool) -> None:
     """Re-hash every stored file and name the versions whose bytes are damaged.
 
-    Exits 1 when anything is missing or corrupted (or, with --rebuild, differs beyond the
-    rounding bound).
+    Exits 1 when anything is missing or corrupted, when the index is damaged (or missing
+    next to stored blobs), or, with --rebuild, when the rebuilt files differ beyond the
+    rounding bound.
 
     \b
     Example:
@@ -442,7 +445,8 @@ def verify(ctx: click.Context, rebuild_ref: str | None, as_json: bool) -> None:
     else:
         click.echo(
             f"Checked {report.blobs_checked} blobs ({human_size(report.bytes_checked)}),"
-            f" database: {report.database}, orphan blobs: {report.orphan_blobs}"
+            f" database: {'ok' if report.database == 'ok' else 'DAMAGED'},"
+            f" orphan blobs: {report.orphan_blobs}"
             + (" (remove with `hub gc`)" if report.orphan_blobs else "")
         )
     if not report.healthy:
@@ -478,6 +482,9 @@ def _rebuild_summary(rebuilt: Any) -> str:
 def gc(ctx: click.Context, as_json: bool) -> None:
     """Delete stored files no version references (after `hub rm` or an interrupted push).
 
+    Also removes scratch folders under the registry's tmp/ that killed commands left. Refuses,
+    deleting nothing, when the index is missing, empty or damaged next to a non-empty store.
+
     \b
     Example:
         hub gc
@@ -486,7 +493,14 @@ def gc(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         print_json(vars(report))
     else:
-        click.echo(f"Removed {report.blobs_removed} blobs, freed {human_size(report.bytes_freed)}")
+        click.echo(
+            f"Removed {report.blobs_removed} blobs, freed {human_size(report.bytes_freed)}"
+            + (
+                f"; removed {report.scratch_removed} abandoned scratch folders"
+                if report.scratch_removed
+                else ""
+            )
+        )
 
 
 @cli.command()

@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from compose.staging import sweep_work
 from hub.locks import file_lock
+from schemas.errors import IndexDamaged
 
 if TYPE_CHECKING:
     from hub.registry import Registry
@@ -37,13 +39,23 @@ class VerifyReport:
 class GcReport:
     blobs_removed: int = 0
     bytes_freed: int = 0
+    scratch_removed: int = 0
+    """Scratch folders under ``tmp/`` that killed composes, exports and loads left behind."""
 
 
 def verify_store(registry: Registry) -> VerifyReport:
-    """Re-hash every referenced blob; name the versions of missing or corrupted ones."""
-    index, store = registry.index, registry.store
-    report = VerifyReport(database=index.integrity_check())
-    referenced = index.referenced_digests()
+    """Re-hash every referenced blob; name the versions of missing or corrupted ones.
+
+    A damaged index (missing next to a non-empty store, truncated, not a database) is reported
+    in ``database``, not raised: the report is then unhealthy and checks no blob.
+    """
+    store = registry.store
+    try:
+        index = registry.index
+        report = VerifyReport(database=index.integrity_check())
+        referenced = index.referenced_digests()
+    except IndexDamaged as error:
+        return VerifyReport(database=str(error))
     bad: dict[str, str] = {}
     with file_lock(registry.lock_path, shared=True):
         for digest in sorted(referenced):
@@ -61,7 +73,9 @@ def verify_store(registry: Registry) -> VerifyReport:
 
 def collect_garbage(registry: Registry) -> GcReport:
     """Delete unreferenced blobs and leftovers of interrupted writes, holding the store lock
-    exclusively (pushes hold it shared, so none is in flight meanwhile)."""
+    exclusively (pushes hold it shared, so none is in flight meanwhile), and the scratch
+    folders of killed processes (``compose.staging.sweep_work``: unlocked and over a minute
+    old). A lost or damaged index raises ``IndexDamaged`` before anything is deleted."""
     report = GcReport()
     with file_lock(registry.lock_path, shared=False):
         referenced = registry.index.referenced_digests()
@@ -70,4 +84,5 @@ def collect_garbage(registry: Registry) -> GcReport:
                 report.bytes_freed += registry.store.delete(digest)
                 report.blobs_removed += 1
         report.bytes_freed += registry.store.clear_tmp()
+    report.scratch_removed = sweep_work(registry.home / "tmp")
     return report

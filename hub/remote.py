@@ -176,7 +176,7 @@ class RemoteRegistry:
         Returns ``(card, created)``.
         """
         from hub.inspect import inspect_adapter
-        from hub.registry import adapter_files
+        from hub.folders import adapter_files
         from schemas.card import AdapterCard, parse_tags
         from schemas.refs import validate_repo_id
 

@@ -1,37 +1,24 @@
 """Output folders that appear whole or not at all, and the provenance model card.
 
 Every format is written into ``.<name>.hub-XXXX.incomplete`` next to the destination and renamed
-into place at the end, so a failure (or Ctrl-C) leaves nothing behind, and an existing folder is
-only replaced when the caller forces it.
+into place at the end (``compose.staging.staged_folder``), so a failure (or Ctrl-C) leaves nothing
+behind, a SIGKILL leaves a leftover the next export to the same place removes, and an existing
+folder is only replaced when the caller forces it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from schemas.errors import InsufficientDiskSpace, OutputExists
+from compose.staging import check_output, staged_folder
+from schemas.errors import InsufficientDiskSpace
+
+__all__ = ["check_disk_space", "check_output", "model_card", "staged_folder"]
 
 # Headroom on top of the estimate: metadata, tokenizer files, filesystem slack.
 _SLACK = 16 * 1024 * 1024
-
-
-def check_output(target: Path, *, force: bool) -> None:
-    """Refuse an existing, non-empty ``target`` unless ``force``.
-
-    Raises:
-        OutputExists: with the path and the fix.
-    """
-    if target.exists() and not force and (not target.is_dir() or any(target.iterdir())):
-        raise OutputExists(
-            f"{target} already exists (choose another -o or pass --force to replace it)",
-            path=str(target),
-        )
 
 
 def check_disk_space(target: Path, needed: int) -> None:
@@ -56,38 +43,6 @@ def check_disk_space(target: Path, needed: int) -> None:
 
 def _gib(size: int) -> str:
     return f"{size / 2**30:.2f} GiB" if size >= 2**27 else f"{size / 2**20:.1f} MiB"
-
-
-@contextlib.contextmanager
-def staged_folder(target: Path, *, force: bool) -> Iterator[Path]:
-    """Yield an empty staging folder; on success it replaces ``target`` in one rename.
-
-    Example:
-        >>> with staged_folder(Path("out/merged"), force=False) as tmp:   # doctest: +SKIP
-        ...     (tmp / "config.json").write_text("{}")
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.hub-{uuid.uuid4().hex[:8]}.incomplete"
-    staging.mkdir()
-    try:
-        yield staging
-        check_output(target, force=force)  # someone may have created it meanwhile
-        if target.exists():
-            trash = target.parent / f".{target.name}.hub-{uuid.uuid4().hex[:8]}.old"
-            os.replace(target, trash)
-            os.replace(staging, target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-        with contextlib.suppress(OSError):
-            fd = os.open(target.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def model_card(

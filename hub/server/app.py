@@ -16,6 +16,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from hub.folders import refuse_ignored
 from hub.server.common import (
     MAX_JSON_BYTES,
     BlobWriter,
@@ -58,7 +59,7 @@ def safe_relative_path(path: str) -> str:
         or len(parts) > 32
     ):
         raise InvalidArgument(f"invalid file path {path!r}: must stay inside the adapter folder")
-    return path
+    return refuse_ignored(path)  # the push rule: hidden files are refused, never dropped
 
 
 def _ref(namespace: str, name: str, revision: str | None) -> str:

@@ -1,0 +1,164 @@
+"""Folders that appear whole or not at all, and scratch folders that never outlive a crash.
+
+``staged_folder`` writes into ``.<name>.hub-XXXXXXXX.incomplete`` next to the destination and
+renames it into place at the end (the one atomic-folder helper: ``hub pull``, ``hub export``).
+``work_folder`` makes a scratch folder under a known root (the registry's ``tmp/``).
+
+Both hold an ``flock`` on the folder while it is in use. The kernel releases it when the
+process dies, even by SIGKILL, so ``sweep`` can tell a leftover from a folder still being
+written: it removes only folders nobody holds that are older than ``GRACE_S`` (the grace covers
+the instant between creating a folder and locking it). The next pull or export to the same
+destination sweeps that destination's leftovers; ``hub gc`` sweeps the registry's ``tmp/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from schemas.errors import OutputExists
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no flock, leftovers are kept
+    fcntl = None  # type: ignore[assignment]
+
+GRACE_S = 60.0
+"""A folder younger than this is never swept, locked or not."""
+
+
+@contextlib.contextmanager
+def _held(folder: Path) -> Iterator[None]:
+    """Hold a shared flock on ``folder`` (a directory descriptor) for the block."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _abandoned(folder: Path, now: float, grace: float) -> bool:
+    """True when ``folder`` is older than ``grace`` seconds and no live process holds it."""
+    try:
+        if now - folder.lstat().st_mtime < grace or folder.is_symlink() or not folder.is_dir():
+            return False
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        if fcntl is None:  # pragma: no cover
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # held: its writer is alive
+        return True
+    finally:
+        os.close(fd)
+
+
+def sweep(parent: Path, matches: Callable[[str], bool], *, grace: float = GRACE_S) -> int:
+    """Remove the abandoned folders directly in ``parent`` whose names ``matches``; return
+    how many were removed. Never raises: cleaning up is best effort."""
+    removed = 0
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for entry in list(parent.iterdir()):
+            if matches(entry.name) and _abandoned(entry, now, grace):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+    return removed
+
+
+def _leftover_of(target: Path) -> Callable[[str], bool]:
+    prefix = f".{target.name}.hub-"
+    return lambda name: name.startswith(prefix) and name.endswith((".incomplete", ".old"))
+
+
+def check_output(target: Path, *, force: bool) -> None:
+    """Refuse an existing, non-empty ``target`` unless ``force``.
+
+    Raises:
+        OutputExists: with the path and the fix.
+    """
+    if target.exists() and not force and (not target.is_dir() or any(target.iterdir())):
+        raise OutputExists(
+            f"{target} already exists (choose another -o or pass --force to replace it)",
+            path=str(target),
+        )
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (no-op where directories can't be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def staged_folder(target: Path, *, force: bool) -> Iterator[Path]:
+    """Yield an empty staging folder; on success it replaces ``target`` in one rename.
+
+    Leftovers of earlier, killed writes to ``target`` are removed first (see ``sweep``).
+
+    Example:
+        >>> with staged_folder(Path("out/merged"), force=False) as tmp:   # doctest: +SKIP
+        ...     (tmp / "config.json").write_text("{}")
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sweep(target.parent, _leftover_of(target))
+    staging = target.parent / f".{target.name}.hub-{uuid.uuid4().hex[:8]}.incomplete"
+    staging.mkdir()
+    try:
+        with _held(staging):
+            yield staging
+            check_output(target, force=force)  # someone may have created it meanwhile
+            if target.exists():
+                trash = target.parent / f".{target.name}.hub-{uuid.uuid4().hex[:8]}.old"
+                os.replace(target, trash)
+                os.replace(staging, target)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(staging, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+WORK_PREFIXES = ("compose-", "export-", "load-")
+"""The scratch folders ``work_folder`` makes (and ``sweep_work`` removes once abandoned)."""
+
+
+@contextlib.contextmanager
+def work_folder(root: Path, purpose: str) -> Iterator[Path]:
+    """A scratch folder ``root/<purpose>-XXXXXXXX``, removed at the end of the block.
+
+    ``purpose`` is one of ``compose``, ``export``, ``load``; a SIGKILLed process leaves the
+    folder behind, unlocked, for ``sweep_work`` to remove.
+    """
+    if f"{purpose}-" not in WORK_PREFIXES:
+        raise ValueError(f"unknown scratch purpose {purpose!r}")
+    root.mkdir(parents=True, exist_ok=True)
+    folder = root / f"{purpose}-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    try:
+        with _held(folder):
+            yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def sweep_work(root: Path, *, grace: float = GRACE_S) -> int:
+    """Remove abandoned ``work_folder`` folders under ``root``; return how many."""
+    return sweep(root, lambda name: name.startswith(WORK_PREFIXES), grace=grace)
