@@ -50,9 +50,7 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or path.is_relative_to(root)
 
 
-def adapter_files(
-    folder: Path, *, trusted: Sequence[Path] = ()
-) -> list[tuple[str, Path]]:
+def adapter_files(folder: Path, *, trusted: Sequence[Path] = ()) -> list[tuple[str, Path]]:
     """(relative posix path, path to read) of every file a push of ``folder`` stores, sorted.
 
     Args:

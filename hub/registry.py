@@ -689,9 +689,12 @@ class Registry:
                 " ON CONFLICT (repo_id, alias) DO UPDATE SET version_id = excluded.version_id",
                 (row[0], alias, version_id),
             )
-            aliases = [r[0] for r in conn.execute(
-                "SELECT alias FROM aliases WHERE version_id = ? ORDER BY alias", (version_id,)
-            )]
+            aliases = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT alias FROM aliases WHERE version_id = ? ORDER BY alias", (version_id,)
+                )
+            ]
         from schemas.card import AdapterCard
 
         return AdapterCard.model_validate({**card, "aliases": aliases})

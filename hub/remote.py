@@ -175,8 +175,8 @@ class RemoteRegistry:
 
         Returns ``(card, created)``.
         """
-        from hub.inspect import inspect_adapter
         from hub.folders import adapter_files
+        from hub.inspect import inspect_adapter
         from schemas.card import AdapterCard, parse_tags
         from schemas.refs import validate_repo_id
 

@@ -35,7 +35,9 @@ def _strict_json(text):
 
 @pytest.mark.parametrize("value", ["inf", "-inf", "1e400", "Infinity"])
 def test_non_finite_metrics_are_refused(run, adapters, hub_home, value):
-    result = run("push", adapters("lora"), "--name", "team/sql", "--metric", f"acc={value}", ok=False)
+    result = run(
+        "push", adapters("lora"), "--name", "team/sql", "--metric", f"acc={value}", ok=False
+    )
     assert (result.exit_code, result.stderr) == (
         1,
         f"Error: invalid --metric 'acc={value}': the value must be a finite number"
@@ -80,14 +82,19 @@ def test_a_non_finite_metric_already_stored_does_not_break_readers(run, adapters
             "invalid --limit 99999999999999999999999: must be between 0 and 100000"
             " (leave it out for every result)",
         ),
-        (["--limit", "-1"], "invalid --limit -1: must be between 0 and 100000 (leave it out for every result)"),
+        (
+            ["--limit", "-1"],
+            "invalid --limit -1: must be between 0 and 100000 (leave it out for every result)",
+        ),
     ],
 )
 def test_out_of_range_search_bounds_are_one_line(run, registry, adapters, args, message):
     registry.push(adapters("lora"), name="team/sql")
     result = run("ls", *args, ok=False)
     assert (result.exit_code, result.stderr) == (1, f"Error: {message}\n")
-    assert run("ls", "--rank", "<=1000000", "--limit", "100000", "--json").stdout.count('"repo"') == 1
+    assert (
+        run("ls", "--rank", "<=1000000", "--limit", "100000", "--json").stdout.count('"repo"') == 1
+    )
 
 
 def test_non_utf8_file_name_is_refused_before_anything_is_stored(run, adapters, hub_home, tmp_path):

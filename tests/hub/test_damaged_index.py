@@ -112,19 +112,29 @@ def _tmpfs(path: Path, size: str):
 
 
 def test_read_only_home_is_one_line_naming_the_index(tmp_path, monkeypatch, adapters):
-    with _tmpfs(tmp_path / "ro", "16m") as home:
-        monkeypatch.setenv("HUB_HOME", str(home))
-        _hub("push", adapters("lora"), "--name", "team/sql")
-        subprocess.run(["mount", "-o", "remount,ro", str(home)], check=True)
-        for args in (["ls"], ["show", "team/sql"], ["verify"]):
-            result = _hub(*args, ok=False)
-            assert result.exit_code == 1, args
-            assert result.stderr.startswith(f"Error: cannot open the index {home / 'index.db'} (")
-            assert result.stderr.endswith(
-                f"): {home} must be writable by you, since SQLite keeps index.db-wal and"
-                " index.db-shm beside it; fix its permissions or use another --home\n"
-            )
-        subprocess.run(["mount", "-o", "remount,rw", str(home)], check=True)
+    with _tmpfs(tmp_path / "rw", "16m") as writable:
+        with Registry(writable) as reg:  # closed: SQLite removes index.db-wal and -shm
+            reg.push(adapters("lora"), name="team/sql")
+        # The same files through a read-only bind mount: a read-only HUB_HOME.
+        home = tmp_path / "ro"
+        home.mkdir()
+        subprocess.run(["mount", "--bind", str(writable), str(home)], check=True)
+        try:
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(home)], check=True)
+            monkeypatch.setenv("HUB_HOME", str(home))
+            for args in (["ls"], ["show", "team/sql"], ["verify"]):
+                result = _hub(*args, ok=False)
+                assert result.exit_code == 1, args
+                assert result.stderr.startswith(
+                    f"Error: cannot open the index {home / 'index.db'} ("
+                ), result.stderr
+                assert result.stderr.endswith(
+                    f"): {home} must be writable by you, since SQLite keeps index.db-wal and"
+                    " index.db-shm beside it; fix its permissions or use another --home\n"
+                )
+        finally:
+            subprocess.run(["umount", "-l", str(home)], check=False)
+        monkeypatch.setenv("HUB_HOME", str(writable))
         assert [line.split()[0] for line in _hub("ls").stdout.splitlines()[1:]] == ["team/sql@v1"]
 
 

@@ -48,11 +48,11 @@ def _age(path: Path) -> None:
 
 @pytest.fixture
 def big_adapter(adapters, tmp_path_factory):
-    """An adapter with a 256 MiB extra file, so that a pull takes long enough to be killed."""
+    """An adapter with a 64 MiB extra file, so that a pull takes long enough to be killed."""
     folder = tmp_path_factory.mktemp("big") / "big"
     shutil.copytree(adapters("lora"), folder)
     with open(folder / "extra.bin", "wb") as fh:
-        fh.write(os.urandom(1 << 20) * 256)
+        fh.write(os.urandom(1 << 20) * 64)
     return folder
 
 
