@@ -248,7 +248,8 @@ def pull(
 
     REF is NAMESPACE/NAME[@REV]; REV is a version (v3), an alias (prod), a commit id
     (at least 7 hex) or main (the latest, also the default). hf://ORG/NAME[@REV] pulls
-    from a Hugging Face Hub (HF_ENDPOINT, HF_TOKEN).
+    from a Hugging Face Hub (HF_ENDPOINT, HF_TOKEN). The output folder may not be, contain
+    or be inside the registry folder.
 
     \b
     Example:

@@ -182,9 +182,10 @@ class RemoteRegistry:
 
         folder = Path(path)
         repo = validate_repo_id(name or f"{os.environ.get('USER', 'local')}/{folder.name}")
+        on_disk = adapter_files(folder)  # the push rule first: nothing read through a bad link
         inspect_adapter(folder, allow_nonfinite=allow_nonfinite)  # fail fast, before uploading
         files = []
-        for rel, local in adapter_files(folder):
+        for rel, local in on_disk:
             digest, size = sha256_file(local), local.stat().st_size
             files.append({"path": rel, "sha256": digest, "size": size})
             exists = True

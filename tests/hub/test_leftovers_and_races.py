@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from compose.staging import GRACE_S, staged_folder, sweep
 from hub import Registry
 
 
@@ -42,7 +41,8 @@ def _kill_when(proc: subprocess.Popen[str], found, timeout: float = 120.0) -> li
 
 
 def _age(path: Path) -> None:
-    old = time.time() - GRACE_S - 5
+    """Backdate ``path`` by an hour: past any grace period (``compose.staging.GRACE_S``)."""
+    old = time.time() - 3600
     os.utime(path, (old, old), follow_symlinks=False)
 
 
@@ -73,6 +73,8 @@ def test_killed_pull_leftover_is_removed_by_the_next_pull(hub_home, big_adapter,
 
 
 def test_a_staging_folder_in_use_is_never_swept(tmp_path):
+    from compose.staging import staged_folder, sweep
+
     target = tmp_path / "out"
     with staged_folder(target, force=False) as staging:
         _age(staging)

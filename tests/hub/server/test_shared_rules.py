@@ -1,5 +1,6 @@
-"""Hidden files a client names explicitly are refused, never dropped (the push rule in
-hub/folders.py, shared by the native API and Hugging Face commits)."""
+"""Rules the server shares with local pushes and searches: hidden files a client names are
+refused, never dropped (hub/folders.py); non-finite metrics and out-of-range ranks are refused
+with the local message (schemas/)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,23 @@ def test_hf_commit_of_a_hidden_file_is_refused(live_server, tokens, adapters, tm
     )
     with Registry(live_server.home) as reg:
         assert [c.version for c in reg.versions("team/hf")] == [1]
+
+
+def test_server_refuses_non_finite_metrics_and_huge_ranks_like_the_cli(
+    live_server, tokens, adapters
+):
+    remote = RemoteRegistry(live_server.url, tokens["writer"])
+    with pytest.raises(InvalidArgument) as error:
+        remote.push(adapters("lora"), name="team/sql", metrics=["acc=1e400"])
+    assert str(error.value) == (
+        "invalid --metric 'acc=1e400': the value must be a finite number"
+        " (inf and values beyond 1.8e308 are not)"
+    )
+    with Registry(live_server.home) as reg:
+        assert reg.search_raw() == []  # refused before anything was committed
+    with pytest.raises(InvalidArgument) as error:
+        RemoteRegistry(live_server.url, tokens["reader"]).search_raw(rank="99999999999999999999999")
+    assert str(error.value) == (
+        "invalid --rank '99999999999999999999999': 99999999999999999999999 is over 1000000,"
+        " more than any adapter's rank"
+    )
