@@ -24,6 +24,8 @@ from schemas.errors import IndexDamaged, IndexUnavailable
 if TYPE_CHECKING:
     import sqlite_utils
 
+    from hub.store import BlobStore
+
 BUSY_TIMEOUT_MS = 60_000
 
 
@@ -303,6 +305,30 @@ def card_json(text: str) -> str:
     if "Infinity" in text or "NaN" in text:
         return json.dumps(load_card(text))
     return text
+
+
+def open_index(path: Path, store: BlobStore) -> Index:
+    """Open (or create) the index ``path`` of the registry whose blobs are in ``store``.
+
+    Raises:
+        IndexDamaged: ``path`` is missing or empty while ``store`` holds blobs (deleted or
+            truncated: which versions the blobs belong to is unknown, so neither ``gc`` nor a
+            push may go on as if the registry were new), or it is not a sound database.
+        IndexUnavailable: it cannot be opened (permissions, full disk, I/O error).
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        blobs = sum(1 for _ in store.iter_digests())
+        if blobs:
+            raise IndexDamaged(
+                f"the index {path} is {'empty' if path.exists() else 'missing'} but the store"
+                f" {store.root} holds {blobs} blobs: which versions they belong to is lost."
+                " Restore index.db from a backup (blobs are named by content, not by adapter,"
+                " so the index cannot be rebuilt from them); to start an empty registry here"
+                f" instead, move {store.root} aside first. Until then every command, gc"
+                " included, refuses",
+                path=str(path),
+            )
+    return Index(path)
 
 
 class Index:

@@ -24,14 +24,13 @@ from typing import TYPE_CHECKING, Any
 from typing_extensions import Unpack
 
 from hub.folders import adapter_files, check_outside_registry
-from hub.index import Index, load_card, utcnow
+from hub.index import Index, load_card, open_index, utcnow
 from hub.locks import file_lock
 from hub.maintenance import GcReport, VerifyReport, collect_garbage, verify_store
 from hub.search import SearchFilters, SearchQuery, run_search, run_search_json
 from hub.store import BlobStore
 from schemas.errors import (
     AdapterNotFound,
-    IndexDamaged,
     InvalidAdapter,
     OutputExists,
     RevisionNotFound,
@@ -93,30 +92,10 @@ class Registry:
 
     @property
     def index(self) -> Index:
-        """The index, opened on first use.
-
-        Raises:
-            IndexDamaged: ``index.db`` is missing or empty while the store holds blobs (it was
-                deleted or truncated: the versions those blobs belong to are unknown, and
-                neither ``gc`` nor a push may go on as if the registry were new), or its file
-                is not a readable SQLite database.
-            IndexUnavailable: it cannot be opened (permissions, full disk, I/O error).
-        """
+        """The index, opened on first use (``hub.index.open_index``: a lost or damaged
+        ``index.db`` raises ``IndexDamaged``, an unopenable one ``IndexUnavailable``)."""
         if self._index is None:
-            path = self.home / "index.db"
-            if not path.exists() or path.stat().st_size == 0:
-                blobs = sum(1 for _ in self.store.iter_digests())
-                if blobs:
-                    raise IndexDamaged(
-                        f"the index {path} is {'empty' if path.exists() else 'missing'} but the"
-                        f" store {self.store.root} holds {blobs} blobs: which versions they"
-                        " belong to is lost. Restore index.db from a backup (blobs are named by"
-                        " content, not by adapter, so the index cannot be rebuilt from them);"
-                        f" to start an empty registry here instead, move {self.store.root}"
-                        " aside first. Until then every command, gc included, refuses",
-                        path=str(path),
-                    )
-            self._index = Index(path)
+            self._index = open_index(self.home / "index.db", self.store)
         return self._index
 
     def close(self) -> None:
