@@ -38,7 +38,10 @@ def _held(folder: Path) -> Iterator[None]:
     fd = os.open(folder, os.O_RDONLY)
     try:
         if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            # A file system without flock on folders: the folder is then never swept (the
+            # sweeper's own flock fails the same way), which is safe.
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_SH)
         yield
     finally:
         os.close(fd)

@@ -57,9 +57,9 @@ def test_a_non_finite_metric_already_stored_does_not_break_readers(run, adapters
         db.execute("UPDATE metrics SET value = ? WHERE name = 'acc'", (math.inf,))
     assert "Infinity" in json.dumps(card)
     shown = _strict_json(run("show", "team/sql", "--json").stdout)
-    assert shown["metrics"] == [{"name": "f1", "value": 0.7, "dataset": None}]
+    assert [(m["name"], m["value"]) for m in shown["metrics"]] == [("f1", 0.7)]
     listed = _strict_json(run("ls", "--json", "--sort", "metric:acc").stdout)
-    assert [c["metrics"] for c in listed] == [[{"name": "f1", "value": 0.7, "dataset": None}]]
+    assert [[(m["name"], m["value"]) for m in c["metrics"]] for c in listed] == [[("f1", 0.7)]]
     assert "metrics           f1=0.7" in run("show", "team/sql").stdout
     assert Registry(hub_home).search()[0].metric("f1") == 0.7
 
