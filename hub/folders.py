@@ -4,9 +4,9 @@ The rule for what is stored (the README's "Reliability and security" section say
 
 - Hidden entries (any path part starting with ``.``: ``.git``, ``.ipynb_checkpoints``,
   ``.DS_Store``) and ``__pycache__`` are not part of an adapter, nor is a Trainer's training
-  state (``checkpoint-N/``, ``optimizer.pt``...: ``hub.inspect.files``). Walking a local folder skips
-  them; a client that names one explicitly (a server push, a Hugging Face commit) is refused
-  (``refuse_ignored``), never silently dropped.
+  state (``checkpoint-N/``, ``optimizer.pt``...: ``hub.inspect.files``). Walking a local
+  folder skips them; a client that names a hidden file explicitly (a server push, a Hugging
+  Face commit) is refused (``refuse_ignored``), never silently dropped.
 - Only regular files are stored. A symbolic link whose target lies inside the folder is stored
   as the bytes of its target (a linked folder as the files in it), so ``pull`` gives back
   regular files with exactly those bytes. A link that leaves the folder, a broken link, a link
