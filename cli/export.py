@@ -54,9 +54,10 @@ def export(
 
     REFS are adapter references (NS/NAME[@REV]) or folders, merged in the order given (a
     stack); with vllm-bundle they stay separate. With no REFS, the base alone is converted.
-    Shapes are checked before anything is written; the output appears whole or not at all.
-    Adapters that no export reproduces are refused with the reason: aLoRA, PiSSA/OLoRA saved
-    without path_initial_model_for_weight_conversion, config fields unknown to hub's PEFT.
+    Shapes are checked before anything is written; the output appears whole or not at all,
+    and may not be, contain or be inside the registry folder. Adapters that no export
+    reproduces are refused with the reason: aLoRA, PiSSA/OLoRA saved without
+    path_initial_model_for_weight_conversion, config fields unknown to hub's PEFT.
     Methods the hub does not merge itself (OFT, BOFT, FourierFT, HRA... see the README's
     method table) go through PEFT's merge_and_unload, which holds the whole model in memory
     and writes safetensors only.

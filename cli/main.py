@@ -113,6 +113,9 @@ def push(
     A multi-adapter save (one subfolder per adapter besides default) becomes one repository
     per adapter: NAME for default, NAME-ADAPTER for each other one.
 
+    Hidden files and __pycache__ are skipped; a link inside the folder is stored as the
+    file it points to; links leaving the folder, FIFOs and devices are refused.
+
     \b
     Example:
         hub push out/sql-lora --name team/sql-lora --task sql --tag team=nlp \\
@@ -256,7 +259,8 @@ def pull(
 
     REF is NAMESPACE/NAME[@REV]; REV is a version (v3), an alias (prod), a commit id
     (at least 7 hex) or main (the latest, also the default). hf://ORG/NAME[@REV] pulls
-    from a Hugging Face Hub (HF_ENDPOINT, HF_TOKEN).
+    from a Hugging Face Hub (HF_ENDPOINT, HF_TOKEN). The output folder may not be, contain
+    or be inside the registry folder.
 
     \b
     Example:
@@ -287,7 +291,7 @@ def pull(
     help="name, created, rank, size, params, method, base or metric:NAME;"
     " prefix + or - for ascending/descending.",
 )
-@click.option("--limit", type=int, help="At most N results.")
+@click.option("--limit", type=int, help="At most N results (0 to 100000).")
 @click.option("--all-versions", is_flag=True, help="Every version, not just the latest.")
 @click.option("--from", "remote", envvar="HUB_REMOTE", help="Search a team hub at this URL.")
 @json_option
@@ -416,8 +420,9 @@ def tag(ctx: click.Context, ref: str, alias: str) -> None:
 def verify(ctx: click.Context, rebuild_ref: str | None, as_json: bool) -> None:
     """Re-hash every stored file and name the versions whose bytes are damaged.
 
-    Exits 1 when anything is missing or corrupted (or, with --rebuild, differs beyond the
-    rounding bound).
+    Exits 1 when anything is missing or corrupted, when the index is damaged (or missing
+    next to stored blobs), or, with --rebuild, when the rebuilt files differ beyond the
+    rounding bound.
 
     \b
     Example:
@@ -454,7 +459,8 @@ def verify(ctx: click.Context, rebuild_ref: str | None, as_json: bool) -> None:
     else:
         click.echo(
             f"Checked {report.blobs_checked} blobs ({human_size(report.bytes_checked)}),"
-            f" database: {report.database}, orphan blobs: {report.orphan_blobs}"
+            f" database: {'ok' if report.database == 'ok' else 'DAMAGED'},"
+            f" orphan blobs: {report.orphan_blobs}"
             + (" (remove with `hub gc`)" if report.orphan_blobs else "")
         )
     if not report.healthy:
@@ -492,6 +498,8 @@ def gc(ctx: click.Context, as_json: bool) -> None:
 
     Files uploaded to `hub serve` for a commit not yet made are kept for 24 hours, and
     uploads still in progress are left alone: gc may run while the server takes pushes.
+    Also removes scratch folders under the registry's tmp/ that killed commands left. Refuses,
+    deleting nothing, when the index is missing, empty or damaged next to a non-empty store.
 
     \b
     Example:
@@ -506,6 +514,8 @@ def gc(ctx: click.Context, as_json: bool) -> None:
             line += "; kept 1 upload awaiting its commit"
         elif report.uploads_kept:
             line += f"; kept {report.uploads_kept} uploads awaiting their commit"
+        if report.scratch_removed:
+            line += f"; removed {report.scratch_removed} abandoned scratch folders"
         click.echo(line)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -61,9 +62,23 @@ def method_label(card: dict[str, Any]) -> str:
     return f"{method}:{card['variant']}" if card.get("variant") else method
 
 
+# C0/C1 controls (escape sequences, carriage returns, newlines) and the bidirectional
+# overrides: text from adapters (tasks, tags, descriptions, file names) must not be able to
+# move the cursor, recolour the terminal or reorder what a table shows.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with terminal control characters written as escapes (``\\x1b``, ``\\n``)."""
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A plain aligned table; columns as wide as their widest cell."""
-    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
+    """A plain aligned table; columns as wide as their widest cell; control characters
+    escaped."""
+    cells = [[str(h) for h in headers]] + [
+        ["-" if c is None else printable(str(c)) for c in r] for r in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:
         click.echo(
@@ -158,10 +173,13 @@ def print_card(card: dict[str, Any], evals: Sequence[dict[str, Any]] = ()) -> No
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         if value is not None:
-            click.echo(f"{key.ljust(width)}  {value}")
+            click.echo(f"{key.ljust(width)}  {printable(str(value))}")
     click.echo("files:")
     for entry in card.get("files") or []:
-        click.echo(f"  {entry['path']}  {human_size(entry['size'])}  sha256:{entry['sha256'][:16]}")
+        click.echo(
+            f"  {printable(entry['path'])}  {human_size(entry['size'])}"
+            f"  sha256:{entry['sha256'][:16]}"
+        )
     if evals:
         click.echo("evals:")
     for record in evals:
@@ -175,4 +193,4 @@ def print_card(card: dict[str, Any], evals: Sequence[dict[str, Any]] = ()) -> No
             + (f" n={s['n']}" if s.get("n") else "")
             for name, s in record.get("metrics", {}).items()
         )
-        click.echo(f"  {record['id']}  {record.get('source')}  {where}  {results}")
+        click.echo(printable(f"  {record['id']}  {record.get('source')}  {where}  {results}"))

@@ -156,8 +156,9 @@ def push_checkpoints(
             a valid adapter (the message names it).
         InvalidArgument: ``metrics`` given.
     """
+    from hub.folders import adapter_files
     from hub.inspect import inspect_adapter
-    from hub.registry import PushResult, adapter_files
+    from hub.registry import PushResult
     from schemas.card import parse_tags
     from schemas.refs import validate_repo_id
 

@@ -9,7 +9,6 @@ in the lineage. A failure at any step leaves the registry untouched.
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,10 +25,8 @@ if TYPE_CHECKING:
 
 @contextlib.contextmanager
 def _workspace(registry: Registry) -> Iterator[Path]:
-    root = registry.home / "tmp"
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix="compose-") as tmp:
-        yield Path(tmp)
+    with registry.scratch("compose") as tmp:
+        yield tmp
 
 
 def _build(registry: Registry, recipe: Recipe, work: Path) -> tuple[Path, ComposeResult, list[str]]:

@@ -104,7 +104,7 @@ def convert_adapter(
         >>> convert_adapter("mlx-out/adapters", "adapters-peft")           # doctest: +SKIP
         Converted(path=PosixPath('adapters-peft'), source='mlx-lm', summary='r=8, ...')
     """
-    from compose.folders import staged_folder
+    from compose.staging import staged_folder
     from hub.formats import detect
 
     folder = Path(folder)

@@ -12,11 +12,11 @@ Example:
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hub.folders import check_outside_registry
 from hub.progress import byte_progress
 from schemas.errors import InvalidArgument
 
@@ -40,12 +40,14 @@ def export(
 ) -> ExportResult:
     """Export ``base`` with the adapters ``refs`` (registry references or folders), in order.
 
-    See ``compose.deploy.export_model`` for the formats, options and errors.
+    See ``compose.deploy.export_model`` for the formats, options and errors; also raises
+    ``InvalidArgument`` when ``output`` is, contains or is inside the registry folder. The
+    folders of links to stored blobs live under the registry's ``tmp/`` (see ``scratch``).
     """
     from compose.deploy import export_model
 
-    with tempfile.TemporaryDirectory(prefix="hub-export-") as tmp:
-        scratch = Path(tmp)
+    check_outside_registry(Path(output), registry.home)
+    with registry.scratch("export") as scratch:
         sources = []
         recipe: dict[str, Any] | None = None
         for i, ref in enumerate(refs):

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hub.index import utcnow
+from hub.index import load_card, utcnow
 from hub.locks import file_lock
 from schemas.errors import IncompatibleAdapters, InvalidArgument, InvalidData
 
@@ -451,7 +451,7 @@ def store_record(registry: Registry, card: AdapterCard, record: dict[str, Any]) 
             raise RevisionNotFound(
                 f"{card.ref} was removed while it was being evaluated", repo=card.repo
             )
-        version_id, stored = int(row[0]), json.loads(row[1])
+        version_id, stored = int(row[0]), load_card(row[1])
         conn.execute(
             "INSERT INTO evals (id, version_id, created_at, source, dataset_sha256,"
             " results_sha256, record) VALUES (?,?,?,?,?,?,?)",

@@ -41,7 +41,7 @@ def pull_from_hf(spec: str, dest: str | os.PathLike[str] | None, *, force: bool 
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-    from compose.folders import staged_folder
+    from compose.staging import staged_folder
 
     repo, revision = parse_hf(spec)
     target = Path(dest) if dest is not None else Path.cwd() / repo.split("/")[1]

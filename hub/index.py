@@ -19,8 +19,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from schemas.errors import IndexDamaged, IndexUnavailable
+
 if TYPE_CHECKING:
     import sqlite_utils
+
+    from hub.store import BlobStore
 
 BUSY_TIMEOUT_MS = 60_000
 
@@ -174,18 +178,194 @@ def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
+def storage_error(error: sqlite3.Error, path: Path) -> Exception:
+    """The typed, one-line error for a storage fault SQLite reported on the index ``path``;
+    ``error`` itself for anything else (constraint violations, SQL mistakes are bugs)."""
+    name = getattr(error, "sqlite_errorname", "") or ""
+    folder = path.parent
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return IndexDamaged(
+            f"the index {path} is damaged ({error}): it was truncated or overwritten. Restore"
+            " it from a backup; the store's blobs are untouched",
+            path=str(path),
+        )
+    if name.startswith("SQLITE_FULL"):
+        return IndexUnavailable(
+            f"cannot write the index {path}: the disk is full; free space on {folder} and retry"
+            " (nothing was changed)",
+            path=str(path),
+        )
+    if name.startswith("SQLITE_IOERR"):
+        return IndexUnavailable(
+            f"cannot read or write the index {path}: disk I/O error; the disk is probably full"
+            f" or failing: check free space on {folder} and retry (nothing was changed)",
+            path=str(path),
+        )
+    if name.startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM", "SQLITE_AUTH")):
+        return IndexUnavailable(
+            f"cannot open the index {path} ({error}): {folder} must be writable by you, since"
+            " SQLite keeps index.db-wal and index.db-shm beside it; fix its permissions or"
+            " use another --home",
+            path=str(path),
+        )
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return IndexUnavailable(
+            f"the index {path} stayed locked by another process for"
+            f" {BUSY_TIMEOUT_MS // 1000} s; retry when it is done (nothing was changed)",
+            path=str(path),
+        )
+    return error
+
+
+class _Cursor(sqlite3.Cursor):
+    """Every call that touches the file turns SQLite's storage faults into typed errors."""
+
+    def _fail(self, error: sqlite3.Error) -> Exception:
+        connection = self.connection
+        assert isinstance(connection, _Connection)
+        return storage_error(error, connection.index_path)
+
+    def execute(self, *args: Any) -> _Cursor:
+        try:
+            return super().execute(*args)
+        except sqlite3.Error as error:
+            raise self._fail(error) from error
+
+    def executemany(self, *args: Any) -> _Cursor:
+        try:
+            return super().executemany(*args)
+        except sqlite3.Error as error:
+            raise self._fail(error) from error
+
+    def fetchone(self) -> Any:
+        try:
+            return super().fetchone()
+        except sqlite3.Error as error:
+            raise self._fail(error) from error
+
+    def fetchmany(self, *args: Any) -> list[Any]:
+        try:
+            return super().fetchmany(*args)
+        except sqlite3.Error as error:
+            raise self._fail(error) from error
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return super().fetchall()
+        except sqlite3.Error as error:
+            raise self._fail(error) from error
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except sqlite3.Error as error:
+            raise self._fail(error) from error
+
+
+class _Connection(sqlite3.Connection):
+    index_path: Path
+
+    def cursor(self, factory: Any = _Cursor) -> Any:
+        return super().cursor(factory)
+
+    def execute(self, *args: Any) -> _Cursor:
+        return self.cursor().execute(*args)
+
+    def executemany(self, *args: Any) -> _Cursor:
+        return self.cursor().executemany(*args)
+
+    def executescript(self, script: str) -> Any:
+        try:
+            return super().executescript(script)
+        except sqlite3.Error as error:
+            raise storage_error(error, self.index_path) from error
+
+
+def load_card(text: str) -> dict[str, Any]:
+    """A stored card's JSON, read so that a non-finite number written by an older version
+    (``Infinity``, ``NaN``: not JSON) never reaches a reader: such a metric is dropped, any
+    other such field becomes null."""
+    card: dict[str, Any] = json.loads(text, parse_constant=_non_finite)
+    if "Infinity" in text or "NaN" in text:
+        card = _drop_non_finite(card)
+    return card
+
+
+class _NonFinite:
+    pass
+
+
+def _non_finite(_: str) -> _NonFinite:
+    return _NonFinite()
+
+
+def _drop_non_finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "metrics" in value and isinstance(value["metrics"], list):
+            value["metrics"] = [
+                m
+                for m in value["metrics"]
+                if not (isinstance(m, dict) and isinstance(m.get("value"), _NonFinite))
+            ]
+        return {k: _drop_non_finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_drop_non_finite(v) for v in value]
+    return None if isinstance(value, _NonFinite) else value
+
+
+def card_json(text: str) -> str:
+    """A stored card's JSON text as it may be printed: passed through unless it holds a
+    non-finite number (see ``load_card``)."""
+    if "Infinity" in text or "NaN" in text:
+        return json.dumps(load_card(text))
+    return text
+
+
+def open_index(path: Path, store: BlobStore) -> Index:
+    """Open (or create) the index ``path`` of the registry whose blobs are in ``store``.
+
+    Raises:
+        IndexDamaged: ``path`` is missing or empty while ``store`` holds blobs (deleted or
+            truncated: which versions the blobs belong to is unknown, so neither ``gc`` nor a
+            push may go on as if the registry were new), or it is not a sound database.
+        IndexUnavailable: it cannot be opened (permissions, full disk, I/O error).
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        blobs = sum(1 for _ in store.iter_digests())
+        if blobs:
+            raise IndexDamaged(
+                f"the index {path} is {'empty' if path.exists() else 'missing'} but the store"
+                f" {store.root} holds {blobs} blobs: which versions they belong to is lost."
+                " Restore index.db from a backup (blobs are named by content, not by adapter,"
+                " so the index cannot be rebuilt from them); to start an empty registry here"
+                f" instead, move {store.root} aside first. Until then every command, gc"
+                " included, refuses",
+                path=str(path),
+            )
+    return Index(path)
+
+
 class Index:
-    """A connection to the index file. Not shared across threads; cheap to open."""
+    """A connection to the index file. Not shared across threads; cheap to open.
+
+    SQLite's storage faults (unopenable file, full disk, I/O error, damaged file) surface as
+    ``IndexUnavailable`` / ``IndexDamaged`` naming the file, from any call.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path,
-            timeout=BUSY_TIMEOUT_MS / 1000,
-            isolation_level=None,
-            check_same_thread=False,
-        )
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+                factory=_Connection,
+            )
+        except sqlite3.Error as error:
+            raise storage_error(error, self.path) from error
+        conn.index_path = self.path
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         self.conn = conn
         self._db: sqlite_utils.Database | None = None
@@ -238,7 +418,10 @@ class Index:
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # A failed rollback (the disk went away) must not hide the error that caused it;
+            # SQLite rolls back a transaction its connection could not finish anyway.
+            with contextlib.suppress(Exception):
+                self.conn.execute("ROLLBACK")
             raise
         else:
             self.conn.execute("COMMIT")

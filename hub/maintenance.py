@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from compose.staging import sweep_work
 from hub.locks import file_lock
 from hub.uploads import UPLOAD_GRACE, grace_start
+from schemas.errors import IndexDamaged
 
 if TYPE_CHECKING:
     from hub.registry import Registry
@@ -41,13 +43,23 @@ class GcReport:
     bytes_freed: int = 0
     uploads_kept: int = 0
     """Blobs uploaded to `hub serve` within the grace period, kept for their commit."""
+    scratch_removed: int = 0
+    """Scratch folders under ``tmp/`` that killed composes, exports and loads left behind."""
 
 
 def verify_store(registry: Registry) -> VerifyReport:
-    """Re-hash every referenced blob; name the versions of missing or corrupted ones."""
-    index, store = registry.index, registry.store
-    report = VerifyReport(database=index.integrity_check())
-    referenced = index.referenced_digests()
+    """Re-hash every referenced blob; name the versions of missing or corrupted ones.
+
+    A damaged index (missing next to a non-empty store, truncated, not a database) is reported
+    in ``database``, not raised: the report is then unhealthy and checks no blob.
+    """
+    store = registry.store
+    try:
+        index = registry.index
+        report = VerifyReport(database=index.integrity_check())
+        referenced = index.referenced_digests()
+    except IndexDamaged as error:
+        return VerifyReport(database=str(error))
     bad: dict[str, str] = {}
     with file_lock(registry.lock_path, shared=True):
         for digest in sorted(referenced):
@@ -65,7 +77,9 @@ def verify_store(registry: Registry) -> VerifyReport:
 
 def collect_garbage(registry: Registry, *, upload_grace: timedelta = UPLOAD_GRACE) -> GcReport:
     """Delete unreferenced blobs and leftovers of interrupted writes, holding the store lock
-    exclusively (pushes and commits hold it shared, so none is in flight meanwhile).
+    exclusively (pushes and commits hold it shared, so none is in flight meanwhile), and the
+    scratch folders of killed processes (``compose.staging.sweep_work``: unlocked and over a
+    minute old). A lost or damaged index raises ``IndexDamaged`` before anything is deleted.
 
     Blobs uploaded to the server within ``upload_grace`` are kept for the commit that will
     reference them, and temp files a live writer holds are left alone (the rule is in
@@ -81,4 +95,5 @@ def collect_garbage(registry: Registry, *, upload_grace: timedelta = UPLOAD_GRAC
                 report.bytes_freed += registry.store.delete(digest)
                 report.blobs_removed += 1
         report.bytes_freed += registry.store.clear_tmp()
+    report.scratch_removed = sweep_work(registry.home / "tmp")
     return report

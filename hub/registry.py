@@ -16,8 +16,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from typing_extensions import Unpack
 
-from hub.index import Index, utcnow
+from hub.folders import adapter_files, check_outside_registry
+from hub.index import Index, load_card, open_index, utcnow
 from hub.locks import file_lock
 from hub.maintenance import GcReport, VerifyReport, collect_garbage, verify_store
 from hub.search import SearchFilters, SearchQuery, run_search, run_search_json
@@ -62,24 +61,6 @@ def commit_id(parent: str | None, files: Sequence[FileEntry]) -> str:
     }
     canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:40]
-
-
-def adapter_files(folder: Path) -> list[tuple[str, Path]]:
-    """(relative posix path, absolute path) of every file to store, sorted.
-
-    Hidden files and folders (``.git``, ``.ipynb_checkpoints``) and ``__pycache__`` are left out,
-    and so is training state (``checkpoint-N/``, ``optimizer.pt``...: ``hub.inspect.files``).
-    """
-    from hub.inspect.files import is_training_output
-
-    out = []
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
-            continue
-        if path.is_file() and not is_training_output(rel.as_posix(), folder):
-            out.append((rel.as_posix(), path))
-    return out
 
 
 def _default_namespace() -> str:
@@ -134,8 +115,10 @@ class Registry:
 
     @property
     def index(self) -> Index:
+        """The index, opened on first use (``hub.index.open_index``: a lost or damaged
+        ``index.db`` raises ``IndexDamaged``, an unopenable one ``IndexUnavailable``)."""
         if self._index is None:
-            self._index = Index(self.home / "index.db")
+            self._index = open_index(self.home / "index.db", self.store)
         return self._index
 
     def close(self) -> None:
@@ -213,6 +196,7 @@ class Registry:
         task_list = sorted({t.strip() for t in tasks if t.strip()})
         if not folder.is_dir():
             raise InvalidAdapter(f"{folder}: not a folder (give the folder save_pretrained wrote)")
+        self.index  # noqa: B018 (opened before any blob is stored: a lost index refuses here)
         extras = [] if _exclude else extra_adapters(folder)
         if extras:
             return self._push_adapters(
@@ -220,6 +204,11 @@ class Registry:
                 parent=parent, description=description, allow_nonfinite=allow_nonfinite,
                 base_dirs=base_dirs,
             )  # fmt: skip
+        # Walked first: a link out of the folder or a FIFO is refused before inspection reads
+        # anything through it. Links into our own store are the server's staged pushes.
+        files_on_disk = adapter_files(folder, trusted=[self.store.blobs])
+        if _exclude:  # the top adapter of a multi-adapter folder: its own files only
+            files_on_disk = [f for f in files_on_disk if f[0].split("/")[0] not in _exclude]
         inspected = inspect_adapter(folder, allow_nonfinite=allow_nonfinite, base_dirs=base_dirs)
         trained = read_trainer_state(folder)  # a Trainer checkpoint: its step and logged metrics
         if trained is not None:
@@ -233,8 +222,6 @@ class Registry:
             parent_card = self.show(parent)
             lineage = (lineage or Lineage()).model_copy(update={"parent": parent_card.ref})
             inspected.parent = parent_card.ref
-        # The top adapter of a multi-adapter folder: its own files only.
-        files_on_disk = [f for f in adapter_files(folder) if f[0].split("/")[0] not in _exclude]
 
         with file_lock(self.lock_path, shared=True):
             entries = []
@@ -340,7 +327,7 @@ class Registry:
             ).fetchone()
             parent_commit = latest[1] if latest else None
             if latest is not None:
-                latest_card = json.loads(latest[2])
+                latest_card = load_card(latest[2])
                 same_files = sorted((f.path, f.sha256) for f in entries) == sorted(
                     (f["path"], f["sha256"]) for f in latest_card["files"]
                 )
@@ -444,7 +431,7 @@ class Registry:
                 repo=parsed.repo,
                 revision=parsed.revision,
             )
-        return int(rows[0]["id"]), json.loads(rows[0]["card"])
+        return int(rows[0]["id"]), load_card(rows[0]["card"])
 
     def show(self, ref: str | AdapterRef) -> AdapterCard:
         """The card of ``ref`` (``ns/name``, ``ns/name@v3``, ``@prod``, ``@<commit>``)."""
@@ -466,7 +453,7 @@ class Registry:
             " WHERE r.repo = ? ORDER BY v.version",
             (repo,),
         )
-        return [self._card(json.loads(row["card"]), row["id"]) for row in rows]
+        return [self._card(load_card(row["card"]), row["id"]) for row in rows]
 
     def search(
         self, query: str | None = None, **filters: Unpack[SearchFilters]
@@ -520,13 +507,18 @@ class Registry:
             >>> model = Registry().load(AutoModelForCausalLM.from_pretrained(base),
             ...                         "team/stacked@v1")                  # doctest: +SKIP
         """
-        import tempfile
-
         from compose.composites import load_composed
 
         card = self.show(ref)
-        with tempfile.TemporaryDirectory(prefix="hub-load-") as tmp:
-            return load_composed(base_model, self.link_files(card, Path(tmp) / "adapter"))
+        with self.scratch("load") as tmp:
+            return load_composed(base_model, self.link_files(card, tmp / "adapter"))
+
+    def scratch(self, purpose: str) -> contextlib.AbstractContextManager[Path]:
+        """A scratch folder ``home/tmp/<purpose>-XXXXXXXX`` (``compose``, ``export``, ``load``),
+        removed after the ``with`` block; ``gc`` removes the ones a killed process left."""
+        from compose.staging import work_folder
+
+        return work_folder(self.home / "tmp", purpose)
 
     # -- pull ---------------------------------------------------------------------------
     def pull(
@@ -539,36 +531,31 @@ class Registry:
         """Write the files of ``ref`` into ``dest`` (default ``./<name>``), byte for byte.
 
         The folder is assembled next to ``dest`` and renamed into place at the end, so a failure
-        leaves nothing behind. Every byte is checked against its sha256 on the way out.
+        leaves nothing behind (and a SIGKILL leaves a hidden leftover that the next pull to
+        ``dest`` removes). Every byte is checked against its sha256 on the way out.
 
         Raises:
             AdapterNotFound, RevisionNotFound, OutputExists (``dest`` is a non-empty folder and
-            ``force`` is False), StoreCorrupted.
+            ``force`` is False), InvalidArgument (``dest`` is, contains or is inside the
+            registry folder), StoreCorrupted.
         """
-        from compose.folders import replace_folder
+        from compose.staging import staged_folder
 
         card = self.show(ref)
         target = Path(dest) if dest is not None else Path.cwd() / card.repo.split("/")[1]
+        check_outside_registry(target, self.home)
         if target.exists() and not force and (not target.is_dir() or any(target.iterdir())):
             raise OutputExists(
                 f"{target} already exists and is not empty (choose another -o or pass --force)",
                 path=str(target),
             )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.parent / f".{target.name}.hub-{uuid.uuid4().hex[:8]}.incomplete"
-        staging.mkdir()
-        try:
-            with file_lock(self.lock_path, shared=True):
-                for entry in card.files:
-                    out = (staging / entry.path).resolve()
-                    if not out.is_relative_to(staging.resolve()):
-                        raise InvalidAdapter(f"file path {entry.path!r} escapes the folder")
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    self.store.copy_out(entry.sha256, out, description=f"pull {entry.path}")
-            replace_folder(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        with staged_folder(target, force=force) as staging, file_lock(self.lock_path, shared=True):
+            for entry in card.files:
+                out = (staging / entry.path).resolve()
+                if not out.is_relative_to(staging.resolve()):
+                    raise InvalidAdapter(f"file path {entry.path!r} escapes the folder")
+                out.parent.mkdir(parents=True, exist_ok=True)
+                self.store.copy_out(entry.sha256, out, description=f"pull {entry.path}")
         return target
 
     # -- compose ------------------------------------------------------------------------
@@ -693,16 +680,27 @@ class Registry:
             removed = [self.show(parsed)]
         index = self.index
         with index.write() as conn:
-            repo_id = conn.execute(
-                "SELECT id FROM repos WHERE repo = ?", (parsed.repo,)
-            ).fetchone()[0]
-            ids = [
-                conn.execute(
+            # Looked up again under the write lock: a concurrent `hub rm` may have removed
+            # the repository or some of these versions since they were read above.
+            repo_row = conn.execute("SELECT id FROM repos WHERE repo = ?", (parsed.repo,))
+            found = repo_row.fetchone()
+            gone = RevisionNotFound(
+                f"{parsed.repo}@{parsed.revision or 'main'} was removed meanwhile",
+                repo=parsed.repo,
+                revision=parsed.revision,
+            )
+            if found is None:
+                raise gone
+            repo_id = found[0]
+            ids = []
+            for card in removed:
+                row = conn.execute(
                     "SELECT id FROM versions WHERE repo_id = ? AND commit_id = ?",
                     (repo_id, card.commit),
-                ).fetchone()[0]
-                for card in removed
-            ]
+                ).fetchone()
+                if row is None:
+                    raise gone
+                ids.append(row[0])
             index.delete_versions(conn, ids)
             newest = conn.execute(
                 "SELECT max(version) FROM versions WHERE repo_id = ?", (repo_id,)
@@ -715,22 +713,42 @@ class Registry:
         return removed
 
     def tag(self, ref: str | AdapterRef, alias: str) -> AdapterCard:
-        """Point ``alias`` (e.g. ``prod``) at the version ``ref`` names; moves it if it exists."""
+        """Point ``alias`` (e.g. ``prod``) at the version ``ref`` names; moves it if it exists.
+
+        Raises:
+            AdapterNotFound, RevisionNotFound (also when the version is removed meanwhile).
+        """
         from schemas.refs import AdapterRef, validate_alias
 
         validate_alias(alias)
         parsed = ref if isinstance(ref, AdapterRef) else AdapterRef.parse(ref)
-        version_id, _ = self._resolve(parsed)
+        version_id, card = self._resolve(parsed)
         with self.index.write() as conn:
-            repo_id = conn.execute(
+            # The version may have been removed between the lookup and this transaction.
+            row = conn.execute(
                 "SELECT repo_id FROM versions WHERE id = ?", (version_id,)
-            ).fetchone()[0]
+            ).fetchone()
+            if row is None:
+                raise RevisionNotFound(
+                    f"{parsed.repo}@v{card['version']} was removed while `hub tag` ran;"
+                    " nothing was tagged",
+                    repo=parsed.repo,
+                    revision=parsed.revision,
+                )
             conn.execute(
                 "INSERT INTO aliases (repo_id, alias, version_id) VALUES (?,?,?)"
                 " ON CONFLICT (repo_id, alias) DO UPDATE SET version_id = excluded.version_id",
-                (repo_id, alias, version_id),
+                (row[0], alias, version_id),
             )
-        return self.show(f"{parsed.repo}@{alias}")
+            aliases = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT alias FROM aliases WHERE version_id = ? ORDER BY alias", (version_id,)
+                )
+            ]
+        from schemas.card import AdapterCard
+
+        return AdapterCard.model_validate({**card, "aliases": aliases})
 
     # -- maintenance --------------------------------------------------------------------
     def verify(self) -> VerifyReport:

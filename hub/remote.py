@@ -192,15 +192,16 @@ class RemoteRegistry:
             InvalidArgument: the folder has more files, or a longer file list, than one
                 push may carry.
         """
+        from hub.folders import adapter_files
         from hub.inspect import inspect_adapter
-        from hub.registry import adapter_files
         from schemas.card import AdapterCard, parse_tags
         from schemas.refs import validate_repo_id
 
         folder = Path(path)
         repo = validate_repo_id(name or f"{os.environ.get('USER', 'local')}/{folder.name}")
+        on_disk = adapter_files(folder)  # the push rule first: nothing read through a bad link
         inspect_adapter(folder, allow_nonfinite=allow_nonfinite)  # fail fast, before uploading
-        local_files = adapter_files(folder)
+        local_files = on_disk
         if len(local_files) > MAX_PUSH_FILES:
             raise InvalidArgument(
                 f"{folder}: {len(local_files)} files, over the {MAX_PUSH_FILES} one push may"
@@ -262,7 +263,7 @@ class RemoteRegistry:
         """Download ``ref`` into ``dest`` (default ``./NAME``): resumable, sha256-checked,
         assembled next to ``dest`` and renamed into place at the end (with ``force``, the
         old folder is moved aside first and removed only once the new one is in place)."""
-        from compose.folders import staged_folder
+        from compose.staging import staged_folder
 
         card = self.show(ref)
         target = Path(dest) if dest is not None else Path.cwd() / card.repo.split("/")[1]

@@ -11,11 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
-from hub.index import Index
+from hub.index import Index, card_json, load_card
 from schemas.errors import InvalidArgument
-
-_RANK_RANGE = re.compile(r"(\d*)\.\.(\d*)")
-_RANK_CMP = re.compile(r"(<=|>=|<|>|==|=)?(\d+)")
+from schemas.search import check_limit, parse_rank
 
 SORT_COLUMNS: dict[str, str] = {
     "name": "r.repo",
@@ -34,36 +32,6 @@ SORT_COLUMNS: dict[str, str] = {
 }
 # Newest and best first unless the user says otherwise with a leading '+'.
 _DESCENDING_BY_DEFAULT = {"created", "created_at", "version"}
-
-
-def parse_rank(spec: str) -> tuple[int | None, int | None]:
-    """``"8"``, ``"8..16"``, ``"..16"``, ``"<=16"``, ``">8"`` -> inclusive (low, high) bounds.
-
-    Example:
-        >>> parse_rank("8..16"), parse_rank("<16")
-        ((8, 16), (None, 15))
-    """
-    text = spec.replace(" ", "")
-    if match := _RANK_RANGE.fullmatch(text):
-        low, high = (int(g) if g else None for g in match.groups())
-        if low is None and high is None:
-            raise InvalidArgument(f"invalid --rank {spec!r}: give at least one bound, e.g. 8..16")
-        if low is not None and high is not None and low > high:
-            raise InvalidArgument(f"invalid --rank {spec!r}: the lower bound exceeds the upper")
-        return low, high
-    if match := _RANK_CMP.fullmatch(text):
-        op, number = match.group(1) or "=", int(match.group(2))
-        return {
-            "=": (number, number),
-            "==": (number, number),
-            "<=": (None, number),
-            "<": (None, number - 1),
-            ">=": (number, None),
-            ">": (number + 1, None),
-        }[op]
-    raise InvalidArgument(
-        f"invalid --rank {spec!r}: use N, LOW..HIGH, <=N, <N, >=N or >N (e.g. 8..16)"
-    )
 
 
 def parse_tag(spec: str) -> tuple[str, str | None]:
@@ -173,10 +141,8 @@ class SearchQuery:
         sql += f" ORDER BY {order}"
         params.extend(order_params)
         if self.limit is not None:
-            if self.limit < 0:
-                raise InvalidArgument(f"invalid --limit {self.limit}: must be >= 0")
             sql += " LIMIT ?"
-            params.append(self.limit)
+            params.append(check_limit(self.limit))
         return sql, params
 
     def _order_by(self) -> tuple[str, list[Any]]:
@@ -219,8 +185,8 @@ def run_search_json(index: Index, query: SearchQuery) -> list[str]:
     rows = index.conn.execute(sql, params).fetchall()
     aliases = index.aliases_by_version([row[0] for row in rows])
     return [
-        f'{card_json[:-1]}, "aliases": {json.dumps(aliases.get(version_id, []))}}}'
-        for version_id, card_json in rows
+        f'{card_json(text)[:-1]}, "aliases": {json.dumps(aliases.get(version_id, []))}}}'
+        for version_id, text in rows
     ]
 
 
@@ -230,8 +196,8 @@ def run_search(index: Index, query: SearchQuery) -> list[dict[str, Any]]:
     rows = index.conn.execute(sql, params).fetchall()
     aliases = index.aliases_by_version([row[0] for row in rows])
     cards = []
-    for version_id, card_json in rows:
-        card = json.loads(card_json)
+    for version_id, text in rows:
+        card = load_card(text)
         card["aliases"] = aliases.get(version_id, [])
         cards.append(card)
     return cards

@@ -15,6 +15,7 @@ Hugging Face protocol speaks.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -23,22 +24,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from compose.staging import fsync_dir
 from hub.locks import hold_file, try_hold_file
 from hub.progress import byte_progress
-from schemas.errors import StoreCorrupted
+from schemas.errors import InsufficientDiskSpace, StoreCorrupted
 
 CHUNK = 8 * 1024 * 1024
+# Out of space, over quota, or over the process's file-size limit: the disk is "full" for us.
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _DIGEST = re.compile(r"[0-9a-f]{64}")
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable (no-op where directories can't be opened)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _buffer(size: int) -> bytearray:
@@ -140,6 +134,16 @@ class BlobStore:
                 else:
                     self.publish(tmp, hexdigest)
             return hexdigest, size
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if error.errno in _NO_SPACE:
+                raise InsufficientDiskSpace(
+                    f"no space left in the store {self.root} while storing {src}: free space"
+                    " there and push again (nothing was registered)",
+                    path=str(self.root),
+                ) from error
+            raise
         except BaseException:
             with contextlib.suppress(OSError):
                 tmp.unlink()

@@ -7,10 +7,11 @@ card is what ``hub ls --json`` / ``hub show --json`` print and what the server r
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
 from schemas.errors import InvalidArgument
 from schemas.methods import PROMPT_METHODS
@@ -37,7 +38,8 @@ class Metric(BaseModel):
     (``hub metric add``) or measured (``hub eval``, with its interval and the eval's id)."""
 
     name: str
-    value: float
+    value: FiniteFloat
+    """Finite: JSON has no Inf or NaN, and a readers' search or card must never fail on one."""
     dataset: str | None = None
     source: str = "push"
     """Where the value comes from: ``push``, ``manual``, ``hub-eval``, ``trainer`` (logged by a
@@ -65,6 +67,11 @@ class Metric(BaseModel):
         if not sep or not name.strip() or value != value or (at and not dataset):
             raise InvalidArgument(
                 f"invalid --metric {text!r}: expected NAME=VALUE[@DATASET], e.g. accuracy=0.71@mmlu"
+            )
+        if not math.isfinite(value):
+            raise InvalidArgument(
+                f"invalid --metric {text!r}: the value must be a finite number"
+                " (inf and values beyond 1.8e308 are not)"
             )
         return cls(name=name.strip(), value=value, dataset=dataset or None)
 

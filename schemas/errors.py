@@ -114,6 +114,20 @@ class StoreCorrupted(HubError, RuntimeError):
     code = "store_corrupted"
 
 
+class IndexUnavailable(HubError, OSError):
+    """The index file cannot be opened, read or written: permissions, a full disk, an I/O
+    error or a lock held too long. Nothing was changed."""
+
+    code = "index_unavailable"
+
+
+class IndexDamaged(HubError, RuntimeError):
+    """The index file is missing next to a non-empty store, or is not a sound SQLite database
+    (truncated, overwritten): restore it from a backup."""
+
+    code = "index_damaged"
+
+
 class AliasConflict(HubError, ValueError):
     """An alias that would shadow a version or commit, or is already taken."""
 
@@ -143,6 +157,8 @@ ALL_ERRORS: dict[str, type[HubError]] = {
         InsufficientDiskSpace,
         AuthError,
         StoreCorrupted,
+        IndexUnavailable,
+        IndexDamaged,
         AliasConflict,
         InvalidData,
     )

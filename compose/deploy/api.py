@@ -28,7 +28,7 @@ from compose.deploy.peft_merge import (
 )
 from compose.deploy.stio import ReadAhead
 from compose.deploy.writers import ShardCopier
-from compose.folders import check_output, staged_folder
+from compose.staging import check_output, staged_folder
 from schemas.errors import InvalidArgument
 from schemas.export import ExportSpec
 

@@ -1,5 +1,6 @@
 """Export outputs: the disk-space check and the provenance model card. Every format is
-written through ``compose.folders.staged_folder``: whole or not at all."""
+written through ``compose.staging.staged_folder``: whole or not at all, and a SIGKILL's
+leftover is removed by the next export to the same place."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from compose.staging import check_output, staged_folder
 from schemas.errors import InsufficientDiskSpace
+
+__all__ = ["check_disk_space", "check_output", "model_card", "staged_folder"]
 
 # Headroom on top of the estimate: metadata, tokenizer files, filesystem slack.
 _SLACK = 16 * 1024 * 1024

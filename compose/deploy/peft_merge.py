@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compose.deploy.output import check_disk_space, model_card
-from compose.folders import staged_folder
+from compose.staging import staged_folder
 from schemas.errors import IncompatibleAdapters, InvalidAdapter
 from schemas.methods import METHODS, Row
 

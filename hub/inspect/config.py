@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from compose.peft_patterns import module_matches, pattern_value
+from hub.folders import read_regular
 from schemas.errors import InvalidAdapter
 from schemas.methods import METHODS
 
 __all__ = ["module_matches", "pattern_value"]
 
 CONFIG = "adapter_config.json"
+_MAX_CONFIG_BYTES = 16 << 20
+"""PEFT's configs are a few KB; anything this big is not one (and is never read whole)."""
 
 
 def load_config(folder: Path) -> dict[str, Any]:
@@ -28,8 +31,16 @@ def load_config(folder: Path) -> dict[str, Any]:
             f"{folder}: no {CONFIG} (is this a PEFT adapter folder?)",
             path=str(folder),
         )
+    data = read_regular(path, _MAX_CONFIG_BYTES + 1)
+    if data is None:
+        raise InvalidAdapter(f"{path} is not a regular file", path=str(path))
+    if len(data) > _MAX_CONFIG_BYTES:
+        raise InvalidAdapter(
+            f"{CONFIG} is over {_MAX_CONFIG_BYTES >> 20} MiB: not an adapter config",
+            path=str(path),
+        )
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise InvalidAdapter(f"{CONFIG} is not UTF-8 text", path=str(path)) from None
     except json.JSONDecodeError as error:

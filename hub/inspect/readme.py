@@ -11,7 +11,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from hub.folders import read_regular
+
 _MAX_CHARS = 1000
+_MAX_READ_BYTES = 1 << 20
 _PLACEHOLDER = "[More Information Needed]"
 _TEMPLATE_TITLE = re.compile(r"^# Model Card for ", re.MULTILINE)
 # Sections of the template where a user writes what the adapter is.
@@ -30,7 +33,8 @@ def readme_description(readme: Path) -> str | None:
     """The README's front-matter ``description:``, else its first prose paragraph, else None.
 
     Args:
-        readme: path of a ``README.md`` (it need not exist).
+        readme: path of a ``README.md`` (it need not exist). Only a regular file is read,
+            and only its first MiB.
 
     Returns:
         One line (paragraph lines joined by spaces, at most 1000 characters) or None. PEFT's
@@ -43,10 +47,12 @@ def readme_description(readme: Path) -> str | None:
         >>> readme_description(path)
         'SQL from text'
     """
-    try:
-        text = readme.read_text(encoding="utf-8", errors="replace")
-    except OSError:
+    # Only a regular file, only its head: a FIFO or a link to /dev/zero must not hang a push
+    # or fill memory, and the description comes from the first paragraphs anyway.
+    data = read_regular(readme, _MAX_READ_BYTES)
+    if data is None:
         return None
+    text = data.decode("utf-8", errors="replace")
     front, body = _split_front_matter(text)
     described = front.get("description")
     if isinstance(described, str) and described.strip():

@@ -18,6 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from hub.folders import refuse_ignored
 from hub.locks import file_lock
 from hub.server.common import (
     BlobWriter,
@@ -63,7 +64,7 @@ def safe_relative_path(path: str) -> str:
         or len(parts) > 32
     ):
         raise InvalidArgument(f"invalid file path {path!r}: must stay inside the adapter folder")
-    return path
+    return refuse_ignored(path)  # the push rule: hidden files are refused, never dropped
 
 
 def check_file_tree(paths: Iterable[str]) -> None:
