@@ -10,6 +10,7 @@ Every edit is shape-checked against the base's safetensors headers before anythi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable
@@ -19,9 +20,20 @@ from typing import TYPE_CHECKING, Any
 
 from compose.deploy import deltas
 from compose.deploy.base import LM_HEAD, BaseFolder
+from compose.deploy.experts import Part, expert_delta, memory_map, parameter_shape
 from compose.deploy.stio import read_header, read_tensor
 from compose.peft_config import merge_refusal
-from compose.peft_patterns import adalora_scaling, module_matches
+from compose.peft_patterns import (
+    LORA_VARIANT_STATE,
+    TRAINABLE_TOKENS,
+    adalora_scaling,
+    base_weight_copy,
+    block_diagonal_factor,
+    lora_variant,
+    module_matches,
+    parameter_targets,
+    token_indices,
+)
 from schemas.errors import IncompatibleAdapters, InvalidAdapter
 from schemas.methods import METHODS
 
@@ -41,6 +53,8 @@ _FACTOR_SUFFIXES: dict[str, tuple[str, ...]] = {
         "lora_embedding_B",
         "lora_magnitude_vector",
         "lora_magnitude_vector.weight",
+        # KaSA's lora_diag is merged; VeLoRA's and MonteCLoRA's state only acts in training.
+        *(name for names in LORA_VARIANT_STATE.values() for name in names),
     ),
     "adalora": ("lora_A", "lora_B", "lora_E"),
     "ia3": ("ia3_l",),
@@ -79,7 +93,10 @@ class Edit:
     kind: str
     """``lora``, ``dora``, ``embedding-lora``, ``ia3``, ``loha``, ``lokr``, ``adalora``,
     ``vera``, ``bias`` (lora_bias), ``trained-bias`` (``bias="all"``/``"lora_only"``: replaces
-    the base's) or ``replace`` (modules_to_save)."""
+    the base's), ``replace`` (modules_to_save, saved embedding weights), ``tokens`` (trainable
+    token rows), ``parameter-lora`` / ``expert-lora`` (``target_parameters``), or a LoRA
+    variant's name (``bdlora``, ``kasa``...): the formats that ship plain LoRA factors
+    (gguf-lora, vLLM) accept ``lora`` only."""
     apply: Callable[[Tensor], Tensor]
     """fp32 weight -> new fp32 weight."""
     lora: LoraFactors | None = None
@@ -99,6 +116,8 @@ class Adapter:
     config: dict[str, Any]
     method: str
     edits: list[Edit] = field(default_factory=list)
+    resized: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Base tensor -> its new shape, where the adapter was trained on a resized vocabulary."""
 
     @property
     def targets(self) -> set[str]:
@@ -113,19 +132,40 @@ def _pattern(patterns: dict[str, Any] | None, module: str, default: Any) -> Any:
     return default
 
 
-def _group(
-    tensors: dict[str, Tensor], method: str
-) -> tuple[dict[str, dict[str, Tensor]], dict[str, Tensor]]:
-    """(module -> {factor suffix: tensor}, modules_to_save tensor name -> tensor)."""
+@dataclass
+class _Grouped:
+    """An adapter file's tensors by role."""
+
+    modules: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    """Adapted module -> {factor suffix: tensor}."""
+    saved: dict[str, Tensor] = field(default_factory=dict)
+    """modules_to_save tensor name -> tensor."""
+    copies: dict[tuple[str, str], Tensor] = field(default_factory=dict)
+    """(module, param) -> the base weight of an embedding layer PEFT saved."""
+    tokens: dict[str, Tensor] = field(default_factory=dict)
+    """Embedding module -> its trained token rows (``trainable_token_indices``)."""
+
+
+def _group(tensors: dict[str, Tensor], method: str, modules_to_save: Any = None) -> _Grouped:
+    """Sort an adapter file's tensors by role."""
+    from compose.peft_patterns import module_matches
+
     suffixes = sorted(_FACTOR_SUFFIXES[method], key=len, reverse=True)
-    modules: dict[str, dict[str, Tensor]] = {}
-    saved: dict[str, Tensor] = {}
+    out = _Grouped()
+    modules, saved = out.modules, out.saved
     for key, tensor in tensors.items():
         name = key.removeprefix(PREFIX)
         if name in ("base_model.vera_A", "base_model.vera_B"):
             continue  # VeRA's shared projections, read by the VeRA builder
+        if name.endswith(TRAINABLE_TOKENS):
+            out.tokens[name.removesuffix(TRAINABLE_TOKENS)] = tensor
+            continue
+        copy = base_weight_copy(name)
+        if copy is not None and not module_matches(copy[0], modules_to_save):
+            out.copies[copy] = tensor
+            continue
         if name.endswith(".base_layer.weight"):
-            continue  # PEFT's copy of the (unchanged) base embedding: nothing to merge
+            continue  # PEFT's copy of an (unchanged) base tensor: nothing to merge
         if name.endswith(".base_layer.bias"):
             # An adapted module's own bias, trained (bias="all"/"lora_only"): it replaces the
             # base's. (Replacing an unchanged copy would be exact too.)
@@ -138,7 +178,7 @@ def _group(
             if ".modules_to_save." in name:
                 name = re.sub(r"\.modules_to_save\.[^.]+\.", ".", name)
             saved[name] = tensor
-    return modules, saved
+    return out
 
 
 def load_adapter(folder: str | Path, base: BaseFolder, label: str | None = None) -> Adapter:
@@ -179,12 +219,17 @@ def load_adapter(folder: str | Path, base: BaseFolder, label: str | None = None)
     if refusal is not None:
         raise IncompatibleAdapters(f"adapter {label} {refusal}", adapter=label)
     _check_architecture(config, base, label)
+    _check_layer_replication(config, base, label)
     headers, _ = read_header(weights)
     tensors = {name: read_tensor(info).to(torch.float32) for name, info in headers.items()}
     adapter = Adapter(path, label, config, method)
-    modules, saved = _group(tensors, method)
+    grouped = _group(tensors, method, config.get("modules_to_save"))
+    if grouped.copies:
+        # Loaded over the base's weights before anything else, as PeftModel.from_pretrained does.
+        adapter.edits.extend(_copy_edits(grouped.copies, base, label, adapter.resized))
+        base = dataclasses.replace(base, resized={**base.resized, **adapter.resized})
     # Replacements first: a trained bias is the value a LoRA bias (lora_bias) then adds to.
-    for name, tensor in sorted(saved.items()):
+    for name, tensor in sorted(grouped.saved.items()):
         module, _, param = name.rpartition(".")
         target = base.resolve(module, param)
         trained_bias = param == "bias" and not module_matches(
@@ -208,9 +253,89 @@ def load_adapter(folder: str | Path, base: BaseFolder, label: str | None = None)
             )
         )
     builder = _BUILDERS[method]
-    for module, factors in sorted(modules.items()):
+    for module, factors in sorted(grouped.modules.items()):
         adapter.edits.extend(builder(module, factors, config, base, label, tensors))
+    for module, rows in sorted(grouped.tokens.items()):
+        adapter.edits.extend(_token_edits(module, rows, config, base, label))
     return adapter
+
+
+def _copy_edits(
+    copies: dict[tuple[str, str], Tensor],
+    base: BaseFolder,
+    label: str,
+    resized: dict[str, tuple[int, ...]],
+) -> list[Edit]:
+    """Replace the embedding layers' base weights with the copies PEFT saved (``resized``
+    gets the tensors whose vocabulary rows changed)."""
+    targets = {}
+    for (module, param), tensor in sorted(copies.items()):
+        target = _target(base, module, label, param)
+        expected, got = base.shape(target), tuple(tensor.shape)
+        if expected != got:
+            if target not in (base.embed_name, LM_HEAD) or expected[1:] != got[1:]:
+                _check_shape(label, f"{module}.{param} (saved base weight)", expected, got)
+            resized[target] = got
+        targets[target] = (module, tensor)
+    if base.tied and base.embed_name in targets and LM_HEAD not in targets:
+        # The tied output layer is the saved embedding weight too (untied on export).
+        targets[LM_HEAD] = ("lm_head", targets[base.embed_name][1])
+        if base.embed_name in resized:
+            resized[LM_HEAD] = resized[base.embed_name]
+    return [
+        Edit(
+            target,
+            module,
+            "replace",
+            _replacement(tensor),
+            rows=None if target in resized else _replacement_rows(tensor),
+        )
+        for target, (module, tensor) in targets.items()
+    ]
+
+
+def _token_edits(
+    module: str, rows: Tensor, config: dict[str, Any], base: BaseFolder, label: str
+) -> list[Edit]:
+    """``trainable_token_indices``: the trained rows replace the embedding's rows of those
+    token ids (PEFT's ``TrainableTokensLayer.merge``). On a tied base PEFT ties the output
+    layer to the same rows, so lm_head takes them too."""
+    import torch
+
+    target = _target(base, module, label)
+    indices = token_indices(
+        config.get("trainable_token_indices"), module, target == base.embed_name
+    )
+    shape = base.shape(target)
+    if indices is None or len(indices) != rows.shape[0]:
+        raise InvalidAdapter(
+            f"adapter {label}: module {module} has {rows.shape[0]} trained token rows but"
+            f" adapter_config.json's trainable_token_indices gives {indices!r} for it"
+        )
+    _check_shape(label, module + " (trainable tokens)", (len(indices), shape[1]), rows.shape)
+    if not all(isinstance(i, int) and 0 <= i < shape[0] for i in indices):
+        raise InvalidAdapter(
+            f"adapter {label}: trainable_token_indices {indices} for {module} are not all token"
+            f" ids below the vocabulary size {shape[0]}"
+        )
+    ids = torch.tensor(indices)
+    edit = Edit(
+        target,
+        module,
+        "tokens",
+        lambda w: w.index_copy_(0, ids, rows),
+        rows=lambda block, span: _copy_token_rows(block, span, ids, rows),
+    )
+    targets = [target]
+    if base.tied and target == base.embed_name:
+        targets.append(LM_HEAD)
+    return [dataclasses.replace(edit, target=t) for t in targets]
+
+
+def _copy_token_rows(block: Tensor, span: slice, ids: Tensor, rows: Tensor) -> Tensor:
+    inside = (ids >= span.start) & (ids < span.stop)
+    block[ids[inside] - span.start] = rows[inside]
+    return block
 
 
 def _replacement(tensor: Tensor) -> Callable[[Tensor], Tensor]:
@@ -234,6 +359,26 @@ def _check_architecture(config: dict[str, Any], base: BaseFolder, label: str) ->
         )
 
 
+def _check_layer_replication(config: dict[str, Any], base: BaseFolder, label: str) -> None:
+    """``layer_replication`` builds a deeper model than the base (copied layers share the base
+    weights, each with its own LoRA): no merge into the base's layers can hold it."""
+    ranges = config.get("layer_replication")
+    if not ranges:
+        return
+    try:
+        layers = sum(int(end) - int(start) for start, end in ranges)
+    except (TypeError, ValueError):
+        layers = None
+    built = f"a {layers}-layer model" if layers else "a deeper model"
+    depth = base.text_config().get("num_hidden_layers")
+    raise IncompatibleAdapters(
+        f"adapter {label} uses layer_replication {ranges}: PEFT builds {built} from the base's"
+        f" {depth or '?'} layers, each copy with its own LoRA, which a merge into the base's"
+        " layers cannot hold; serve the adapter unmerged with PEFT",
+        adapter=label,
+    )
+
+
 def _check_shape(label: str, module: str, expected: tuple[int, ...], got: tuple[int, ...]) -> None:
     if tuple(expected) != tuple(got):
         raise IncompatibleAdapters(
@@ -248,6 +393,11 @@ def _check_shape(label: str, module: str, expected: tuple[int, ...], got: tuple[
 
 def _target(base: BaseFolder, module: str, label: str, param: str = "weight") -> str:
     target = base.resolve(module, param)
+    if target is None:
+        # A module transformers renames when it loads (Mixtral's block_sparse_moe -> mlp).
+        parts = memory_map(base).get(f"{module}.{param}")
+        if parts is not None and len(parts) == 1 and parts[0].expert is None:
+            return parts[0].name
     if target is None:
         raise IncompatibleAdapters(
             f"adapter {label}: module {module} is not in the base {base.path}"
@@ -270,19 +420,23 @@ def _lora_edits(
     rank = int(_pattern(config.get("rank_pattern"), module, config.get("r", 8)))
     alpha = float(_pattern(config.get("alpha_pattern"), module, config.get("lora_alpha", rank)))
     scale = deltas.lora_scale(alpha, rank, rslora=bool(config.get("use_rslora")))
+    if parameter_targets(module, config.get("target_parameters")):
+        return _parameter_edits(module, f, config, base, label, rank, scale)
     fif = bool(config.get("fan_in_fan_out"))
     target = _target(base, module, label)
     shape = base.shape(target)
     if "lora_embedding_A" in f:
         _need(f, ("lora_embedding_A", "lora_embedding_B"), module, label)
         a, b = f["lora_embedding_A"], f["lora_embedding_B"]
-        if "lora_magnitude_vector" in f or "lora_magnitude_vector.weight" in f:
-            raise IncompatibleAdapters(
-                f"adapter {label}: DoRA on embedding {module} is not supported for export",
-                adapter=label,
-                module=module,
-            )
         _check_shape(label, module, shape, (a.shape[1], b.shape[0]))
+        magnitude = f.get("lora_magnitude_vector", f.get("lora_magnitude_vector.weight"))
+        if magnitude is not None:
+            # PEFT's DoraEmbeddingVariant: the embedding is DoRA on a fan_in_fan_out layer
+            # (one magnitude per embedding dimension, the norm taken over the vocabulary).
+            mag = magnitude.reshape(-1)
+            _check_shape(label, module + " (DoRA magnitude)", (shape[1],), tuple(mag.shape))
+            merge = lambda w: deltas.dora_merge(w, a, b, scale, mag, fan_in_fan_out=True)  # noqa: E731
+            return [Edit(target, module, "dora", merge)]
         factors = LoraFactors(a, b, scale, embedding=True)
         return [
             Edit(
@@ -302,6 +456,9 @@ def _lora_edits(
             adapter=label,
             module=module,
         )
+    a, b = _block_diagonal(module, a, b, config.get("use_bdlora"))
+    if "lora_diag" in f:
+        return _kasa_edits(module, target, a, b * f["lora_diag"], scale, shape, fif, label)
     dims = (b.shape[0], a.shape[1])
     _check_shape(label, module, shape, dims[::-1] if fif else dims)
     edits: list[Edit] = []
@@ -327,7 +484,7 @@ def _lora_edits(
             Edit(
                 target,
                 module,
-                "lora",
+                lora_variant(config) or "lora",  # a variant's folder is no plain LoRA
                 lambda w: deltas.add_lora_(w, a, b, scale, fan_in_fan_out=fif),
                 LoraFactors(a, b, scale),
                 rows=(
@@ -343,7 +500,15 @@ def _lora_edits(
         )
     if "lora_B.bias" in f:
         bias = f["lora_B.bias"]
-        bias_target = _target(base, module, label, "bias")
+        bias_target = base.resolve(module, "bias")
+        if bias_target is None:
+            raise IncompatibleAdapters(
+                f"adapter {label}: module {module} has a LoRA bias (lora_bias=true) but the"
+                f" base's {module} has no bias to merge it into; a merged model would need a"
+                " bias the architecture does not have: serve the adapter unmerged with PEFT",
+                adapter=label,
+                module=module,
+            )
         _check_shape(label, module + ".bias", base.shape(bias_target), tuple(bias.shape))
         edits.append(
             Edit(
@@ -355,6 +520,172 @@ def _lora_edits(
             )
         )
     return edits
+
+
+def _block_diagonal(module: str, a: Tensor, b: Tensor, bdlora: Any) -> tuple[Tensor, Tensor]:
+    """BD-LoRA: the block-diagonal factor expanded (PEFT's ``weight_as_blockdiagonal_matrix``:
+    the stored ``(rows, cols / n)`` weight cut into n row blocks along the diagonal)."""
+    factor = block_diagonal_factor(module, bdlora)
+    if factor is None:
+        return a, b
+    import torch
+
+    blocks = int(bdlora.get("nblocks") or 1)
+    expand = lambda w: torch.block_diag(*torch.chunk(w, blocks, dim=0))  # noqa: E731
+    return (expand(a), b) if factor == "A" else (a, expand(b))
+
+
+def _kasa_edits(
+    module: str,
+    target: str,
+    a: Tensor,
+    b: Tensor,
+    scale: float,
+    shape: tuple[int, ...],
+    fan_in_fan_out: bool,
+    label: str,
+) -> list[Edit]:
+    """KaSA: PEFT truncates the base weight to its rank ``k - r`` SVD approximation when it
+    builds the layer (the r smallest singular components dropped), then adds
+    ``scale * B diag(lora_diag) A`` (``b`` here already scaled by lora_diag)."""
+    if fan_in_fan_out:
+        raise IncompatibleAdapters(
+            f"adapter {label}: module {module} is a KaSA layer stored transposed"
+            " (fan_in_fan_out), which PEFT does not build",
+            adapter=label,
+            module=module,
+        )
+    _check_shape(label, module, shape, (b.shape[0], a.shape[1]))
+    rank = a.shape[0]
+    return [
+        Edit(
+            target,
+            module,
+            "kasa",
+            lambda w: deltas.add_lora_(deltas.svd_truncated(w, rank), a, b, scale),
+        )
+    ]
+
+
+def _parameter_edits(
+    module: str,
+    f: dict[str, Tensor],
+    config: dict[str, Any],
+    base: BaseFolder,
+    label: str,
+    rank: int,
+    scale: float,
+) -> list[Edit]:
+    """LoRA on a parameter (``target_parameters``): a router's 2-D weight, or a 3-D expert
+    stack whose per-expert deltas land on the base tensors each expert is stored in."""
+    _need(f, ("lora_A.weight", "lora_B.weight"), module, label)
+    a, b = f["lora_A.weight"], f["lora_B.weight"]
+    if "lora_B.bias" in f or "lora_magnitude_vector" in f:
+        raise IncompatibleAdapters(
+            f"adapter {label}: module {module} is a parameter LoRA with a bias or DoRA, which"
+            " PEFT's ParamWrapper does not have",
+            adapter=label,
+            module=module,
+        )
+    fitting, seen = [], []
+    for name in parameter_targets(module, config.get("target_parameters")):
+        parts = _parameter_parts(base, name)
+        if parts is None:
+            continue
+        shape = parameter_shape(base, parts)
+        seen.append(f"{name} {list(shape)}")
+        if _fits(shape, a, b, rank):
+            fitting.append((name, parts, shape))
+    if len(fitting) != 1:
+        found = "; ".join(seen) or "none of them is in the base"
+        raise IncompatibleAdapters(
+            f"adapter {label}: module {module} has lora_A {list(a.shape)} and lora_B"
+            f" {list(b.shape)}, which fit {len(fitting)} of the parameters its"
+            f" target_parameters names ({found}); the base does not match the adapter",
+            adapter=label,
+            module=module,
+        )
+    _, parts, shape = fitting[0]
+    if len(shape) == 2:
+        (part,) = parts
+        return [
+            Edit(
+                part.name,
+                module,
+                "parameter-lora",
+                lambda w: deltas.add_lora_(w, a, b, scale),
+                LoraFactors(a, b, scale),
+                rows=lambda block, rows: deltas.add_lora_(block, a, b[rows], scale),
+            )
+        ]
+    if _square(shape):
+        raise IncompatibleAdapters(
+            f"adapter {label}: module {module}'s experts are square {list(shape)}: whether PEFT"
+            " stored them transposed cannot be told from the shapes",
+            adapter=label,
+            module=module,
+        )
+    return [_expert_edit(part, module, a, b, scale, shape) for part in parts]
+
+
+def _square(shape: tuple[int, ...]) -> bool:
+    return len(shape) == 3 and shape[1] == shape[2]
+
+
+def _expert_edit(
+    part: Part, module: str, a: Tensor, b: Tensor, scale: float, shape: tuple[int, ...]
+) -> Edit:
+    """Add one expert's delta (or the whole stack's, for a stack stored as one tensor)."""
+    if part.expert is None:
+        count = shape[0]
+        return Edit(
+            part.name,
+            module,
+            "expert-lora",
+            lambda w: w.add_(
+                _stack([expert_delta(a, b, scale, shape, e, slice(None)) for e in range(count)])
+            ),
+        )
+    expert, rows = part.expert, part.rows
+
+    def add_rows(block: Tensor, span: slice) -> Tensor:
+        start = rows.start + span.start
+        return block.add_(
+            expert_delta(a, b, scale, shape, expert, slice(start, start + len(block)))
+        )
+
+    return Edit(
+        part.name,
+        module,
+        "expert-lora",
+        lambda w: w.add_(expert_delta(a, b, scale, shape, expert, rows)),
+        rows=add_rows,
+    )
+
+
+def _stack(tensors: list[Tensor]) -> Tensor:
+    import torch
+
+    return torch.stack(tensors)
+
+
+def _parameter_parts(base: BaseFolder, name: str) -> list[Part] | None:
+    """Where the in-memory parameter ``name`` is in the base's files, if anywhere."""
+    module, _, param = name.rpartition(".")
+    target = base.resolve(module, param)
+    if target is not None:
+        return [Part(target, None, slice(0, base.shape(target)[0]))]
+    return memory_map(base).get(name)
+
+
+def _fits(shape: tuple[int, ...], a: Tensor, b: Tensor, rank: int) -> bool:
+    """Whether LoRA factors of rank ``rank`` fit a parameter of ``shape`` as PEFT lays them
+    out: ``(out, in)``, or ``(experts, out, in)`` / ``(experts, in, out)`` with r x experts."""
+    if len(shape) == 2:
+        return a.shape == (rank, shape[1]) and b.shape == (shape[0], rank)
+    if len(shape) != 3 or a.shape[0] != rank * shape[0] or b.shape[1] != a.shape[0]:
+        return False
+    return (a.shape[1], b.shape[0]) in ((shape[2], shape[1]), (shape[1], shape[2]))
 
 
 def _adalora_edits(
@@ -526,3 +857,38 @@ def may_touch_embeddings(folders: list[Path], base: BaseFolder) -> bool:
         if any(leaves & set(name.split(".")) for name in names):
             return True
     return False
+
+
+def resizes_vocabulary(folders: list[Path], base: BaseFolder) -> bool:
+    """Whether any adapter folder carries an embedding weight whose shape differs from the
+    base's (trained on a resized vocabulary), from headers alone."""
+    for folder in folders:
+        weights = folder / "adapter_model.safetensors"
+        if not weights.is_file():
+            continue  # reported properly when the adapter is loaded
+        names, _ = read_header(weights)
+        for name, info in names.items():
+            copy = base_weight_copy(name.removeprefix(PREFIX))
+            target = copy and base.resolve(*copy)
+            if target and base.shape(target) != info.shape:
+                return True
+    return False
+
+
+def check_resized_format(adapters: list[Adapter], base: BaseFolder, fmt: str) -> None:
+    """Only a merged safetensors export writes a model whose vocabulary follows the adapter.
+
+    Raises:
+        IncompatibleAdapters: an adapter trained on a resized vocabulary, with another format.
+    """
+    for adapter in adapters:
+        # The input embedding first: the layer users resize.
+        for target, shape in sorted(adapter.resized.items(), key=lambda t: t[0] == LM_HEAD):
+            if fmt != "safetensors":
+                raise IncompatibleAdapters(
+                    f"adapter {adapter.label} was trained on a resized vocabulary ({target} has"
+                    f" {shape[0]} rows, the base's {base.shape(target)[0]}); --format {fmt}"
+                    " cannot change the vocabulary: export --format safetensors",
+                    adapter=adapter.label,
+                    module=target,
+                )

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compose.deploy.adapters import Adapter, load_adapter
-from compose.deploy.base import BaseFolder
+from compose.deploy.adapters import Adapter, check_resized_format, load_adapter
+from compose.deploy.base import SIDE_FILES, BaseFolder
 from compose.deploy.merged import keeps_layout
 from compose.deploy.output import check_disk_space, model_card
 from compose.deploy.peft_merge import (
@@ -145,6 +145,7 @@ def export_model(
             read_ahead = ReadAhead([base_folder.path / shard for shard in base_folder.shards])
             stack.callback(read_ahead.close)
         loaded = [load_adapter(s.path, base_folder, s.label) for s in sources]
+        check_resized_format(loaded, base_folder, spec.format)
         check = _CHECKS.get(spec.format)
         if check is not None:
             check(base_folder, loaded, spec)
@@ -240,6 +241,12 @@ def _write_safetensors(
     write_index(plan, staging, weight_map)
     write_config(plan, staging, spec.dtype)
     copy_side_files(base, staging)
+    if plan.resized:
+        # The new tokens' tokenizer is the one saved with the adapter, where there is one.
+        for source in sources:
+            for name in SIDE_FILES:
+                if name != "generation_config.json" and (source.path / name).is_file():
+                    shutil.copy2(source.path / name, staging / name)
     return {"dtype": spec.dtype or "as base", "shards": len(plan.shard_tensors)}, plan.untie
 
 

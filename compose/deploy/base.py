@@ -49,6 +49,8 @@ class BaseFolder:
     indexed: bool = False
     shard_metadata: dict[str, dict[str, str]] = field(default_factory=dict)
     """Shard file name -> its header's ``__metadata__``."""
+    resized: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Tensor name -> the shape an adapter gives it (a vocabulary resized for training)."""
 
     @classmethod
     def open(cls, path: str | Path) -> BaseFolder:
@@ -152,6 +154,8 @@ class BaseFolder:
 
     def shape(self, name: str) -> tuple[int, ...]:
         """Shape of tensor ``name``; the tied lm_head has the embedding's shape."""
+        if name in self.resized:
+            return self.resized[name]
         if name == LM_HEAD and LM_HEAD not in self.tensors and self.embed_name:
             return self.tensors[self.embed_name].shape
         return self.tensors[name].shape

@@ -48,6 +48,22 @@ def embedding_lora_delta(a: Tensor, b: Tensor, scale: float) -> Tensor:
     return (b @ a).T * scale
 
 
+def svd_truncated(weight: Tensor, drop: int) -> Tensor:
+    """``weight`` without its ``drop`` smallest singular components (KaSA's base truncation:
+    ``U[:, :k-r] diag(S[:k-r]) Vh[:k-r]``, PEFT's ``_truncate_base_weight``), fp32.
+
+    Raises:
+        ValueError: ``drop`` not below ``min(weight.shape)`` (PEFT refuses it too).
+    """
+    import torch
+
+    keep = min(weight.shape) - drop
+    if keep < 1:
+        raise ValueError(f"KaSA drops {drop} singular values of a {tuple(weight.shape)} weight")
+    u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+    return (u[:, :keep] * s[:keep]) @ vh[:keep]
+
+
 def dora_merge(
     weight: Tensor,
     a: Tensor,

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compose.deploy.adapters import Adapter, Edit, may_touch_embeddings, touches_embeddings
+from compose.deploy.adapters import (
+    Adapter,
+    Edit,
+    may_touch_embeddings,
+    resizes_vocabulary,
+    touches_embeddings,
+)
 from compose.deploy.base import INDEX_NAME, LM_HEAD, BaseFolder
 from compose.deploy.stio import BufferPool, Prefetcher, TensorInfo, read_tensor, torch_dtype
 from compose.deploy.writers import ShardCopier, StreamWriter
@@ -39,6 +45,12 @@ class MergePlan:
     edits: dict[str, list[Edit]] = field(default_factory=dict)
     shard_tensors: dict[str, list[str]] = field(default_factory=dict)
     """Shard file -> output tensor names, in the base's order (plus lm_head when untied)."""
+    resized: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Output tensors whose shape an adapter changes (a vocabulary resized for training)."""
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The output tensor's shape: the base's, unless an adapter resized it."""
+        return self.resized.get(name, self.source(name).shape)
 
     def source(self, name: str) -> TensorInfo:
         """The base tensor an output tensor starts from (the embedding for an untied lm_head)."""
@@ -62,6 +74,7 @@ def make_plan(base: BaseFolder, adapters: list[Adapter]) -> MergePlan:
     untie = base.tied and touches_embeddings(adapters, base)
     plan = MergePlan(base, adapters, untie)
     for adapter in adapters:
+        plan.resized.update(adapter.resized)
         for edit in adapter.edits:
             plan.edits.setdefault(edit.target, []).append(edit)
     for shard in base.shards:
@@ -179,7 +192,7 @@ def keeps_layout(base: BaseFolder, dtype: str | None, adapters: list[Path]) -> b
     """True when merging the adapter folders into ``base`` keeps its exact file layout: no
     tensor changes dtype and no ``lm_head`` is added (a tied base is untied only when an
     adapter touches the embeddings). Reads headers only, so it can run before torch loads."""
-    if base.tied and may_touch_embeddings(adapters, base):
+    if (base.tied and may_touch_embeddings(adapters, base)) or resizes_vocabulary(adapters, base):
         return False
     return all(output_dtype(info, dtype) == info.dtype for info in base.tensors.values())
 
@@ -256,7 +269,7 @@ def _open_shard(
         if entries_for is not None:
             entries.extend(entries_for(name, info, output_dtype(info, dtype)))
         else:
-            entries.append((name, output_dtype(info, dtype), info.shape))
+            entries.append((name, output_dtype(info, dtype), plan.shape(name)))
     metadata = {**plan.base.shard_metadata.get(shard, {}), "format": "pt"}
     return StreamWriter(out / shard, entries, metadata)
 
@@ -311,8 +324,15 @@ def write_index(plan: MergePlan, out: Path, weight_map: dict[str, str]) -> None:
 def write_config(
     plan: MergePlan, out: Path, dtype: str | None, extra: dict[str, Any] | None = None
 ) -> None:
-    """The base's config.json, untied when the plan unties, with the output dtype recorded."""
+    """The base's config.json, untied when the plan unties, with the output dtype recorded
+    and the vocabulary size of an adapter trained on a resized vocabulary."""
     config = dict(plan.base.config)
+    if plan.base.embed_name in plan.resized:
+        vocab = plan.resized[plan.base.embed_name][0]
+        if isinstance(config.get("text_config"), dict) and "vocab_size" in config["text_config"]:
+            config["text_config"] = {**config["text_config"], "vocab_size": vocab}
+        else:
+            config["vocab_size"] = vocab
     if plan.untie:
         config["tie_word_embeddings"] = False
         if isinstance(config.get("text_config"), dict):

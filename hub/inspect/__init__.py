@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from compose.peft_config import unknown_keys
+from compose.peft_patterns import LORA_FROZEN_STATE
 from hub.formats import refuse_foreign
 from hub.inspect.config import get_names, load_config, method_of
 from hub.inspect.methods import (
+    PREFIX,
     WEIGHTS,
     Analysis,
     TensorInfoGroups,
@@ -66,6 +68,11 @@ _CONFIG_DETAILS = (
     "use_qalora",
     "loftq_config",
     "alora_invocation_tokens",
+    "use_bdlora",
+    "kasa_config",
+    "velora_config",
+    "monteclora_config",
+    "ensure_weight_tying",
 )
 
 
@@ -147,7 +154,10 @@ def inspect_adapter(
     base_model = _text(config.get("base_model_name_or_path"))
     params_base = base_param_count(base_model, base_config, base_dirs)
     prompt = row.family == "prompt"
-    targets = sorted({m.rsplit(".", 1)[-1] for m in analysis.modules + analysis.saved_modules})
+    targets = sorted(
+        {name for m in analysis.modules for name in _target_names(m, config)}
+        | {m.rsplit(".", 1)[-1] for m in analysis.saved_modules}
+    )
     return InspectedAdapter(
         base_model=base_model,
         base_revision=_text(config.get("revision")),
@@ -199,6 +209,21 @@ def extra_adapters(folder: str | Path) -> list[str]:
     return subfolders
 
 
+def _target_names(module: str, config: dict[str, Any]) -> set[str]:
+    """The module's last name component; for a LoRA on parameters (``target_parameters``),
+    the parameters' (``gate_up_proj``), or the module's for a plain ``weight`` (a router)."""
+    from compose.peft_patterns import parameter_targets
+
+    names = parameter_targets(module, config.get("target_parameters"))
+    if not names:
+        return {module.rsplit(".", 1)[-1]}
+    found = set()
+    for name in names:
+        owner, _, param = name.rpartition(".")
+        found.add(owner.rsplit(".", 1)[-1] if param in ("weight", "bias") else param)
+    return found
+
+
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -232,7 +257,30 @@ def _analyse(
     analysis.modules = sorted(grouping.modules)
     analysis.saved_modules = grouping.saved
     analysis.bias_modules = grouping.biases
-    return analysis, grouping.shared | analysis.frozen
+    if grouping.copies:
+        analysis.details.update(_copies_details(grouping.copies))
+    buffers = (
+        {key for key in tensors if key.endswith(LORA_FROZEN_STATE)} if method == "lora" else set()
+    )
+    return analysis, grouping.shared | analysis.frozen | set(grouping.copies) | buffers
+
+
+def _copies_details(copies: dict[str, TensorInfo]) -> dict[str, Any]:
+    """The embedding layers PEFT saved whole, and the vocabulary size their rows give (it
+    differs from the base's when the vocabulary was resized for training)."""
+    from compose.peft_patterns import base_weight_copy
+
+    modules, rows = set(), set()
+    for key, info in copies.items():
+        found = base_weight_copy(key.removeprefix(PREFIX))
+        assert found is not None
+        modules.add(found[0])
+        if found[1] == "weight" and info.shape:
+            rows.add(info.shape[0])
+    details: dict[str, Any] = {"saved_embedding_layers": sorted(modules)}
+    if len(rows) == 1:
+        details["vocab_size"] = rows.pop()
+    return details
 
 
 def _details(

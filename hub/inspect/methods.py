@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compose.peft_patterns import adalora_mask_module
+from compose.peft_patterns import (
+    LORA_VARIANT_STATE,
+    adalora_mask_module,
+    block_diagonal_factor,
+    lora_variant,
+    parameter_targets,
+)
 from hub.inspect.config import (
     CONFIG,
     get_bool,
@@ -32,6 +38,7 @@ SUFFIXES: dict[str, tuple[str, ...]] = {
     "lora": (
         "lora_A.weight", "lora_B.weight", "lora_B.bias", "lora_magnitude_vector.weight",
         "lora_magnitude_vector", "lora_embedding_A", "lora_embedding_B",
+        *(name for names in LORA_VARIANT_STATE.values() for name in names),
     ),
     "adalora": ("lora_A.weight", "lora_B.weight", "lora_E.weight", "lora_A", "lora_B", "lora_E"),
     "ia3": ("ia3_l.weight", "ia3_l"),
@@ -110,14 +117,15 @@ def _varying(per_module: dict[str, int]) -> dict[str, int]:
 
 
 def _lora_variant(config: dict[str, Any]) -> str | None:
-    """The variant that defines the adapter most: DoRA, aLoRA, MiCA, then rsLoRA scaling."""
+    """The variant that defines the adapter most: DoRA, aLoRA, MiCA, BD-LoRA / KaSA / VeLoRA /
+    MonteCLoRA, then rsLoRA scaling."""
     if get_bool(config, "use_dora"):
         return "dora"
     if config.get("alora_invocation_tokens"):
         return "alora"
     if config.get("init_lora_weights") == "mica":
         return "mica"
-    return "rslora" if get_bool(config, "use_rslora") else None
+    return lora_variant(config) or ("rslora" if get_bool(config, "use_rslora") else None)
 
 
 def analyse_lora(config: dict[str, Any], groups: TensorInfoGroups) -> Analysis:
@@ -127,6 +135,7 @@ def analyse_lora(config: dict[str, Any], groups: TensorInfoGroups) -> Analysis:
     out = Analysis(alpha=get_float(config, "lora_alpha"), variant=_lora_variant(config))
     out.mergeable = out.variant != "alora"
     ranks: dict[str, int] = {}
+    experts: dict[str, int] = {}
     frozen = 0
     for module, parts in sorted(groups.items()):
         expected, origin = _expected_rank(config, module)
@@ -134,10 +143,25 @@ def analyse_lora(config: dict[str, Any], groups: TensorInfoGroups) -> Analysis:
         a_name = "lora_embedding_A" if embedding else "lora_A.weight"
         b_name = "lora_embedding_B" if embedding else "lora_B.weight"
         a, b = _need(parts, module, a_name), _need(parts, module, b_name)
-        if _dim(module, a, 0) != expected:
+        stored = _dim(module, a, 0)
+        if (
+            expected
+            and stored % expected == 0
+            and stored > expected
+            and parameter_targets(module, config.get("target_parameters"))
+        ):
+            # PEFT's ParamWrapper on an expert stack: r rows per expert in both factors.
+            experts[module] = stored // expected
+            expected, origin = stored, f"{origin} x {experts[module]} experts"
+        if stored != expected:
             raise _rank_mismatch(module, a.shape[0], a_name, origin)
-        if _dim(module, b, 1) != expected:
-            raise _rank_mismatch(module, b.shape[1], b_name, origin)
+        b_rank, b_origin = expected, origin
+        if block_diagonal_factor(module, config.get("use_bdlora")) == "B":
+            blocks = get_int(config["use_bdlora"], "nblocks", 1) or 1
+            b_rank, b_origin = expected // blocks, f"{origin} / nblocks={blocks} (BD-LoRA)"
+        if _dim(module, b, 1) != b_rank:
+            raise _rank_mismatch(module, b.shape[1], b_name, b_origin)
+        _check_variant_state(config, module, parts, expected)
         magnitude = parts.get("lora_magnitude_vector") or parts.get("lora_magnitude_vector.weight")
         if magnitude is not None and magnitude.numel != b.shape[0]:
             raise _shape_error(
@@ -145,7 +169,7 @@ def analyse_lora(config: dict[str, Any], groups: TensorInfoGroups) -> Analysis:
             )
         if use_dora and magnitude is None and not embedding:
             raise _shape_error(module, f"has no lora_magnitude_vector but {CONFIG} says use_dora")
-        ranks[module] = expected
+        ranks[module] = expected // experts.get(module, 1)
         if out.variant == "mica":  # PEFT registers B as a frozen weight (MiCALinearVariant)
             out.frozen.add(b.key)
             frozen += b.numel
@@ -158,7 +182,24 @@ def analyse_lora(config: dict[str, Any], groups: TensorInfoGroups) -> Analysis:
         use_rslora=use_rslora,
         use_dora=use_dora,
     )
+    if experts:
+        counts = set(experts.values())
+        out.details["experts"] = counts.pop() if len(counts) == 1 else experts
     return out
+
+
+def _check_variant_state(
+    config: dict[str, Any], module: str, parts: dict[str, TensorInfo], rank: int
+) -> None:
+    """A variant's per-module tensors only with that variant enabled; KaSA's ``lora_diag``
+    holds one value per rank component."""
+    for key, names in LORA_VARIANT_STATE.items():
+        present = [name for name in names if name in parts]
+        if present and not config.get(key):
+            raise _shape_error(module, f"has a {present[0]} tensor but {CONFIG} has no {key}")
+    diag = parts.get("lora_diag")
+    if diag is not None and diag.numel != rank:
+        raise _rank_mismatch(module, diag.numel, "lora_diag", f"r={rank}")
 
 
 def analyse_adalora(config: dict[str, Any], groups: TensorInfoGroups, weights: Path) -> Analysis:

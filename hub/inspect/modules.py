@@ -11,12 +11,16 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from compose.peft_patterns import (
+    EMBEDDING_LAYERS,
+    TRAINABLE_TOKENS,
+    base_weight_copy,
+    token_indices,
+)
 from hub.inspect.config import CONFIG, get_names, matches
 from hub.inspect.methods import PREFIX, SUFFIXES, WEIGHTS, TensorInfoGroups
 from hub.inspect.safetensors_header import TensorInfo
 from schemas.errors import InvalidAdapter
-
-_TRAINABLE_TOKENS = ".token_adapter.trainable_tokens_delta"
 
 
 @dataclass
@@ -31,6 +35,8 @@ class Grouping:
     """Keys of frozen tensors shared by all modules (VeRA's projections)."""
     biases: list[str]
     """Modules whose own bias was trained (``bias="all"``, ``"lora_only"``...)."""
+    copies: dict[str, TensorInfo]
+    """Keys of the embedding layers' base weights PEFT saved beside the adapter (frozen)."""
 
 
 def group_by_module(
@@ -50,6 +56,7 @@ def group_by_module(
     saved: set[str] = set()
     shared: set[str] = set()
     biases: set[str] = set()
+    copies: dict[str, TensorInfo] = {}
     for key, info in tensors.items():
         if method == "vera" and key.split(".")[-1] in ("vera_A", "vera_B"):
             shared.add(key)
@@ -59,12 +66,18 @@ def group_by_module(
         if suffix is not None:
             grouped.setdefault(name[: -len(suffix) - 1], {})[suffix] = info
             continue
-        if _TRAINABLE_TOKENS in name:
-            saved.add(name.split(_TRAINABLE_TOKENS)[0])
+        if TRAINABLE_TOKENS in name:
+            saved.add(_check_token_rows(config, name.split(TRAINABLE_TOKENS)[0], info))
             continue
         module = name.rsplit(".", 1)[0]
         if matches(module, modules_to_save, "modules_to_save"):
             saved.add(module)
+            continue
+        copy = base_weight_copy(name)
+        if copy is not None:
+            copies[key] = info
+            if _tied_embedding(config, copy[0], modules_to_save):
+                saved.add(copy[0])  # the trained tied copy (one parameter with the embedding's)
             continue
         if name.endswith(".bias") and isinstance(bias_mode, str) and bias_mode != "none":
             biases.add(module.removesuffix(".base_layer"))
@@ -83,7 +96,19 @@ def group_by_module(
                 f" while {CONFIG} says bias={bias_mode!r}",
                 module=stray[0],
             )
-    return Grouping(grouped, sorted(saved), shared, sorted(biases))
+    return Grouping(grouped, sorted(saved), shared, sorted(biases), copies)
+
+
+def _check_token_rows(config: dict[str, Any], module: str, info: TensorInfo) -> str:
+    """The trained token rows must be one per id in ``trainable_token_indices``."""
+    indices = token_indices(config.get("trainable_token_indices"), module, True)
+    if indices is None or not info.shape or info.shape[0] != len(indices):
+        raise InvalidAdapter(
+            f"{WEIGHTS}: module {module!r} has trained token rows of shape {info.shape} but"
+            f" {CONFIG}'s trainable_token_indices gives {indices!r} for it",
+            module=module,
+        )
+    return module
 
 
 def check_targets(config: dict[str, Any], modules: list[str]) -> None:
@@ -110,9 +135,15 @@ def check_targets(config: dict[str, Any], modules: list[str]) -> None:
         if targets is None and parameters is None:
             continue  # PEFT filled in per-architecture defaults: nothing to hold it against
         owner = re.sub(r"(\.base_layer)+$", "", module)
-        covered = matches(module, targets, "target_modules") or (
-            isinstance(parameters, list)
-            and any(matches(owner, [p.rsplit(".", 1)[0]], "target_parameters") for p in parameters)
+        covered = (
+            matches(module, targets, "target_modules")
+            or (
+                isinstance(parameters, list)
+                and any(
+                    matches(owner, [p.rsplit(".", 1)[0]], "target_parameters") for p in parameters
+                )
+            )
+            or _tied_embedding(config, module, targets)
         )
         if not covered:
             field, names = (
@@ -134,6 +165,15 @@ def check_targets(config: dict[str, Any], modules: list[str]) -> None:
                     f" layers_to_transform {sorted(layers)} ({CONFIG})",
                     module=module,
                 )
+
+
+def _tied_embedding(config: dict[str, Any], module: str, targets: Any) -> bool:
+    """With ``ensure_weight_tying``, PEFT gives the tied output layer the LoRA (or the trained
+    copy) of a targeted embedding and saves it, while the config names only the embedding."""
+    if not config.get("ensure_weight_tying") or module.rsplit(".", 1)[-1] not in EMBEDDING_LAYERS:
+        return False
+    names = [targets] if isinstance(targets, str) else list(targets or [])
+    return any(name.rsplit(".", 1)[-1] in EMBEDDING_LAYERS for name in names)
 
 
 def _layers_to_transform(config: dict[str, Any]) -> set[int] | None:

@@ -362,7 +362,203 @@ def _generic_config(peft_type: str, kwargs: dict[str, Any]) -> Callable[[], Any]
     return build
 
 
+def _lora_variant(key: str, sub_config: str, **kwargs: Any) -> Callable[[], Any]:
+    """A LoRA config with peft 0.21's variant sub-config ``key=peft...<sub_config>(...)``
+    (keyword arguments the sub-config takes go to it, the rest to the LoraConfig)."""
+
+    def build() -> Any:
+        import dataclasses
+
+        import peft as peft_module
+        from peft.tuners.lora import config as lora_config
+
+        cls = getattr(lora_config, sub_config)
+        names = {f.name for f in dataclasses.fields(cls)}
+        sub = cls(**{k: v for k, v in kwargs.items() if k in names})
+        rest = {k: v for k, v in kwargs.items() if k not in names}
+        return peft_module.LoraConfig(
+            task_type="CAUSAL_LM", r=4, lora_alpha=8, **{key: sub}, **rest
+        )
+
+    return build
+
+
 CASES += _generic_types()
+
+# -- valid adapters that were refused (issue 9): each is carded and merged now -------------
+EMBEDDINGS = ["q_proj", "embed_tokens", "lm_head"]
+# PEFT saves the targeted embedding layers' base weights beside the adapter (frozen copies).
+VELORA = {"init_type": "batch_average", "num_groups": 64, "scale": 1.0}
+MONTECLORA = {
+    "buffer_size": 150,
+    "dirichlet_prior": 0.1,
+    "kl_loss_weight": 1e-05,
+    "num_samples": 8,
+    "sample_scaler": 0.0001,
+    "use_entropy": False,
+}
+BDLORA = {"target_modules_bd_a": ["q_proj"], "target_modules_bd_b": ["o_proj"], "nblocks": 2}
+TOKENS = [3, 5, 7, 42]  # rows of new or retrained tokens (IDS uses 5, 7 and 42)
+SAVED_EMBEDDINGS = {"saved_embedding_layers": ["lm_head", "model.embed_tokens"], "vocab_size": 128}
+
+CASES.extend(
+    [
+        *(
+            Case(
+                f"{variant}-embeddings-{family}",
+                family,
+                peft(
+                    "LoraConfig",
+                    r=4,
+                    lora_alpha=8,
+                    use_dora=variant == "dora",
+                    target_modules=EMBEDDINGS,
+                ),
+                Card(
+                    "lora",
+                    "dora" if variant == "dora" else None,
+                    4,
+                    details=SAVED_EMBEDDINGS,
+                ),
+            )
+            for variant in ("lora", "dora")
+            for family in ("llama", "llama-tied")
+        ),
+        *(
+            Case(
+                f"trainable-tokens-{family}",
+                family,
+                peft("LoraConfig", r=4, target_modules=ATTENTION, trainable_token_indices=TOKENS),
+                Card(
+                    "lora",
+                    rank=4,
+                    targets=("embed_tokens", "q_proj", "v_proj"),
+                    details={"trainable_token_indices": TOKENS},
+                ),
+            )
+            for family in ("llama", "llama-tied")
+        ),
+        Case(
+            "moe-experts-mixtral",
+            "mixtral",
+            peft(
+                "LoraConfig",
+                r=4,
+                lora_alpha=8,
+                target_modules=["q_proj"],
+                target_parameters=["experts.gate_up_proj", "experts.down_proj"],
+            ),
+            # PEFT stores r x experts rows per factor; the card's rank is r.
+            Card(
+                "lora",
+                rank=4,
+                targets=("down_proj", "gate_up_proj", "q_proj"),
+                details={"experts": 4},
+            ),
+        ),
+        Case(
+            "moe-router-mixtral",
+            "mixtral",
+            peft("LoraConfig", r=4, lora_alpha=8, target_modules=["gate"]),
+            Card("lora", rank=4, targets=("gate",), details={"target_parameters": ["gate.weight"]}),
+        ),
+        *(
+            Case(
+                f"{variant}-llama",
+                "llama",
+                _lora_variant(key, sub_config, target_modules=ATTENTION),
+                Card("lora", variant, 4, details={key: details}),
+            )
+            for variant, key, sub_config, details in (
+                ("kasa", "kasa_config", "KasaConfig", {"beta": 0.0001, "gamma": 0.001}),
+                ("velora", "velora_config", "VeloraConfig", VELORA),
+                ("monteclora", "monteclora_config", "MontecloraConfig", MONTECLORA),
+            )
+        ),
+        Case(
+            "bdlora-llama",
+            "llama",
+            _lora_variant(
+                "use_bdlora", "BdLoraConfig", target_modules=["q_proj", "o_proj"], **BDLORA
+            ),
+            Card("lora", "bdlora", 4, details={"use_bdlora": {**BDLORA, "match_strict": True}}),
+        ),
+        Case(
+            "lora-bias-llama",
+            "llama",
+            peft("LoraConfig", r=4, lora_alpha=8, target_modules=ATTENTION, lora_bias=True),
+            Card("lora", rank=4, details={"lora_bias": True}),
+            export={
+                "safetensors": Refused(
+                    "has a LoRA bias (lora_bias=true) but the base's"
+                    " model.layers.0.self_attn.q_proj has no bias to merge it into"
+                )
+            },
+        ),
+        Case(
+            "lora-bias-qwen2",  # q/v have biases there: the LoRA bias merges into them
+            "qwen2",
+            peft("LoraConfig", r=4, lora_alpha=8, target_modules=ATTENTION, lora_bias=True),
+            Card("lora", rank=4, details={"lora_bias": True}),
+        ),
+        Case(
+            "layer-replication",
+            "llama",
+            peft(
+                "LoraConfig",
+                r=4,
+                lora_alpha=8,
+                target_modules=ATTENTION,
+                layer_replication=[[0, 2], [1, 2]],
+            ),
+            Card("lora", rank=4, details={"layers": [0, 1, 2]}),
+            export={
+                "safetensors": Refused(
+                    "uses layer_replication [[0, 2], [1, 2]]: PEFT builds a 3-layer model from"
+                    " the base's 2 layers"
+                )
+            },
+        ),
+        Case(
+            "ensure-weight-tying-lm-head",
+            "llama-tied",
+            peft(
+                "LoraConfig",
+                r=4,
+                lora_alpha=8,
+                target_modules=["q_proj", "lm_head"],
+                ensure_weight_tying=True,
+            ),
+            Card("lora", rank=4, details={"ensure_weight_tying": True}),
+        ),
+        Case(
+            "ensure-weight-tying-modules-to-save",
+            "llama-tied",
+            peft(
+                "LoraConfig",
+                r=4,
+                lora_alpha=8,
+                target_modules=ATTENTION,
+                modules_to_save=["lm_head"],
+                ensure_weight_tying=True,
+            ),
+            Card("lora", rank=4, details={"ensure_weight_tying": True}),
+        ),
+        Case(
+            "trainable-tokens-lm-head",
+            "llama",
+            peft(
+                "LoraConfig",
+                r=4,
+                target_modules=ATTENTION,
+                trainable_token_indices={"embed_tokens": TOKENS, "lm_head": [2, 9]},
+            ),
+            Card("lora", rank=4, targets=("embed_tokens", "lm_head", "q_proj", "v_proj")),
+        ),
+    ]
+)
+
+
 _IDS = [case.id for case in CASES]
 assert len(set(_IDS)) == len(_IDS), "duplicate case ids"
 
