@@ -189,11 +189,15 @@ def extra_adapters(folder: str | Path) -> list[str]:
 
     ``save_pretrained`` of a PeftModel holding several adapters writes ``default`` at the top
     and every other adapter in a subfolder of its name (``<folder>/<adapter>/adapter_config.
-    json``). X-LoRA's subfolders are the LoRAs it mixes, part of the one adapter.
+    json``). X-LoRA's subfolders are the LoRAs it mixes, and a composite's are its members:
+    parts of the one adapter.
     """
+    from compose.composites import COMPOSITE_FILE
     from hub.inspect.files import is_training_output
 
     root = Path(folder)
+    if (root / COMPOSITE_FILE).is_file():
+        return []  # a stack or ensemble: its members are parts of the one composite
     subfolders = sorted(
         p.name
         for p in root.iterdir()

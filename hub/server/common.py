@@ -307,7 +307,8 @@ def stage_files(registry: Registry, folder: Path, files: dict[str, str]) -> Path
         target = folder / path
         target.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(registry.store.path(digest), target)
-    left_out = sorted(set(files) - {rel for rel, _ in adapter_files(folder)})
+    stored = adapter_files(folder, trusted=[registry.store.blobs])
+    left_out = sorted(set(files) - {rel for rel, _ in stored})
     if left_out:
         raise InvalidArgument(
             f"file {left_out[0]!r} would not be stored: hidden files and __pycache__ folders"

@@ -158,9 +158,10 @@ def test_a_commit_never_drops_a_file_it_lists(live_server, tokens, adapters, tmp
     assert ".hidden.txt" in [f["path"] for f in files]
     with pytest.raises(InvalidArgument) as info:
         remote._json("POST", f"{API}/adapters/team/a/versions", {"files": files})
+    # The push rule (hub.folders.refuse_ignored) refuses it by name, before anything is staged.
     assert str(info.value) == (
-        "file '.hidden.txt' would not be stored: hidden files and __pycache__ folders are no"
-        " part of an adapter (leave them out of the commit)"
+        "file '.hidden.txt' is hidden (or under __pycache__): hub never stores such files;"
+        " leave it out of the upload"
     )
     with Registry(live_server.home) as reg, pytest.raises(AdapterNotFound):
         reg.show("team/a")
