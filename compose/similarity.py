@@ -72,10 +72,7 @@ def norm(u: Update) -> float:
 
 def cosine(u: Update, v: Update, *, module: str = "") -> float:
     """``<du, dv> / (|du| |dv|)``, in [-1, 1]; 0.0 when either update is zero."""
-    nu, nv = norm(u), norm(v)
-    if nu == 0.0 or nv == 0.0:
-        return 0.0
-    return _clamp(inner(u, v, module=module) / (nu * nv))
+    return _cosine(inner(u, v, module=module), inner(u, u), inner(v, v))
 
 
 def relative_distance(u: Update, v: Update, *, module: str = "") -> float:
@@ -85,11 +82,7 @@ def relative_distance(u: Update, v: Update, *, module: str = "") -> float:
     ``|du - dv|^2 = |du|^2 + |dv|^2 - 2 <du, dv>``, so it stays in low rank. 0.0 when both are
     zero.
     """
-    nu, nv = norm(u), norm(v)
-    if nu + nv == 0.0:
-        return 0.0
-    squared = nu * nu + nv * nv - 2.0 * inner(u, v, module=module)
-    return min(math.sqrt(max(squared, 0.0)) / (nu + nv), 1.0)
+    return _distance(inner(u, v, module=module), max(inner(u, u), 0.0), max(inner(v, v), 0.0))
 
 
 @dataclass
@@ -221,19 +214,21 @@ def compare(first: Mapping[str, Update], second: Mapping[str, Update]) -> Simila
     updates, concatenated over every module.
     """
     shared = sorted(set(first) & set(second))
-    dot = sum(inner(first[m], second[m], module=m) for m in shared)
-    sq1 = sum(norm(x) ** 2 for x in first.values())
-    sq2 = sum(norm(x) ** 2 for x in second.values())
+    # Each module's squared norms and cross term once (three r x r traces): cosine and
+    # distance follow from them, overall and per module.
+    sq_first = {m: max(inner(u, u), 0.0) for m, u in first.items()}
+    sq_second = {m: max(inner(v, v), 0.0) for m, v in second.items()}
+    cross = {m: inner(first[m], second[m], module=m) for m in shared}
     per_module = {
         m: {
-            "cosine": cosine(first[m], second[m], module=m),
-            "relative_distance": relative_distance(first[m], second[m], module=m),
+            "cosine": _cosine(cross[m], sq_first[m], sq_second[m]),
+            "relative_distance": _distance(cross[m], sq_first[m], sq_second[m]),
         }
         for m in shared
     }
-    overall_cos = _clamp(dot / math.sqrt(sq1 * sq2)) if sq1 > 0 and sq2 > 0 else 0.0
-    n1, n2 = math.sqrt(sq1), math.sqrt(sq2)
-    dist = min(math.sqrt(max(sq1 + sq2 - 2.0 * dot, 0.0)) / (n1 + n2), 1.0) if n1 + n2 > 0 else 0.0
+    dot, sq1, sq2 = sum(cross.values()), sum(sq_first.values()), sum(sq_second.values())
+    overall_cos = _cosine(dot, sq1, sq2)
+    dist = _distance(dot, sq1, sq2)
     union = set(first) | set(second)
     return Similarity(
         cosine=overall_cos,
@@ -243,6 +238,17 @@ def compare(first: Mapping[str, Update], second: Mapping[str, Update]) -> Simila
         only_second=sorted(set(second) - set(first)),
         target_overlap=len(shared) / len(union) if union else 1.0,
     )
+
+
+def _cosine(dot: float, sq1: float, sq2: float) -> float:
+    return _clamp(dot / math.sqrt(sq1 * sq2)) if sq1 > 0 and sq2 > 0 else 0.0
+
+
+def _distance(dot: float, sq1: float, sq2: float) -> float:
+    n1, n2 = math.sqrt(sq1), math.sqrt(sq2)
+    if n1 + n2 == 0.0:
+        return 0.0
+    return min(math.sqrt(max(sq1 + sq2 - 2.0 * dot, 0.0)) / (n1 + n2), 1.0)
 
 
 def _shape(u: Update) -> tuple[int, ...]:
