@@ -29,6 +29,8 @@ from schemas.errors import (
     AdapterNotFound,
     AuthError,
     HubError,
+    IndexDamaged,
+    IndexUnavailable,
     InvalidArgument,
     OutputExists,
     RevisionNotFound,
@@ -46,6 +48,10 @@ STATUS: dict[type[HubError], int] = {
     RevisionNotFound: 404,
     OutputExists: 409,
     StoreCorrupted: 500,
+    # The index is the server's own trouble, not the request's: a client may retry the
+    # first (a lock held too long, a full disk), an operator must restore the second.
+    IndexUnavailable: 503,
+    IndexDamaged: 500,
 }
 
 
