@@ -452,6 +452,7 @@ def verify(ctx: click.Context, rebuild_ref: str | None, as_json: bool) -> None:
                 "blobs_checked": report.blobs_checked,
                 "bytes_checked": report.bytes_checked,
                 "orphan_blobs": report.orphan_blobs,
+                "pending_uploads": report.pending_uploads,
                 "database": report.database,
                 "problems": [vars(p) for p in report.problems],
             }
@@ -462,6 +463,11 @@ def verify(ctx: click.Context, rebuild_ref: str | None, as_json: bool) -> None:
             f" database: {'ok' if report.database == 'ok' else 'DAMAGED'},"
             f" orphan blobs: {report.orphan_blobs}"
             + (" (remove with `hub gc`)" if report.orphan_blobs else "")
+            + (
+                f", uploads awaiting their commit: {report.pending_uploads}"
+                if report.pending_uploads
+                else ""
+            )
         )
     if not report.healthy:
         for problem in report.problems:

@@ -576,5 +576,12 @@ class Index:
             conn.execute("DELETE FROM uploads WHERE uploaded_at < ?", (before,))
             return {row[0] for row in conn.execute("SELECT DISTINCT sha256 FROM uploads")}
 
+    def pending_uploads(self, since: str) -> set[str]:
+        """The digests uploaded at or after ``since`` (ISO time): kept by gc for their commit."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT sha256 FROM uploads WHERE uploaded_at >= ?", (since,)
+        )
+        return {row[0] for row in rows}
+
     def integrity_check(self) -> str:
         return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])

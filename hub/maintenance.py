@@ -30,6 +30,9 @@ class VerifyReport:
     bytes_checked: int = 0
     problems: list[BlobProblem] = field(default_factory=list)
     orphan_blobs: int = 0
+    """Unreferenced blobs `hub gc` would remove."""
+    pending_uploads: int = 0
+    """Unreferenced blobs uploaded within the grace period: kept by `hub gc` for their commit."""
     database: str = "ok"
 
     @property
@@ -47,7 +50,7 @@ class GcReport:
     """Scratch folders under ``tmp/`` that killed composes, exports and loads left behind."""
 
 
-def verify_store(registry: Registry) -> VerifyReport:
+def verify_store(registry: Registry, *, upload_grace: timedelta = UPLOAD_GRACE) -> VerifyReport:
     """Re-hash every referenced blob; name the versions of missing or corrupted ones.
 
     A damaged index (missing next to a non-empty store, truncated, not a database) is reported
@@ -58,6 +61,7 @@ def verify_store(registry: Registry) -> VerifyReport:
         index = registry.index
         report = VerifyReport(database=index.integrity_check())
         referenced = index.referenced_digests()
+        pending = index.pending_uploads(since=grace_start(upload_grace))
     except IndexDamaged as error:
         return VerifyReport(database=str(error))
     bad: dict[str, str] = {}
@@ -69,7 +73,13 @@ def verify_store(registry: Registry) -> VerifyReport:
                 report.bytes_checked += store.path(digest).stat().st_size
             else:
                 bad[digest] = status
-        report.orphan_blobs = sum(1 for d in store.iter_digests() if d not in referenced)
+        for digest in store.iter_digests():
+            if digest in referenced:
+                continue
+            if digest in pending:
+                report.pending_uploads += 1
+            else:
+                report.orphan_blobs += 1
     users = index.versions_using(set(bad))
     report.problems = [BlobProblem(d, s, users[d]) for d, s in sorted(bad.items())]
     return report

@@ -440,3 +440,30 @@ def test_gc_report_counts_kept_uploads(live_server, tokens):
     )
     with pytest.raises(HubError):
         RemoteRegistry(live_server.url, tokens["reader"])._request("HEAD", f"{API}/blobs/{digest}")
+
+
+def test_verify_counts_a_pending_upload_apart_from_orphans(live_server, tokens):
+    data = b"an upload whose commit is still to come"
+    digest = hashlib.sha256(data).hexdigest()
+    request = urllib.request.Request(
+        f"{live_server.url}{API}/blobs/{digest}",
+        data=data,
+        method="PUT",
+        headers={"Authorization": f"Bearer {tokens['writer']}"},
+    )
+    urllib.request.urlopen(request).close()
+    with Registry(live_server.home) as reg:
+        reg.store.put_bytes(b"a blob nothing references")
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", "--home", str(live_server.home), "verify"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stdout) == (
+        0,
+        "Checked 0 blobs (0 B), database: ok, orphan blobs: 1 (remove with `hub gc`),"
+        " uploads awaiting their commit: 1\nRegistry is healthy.\n",
+    )
+    report = hub_gc(live_server.home)
+    assert (report["blobs_removed"], report["uploads_kept"]) == (1, 1)
