@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -187,6 +188,26 @@ def model_bytes(model: Any) -> int:
     return total
 
 
+@contextmanager
+def _native_stderr_muted() -> Iterator[None]:
+    """The profiler's C++ side logs start/stop lines straight to file descriptor 2 (no
+    setting turns them off); send that descriptor to /dev/null meanwhile. Python exceptions
+    are unaffected: they are printed after it is restored."""
+    import os
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def activation_peak(fn: Callable[[], Any], device: Any) -> int:
     """Peak bytes allocated while ``fn()`` runs, above what was allocated when it started."""
     import torch
@@ -200,7 +221,10 @@ def activation_peak(fn: Callable[[], Any], device: Any) -> int:
         return int(torch.cuda.max_memory_allocated() - before)
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with (
+        _native_stderr_muted(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+    ):
         fn()
     events = [
         e
