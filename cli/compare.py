@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from cli.eval import eval_progress, format_estimate
+from cli.eval_format import MODES, format_forgetting_cell, format_overhead_cell
 from cli.output import human_count, human_size, method_label, print_json, print_table
 
 
@@ -20,7 +21,10 @@ def _metric_columns(adapters: list[dict[str, Any]]) -> list[str]:
 def _table(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     adapters = report["adapters"]
     columns = _metric_columns(adapters)
+    modes = [m for m in MODES if any(m in (a.get("cost") or {}) for a in adapters)]
+    forgetting = any(a.get("forgetting") for a in adapters)
     headers = ["ADAPTER", "METHOD", "RANK", "TARGETS", "PARAMS", "SIZE", "OVERHEAD", *columns]
+    headers += ["FORGETTING"] * forgetting + [f"COST {m.upper()}" for m in modes]
     rows = []
     for a in adapters:
         rows.append(
@@ -34,6 +38,8 @@ def _table(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
                 human_size(a["size_bytes"]),
                 a["overhead"],
                 *(format_estimate(a["metrics"][c]) if c in a["metrics"] else "" for c in columns),
+                *([format_forgetting_cell(a.get("forgetting"))] if forgetting else []),
+                *(format_overhead_cell((a.get("cost") or {}).get(m)) for m in modes),
             ]
         )
     return headers, rows
@@ -53,7 +59,8 @@ def _markdown(headers: list[str], rows: list[list[Any]]) -> str:
 @click.option(
     "--data",
     type=click.Path(path_type=Path),
-    help="Evaluate every adapter on this JSONL first (as `hub eval`), then compare.",
+    help="Evaluate every adapter on this JSONL first (as `hub eval`), then compare, with the"
+    " output-space similarity on it (mean per-token KL, top-1 agreement).",
 )
 @click.option("--base", help="Base model for --data (default: each card's).")
 @click.option("--eval", "eval_ids", multiple=True, help="Compare only these eval records.")
@@ -62,7 +69,8 @@ def _markdown(headers: list[str], rows: list[list[Any]]) -> str:
     "--plot",
     "plot_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Write pareto, similarity and spectra plots (PNG and SVG) into this folder.",
+    help="Write pareto, similarity and spectra plots (PNG and SVG) into this folder; with"
+    " --data also output-agreement and output-kl heatmaps.",
 )
 @click.option(
     "--axes",
@@ -103,7 +111,7 @@ def compare_command(
     if data is not None:
         records = registry.evaluate(list(refs), data, base=base, seed=seed, progress=eval_progress)
         ids += [r["id"] for r in records]
-    report = compare(registry, list(refs), eval_ids=ids, seed=seed)
+    report = compare(registry, list(refs), eval_ids=ids, seed=seed, data=data, base=base)
     if plot_dir is not None:
         x, _, y = axes.partition(",")
         for path in write_plots(report, plot_dir, x=x, y=y or None):
@@ -145,3 +153,30 @@ def compare_command(
     )
     for ref, why in sim["skipped"].items():
         click.echo(f"  {ref.split('@')[0]}: {why}")
+    outputs = report.get("output_similarity")
+    if outputs:
+        click.echo(
+            f"\noutput similarity on {outputs['dataset']['name']} ({outputs['positions']}"
+            " positions): mean KL(row || column) nats / top-1 agreement"
+        )
+        print_table(
+            ["", *names, "base"],
+            [
+                [
+                    name,
+                    *(
+                        "-" if kl is None else f"{kl:.3g} / {agree:.0%}"
+                        for kl, agree in zip(kl_row, agree_row, strict=True)
+                    ),
+                    "-" if kb is None else f"{kb:.3g} / {ab:.0%}",
+                ]
+                for name, kl_row, agree_row, kb, ab in zip(
+                    names,
+                    outputs["kl"],
+                    outputs["top1_agreement"],
+                    outputs["kl_to_base"],
+                    outputs["top1_agreement_with_base"],
+                    strict=True,
+                )
+            ],
+        )

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from cli.eval_format import extra_lines
 from cli.output import json_option, print_json, print_table
 from schemas.errors import InvalidArgument
 
@@ -26,6 +27,17 @@ def format_delta(delta: dict[str, Any] | None) -> str:
     if "ratio" in delta:
         return f"x{delta['ratio']:.4g} [{delta['ci95'][0]:.4g}, {delta['ci95'][1]:.4g}]"
     return f"{delta['value']:+.4g} [{delta['ci95'][0]:+.4g}, {delta['ci95'][1]:+.4g}]"
+
+
+def _int_list(option: str, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise InvalidArgument(
+            f"{option} {value!r}: expected comma-separated integers, e.g. 16,64"
+        ) from None
 
 
 def eval_progress(label: str, total: int) -> Any:
@@ -54,6 +66,28 @@ def eval_progress(label: str, total: int) -> Any:
 )
 @click.option("--no-base", is_flag=True, help="Do not score the base model for comparison.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option(
+    "--forgetting",
+    type=click.Path(path_type=Path),
+    help="JSONL of general {text} rows: record the change in per-token cross-entropy on it"
+    " against the base (forgetting), with a 95% interval.",
+)
+@click.option(
+    "--cost",
+    is_flag=True,
+    help="Also measure inference cost: base, unmerged and merged latency, memory, load and"
+    " merge time, merged-vs-unmerged output differences.",
+)
+@click.option("--cost-runs", type=int, help="Timed runs per configuration (>= 10; default 10).")
+@click.option("--cost-warmup", type=int, help="Untimed runs first (default 2 on CPU, 3 on GPU).")
+@click.option(
+    "--cost-lengths",
+    help="Prompt lengths in tokens, comma-separated (default 16,64 on CPU, 128,512 on GPU).",
+)
+@click.option("--cost-batch-sizes", help="Batch sizes, comma-separated (default 1,8).")
+@click.option(
+    "--cost-new-tokens", type=int, help="Tokens generated per run (default 8 on CPU, 32 on GPU)."
+)
 @json_option
 @click.pass_context
 def eval_command(
@@ -68,6 +102,13 @@ def eval_command(
     dtype: str,
     no_base: bool,
     seed: int,
+    forgetting: Path | None,
+    cost: bool,
+    cost_runs: int | None,
+    cost_warmup: int | None,
+    cost_lengths: str | None,
+    cost_batch_sizes: str | None,
+    cost_new_tokens: int | None,
     as_json: bool,
 ) -> None:
     """Measure adapters on a JSONL file and record the results on their versions.
@@ -75,11 +116,13 @@ def eval_command(
     For each adapter and metric: the value, n, standard error and a seeded 95% bootstrap
     interval; unless --no-base, the base model on the same rows and the paired difference.
     The dataset and the per-example scores are stored with the record (see `hub show`).
+    Stacks and ensembles run through their own runner (an ensemble's members in one batch).
 
     \b
     Example:
         hub eval team/sql-lora team/sql-dora --data sql-dev.jsonl --base models/llama
         hub eval team/sql-lora --data sql-dev.jsonl --metric exact_match --limit 200 --json
+        hub eval team/sql-lora --data sql-dev.jsonl --forgetting wiki.jsonl --cost
     """
     from hub.registry import Registry
 
@@ -94,6 +137,15 @@ def eval_command(
         dtype=dtype,
         with_base=not no_base,
         seed=seed,
+        forgetting=forgetting,
+        cost=cost,
+        cost_options={
+            "runs": cost_runs,
+            "warmup": cost_warmup,
+            "prompt_lengths": _int_list("--cost-lengths", cost_lengths),
+            "batch_sizes": _int_list("--cost-batch-sizes", cost_batch_sizes),
+            "new_tokens": cost_new_tokens,
+        },
         progress=eval_progress,
     )
     if as_json:
@@ -114,6 +166,9 @@ def eval_command(
                 ]
             )
     print_table(["adapter", "metric", "value [95% CI]", "base", "delta [95% CI]", "n"], rows)
+    for record in records:
+        for line in extra_lines(record):
+            click.echo(f"{record['ref'].split('@')[0]}  {line}")
     for record in records:
         click.echo(
             f"Recorded {record['id']} on {record['ref']} ({record['dataset']['name']},"

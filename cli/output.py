@@ -180,6 +180,8 @@ def print_card(card: dict[str, Any], evals: Sequence[dict[str, Any]] = ()) -> No
             f"  {printable(entry['path'])}  {human_size(entry['size'])}"
             f"  sha256:{entry['sha256'][:16]}"
         )
+    from cli.eval_format import extra_lines
+
     if evals:
         click.echo("evals:")
     for record in evals:
@@ -194,3 +196,5 @@ def print_card(card: dict[str, Any], evals: Sequence[dict[str, Any]] = ()) -> No
             for name, s in record.get("metrics", {}).items()
         )
         click.echo(printable(f"  {record['id']}  {record.get('source')}  {where}  {results}"))
+        for line in extra_lines(record):
+            click.echo(printable(f"    {line}"))

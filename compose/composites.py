@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 
 from schemas.card import PROMPT_METHODS
@@ -266,6 +267,83 @@ class EnsembleModel:
             next_token = self.logprobs(ids)[:, -1].argmax(-1, keepdim=True)
             ids = torch.cat([ids, next_token], dim=1)
         return ids
+
+
+class EnsembleLM:
+    """An ``EnsembleModel`` with the interface of a causal LM, so evaluation and cost
+    measurement run it like any model: ``model(input_ids=, attention_mask=).logits`` and a
+    greedy ``generate``.
+
+    The logits are the ensemble's log-probabilities renormalised over the vocabulary
+    (``log_softmax`` of the members' mean log-probabilities: the normalised product of
+    experts; for ``vote``, the vote shares). Every member runs in the same forward pass.
+    ``generate`` recomputes the whole sequence each step (no KV cache: the members' prompts
+    make the cache N times larger than the base's).
+    """
+
+    def __init__(self, ensemble: EnsembleModel) -> None:
+        self.ensemble = ensemble
+        self.config = ensemble.model.config
+
+    def eval(self) -> EnsembleLM:
+        return self
+
+    def parameters(self) -> Iterator[Tensor]:
+        yield from self.ensemble.model.parameters()
+        yield from self.ensemble.prompts
+
+    def buffers(self) -> Iterator[Tensor]:
+        yield from self.ensemble.model.buffers()
+
+    def __call__(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, **_: Any
+    ) -> SimpleNamespace:
+        import torch
+
+        logprobs = self.ensemble.logprobs(input_ids, attention_mask)
+        return SimpleNamespace(logits=torch.log_softmax(logprobs, dim=-1))
+
+    def generate(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        max_new_tokens: int = 20,
+        min_new_tokens: int = 0,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        logits_processor: Sequence[Any] = (),
+        **_: Any,
+    ) -> Tensor:
+        """Greedy decoding from the ensemble's distribution, left-padded batches allowed;
+        returns prompt + new tokens (pad after a sequence's EOS), as ``transformers`` does."""
+        import torch
+
+        ids = input_ids
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        for step in range(max_new_tokens):
+            scores = self(ids, mask).logits[:, -1]
+            for processor in logits_processor:
+                scores = processor(ids, scores)
+            if eos_token_id is not None and step < min_new_tokens:
+                scores[:, eos_token_id] = -float("inf")
+            next_token = scores.argmax(-1)
+            if pad_token_id is not None:
+                next_token = torch.where(done, torch.full_like(next_token, pad_token_id),
+                                         next_token)  # fmt: skip
+            ids = torch.cat([ids, next_token[:, None]], dim=1)
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            if eos_token_id is not None:
+                done |= next_token == eos_token_id
+                if bool(done.all()):
+                    break
+        return ids
+
+
+def language_model(loaded: Any) -> Any:
+    """What ``load_composed`` returned, as a causal LM (an ensemble gets ``EnsembleLM``)."""
+    return EnsembleLM(loaded) if isinstance(loaded, EnsembleModel) else loaded
 
 
 def average_prompts(

@@ -153,6 +153,59 @@ def paired_delta(
     )
 
 
+def paired_token_delta(
+    a_sums: Sequence[float],
+    b_sums: Sequence[float],
+    tokens: Sequence[int],
+    *,
+    seed: int = 0,
+    resamples: int = DEFAULT_RESAMPLES,
+) -> PairedDelta:
+    """The per-token paired difference of two systems over documents: ``sum(a - b) / sum(n)``
+    where document i has ``tokens[i]`` tokens whose losses sum to ``a_sums[i]`` and
+    ``b_sums[i]``. The bootstrap resamples whole documents (a cluster bootstrap: the tokens of
+    one document are not independent draws), recomputing the ratio of sums each time.
+
+    With every document of the same length this is ``paired_delta`` of the per-document means
+    (same resamples, same interval). The standard error is the ratio estimator's (delta method).
+    """
+    import numpy as np
+
+    x, y = _array(a_sums), _array(b_sums)
+    n = np.asarray(tokens, dtype=np.float64)
+    if not (x.size == y.size == n.size):
+        raise ValueError(f"paired sums need the same documents ({x.size}, {y.size}, {n.size})")
+    if (n <= 0).any():
+        raise ValueError("every document needs at least one scored token")
+    diff = x - y
+    rng = np.random.Generator(np.random.PCG64(seed))
+    size = diff.size
+    chunk = max(1, min(resamples, 4_000_000 // max(size, 1)))
+    ratios = np.empty(resamples, dtype=np.float64)
+    for start in range(0, resamples, chunk):
+        stop = min(start + chunk, resamples)
+        idx = rng.integers(0, size, size=(stop - start, size))
+        ratios[start:stop] = diff[idx].sum(axis=1) / n[idx].sum(axis=1)
+    observed = float(diff.sum() / n.sum())
+    if size < 2:
+        err = 0.0
+    else:  # delta method for a ratio of means: residuals d_i - r * n_i over mean(n)
+        residual = diff - observed * n
+        err = float(residual.std(ddof=1) / math.sqrt(size) / n.mean())
+    if not np.any(diff != 0):
+        p_value = 1.0
+    else:
+        beyond = int((ratios <= 0).sum()) if observed > 0 else int((ratios >= 0).sum())
+        p_value = min(1.0, 2.0 * (beyond + 1) / (resamples + 1))
+    return PairedDelta(
+        value=observed,
+        n=int(size),
+        stderr=err,
+        ci95=_percentile_interval(ratios, 0.95),
+        p_value=p_value,
+    )
+
+
 def mcnemar(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> float:
     """Exact two-sided McNemar p-value for paired binary outcomes (right/wrong per example).
 

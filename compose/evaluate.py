@@ -23,7 +23,7 @@ the logits cast to fp32). No file I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +45,7 @@ class Scored:
 
 
 @dataclass(frozen=True)
-class _Span:
+class Span:
     """One sequence to score: its token ids and which positions count."""
 
     ids: list[int]
@@ -54,7 +54,7 @@ class _Span:
 
 def _spans_for_continuations(
     tokenizer: Any, prompt: str, continuations: Sequence[str]
-) -> list[_Span]:
+) -> list[Span]:
     ctx = tokenizer(prompt)["input_ids"]
     spans = []
     for continuation in continuations:
@@ -62,7 +62,24 @@ def _spans_for_continuations(
         start = max(len(ctx), 1)
         if start >= len(whole):  # the continuation vanished into the prompt's tokens
             start = len(whole) - 1
-        spans.append(_Span(ids=whole, start=start))
+        spans.append(Span(ids=whole, start=start))
+    return spans
+
+
+def data_spans(tokenizer: Any, data: EvalData) -> list[Span]:
+    """The sequences scoring runs for ``data``'s log-likelihoods, in order: one per text row,
+    one per prompt + target, one per prompt + choice (choices of a row consecutive)."""
+    spans: list[Span] = []
+    for row in data.rows:
+        if data.kind == "text":
+            ids = tokenizer(row.text)["input_ids"]
+            if len(ids) < 2:
+                raise ValueError(f"a text row of {len(ids)} token has nothing to score")
+            spans.append(Span(ids=ids, start=1))
+        elif data.kind == "generation":
+            spans += _spans_for_continuations(tokenizer, row.prompt or "", [row.target or ""])
+        else:
+            spans += _spans_for_continuations(tokenizer, row.prompt or "", row.choices)
     return spans
 
 
@@ -70,19 +87,24 @@ Progress = Callable[[int], None]
 """Called with the number of sequences just finished (scored or generated)."""
 
 
-def _logprobs(
+def scored_distributions(
     model: Any,
-    spans: Sequence[_Span],
+    spans: Sequence[Span],
     *,
     batch_size: int,
     device: Any,
     pad_id: int,
-    progress: Progress | None,
-) -> list[list[float]]:
-    """For each span, the log-probability of each scored token given the tokens before it."""
+    progress: Progress | None = None,
+) -> Iterator[tuple[Span, torch.Tensor]]:
+    """For each span, in order: the model's fp32 log-probabilities over the vocabulary at the
+    positions that predict its scored tokens, ``(len(ids) - start, vocab)``.
+
+    Prompt-learning models (prompt tuning, P-tuning through PEFT) return logits for their
+    virtual tokens too, in front of the input's: those leading positions are dropped, so row
+    ``t`` always predicts ``ids[start + t]``.
+    """
     import torch
 
-    out: list[list[float]] = []
     for first in range(0, len(spans), batch_size):
         batch = spans[first : first + batch_size]
         width = max(len(s.ids) for s in batch)
@@ -93,13 +115,32 @@ def _logprobs(
             mask[i, : len(span.ids)] = 1
         with torch.no_grad():
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        logits = logits[:, logits.shape[1] - width :]  # drop virtual-token positions
         logp = torch.log_softmax(logits.float(), dim=-1)
         for i, span in enumerate(batch):
-            targets = torch.tensor(span.ids[span.start :], device=logp.device)
-            rows = logp[i, span.start - 1 : len(span.ids) - 1]
-            out.append(rows.gather(1, targets.unsqueeze(1)).squeeze(1).double().tolist())
+            yield span, logp[i, span.start - 1 : len(span.ids) - 1]
         if progress:
             progress(len(batch))
+
+
+def _logprobs(
+    model: Any,
+    spans: Sequence[Span],
+    *,
+    batch_size: int,
+    device: Any,
+    pad_id: int,
+    progress: Progress | None,
+) -> list[list[float]]:
+    """For each span, the log-probability of each scored token given the tokens before it."""
+    import torch
+
+    out: list[list[float]] = []
+    for span, rows in scored_distributions(
+        model, spans, batch_size=batch_size, device=device, pad_id=pad_id, progress=progress
+    ):
+        targets = torch.tensor(span.ids[span.start :], device=rows.device)
+        out.append(rows.gather(1, targets.unsqueeze(1)).squeeze(1).double().tolist())
     return out
 
 
@@ -172,32 +213,21 @@ def score(
     Returns:
         ``Scored``: per-example scores per metric, greedy predictions for ``exact_match``.
     """
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     common: dict[str, Any] = dict(
-        batch_size=batch_size, device=device, pad_id=pad_id, progress=progress
+        batch_size=batch_size, device=device, pad_id=pad_token(tokenizer), progress=progress
     )
     scores: dict[str, list[float]] = {m: [] for m in metrics}
     result = Scored(scores=scores)
     rows = data.rows
     if data.kind == "text":
-        spans = []
-        for row in rows:
-            ids = tokenizer(row.text)["input_ids"]
-            if len(ids) < 2:
-                raise ValueError(f"a text row of {len(ids)} token has nothing to score")
-            spans.append(_Span(ids=ids, start=1))
-        for lp in _logprobs(model, spans, **common):
+        for lp in _logprobs(model, data_spans(tokenizer, data), **common):
             ce = -math.fsum(lp) / len(lp)
             for name in metrics:  # perplexity is derived from the mean cross-entropy
                 scores[name].append(ce)
             result.tokens_scored += len(lp)
     elif data.kind == "generation":
         if "target_logprob" in metrics:
-            spans = [_spans_for_continuations(tokenizer, r.prompt or "", [r.target or ""])[0]
-                     for r in rows]  # fmt: skip
-            for lp in _logprobs(model, spans, **common):
+            for lp in _logprobs(model, data_spans(tokenizer, data), **common):
                 scores["target_logprob"].append(math.fsum(lp) / len(lp))
                 result.tokens_scored += len(lp)
         if "exact_match" in metrics:
@@ -209,12 +239,8 @@ def score(
                 for p, r in zip(result.predictions, rows, strict=True)
             ]
     else:
-        spans, owners = [], []
-        for index, row in enumerate(rows):
-            for span in _spans_for_continuations(tokenizer, row.prompt or "", row.choices):
-                spans.append(span)
-                owners.append(index)
-        per_choice = _logprobs(model, spans, **common)
+        owners = [index for index, row in enumerate(rows) for _ in row.choices]
+        per_choice = _logprobs(model, data_spans(tokenizer, data), **common)
         grouped: list[list[list[float]]] = [[] for _ in rows]
         for owner, lp in zip(owners, per_choice, strict=True):
             grouped[owner].append(lp)
@@ -227,6 +253,14 @@ def score(
             if "accuracy_norm" in metrics:
                 scores["accuracy_norm"].append(1.0 if _argmax(per_token) == row.answer else 0.0)
     return result
+
+
+def pad_token(tokenizer: Any) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else EOS, else 0 (padded
+    positions are masked, so any id will do)."""
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    return int(tokenizer.eos_token_id) if tokenizer.eos_token_id is not None else 0
 
 
 def sequences(data: EvalData, metrics: Sequence[str]) -> int:

@@ -110,9 +110,16 @@ def plot_pareto(
 
 
 def plot_heatmap(
-    labels: Sequence[str], matrix: Sequence[Sequence[float | None]], stem: Path, *, title: str
+    labels: Sequence[str],
+    matrix: Sequence[Sequence[float | None]],
+    stem: Path,
+    *,
+    title: str,
+    vmin: float = -1.0,
+    vmax: float = 1.0,
 ) -> list[Path]:
-    """A labelled square matrix in [-1, 1] (cosine similarity); missing cells stay blank."""
+    """A labelled square matrix, colours from ``vmin`` to ``vmax`` (default [-1, 1] for cosine
+    similarity; [0, 1] for agreement, [0, max] for KL); missing cells stay blank."""
     import math
 
     plt = _pyplot()
@@ -120,7 +127,7 @@ def plot_heatmap(
     size = max(3.5, 1.0 + 0.7 * n)
     fig, ax = plt.subplots(figsize=(size + 1.2, size))
     values = [[math.nan if v is None else v for v in row] for row in matrix]
-    image = ax.imshow(values, vmin=-1.0, vmax=1.0, cmap="RdBu_r")
+    image = ax.imshow(values, vmin=vmin, vmax=vmax, cmap="RdBu_r")
     ax.set_xticks(range(n), labels, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n), labels, fontsize=8)
     for i in range(n):

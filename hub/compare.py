@@ -37,8 +37,12 @@ def compare(
     *,
     eval_ids: Sequence[str] = (),
     seed: int = 0,
+    data: str | Path | None = None,
+    **output_options: Any,
 ) -> dict[str, Any]:
     """Compare ``refs`` (at least two). ``eval_ids`` restricts the metrics to those records.
+    With ``data``, also the output-space similarity on it (``hub.compare_extras``;
+    ``output_options``: base, device, dtype, batch_size, limit).
 
     Returns:
         ``{"adapters": [...], "significance": [...], "similarity": {...}, "spectra": {...}}``
@@ -62,7 +66,10 @@ def compare(
             )
         records = {ref: [r for r in rs if r["id"] in wanted] for ref, rs in records.items()}
     latest = {ref: _latest_per_dataset(rs) for ref, rs in records.items()}
-    adapters = [_row(card, latest[card.ref]) for card in cards]
+    from hub.compare_extras import eval_columns, output_similarity
+
+    adapters = [{**_row(card, latest[card.ref]), **eval_columns(records[card.ref])}
+                for card in cards]  # fmt: skip
     significance = _significance(registry, cards, latest, seed)
     updates, skipped = _updates(registry, cards)
     return {
@@ -70,6 +77,9 @@ def compare(
         "significance": significance,
         "similarity": _similarity(cards, updates, skipped),
         "spectra": _spectra(updates),
+        "output_similarity": (
+            output_similarity(registry, cards, data, **output_options) if data else None
+        ),
     }
 
 
@@ -323,6 +333,20 @@ def write_plots(
     sim = report["similarity"]
     labels = [ref.split("@")[0] for ref in sim["refs"]]
     written += plot_heatmap(labels, sim["cosine"], folder / "similarity", title="weight cosine")
+    outputs = report.get("output_similarity")
+    if outputs:
+        written += plot_heatmap(
+            labels,
+            outputs["top1_agreement"],
+            folder / "output-agreement",
+            title="top-1 agreement",
+            vmin=0.0,
+        )
+        kl = outputs["kl"]
+        top = max([v for row in kl for v in row if v is not None] or [1.0]) or 1.0
+        written += plot_heatmap(
+            labels, kl, folder / "output-kl", title="mean KL (row || column)", vmin=0.0, vmax=top
+        )
     curves = {
         ref.split("@")[0]: {m: s["cumulative_energy"] for m, s in modules.items()}
         for ref, modules in report["spectra"].items()

@@ -36,6 +36,7 @@ from hub.locks import file_lock
 from schemas.errors import IncompatibleAdapters, InvalidArgument, InvalidData
 
 if TYPE_CHECKING:
+    from compose.cost import CostOptions
     from compose.eval_data import EvalData
     from hub.registry import Registry
     from schemas.card import AdapterCard
@@ -57,6 +58,9 @@ def evaluate(
     dtype: str = "fp32",
     with_base: bool = True,
     seed: int = 0,
+    forgetting: str | os.PathLike[str] | None = None,
+    cost: bool = False,
+    cost_options: dict[str, Any] | None = None,
     progress: Callable[[str, int], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Score each adapter of ``refs`` on ``data`` and record the result on its version.
@@ -71,6 +75,11 @@ def evaluate(
         with_base: also score the base (adapter disabled) on the same rows and report the
             paired difference.
         seed: the bootstrap's seed (intervals are reproducible).
+        forgetting: a ``{"text"}`` JSONL of general text: the record's ``forgetting`` is the
+            change in per-token cross-entropy on it against the base (``hub.eval_forgetting``).
+        cost: also measure inference cost, base vs unmerged vs merged (``hub.eval_cost``).
+        cost_options: ``compose.cost.CostOptions`` fields (runs, warmup, batch_sizes,
+            prompt_lengths, new_tokens) over the device's defaults.
         progress: ``progress(label, total)`` returns a bar with ``update(n)`` and ``close()``.
 
     Returns:
@@ -90,13 +99,21 @@ def evaluate(
         raise InvalidArgument(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     dataset = read_eval_data(Path(data), limit=limit)
     chosen = check_metrics(dataset, list(metrics))
+    general = None
+    if forgetting is not None:
+        from hub.eval_forgetting import read_general_text
+
+        general = read_general_text(Path(forgetting))
     cards = [registry.show(ref) for ref in refs]
     for card in cards:
-        if card.method == "composite" and (card.details or {}).get("kind") == "ensemble":
-            raise InvalidArgument(
-                f"{card.ref} is a prompt ensemble: evaluate its members (ensemble scoring is not"
-                " part of hub eval yet)"
-            )
+        _check_vote_ensemble(card, chosen, general is not None)
+    resolved = None
+    if cost:
+        from compose.cost import defaults
+        from compose.evaluate import device_for
+
+        resolved = defaults(device_for(device).type, **(cost_options or {}))
+        resolved.check()
     config = {
         "metrics": list(chosen),
         "limit": limit,
@@ -106,6 +123,8 @@ def evaluate(
         "with_base": with_base,
         "seed": seed,
         "resamples": _resamples(),
+        "forgetting": {"file": general.path.name, "sha256": general.sha256} if general else None,
+        "cost": resolved.as_dict() if resolved else None,
     }
     records = []
     with tempfile.TemporaryDirectory(prefix="hub-eval-") as tmp:
@@ -122,9 +141,29 @@ def evaluate(
                     config,
                     Path(tmp) / f"adapter-{i}",
                     progress,
+                    general=general,
+                    cost=resolved,
                 )
             )
     return records
+
+
+_LIKELIHOOD_METRICS = ("cross_entropy", "perplexity", "target_logprob")
+
+
+def _check_vote_ensemble(card: AdapterCard, metrics: Sequence[str], forgetting: bool) -> None:
+    """A voting ensemble gives probability 0 to every token no member voted for, so its
+    log-likelihoods are -inf: only the argmax metrics are defined."""
+    details = card.details or {}
+    if card.method != "composite" or details.get("aggregate") != "vote":
+        return
+    wanted = [m for m in metrics if m in _LIKELIHOOD_METRICS] + (["--forgetting"] * forgetting)
+    if wanted:
+        raise InvalidArgument(
+            f"{card.ref} is a voting ensemble: {wanted[0]} is undefined for it (tokens no"
+            " member votes for have probability 0); use --metric exact_match, accuracy or"
+            " accuracy_norm"
+        )
 
 
 def _resamples() -> int:
@@ -178,7 +217,8 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _load_model(base_dir: Path, dtype: str, device: Any) -> Any:
+def load_base_model(base_dir: Path, dtype: str, device: Any) -> Any:
+    """The base model from ``base_dir`` in ``dtype`` on ``device``, in eval mode."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -245,8 +285,11 @@ def _evaluate_one(
     config: dict[str, Any],
     scratch: Path,
     progress: Callable[[str, int], Any] | None,
+    *,
+    general: EvalData | None = None,
+    cost: CostOptions | None = None,
 ) -> dict[str, Any]:
-    from compose.composites import load_composed
+    from compose.composites import language_model, load_composed
     from compose.evaluate import device_for
 
     started = time.perf_counter()
@@ -259,14 +302,30 @@ def _evaluate_one(
         )
     registry.link_files(card, scratch)
     try:
-        model = load_composed(_load_model(base_dir, config["dtype"], device), scratch)
+        model = language_model(
+            load_composed(load_base_model(base_dir, config["dtype"], device), scratch)
+        )
     except (RuntimeError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise IncompatibleAdapters(
             f"{card.ref} does not fit the base {base_label}: {first}", adapter=card.ref
         ) from None
     scores = _scores(model, tokenizer, dataset, metrics, config, device, card.repo, progress)
+    extras: dict[str, Any] = {}
+    if general is not None:
+        from hub.eval_forgetting import measure_forgetting
+
+        extras["forgetting"] = measure_forgetting(
+            registry, model, base_dir, tokenizer, general, config, device, card.repo, progress
+        )
     del model
+    if cost is not None:
+        from hub.eval_cost import measure_cost
+
+        extras["cost"] = measure_cost(
+            card, scratch, base_dir, tokenizer, dataset,
+            dtype=config["dtype"], device=device, options=cost,
+        )  # fmt: skip
     return _record(
         registry,
         card,
@@ -278,6 +337,7 @@ def _evaluate_one(
         config,
         device,
         time.perf_counter() - started,
+        extras,
     )
 
 
@@ -300,14 +360,25 @@ def _cached_base_scores(
         "device": str(device.type),
         "versions": _versions(),
     }
+
+    def compute() -> dict[str, list[float]]:
+        model = load_base_model(base_dir, config["dtype"], device)
+        return _scores(model, tokenizer, dataset, metrics, config, device, "base", progress)
+
+    scores: dict[str, list[float]] = cached_base(registry, key_fields, compute)
+    return scores
+
+
+def cached_base(registry: Registry, key_fields: dict[str, Any], compute: Callable[[], Any]) -> Any:
+    """``compute()``'s JSON result for the base, stored once per ``key_fields`` (base identity,
+    data digest, scoring config, package versions) and reused by later evals."""
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()
     row = registry.index.conn.execute(
         "SELECT results_sha256 FROM base_scores WHERE key = ?", (key,)
     ).fetchone()
     if row is not None and registry.store.has(row[0]):
         return json.loads(registry.store.path(row[0]).read_bytes())
-    model = _load_model(base_dir, config["dtype"], device)
-    scores = _scores(model, tokenizer, dataset, metrics, config, device, "base", progress)
+    scores = compute()
     payload = json.dumps(scores, sort_keys=True).encode()
     with file_lock(registry.lock_path, shared=True):
         digest, _ = registry.store.put_bytes(payload)
@@ -379,8 +450,11 @@ def _record(
     config: dict[str, Any],
     device: Any,
     seconds: float,
+    extras: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     seed = config["seed"]
+    extras = dict(extras or {})
+    forgetting = extras.pop("forgetting", None)
     per_example = "".join(
         json.dumps(
             {
@@ -411,10 +485,11 @@ def _record(
             else None
         ),
         "delta": _deltas(metrics, scores, base_scores, seed) if base_scores else None,
-        "cost": None,
+        "forgetting": forgetting.summary if forgetting else None,
+        "cost": extras.get("cost"),
         "config": config,
         "versions": _versions(),
-        "device": _device_name(device),
+        "device": device_label(device),
         "seconds": round(seconds, 3),
         "created_at": utcnow(),
     }
@@ -424,11 +499,14 @@ def _record(
             raise InvalidData(f"{dataset.path}: changed while it was being evaluated")
         results_digest, _ = registry.store.put_bytes(per_example)
         record["results_sha256"] = results_digest
+        if forgetting:
+            forgetting.store(registry)
         store_record(registry, card, record)
     return record
 
 
-def _device_name(device: Any) -> str:
+def device_label(device: Any) -> str:
+    """``cuda (NVIDIA H200)`` or ``cpu (x86_64, 16 cores)``: what an eval record says it ran on."""
     if getattr(device, "type", None) == "cuda":
         import torch
 
@@ -533,6 +611,7 @@ def add_metric(
         },
         "base": None,
         "delta": None,
+        "forgetting": None,
         "cost": None,
         "config": {},
         "versions": {},

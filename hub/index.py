@@ -528,13 +528,16 @@ class Index:
 
     def referenced_digests(self) -> set[str]:
         """Every blob something in the index points at: version files, eval datasets and
-        per-example results, cached base scores."""
+        per-example results (a forgetting text and its results too), cached base scores."""
         return {
             row[0]
             for row in self.conn.execute(
                 "SELECT sha256 FROM files UNION SELECT dataset_sha256 FROM evals"
                 " UNION SELECT results_sha256 FROM evals UNION SELECT results_sha256"
                 " FROM base_scores"
+                # --forgetting: its text and per-document sums, kept in the record itself
+                " UNION SELECT json_extract(record, '$.forgetting.dataset.sha256') FROM evals"
+                " UNION SELECT json_extract(record, '$.forgetting.results_sha256') FROM evals"
             )
             if row[0] is not None
         }

@@ -100,6 +100,7 @@ def test_evaluate_commands_run_as_written(tmp_path, trained, hub_home):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "llama").symlink_to(base)
     shutil.copy(data, tmp_path / "dev.jsonl")
+    shutil.copy(data, tmp_path / "wiki.jsonl")  # the --forgetting text
     with Registry(hub_home) as registry:
         registry.push(lora, name="team/sql-lora")
         registry.push(lora2, name="team/code-lora")
@@ -107,5 +108,9 @@ def test_evaluate_commands_run_as_written(tmp_path, trained, hub_home):
     _run_block(block, tmp_path, env)
     with Registry(hub_home) as registry:
         sources = [r["source"] for r in registry.evals("team/sql-lora")]
-        assert sources == ["hub-eval", "hub-eval", "manual"]
+        assert sources == ["hub-eval", "hub-eval", "manual", "hub-eval", "hub-eval"]
+        costed = registry.evals("team/sql-lora")[3]
+        assert costed["forgetting"]["tokens"] > 0
+        assert sorted(costed["cost"]["modes"]) == ["base", "merged", "unmerged"]
         assert json.loads(json.dumps(registry.evals("team/code-lora")))[0]["delta"]
+    assert (tmp_path / "plots" / "output-kl.png").is_file()

@@ -105,3 +105,31 @@ def test_non_finite_scores_are_refused():
     with pytest.raises(ValueError) as err:
         eval_stats.estimate([1.0, float("nan")])
     assert str(err.value) == "per-example scores must be finite"
+
+
+def test_paired_token_delta_is_a_ratio_of_sums_resampled_by_document():
+    rng = np.random.default_rng(5)
+    tokens = [3, 10, 1, 7, 25, 4]
+    a = list(rng.normal(3.0, 1.0, size=6) * tokens)
+    b = list(rng.normal(3.2, 1.0, size=6) * tokens)
+    d = eval_stats.paired_token_delta(a, b, tokens, seed=2)
+    assert d.value == pytest.approx((sum(a) - sum(b)) / sum(tokens), rel=1e-12)
+    assert d.n == 6 and d.ci95[0] <= d.value <= d.ci95[1]
+    # Delta-method standard error of a ratio of means, by hand.
+    r = d.value
+    res = [(x - y) - r * n for x, y, n in zip(a, b, tokens, strict=True)]
+    mean_res = sum(res) / 6
+    sd = math.sqrt(sum((e - mean_res) ** 2 for e in res) / 5)
+    assert d.stderr == pytest.approx(sd / math.sqrt(6) / (sum(tokens) / 6), rel=1e-9)
+
+
+def test_paired_token_delta_with_equal_lengths_is_the_paired_delta_of_means():
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(size=40), rng.normal(size=40)
+    per_doc = eval_stats.paired_delta(list(a), list(b), seed=4)
+    token = eval_stats.paired_token_delta(list(a * 5), list(b * 5), [5] * 40, seed=4)
+    assert token.value == pytest.approx(per_doc.value, abs=1e-12)
+    assert token.ci95 == pytest.approx(per_doc.ci95, abs=1e-12)  # the same resamples
+    assert token.p_value == per_doc.p_value
+    with pytest.raises(ValueError, match="at least one scored token"):
+        eval_stats.paired_token_delta([1.0], [1.0], [0])

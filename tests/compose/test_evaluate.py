@@ -172,3 +172,26 @@ def test_limit_and_digest(tmp_path):
     data = read_eval_data(path, limit=2)
     assert len(data.rows) == 2
     assert data.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_prompt_tuning_scores_skip_the_virtual_tokens(tmp_path):
+    """PEFT returns logits for the virtual tokens too: scoring must not read those as the
+    text's (a defect before: the first scored token was predicted from a virtual position)."""
+    from peft import PeftModel, PromptTuningConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = make_base(tmp_path / "base", tokenizer="bpe")
+    config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
+    adapter = make_adapter(tmp_path / "prompt", base, config, scale=0.5)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, str(adapter)).eval()
+    tok = AutoTokenizer.from_pretrained(base)
+    data = read_eval_data(_write(tmp_path / "t.jsonl", [{"text": t} for t in TEXTS]))
+    got = evaluate.score(model, tok, data, ["cross_entropy"], batch_size=2)
+    for text, ce in zip(TEXTS, got.scores["cross_entropy"], strict=True):
+        ids = tok(text)["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, 3:].double()
+        logp = torch.log_softmax(logits, dim=-1)
+        expected = -sum(float(logp[t - 1, ids[t]]) for t in range(1, len(ids))) / (len(ids) - 1)
+        assert ce == pytest.approx(expected, abs=1e-5)

@@ -105,8 +105,8 @@ def test_compare_plots(hub_home, trained, tmp_path):
     result = runner.invoke(cli, [*args, "--plot", str(out), "--axes", "size_bytes"])
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in out.iterdir())
-    assert names == [f"{stem}.{ext}" for stem in ("pareto", "similarity", "spectra")
-                     for ext in ("png", "svg")]  # fmt: skip
+    stems = ("output-agreement", "output-kl", "pareto", "similarity", "spectra")  # --data: outputs
+    assert names == [f"{stem}.{ext}" for stem in stems for ext in ("png", "svg")]
     svg = (out / "pareto.svg").read_text()
     assert "team/p" in svg and "cross_entropy@held-out.jsonl (lower is better)" in svg
     result = runner.invoke(cli, ["compare", "team/p", "team/q", "--plot", str(out), "--axes",
