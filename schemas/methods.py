@@ -132,7 +132,8 @@ ROWS: tuple[Row, ...] = (
     Row("road", "mergeable", "peft", prefix="road_"),
     Row("shadow", "layers", "none", prefix="shadow_",
         note=_NO_MERGE.format(why="an input-dependent shadow network")
-        + "; PEFT 0.21.2 cannot run a loaded one on Llama (its forward raises)"),
+        + "; its target_modules are whole decoder blocks (PEFT's forward fails on linear"
+        " layers)"),
     Row("shira", "mergeable", "peft", prefix="shira_", frozen=("shira_indices",)),
     Row("supertuning", "mergeable", "peft", prefix="supertuning_",
         frozen=("supertuning_indices",)),

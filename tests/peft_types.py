@@ -40,7 +40,7 @@ GENERIC_TYPES: dict[str, dict[str, Any]] = {
     "pvera": {"target_modules": _QV},
     "randlora": {"target_modules": _QV},
     "road": {"group_size": 16, "target_modules": _QV},
-    "shadow": {"target_modules": _QV},
+    "shadow": {"r": 4},  # whole decoder blocks (its default), not linear layers
     "shira": {"r": 4, "target_modules": _QV},
     "supertuning": {"target_modules": _QV},
     "tinylora": {"target_modules": _QV},
@@ -57,10 +57,10 @@ FORWARD_KWARGS: dict[str, dict[str, Any]] = {
 }
 """Extra forward arguments a type needs (Poly and multitask prompts route by task id)."""
 
-SPECIAL_FORWARD = frozenset({"poly", "multitask_prompt_tuning", "shadow", "xlora"})
+SPECIAL_FORWARD = frozenset({"poly", "multitask_prompt_tuning", "xlora"})
 """Types the shared fidelity harness cannot run as plain rows: a forward pass that needs task
-ids, one PEFT itself cannot run after loading (ShadowPEFT on Llama), X-LoRA (LoRAs in
-subfolders, no KV cache). ``tests/e2e/test_generic_types.py`` covers them."""
+ids, X-LoRA (LoRAs in subfolders, no KV cache). ``tests/e2e/test_generic_types.py`` covers
+them."""
 
 
 def make_typed_adapter(peft_type: str, out_dir: Path, base_dir: Path, seed: int = 1) -> Path:

@@ -323,8 +323,8 @@ CASES.extend(
 def _generic_types() -> list[Case]:
     """Every PEFT type the hub cards generically (``schemas.methods``), built with the configs
     of ``tests.peft_types`` (sized for tiny models). Poly, multitask prompt tuning (both need
-    task ids in the forward pass), ShadowPEFT (PEFT's own forward fails after loading) and
-    X-LoRA (its LoRAs in subfolders, no KV cache) are in ``test_generic_types.py``."""
+    task ids in the forward pass) and X-LoRA (its LoRAs in subfolders, no KV cache) are in
+    ``test_generic_types.py``."""
     from schemas.methods import METHODS
     from tests.peft_types import GENERIC_TYPES, SPECIAL_FORWARD
 
