@@ -1,9 +1,10 @@
 """Real adapters of the PEFT types the hub cards generically (see ``schemas.methods``).
 
 ``GENERIC_TYPES`` maps each such PEFT type to the config that builds it on the tiny Llama of
-``tests.factories`` (defaults sized for 7B models do not fit a 64-wide model), and
-``UNBUILDABLE`` says exactly why the others cannot be built here. ``make_typed_adapter`` saves
-one with PEFT's own ``save_pretrained``, after seeded noise on every trainable parameter.
+``tests.factories`` (defaults sized for 7B models do not fit a 64-wide model), and ``NEEDS``
+names the module a type needs that the project does not depend on (its tests skip without).
+``make_typed_adapter`` saves one with PEFT's own ``save_pretrained``, after seeded noise on
+every trainable parameter.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tests.factories import load_base
 _QV = ["q_proj", "v_proj"]
 
 GENERIC_TYPES: dict[str, dict[str, Any]] = {
+    "adamss": {"r": 8, "num_subspaces": 2, "subspace_rank": 1, "target_modules": _QV},
     "adaption_prompt": {"adapter_len": 4, "adapter_layers": 1},
     "beft": {"target_modules": _QV},
     "c3a": {"block_size": 16, "target_modules": _QV},
@@ -50,6 +52,9 @@ GENERIC_TYPES: dict[str, dict[str, Any]] = {
     "waveft": {"n_frequency": 200, "target_modules": _QV},
 }
 """PEFT type (lowercase) -> keyword arguments of its config class (task_type CAUSAL_LM)."""
+
+NEEDS: dict[str, str] = {"adamss": "sklearn"}
+"""PEFT type -> the module its config requires (PEFT's AdaMSS clusters with scikit-learn)."""
 
 FORWARD_KWARGS: dict[str, dict[str, Any]] = {
     "poly": {"task_ids": [0]},

@@ -326,7 +326,7 @@ def _generic_types() -> list[Case]:
     task ids in the forward pass) and X-LoRA (its LoRAs in subfolders, no KV cache) are in
     ``test_generic_types.py``."""
     from schemas.methods import METHODS
-    from tests.peft_types import GENERIC_TYPES, SPECIAL_FORWARD
+    from tests.peft_types import GENERIC_TYPES, NEEDS, SPECIAL_FORWARD
 
     cases = []
     for peft_type, kwargs in sorted(GENERIC_TYPES.items()):
@@ -349,7 +349,16 @@ def _generic_types() -> list[Case]:
             params_note=row.params_note,
             none_when_merged=row.family == "mergeable",
         )
-        cases.append(Case(peft_type.replace("_", "-"), "llama", config, card, export=export))
+        cases.append(
+            Case(
+                peft_type.replace("_", "-"),
+                "llama",
+                config,
+                card,
+                export=export,
+                needs=NEEDS.get(peft_type),
+            )
+        )
     return cases
 
 
@@ -568,6 +577,14 @@ def bases(tmp_path_factory) -> Bases:
     return Bases(tmp_path_factory.mktemp("fidelity-bases"))
 
 
-@pytest.mark.parametrize("case", CASES, ids=_IDS)
+def _param(case: Case) -> Any:
+    import importlib.util
+
+    missing = case.needs is not None and importlib.util.find_spec(case.needs) is None
+    reason = f"needs {case.needs}, which the project does not depend on"
+    return pytest.param(case, marks=pytest.mark.skipif(missing, reason=reason))
+
+
+@pytest.mark.parametrize("case", [_param(case) for case in CASES], ids=_IDS)
 def test_fidelity(case: Case, registry, bases, tmp_path) -> None:
     run_case(case, registry, bases, tmp_path)
