@@ -161,9 +161,8 @@ def push(
         return
     if remote:
         from cli.remote import remote_registry
-        from hub.registry import PushResult
 
-        card, created = remote_registry(remote).push(
+        result = remote_registry(remote).push_result(
             path,
             name=name,
             tasks=tasks,
@@ -173,7 +172,6 @@ def push(
             description=description,
             allow_nonfinite=allow_nonfinite,
         )
-        result = PushResult(card, created)
     else:
         result = _registry(ctx).push(
             path,
