@@ -146,7 +146,10 @@ def _not_a_plain_delta(config: dict[str, Any]) -> tuple[str, str] | None:
     if config.get("use_bdlora"):
         return "is a block-diagonal LoRA (use_bdlora): its factors are stored per block", instead
     targets = config.get("target_parameters")
-    experts = [t for t in targets or [] if isinstance(t, str) and t.rpartition(".")[2] != "weight"]
+    # Sorted: PEFT saves target_parameters from a set, in no fixed order.
+    experts = sorted(
+        t for t in targets or [] if isinstance(t, str) and t.rpartition(".")[2] != "weight"
+    )
     if experts:
         return (
             f"adapts MoE expert parameters (target_parameters={experts}): its factors hold"

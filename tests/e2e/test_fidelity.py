@@ -588,3 +588,13 @@ def _param(case: Case) -> Any:
 @pytest.mark.parametrize("case", [_param(case) for case in CASES], ids=_IDS)
 def test_fidelity(case: Case, registry, bases, tmp_path) -> None:
     run_case(case, registry, bases, tmp_path)
+
+
+def test_every_peft_type_has_a_case():
+    """Every PEFT type's card (parameter counts against PEFT's included) is checked here, but
+    the few ``test_generic_types.py`` runs apart (their forward needs task ids, or X-LoRA)."""
+    from schemas.methods import METHODS
+    from tests.peft_types import SPECIAL_FORWARD
+
+    carded = {case.push.method for case in CASES if isinstance(case.push, Card)}
+    assert sorted(set(METHODS) - carded) == sorted(SPECIAL_FORWARD)

@@ -284,3 +284,37 @@ def _check_identity(registry: Any, ref: str, slug: str, base: Path, folder: Path
     out = tmp / "alone"
     registry.export(composite.ref, base=base, output=out, dtype="fp32", progress=False)
     torch.testing.assert_close(hf_logits(out), peft_logits(base, folder), rtol=0, atol=EXPORT_TOL)
+
+
+_STACK_OR_EXPORT = "(use `hub compose stack`, or export it merged)"
+COMPOSE_REFUSALS = {
+    "trainable-tokens-llama": "retrains token rows (trainable_token_indices=[3, 5, 7, 42])"
+    f" beside its LoRA; `linear` cannot merge it {_STACK_OR_EXPORT}",
+    "kasa-llama": "is a KaSA LoRA (kasa_config): its lora_diag scales the rank components;"
+    f" `linear` cannot merge it {_STACK_OR_EXPORT}",
+    "bdlora-llama": "is a block-diagonal LoRA (use_bdlora): its factors are stored per block;"
+    f" `linear` cannot merge it {_STACK_OR_EXPORT}",
+    "moe-experts-mixtral": "adapts MoE expert parameters (target_parameters="
+    "['experts.down_proj', 'experts.gate_up_proj']): its factors hold one delta per expert;"
+    f" `linear` cannot merge it {_STACK_OR_EXPORT}",
+    "layer-replication": "uses layer_replication [[0, 2], [1, 2]]: PEFT builds more layers than"
+    " the base has, each copy with its own LoRA; `linear` cannot merge it (serve it unmerged"
+    " with PEFT)",
+}
+"""LoRAs whose tensors are not ``B @ A`` per module: the merge operators used to accept them
+and write a composite that dropped (token rows, KaSA's diagonal) or misplaced (BD-LoRA's
+blocks, per-expert factors, replicated layers) part of the adapter."""
+
+
+@pytest.mark.parametrize("case_id", sorted(COMPOSE_REFUSALS))
+def test_merge_operators_refuse_what_they_would_merge_wrongly(case_id, registry, bases, tmp_path):
+    from schemas.errors import IncompatibleAdapters
+
+    case = _BY_ID[case_id]
+    folder, _ = build_adapter(case, bases(case.base), tmp_path / "adapter")
+    ref = registry.push(folder, name=f"support/{case_id}").card.ref
+    recipe = {"operator": "linear", "name": "support/composite", "inputs": [ref, ref]}
+    with pytest.raises(IncompatibleAdapters) as refused:
+        registry.compose(recipe)
+    assert str(refused.value) == f"{ref} {COMPOSE_REFUSALS[case_id]}"
+    assert [c.repo for c in registry.search()] == [f"support/{case_id}"]  # nothing composed
