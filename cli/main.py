@@ -111,7 +111,7 @@ def push(
     training_args.bin, trainer_state.json...) is left out; --checkpoints pushes a Trainer's
     checkpoints as versions instead. mlx-lm and torchtune adapters: `hub convert` first.
     A multi-adapter save (one subfolder per adapter besides default) becomes one repository
-    per adapter: NAME for default, NAME-ADAPTER for each other one.
+    per adapter: NAME for default, NAME-ADAPTER for each other one (with --to as well).
 
     Hidden files and __pycache__ are skipped; a link inside the folder is stored as the
     file it points to; links leaving the folder, FIFOs and devices are refused.
@@ -161,9 +161,8 @@ def push(
         return
     if remote:
         from cli.remote import remote_registry
-        from hub.registry import PushResult
 
-        card, created = remote_registry(remote).push(
+        result = remote_registry(remote).push_result(
             path,
             name=name,
             tasks=tasks,
@@ -173,7 +172,6 @@ def push(
             description=description,
             allow_nonfinite=allow_nonfinite,
         )
-        result = PushResult(card, created)
     else:
         result = _registry(ctx).push(
             path,

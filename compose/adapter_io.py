@@ -109,6 +109,12 @@ def load_adapter(folder: Path, label: str, method: str, operator: str) -> Loaded
             )
         if any(k.endswith("lora_B.bias") for k in tensors):
             raise _refuse(label, "trains LoRA biases (lora_bias)", operator)
+        structure = _not_a_plain_delta(config)
+        if structure is not None:
+            raise IncompatibleAdapters(
+                f"{label} {structure[0]}; `{operator}` cannot merge it ({structure[1]})",
+                adapter=label,
+            )
         loaded.modules = _lora_modules(config, tensors, label, operator)
     elif method in ("loha", "lokr"):
         loaded.dense = _lycoris_deltas(method, config, tensors, label, operator)
@@ -118,6 +124,39 @@ def load_adapter(folder: Path, label: str, method: str, operator: str) -> Loaded
             for module, parts in _modules(tensors, ("ia3_l.weight", "ia3_l")).items()
         }
     return loaded
+
+
+def _not_a_plain_delta(config: dict[str, Any]) -> tuple[str, str] | None:
+    """(why, what to do) when a LoRA config's tensors are not ``B @ A`` per module for the merge
+    operators, else None. Export merges the first four right (it reads their structure); the
+    operators only read lora_A / lora_B per module, which would drop or misplace the rest."""
+    instead = "use `hub compose stack`, or export it merged"
+    layers = config.get("layer_replication")
+    if layers:
+        return (
+            f"uses layer_replication {layers}: PEFT builds more layers than the base has, each"
+            " copy with its own LoRA",
+            "serve it unmerged with PEFT",
+        )
+    tokens = config.get("trainable_token_indices")
+    if tokens:
+        return f"retrains token rows (trainable_token_indices={tokens}) beside its LoRA", instead
+    if config.get("kasa_config"):
+        return "is a KaSA LoRA (kasa_config): its lora_diag scales the rank components", instead
+    if config.get("use_bdlora"):
+        return "is a block-diagonal LoRA (use_bdlora): its factors are stored per block", instead
+    targets = config.get("target_parameters")
+    # Sorted: PEFT saves target_parameters from a set, in no fixed order.
+    experts = sorted(
+        t for t in targets or [] if isinstance(t, str) and t.rpartition(".")[2] != "weight"
+    )
+    if experts:
+        return (
+            f"adapts MoE expert parameters (target_parameters={experts}): its factors hold"
+            " one delta per expert",
+            instead,
+        )
+    return None
 
 
 def _fp32() -> torch.dtype:

@@ -16,7 +16,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hub.progress import byte_progress
 from hub.store import CHUNK, sha256_file
@@ -29,6 +29,9 @@ from schemas.errors import (
     OutputExists,
     StoreCorrupted,
 )
+
+if TYPE_CHECKING:
+    from hub.registry import PushResult
 
 API = "/api/hub/v1"
 
@@ -181,26 +184,65 @@ class RemoteRegistry:
         description: str | None = None,
         allow_nonfinite: bool = False,
     ) -> tuple[Any, bool]:
+        """``push_result(...)``'s ``(card, created)``: the card of the folder's top adapter
+        (a multi-adapter folder's other repositories are in ``push_result``'s ``others``)."""
+        result = self.push_result(
+            path,
+            name=name,
+            tasks=tasks,
+            tags=tags,
+            metrics=metrics,
+            parent=parent,
+            description=description,
+            allow_nonfinite=allow_nonfinite,
+        )
+        return result.card, result.created
+
+    def push_result(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        tasks: Iterable[str] = (),
+        tags: Sequence[str] = (),
+        metrics: Iterable[str] = (),
+        parent: str | None = None,
+        description: str | None = None,
+        allow_nonfinite: bool = False,
+    ) -> PushResult:
         """Inspect locally (same checks as a local push), upload missing blobs, commit.
 
         The commit request is built (and checked against the server's limits) before any
-        upload, so a push the server would refuse costs no transfer.
+        upload, so a push the server would refuse costs no transfer. A multi-adapter save
+        (a subfolder per adapter besides ``default``) becomes one repository per adapter on
+        the server, ``name`` and ``name-<adapter>``, as with a local ``Registry.push``; every
+        adapter is inspected here before anything is uploaded.
 
-        Returns ``(card, created)``.
+        Returns:
+            ``PushResult(card, created, left_out, others)``, as ``Registry.push`` gives.
 
         Raises:
             InvalidArgument: the folder has more files, or a longer file list, than one
                 push may carry.
         """
         from hub.folders import adapter_files
-        from hub.inspect import inspect_adapter
+        from hub.inspect import extra_adapters, inspect_adapter
+        from hub.inspect.files import training_outputs
+        from hub.registry import PushResult
         from schemas.card import AdapterCard, parse_tags
         from schemas.refs import validate_repo_id
 
         folder = Path(path)
         repo = validate_repo_id(name or f"{os.environ.get('USER', 'local')}/{folder.name}")
         on_disk = adapter_files(folder)  # the push rule first: nothing read through a bad link
-        inspect_adapter(folder, allow_nonfinite=allow_nonfinite)  # fail fast, before uploading
+        extras = extra_adapters(folder)
+        for sub in extras:  # the names the server will give them, refused here if invalid
+            validate_repo_id(f"{repo}-{sub}")
+        # Fail fast, before uploading: every adapter of the folder, as a local push checks.
+        if (folder / "adapter_config.json").is_file() or not extras:
+            inspect_adapter(folder, allow_nonfinite=allow_nonfinite)
+        for sub in extras:
+            inspect_adapter(folder / sub, allow_nonfinite=allow_nonfinite)
         local_files = on_disk
         if len(local_files) > MAX_PUSH_FILES:
             raise InvalidArgument(
@@ -234,8 +276,15 @@ class RemoteRegistry:
             except HubError:
                 self._upload(local, entry["sha256"], entry["size"], rel)
         result = self._json("POST", f"{API}/adapters/{namespace}/{short}/versions", payload)
-        created = bool(result.pop("created"))
-        return AdapterCard.model_validate(result), created
+
+        def pushed(body: dict[str, Any]) -> PushResult:
+            created = bool(body.pop("created"))
+            body.pop("others", None)
+            return PushResult(AdapterCard.model_validate(body), created)
+
+        others = [pushed(other) for other in result.get("others") or []]
+        top = pushed(result)
+        return PushResult(top.card, top.created, training_outputs(folder), others=others)
 
     def _upload(self, local: Path, digest: str, size: int, label: str) -> None:
         bar = byte_progress(f"upload {label}", size)

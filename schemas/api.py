@@ -54,6 +54,9 @@ class PushedCard(AdapterCard):
 
     created: bool
     """False when the files equal the latest version's (no new version was made)."""
+    others: list[PushedCard] = Field(default_factory=list)
+    """A multi-adapter folder's other adapters (one subfolder each), each pushed as its own
+    repository ``NAME-<adapter>``, exactly as ``hub push`` does locally."""
 
 
 class BlobStored(BaseModel):

@@ -38,7 +38,8 @@ class Row:
     family: Family
     merge: Merge
     variant: str | None = None
-    """None for the method's own row; else the card's ``variant`` (or a config feature)."""
+    """None for the method's own row; else the card's ``variant`` exactly as the card names it
+    (``dora``, ``alora``, ``mica``...), or a config feature in words (``bias='all'``...)."""
     card: Literal["specific", "generic"] = "generic"
     """``specific``: ``hub.inspect.methods`` checks every shape against the config and reads
     rank/alpha; ``generic``: the card lists modules, tensors and counts, shapes unchecked."""
@@ -48,6 +49,8 @@ class Row:
     """Name parts of tensors PEFT saves but does not train (not counted as trainable)."""
     params_note: str | None = None
     """Why the card's count still differs from PEFT's ``get_nb_trainable_parameters()``."""
+    gguf_fp8: bool | None = None
+    """Whether gguf and fp8 exports work; None: exactly when the merge is streamed."""
     gguf_lora: bool = False
     vllm_bundle: bool = False
     compose: tuple[str, ...] | None = None
@@ -61,8 +64,9 @@ class Row:
 
     @property
     def merged_formats(self) -> bool:
-        """gguf and fp8 need the streamed merge (they quantize tensor by tensor)."""
-        return self.merge == "streamed"
+        """gguf and fp8 need the streamed merge (they quantize tensor by tensor), and a base
+        architecture they know (``gguf_fp8=False`` where the variant's bases are not one)."""
+        return self.merge == "streamed" if self.gguf_fp8 is None else self.gguf_fp8
 
 
 _NO_MERGE = "PEFT cannot merge it ({why}); export refused"
@@ -78,6 +82,49 @@ ROWS: tuple[Row, ...] = (
     Row("lora", "mergeable", "streamed", variant="modules_to_save", card="specific",
         prefix="lora_", compose=("stack",),
         note="saved modules replace the base's; gguf-lora and vLLM cannot carry them"),
+    Row("lora", "mergeable", "streamed", variant="rank_pattern / alpha_pattern", card="specific",
+        prefix="lora_", gguf_lora=True, vllm_bundle=True,
+        note="vllm-bundle folds each module's own scale into B"),
+    Row("lora", "mergeable", "streamed", variant="mica", card="specific", prefix="lora_",
+        gguf_lora=True, vllm_bundle=True, note="its frozen lora_B is not counted as trained"),
+    Row("lora", "mergeable", "none", variant="alora", card="specific", prefix="lora_",
+        compose=("stack",),
+        note="activated LoRA applies from its invocation tokens on: no merged weight or LoRA"
+        " file expresses it (PEFT: 'aLoRA does not support merging')"),
+    Row("lora", "mergeable", "none", variant="PiSSA / OLoRA init, unconverted",
+        card="specific", prefix="lora_", compose=("stack",),
+        note="PEFT loads it onto a changed base; save it with"
+        " path_initial_model_for_weight_conversion to get a plain LoRA"),
+    Row("lora", "mergeable", "streamed", variant="PiSSA / OLoRA init, converted",
+        card="specific", prefix="lora_", gguf_lora=True, vllm_bundle=True,
+        note="a plain LoRA of rank 2r on the original base"),
+    Row("lora", "mergeable", "streamed", variant="embed_tokens / lm_head", card="specific",
+        prefix="lora_", note="PEFT's saved copies of the embedding layers are read as the base's"
+        "; gguf-lora and vLLM refuse LoRA on embeddings"),
+    Row("lora", "mergeable", "streamed", variant="trainable_token_indices", card="specific",
+        prefix="lora_", compose=("stack",),
+        note="the retrained rows are written into the embedding (and lm_head)"),
+    Row("lora", "mergeable", "streamed", variant="MoE experts (target_parameters)",
+        card="specific", prefix="lora_", gguf_fp8=False, compose=("stack",),
+        note="one delta per expert, written to the checkpoint's own expert tensors; gguf and"
+        " fp8 export no MoE base"),
+    Row("lora", "mergeable", "streamed", variant="MoE router (gate)", card="specific",
+        prefix="lora_", gguf_fp8=False, note="gguf and fp8 export no MoE base"),
+    Row("lora", "mergeable", "streamed", variant="bias='all' / 'lora_only'", card="specific",
+        prefix="lora_", compose=("stack",), note="the trained biases replace the base's"),
+    Row("lora", "mergeable", "streamed", variant="lora_bias", card="specific", prefix="lora_",
+        compose=("stack",), note="refused onto a base layer without a bias"),
+    Row("lora", "mergeable", "streamed", variant="bdlora", card="specific", prefix="lora_",
+        compose=("stack",)),
+    Row("lora", "mergeable", "streamed", variant="kasa", card="specific", prefix="lora_",
+        compose=("stack",)),
+    Row("lora", "mergeable", "streamed", variant="velora", card="specific", prefix="lora_",
+        note="its activation buffer only acts in training"),
+    Row("lora", "mergeable", "streamed", variant="monteclora", card="specific", prefix="lora_",
+        note="its sampler only acts in training"),
+    Row("lora", "mergeable", "none", variant="layer_replication", card="specific",
+        prefix="lora_", compose=("stack",),
+        note="PEFT builds more layers than the base has; serve it unmerged"),
     Row("adalora", "mergeable", "streamed", card="specific", prefix="lora_"),
     Row("ia3", "mergeable", "streamed", card="specific", prefix="ia3_"),
     Row("loha", "mergeable", "streamed", card="specific", prefix="hada_"),
@@ -93,8 +140,8 @@ ROWS: tuple[Row, ...] = (
     Row("p_tuning", "prompt", "none", card="specific",
         note=_NO_MERGE.format(why="virtual tokens from a prompt encoder")),
     # -- every other PEFT type: a generic card, PEFT's own merge where it has one -----------
-    Row("adamss", "mergeable", "peft", prefix="adamss_",
-        note="not built in the tests: PEFT's AdaMSS needs scikit-learn"),
+    Row("adamss", "mergeable", "peft", prefix="adamss_", frozen=("adamss_newB",),
+        note="PEFT needs scikit-learn to build, load or merge it"),
     Row("adaption_prompt", "layers", "none", prefix="adaption_",
         note=_NO_MERGE.format(why="gated prompts inside attention")),
     Row("beft", "mergeable", "peft", prefix="beft_",
@@ -132,7 +179,8 @@ ROWS: tuple[Row, ...] = (
     Row("road", "mergeable", "peft", prefix="road_"),
     Row("shadow", "layers", "none", prefix="shadow_",
         note=_NO_MERGE.format(why="an input-dependent shadow network")
-        + "; PEFT 0.21.2 cannot run a loaded one on Llama (its forward raises)"),
+        + "; its target_modules are whole decoder blocks (PEFT's forward fails on linear"
+        " layers)"),
     Row("shira", "mergeable", "peft", prefix="shira_", frozen=("shira_indices",)),
     Row("supertuning", "mergeable", "peft", prefix="supertuning_",
         frozen=("supertuning_indices",)),

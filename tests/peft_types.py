@@ -1,9 +1,10 @@
 """Real adapters of the PEFT types the hub cards generically (see ``schemas.methods``).
 
 ``GENERIC_TYPES`` maps each such PEFT type to the config that builds it on the tiny Llama of
-``tests.factories`` (defaults sized for 7B models do not fit a 64-wide model), and
-``UNBUILDABLE`` says exactly why the others cannot be built here. ``make_typed_adapter`` saves
-one with PEFT's own ``save_pretrained``, after seeded noise on every trainable parameter.
+``tests.factories`` (defaults sized for 7B models do not fit a 64-wide model), and ``NEEDS``
+names the module a type needs that the project does not depend on (its tests skip without).
+``make_typed_adapter`` saves one with PEFT's own ``save_pretrained``, after seeded noise on
+every trainable parameter.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tests.factories import load_base
 _QV = ["q_proj", "v_proj"]
 
 GENERIC_TYPES: dict[str, dict[str, Any]] = {
+    "adamss": {"r": 8, "num_subspaces": 2, "subspace_rank": 1, "target_modules": _QV},
     "adaption_prompt": {"adapter_len": 4, "adapter_layers": 1},
     "beft": {"target_modules": _QV},
     "c3a": {"block_size": 16, "target_modules": _QV},
@@ -40,7 +42,7 @@ GENERIC_TYPES: dict[str, dict[str, Any]] = {
     "pvera": {"target_modules": _QV},
     "randlora": {"target_modules": _QV},
     "road": {"group_size": 16, "target_modules": _QV},
-    "shadow": {"target_modules": _QV},
+    "shadow": {"r": 4},  # whole decoder blocks (its default), not linear layers
     "shira": {"r": 4, "target_modules": _QV},
     "supertuning": {"target_modules": _QV},
     "tinylora": {"target_modules": _QV},
@@ -51,16 +53,19 @@ GENERIC_TYPES: dict[str, dict[str, Any]] = {
 }
 """PEFT type (lowercase) -> keyword arguments of its config class (task_type CAUSAL_LM)."""
 
+NEEDS: dict[str, str] = {"adamss": "sklearn"}
+"""PEFT type -> the module its config requires (PEFT's AdaMSS clusters with scikit-learn)."""
+
 FORWARD_KWARGS: dict[str, dict[str, Any]] = {
     "poly": {"task_ids": [0]},
     "multitask_prompt_tuning": {"task_ids": [0]},
 }
 """Extra forward arguments a type needs (Poly and multitask prompts route by task id)."""
 
-SPECIAL_FORWARD = frozenset({"poly", "multitask_prompt_tuning", "shadow", "xlora"})
+SPECIAL_FORWARD = frozenset({"poly", "multitask_prompt_tuning", "xlora"})
 """Types the shared fidelity harness cannot run as plain rows: a forward pass that needs task
-ids, one PEFT itself cannot run after loading (ShadowPEFT on Llama), X-LoRA (LoRAs in
-subfolders, no KV cache). ``tests/e2e/test_generic_types.py`` covers them."""
+ids, X-LoRA (LoRAs in subfolders, no KV cache). ``tests/e2e/test_generic_types.py`` covers
+them."""
 
 
 def make_typed_adapter(peft_type: str, out_dir: Path, base_dir: Path, seed: int = 1) -> Path:

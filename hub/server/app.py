@@ -237,7 +237,8 @@ def create_app(
     )
     def push(request: Request, namespace: str, name: str, body: NewVersion) -> Response:
         """Register a new version from blobs uploaded with `PUT /blobs/{sha256}`: inspected
-        and indexed exactly like `hub push` (identical files make no new version)."""
+        and indexed exactly like `hub push` (identical files make no new version; a
+        multi-adapter folder is one repository per adapter, the others listed in `others`)."""
         token = require_write(request, namespace)
         repo = _ref(namespace, name, None)
         registry = state(request).registry()
@@ -273,7 +274,10 @@ def create_app(
                 allow_nonfinite=body.allow_nonfinite,
                 base_dirs=srv.base_dirs,
             )
-        return JSONResponse({**result.card.model_dump(mode="json"), "created": result.created})
+        others = [{**r.card.model_dump(mode="json"), "created": r.created} for r in result.others]
+        return JSONResponse(
+            {**result.card.model_dump(mode="json"), "created": result.created, "others": others}
+        )
 
     @app.put(
         f"{API}/adapters/{{namespace}}/{{name}}/aliases/{{alias}}",

@@ -51,14 +51,17 @@ FAMILIES: dict[str, Callable[[Path], Path]] = {
 class Bases:
     """Each family's base folder and its fp32 logits on ``IDS``, built once per session."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self, root: Path, families: Mapping[str, Callable[[Path], Path]] | None = None
+    ) -> None:
         self.root = root
+        self.families = FAMILIES if families is None else families
         self.folders: dict[str, Path] = {}
         self.logits: dict[str, torch.Tensor] = {}
 
     def __call__(self, family: str) -> Path:
         if family not in self.folders:
-            self.folders[family] = FAMILIES[family](self.root / family)
+            self.folders[family] = self.families[family](self.root / family)
             self.logits[family] = hf_logits(self.folders[family])
         return self.folders[family]
 
@@ -135,6 +138,8 @@ class Case:
     edit_config: Mapping[str, Any] = field(default_factory=dict)
     """Keys written into the saved adapter_config.json (e.g. a newer PEFT's fields)."""
     seed: int = 1
+    needs: str | None = None
+    """A module the case needs that the project does not depend on: skipped without it."""
 
 
 # -- building and loading ----------------------------------------------------------------

@@ -323,10 +323,10 @@ CASES.extend(
 def _generic_types() -> list[Case]:
     """Every PEFT type the hub cards generically (``schemas.methods``), built with the configs
     of ``tests.peft_types`` (sized for tiny models). Poly, multitask prompt tuning (both need
-    task ids in the forward pass), ShadowPEFT (PEFT's own forward fails after loading) and
-    X-LoRA (its LoRAs in subfolders, no KV cache) are in ``test_generic_types.py``."""
+    task ids in the forward pass) and X-LoRA (its LoRAs in subfolders, no KV cache) are in
+    ``test_generic_types.py``."""
     from schemas.methods import METHODS
-    from tests.peft_types import GENERIC_TYPES, SPECIAL_FORWARD
+    from tests.peft_types import GENERIC_TYPES, NEEDS, SPECIAL_FORWARD
 
     cases = []
     for peft_type, kwargs in sorted(GENERIC_TYPES.items()):
@@ -349,7 +349,16 @@ def _generic_types() -> list[Case]:
             params_note=row.params_note,
             none_when_merged=row.family == "mergeable",
         )
-        cases.append(Case(peft_type.replace("_", "-"), "llama", config, card, export=export))
+        cases.append(
+            Case(
+                peft_type.replace("_", "-"),
+                "llama",
+                config,
+                card,
+                export=export,
+                needs=NEEDS.get(peft_type),
+            )
+        )
     return cases
 
 
@@ -568,6 +577,24 @@ def bases(tmp_path_factory) -> Bases:
     return Bases(tmp_path_factory.mktemp("fidelity-bases"))
 
 
-@pytest.mark.parametrize("case", CASES, ids=_IDS)
+def _param(case: Case) -> Any:
+    import importlib.util
+
+    missing = case.needs is not None and importlib.util.find_spec(case.needs) is None
+    reason = f"needs {case.needs}, which the project does not depend on"
+    return pytest.param(case, marks=pytest.mark.skipif(missing, reason=reason))
+
+
+@pytest.mark.parametrize("case", [_param(case) for case in CASES], ids=_IDS)
 def test_fidelity(case: Case, registry, bases, tmp_path) -> None:
     run_case(case, registry, bases, tmp_path)
+
+
+def test_every_peft_type_has_a_case():
+    """Every PEFT type's card (parameter counts against PEFT's included) is checked here, but
+    the few ``test_generic_types.py`` runs apart (their forward needs task ids, or X-LoRA)."""
+    from schemas.methods import METHODS
+    from tests.peft_types import SPECIAL_FORWARD
+
+    carded = {case.push.method for case in CASES if isinstance(case.push, Card)}
+    assert sorted(set(METHODS) - carded) == sorted(SPECIAL_FORWARD)
