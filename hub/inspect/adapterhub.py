@@ -32,6 +32,9 @@ from schemas.card import InferenceOverhead, InspectedAdapter
 from schemas.errors import InvalidAdapter
 
 _KNOWN = ("bottleneck", "prefix_tuning", "lora")
+_LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
+"""The numbered layer container of a tensor's path (BERT ``layer``, Llama ``layers``, GPT-2
+``h``, T5 ``block``)."""
 
 
 @dataclass
@@ -117,9 +120,8 @@ def inspect_adapterhub(
         "hidden_size": hidden,
         "adapters_version": config.get("version"),
         **{k: v for k, v in main.items() if k not in ("method", "variant", "rank")},
-        "layers": sorted(
-            {int(n) for p in parts for m in p.modules for n in re.findall(r"\.(\d+)\.", m)[:1]}
-        ),
+        # Every tensor's layer, the prefix pool's per-layer copies included.
+        "layers": sorted({int(n) for key in tensors for n in _LAYER.findall(key)[:1]}),
     }
     head = _head(folder)
     if head is not None:
@@ -381,8 +383,8 @@ def _union(summaries: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _head(folder: Path) -> dict[str, Any] | None:
-    """The prediction head saved beside the adapter (``with_head``), listed apart: its type,
-    files and parameters (not part of the adapter's count)."""
+    """The prediction head saved beside the adapter (``with_head``, the default), listed
+    apart: its type, files and parameters (not part of the adapter's count)."""
     if not (folder / HEAD_CONFIG).is_file():
         return None
     head_config = load_config_file(folder / HEAD_CONFIG)
@@ -390,7 +392,9 @@ def _head(folder: Path) -> dict[str, Any] | None:
     block = block if isinstance(block, dict) else {}
     head: dict[str, Any] = {
         "name": head_config.get("name"),
-        "head_type": block.get("head_type"),
+        # No config: the model class's own head (a LlamaForCausalLM's lm_head), which
+        # save_adapter writes beside the adapter of a model without flexible heads.
+        "head_type": block.get("head_type") or "static",
         "num_labels": block.get("num_labels"),
         "files": [HEAD_CONFIG],
     }

@@ -2,10 +2,10 @@
 
 ``make_base`` saves a BERT-style (``BertModel``, loaded as adapters' own ``BertAdapterModel``,
 which can carry a prediction head) or Llama-style (``LlamaForCausalLM``, loaded with
-transformers and ``adapters.init``) model from a config; ``make_adapter`` adds an adapter with ``add_adapter``, makes it
-trainable with ``train_adapter``, moves every trainable value off its initialisation (most
-adapters start as the identity: zero up-projections, zero LoRA B), saves it with
-``save_adapter`` and returns the outputs of the model it saved from, to compare a reload with.
+transformers and ``adapters.init``) model from a config. ``make_adapter`` adds an adapter
+with ``add_adapter``, makes it trainable with ``train_adapter``, moves every trainable value
+off its initialisation (most adapters start as the identity: zero up-projections, zero LoRA
+B), saves it with ``save_adapter`` and returns the outputs of the model it saved from.
 
 These need the ``adapters`` library (the ``.venv-adapterhub`` environment).
 """
