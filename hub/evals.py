@@ -175,6 +175,10 @@ def _versions() -> dict[str, str]:
             out[package] = version(package)
         except PackageNotFoundError:
             out[package] = "unknown"
+    try:  # AdapterHub adapters are run by it, where it is installed
+        out["adapters"] = version("adapters")
+    except PackageNotFoundError:
+        pass
     return out
 
 

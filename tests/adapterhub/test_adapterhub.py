@@ -272,3 +272,28 @@ def test_merge_operators_refuse_adapterhub_adapters(registry, bases, tmp_path):
         " Stack block; `linear` works on PEFT adapters' tensors"
     )
     assert [c["repo"] for c in registry.search_raw()] == ["a/ah-lora"]
+
+
+def test_eval_runs_through_adapters_and_is_recorded(registry, tmp_path):
+    from tests.compose.deploy.models import make_base
+    from tests.hub.trained import HELD_OUT
+
+    base = make_base(tmp_path / "base", tokenizer="bpe")
+    saved = make_adapter("houlsby", base, tmp_path / "houlsby")
+    card = registry.push(saved.folder, name="ah/eval").card
+    data = tmp_path / "held-out.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in HELD_OUT))
+
+    (record,) = registry.evaluate(card.ref, data, base=base)
+    assert record["commit"] == card.commit
+    assert record["dataset"]["rows"] == len(HELD_OUT)
+    adapter, plain = record["metrics"]["cross_entropy"], record["base"]["metrics"]["cross_entropy"]
+    # The perturbed bottleneck changes the model, so the scores differ from the base's, and
+    # the recorded delta is their difference.
+    assert abs(adapter["value"] - plain["value"]) > 1e-3
+    assert record["delta"]["cross_entropy"]["value"] == pytest.approx(
+        adapter["value"] - plain["value"], abs=1e-9
+    )
+    assert record["versions"]["adapters"] == "1.3.0"
+    assert registry.evals(card.ref)[0]["id"] == record["id"]
+    assert registry.show(card.ref).metric("cross_entropy") == pytest.approx(adapter["value"])
