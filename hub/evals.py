@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -175,10 +176,8 @@ def _versions() -> dict[str, str]:
             out[package] = version(package)
         except PackageNotFoundError:
             out[package] = "unknown"
-    try:  # AdapterHub adapters are run by it, where it is installed
+    with contextlib.suppress(PackageNotFoundError):  # AdapterHub's runtime, where installed
         out["adapters"] = version("adapters")
-    except PackageNotFoundError:
-        pass
     return out
 
 
