@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.hub.server.live import live_server, tokens
+
+__all__ = ["live_server", "tokens"]
+
 HAS_ADAPTERS = importlib.util.find_spec("adapters") is not None
 
 

@@ -297,3 +297,22 @@ def test_eval_runs_through_adapters_and_is_recorded(registry, tmp_path):
     assert record["versions"]["adapters"] == "1.3.0"
     assert registry.evals(card.ref)[0]["id"] == record["id"]
     assert registry.show(card.ref).metric("cross_entropy") == pytest.approx(adapter["value"])
+
+
+def test_team_server_push_search_and_pull(live_server, tokens, bases, tmp_path):
+    from hub.remote import RemoteRegistry
+
+    saved = make_adapter("compacter", bases["bert"], tmp_path / "compacter")
+    writer = RemoteRegistry(live_server.url, tokens["writer"])
+    card, created = writer.push(saved.folder, name="team/compacter")
+    assert created
+    assert (card.library, card.method, card.variant) == ("adapters", "bottleneck", "compacter")
+
+    reader = RemoteRegistry(live_server.url, tokens["reader"])
+    assert [c["repo"] for c in reader.search_raw(library="adapters")] == ["team/compacter"]
+    assert reader.search_raw(library="peft") == []
+    pulled = reader.pull(card.ref, tmp_path / "pulled")
+    assert _files(pulled) == _files(saved.folder)
+    torch.testing.assert_close(
+        reload_logits(bases["bert"], [pulled]), saved.logits, atol=1e-5, rtol=1e-5
+    )
