@@ -316,3 +316,17 @@ def test_team_server_push_search_and_pull(live_server, tokens, bases, tmp_path):
     torch.testing.assert_close(
         reload_logits(bases["bert"], [pulled]), saved.logits, atol=1e-5, rtol=1e-5
     )
+
+
+def test_show_names_library_placement_and_overhead(registry, bases, tmp_path, hub_home):
+    saved = make_adapter("houlsby", bases["bert"], tmp_path / "houlsby")
+    registry.push(saved.folder, name="a/houlsby")
+    result = CliRunner().invoke(cli, ["--home", str(hub_home), "show", "a/houlsby"])
+    assert result.exit_code == 0, result.output
+    lines = {line.split("  ", 1)[0]: line.split("  ", 1)[1].strip() for line in
+             result.output.splitlines() if "  " in line and not line.startswith(" ")}  # fmt: skip
+    assert lines["method"] == "bottleneck:houlsby"
+    assert lines["library"] == "adapters"
+    assert lines["rank"] == "4"
+    assert lines["placement"] == "after_attention, after_ffn"
+    assert lines["overhead"] == "4 extra modules per forward pass (not mergeable)"
