@@ -110,6 +110,8 @@ def push(
     Training state (checkpoint-<step>/, optimizer.pt, scheduler.pt, rng_state.pth,
     training_args.bin, trainer_state.json...) is left out; --checkpoints pushes a Trainer's
     checkpoints as versions instead. mlx-lm and torchtune adapters: `hub convert` first.
+    AdapterHub saves (adapters' save_adapter with use_safetensors=True: bottleneck, Compacter,
+    prefix, LoRA, IA3, MAM/UniPELT) are read as they are (library: adapters).
     A multi-adapter save (one subfolder per adapter besides default) becomes one repository
     per adapter: NAME for default, NAME-ADAPTER for each other one.
 
