@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# The AdapterHub environment: adapters 1.3.0 pins transformers ~=4.57.6, the main one runs 5.x.
+AH_VENV  := .venv-adapterhub
+AH_BIN   := $(AH_VENV)/bin
+AH_STAMP := $(AH_VENV)/.installed-stamp
 
-.PHONY: install demo test lint typecheck unit numerics bench clean
+.PHONY: install demo test lint typecheck unit numerics adapterhub bench clean
 
 # torch is installed first, pinned to the CPU wheel that lies on this machine's disk, and the
 # constraints file keeps the resolver from ever replacing it with a multi-GB CUDA build.
@@ -14,6 +18,14 @@ $(STAMP): pyproject.toml constraints-dev.txt
 	$(BIN)/pip install --quiet torch==2.13.0
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install --quiet -c constraints-dev.txt -e '.[dev]'
 	touch $(STAMP)
+
+# The same CPU torch first, then transformers 4.57 + adapters + the project, all pinned.
+$(AH_STAMP): pyproject.toml constraints-adapterhub.txt
+	$(PYTHON) -m venv $(AH_VENV)
+	$(AH_BIN)/pip install --quiet --upgrade pip
+	$(AH_BIN)/pip install --quiet torch==2.13.0
+	$(AH_BIN)/pip install --quiet -c constraints-adapterhub.txt transformers adapters pytest -e .
+	touch $(AH_STAMP)
 
 install: $(STAMP)
 
@@ -36,7 +48,11 @@ unit: $(STAMP)
 numerics: $(STAMP)
 	ATEN_CPU_CAPABILITY=default PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -n 2 -q -m numerics
 
-test: lint typecheck unit numerics
+# tests/adapterhub in the AdapterHub environment (the main run skips them: no adapters there).
+adapterhub: $(AH_STAMP)
+	PATH="$(CURDIR)/$(AH_BIN):$$PATH" $(AH_BIN)/pytest -q -p no:cacheprovider tests/adapterhub
+
+test: lint typecheck unit numerics adapterhub
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ls_10k.py
@@ -46,4 +62,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/server_load.py
 
 clean:
-	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(AH_VENV) .demo .mypy_cache .ruff_cache .pytest_cache

@@ -110,6 +110,8 @@ def push(
     Training state (checkpoint-<step>/, optimizer.pt, scheduler.pt, rng_state.pth,
     training_args.bin, trainer_state.json...) is left out; --checkpoints pushes a Trainer's
     checkpoints as versions instead. mlx-lm and torchtune adapters: `hub convert` first.
+    AdapterHub saves (adapters' save_adapter with use_safetensors=True: bottleneck, Compacter,
+    prefix, LoRA, IA3, MAM/UniPELT) are read as they are (library: adapters).
     A multi-adapter save (one subfolder per adapter besides default) becomes one repository
     per adapter: NAME for default, NAME-ADAPTER for each other one (with --to as well).
 
@@ -281,6 +283,9 @@ def pull(
 @click.argument("query", required=False)
 @click.option("--base", help="Base model id (exact, or a glob such as 'meta-llama/*').")
 @click.option("--method", help="lora, dora, adalora, ia3, loha, lokr, oft, boft, vera, ...")
+@click.option(
+    "--library", help="peft or adapters (AdapterHub's bottleneck adapters, Compacter, MAM...)."
+)
 @click.option("--rank", help="N, LOW..HIGH, <=N, <N, >=N or >N.")
 @click.option("--task", "tasks", multiple=True, help="Task label (repeatable: all must match).")
 @click.option("--tag", "tags", multiple=True, help="KEY=VALUE or KEY (repeatable).")
@@ -299,6 +304,7 @@ def ls(
     query: str | None,
     base: str | None,
     method: str | None,
+    library: str | None,
     rank: str | None,
     tasks: tuple[str, ...],
     tags: tuple[str, ...],
@@ -320,6 +326,7 @@ def ls(
     filters: dict[str, Any] = dict(
         base=base,
         method=method,
+        library=library,
         rank=rank,
         tasks=tasks,
         tags=tags,
@@ -551,6 +558,8 @@ def convert(
     \b
     Recognised from the files:
       adapter_model.bin     PEFT's pickle -> adapter_model.safetensors
+      pytorch_adapter.bin   AdapterHub's pickle (and pytorch_model_head.bin) ->
+                            adapter.safetensors (model_head.safetensors)
       adapters.safetensors  mlx-lm LoRA -> PEFT LoRA (lora_a/lora_b transposed,
                             lora_alpha = scale * rank)
       adapter_model.pt      torchtune LoRA -> PEFT LoRA for --base (names mapped,
@@ -566,7 +575,7 @@ def convert(
     from hub.convert import convert_adapter
 
     converted = convert_adapter(path, output, base=base, alpha=alpha)
-    if converted.source == "peft-bin":
+    if converted.source in ("peft-bin", "adapters-bin"):
         click.echo(f"Wrote {converted.path}")
     else:
         click.echo(

@@ -123,6 +123,19 @@ def _metric_text(m: dict[str, Any]) -> str:
     return text
 
 
+def _overhead_text(overhead: dict[str, Any]) -> str:
+    """``none when merged``, else the extra tokens and/or the modules that keep running (an
+    AdapterHub bottleneck, which nothing can merge, has layers and no tokens)."""
+    if overhead.get("none_when_merged"):
+        return "none when merged"
+    tokens, layers = overhead.get("extra_tokens", 0), overhead.get("extra_layers", 0)
+    text = f"{tokens} extra tokens per sequence"
+    if not layers:
+        return text
+    modules = f"{layers} extra modules per forward pass (not mergeable)"
+    return f"{text}, {modules}" if tokens else modules
+
+
 def print_card(card: dict[str, Any], evals: Sequence[dict[str, Any]] = ()) -> None:
     """``hub show``: the card as aligned ``key: value`` lines, then files and eval records."""
     overhead = card.get("inference_overhead") or {}
@@ -133,9 +146,11 @@ def print_card(card: dict[str, Any], evals: Sequence[dict[str, Any]] = ()) -> No
         ("created", card.get("created_at")),
         ("base model", _with_revision(card.get("base_model"), card.get("base_revision"))),
         ("method", method_label(card)),
+        ("library", card.get("library") if card.get("library") not in (None, "peft") else None),
         ("rank", card.get("rank")),
         ("alpha", card.get("alpha")),
         ("targets", ", ".join(card.get("target_modules") or []) or None),
+        ("placement", ", ".join((card.get("details") or {}).get("placement") or []) or None),
         ("task type", card.get("task_type")),
         ("tasks", ", ".join(card.get("tasks") or []) or None),
         ("tags", ", ".join(f"{k}={v}" for k, v in (card.get("tags") or {}).items()) or None),
@@ -154,12 +169,7 @@ def print_card(card: dict[str, Any], evals: Sequence[dict[str, Any]] = ()) -> No
         ),
         ("size", human_size(card.get("size_bytes"))),
         ("dtypes", ", ".join(card.get("dtypes") or []) or None),
-        (
-            "overhead",
-            "none when merged"
-            if overhead.get("none_when_merged")
-            else f"{overhead.get('extra_tokens', 0)} extra tokens per sequence",
-        ),
+        ("overhead", _overhead_text(overhead)),
         ("parent", card.get("parent")),
         ("description", card.get("description")),
     ]

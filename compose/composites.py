@@ -56,6 +56,15 @@ def _check_members(kind: Kind, members: Sequence[CompositeMember]) -> None:
                 adapter=member.ref,
             )
     if kind == "stack":
+        libraries = {m.card.library for m in members}
+        if len(libraries) > 1:
+            odd = next(m for m in members if m.card.library != first.card.library)
+            raise IncompatibleAdapters(
+                f"{odd.ref} is saved by {odd.card.library} but {first.ref} by"
+                f" {first.card.library}: a stack runs in one library (PEFT adapters merged in"
+                " turn, or AdapterHub adapters as adapters' Stack block)",
+                adapter=odd.ref,
+            )
         for position, member in enumerate(members):
             parent = member.card.parent
             earlier = {m.ref for m in members[:position]}
@@ -65,7 +74,11 @@ def _check_members(kind: Kind, members: Sequence[CompositeMember]) -> None:
                     " the stack",
                     adapter=member.ref,
                 )
-            if member.card.method in PROMPT_METHODS and position != len(members) - 1:
+            if (
+                member.card.library == "peft"
+                and member.card.method in PROMPT_METHODS
+                and position != len(members) - 1
+            ):
                 raise IncompatibleAdapters(
                     f"{member.ref} is a {member.card.method} adapter: it cannot be merged, so it"
                     " can only be the last adapter of a stack",
@@ -112,6 +125,7 @@ def write_composite(
                 "ref": member.ref,
                 "method": member.card.method,
                 "variant": member.card.variant,
+                "library": member.card.library,
                 "parent": member.card.parent,
             }
         )
@@ -164,7 +178,8 @@ def read_composite(folder: Path) -> dict[str, Any]:
 
 def load_composed(base_model: Any, folder: str | Path) -> Any:
     """A ready model for ``folder``: a plain adapter (PeftModel), a stack (members applied in
-    order, mergeable ones merged), or an ``EnsembleModel``.
+    order, mergeable ones merged), or an ``EnsembleModel``. AdapterHub saves (one, or a stack
+    of them) run through ``adapters`` itself, a stack as its ``Stack`` block.
 
     Example:
         >>> model = load_composed(AutoModelForCausalLM.from_pretrained(base), "pulled/stack")
@@ -172,12 +187,23 @@ def load_composed(base_model: Any, folder: str | Path) -> Any:
     """
     from peft import PeftModel
 
+    from compose.adapterhub import LIBRARY, is_adapterhub_folder
+
     folder = Path(folder)
     if not (folder / COMPOSITE_FILE).is_file():
+        if is_adapterhub_folder(folder):
+            from compose.adapterhub import load_adapterhub
+
+            return load_adapterhub(base_model, [folder], stack=False)
         return PeftModel.from_pretrained(base_model, str(folder)).eval()
     spec = read_composite(folder)
     if spec["kind"] == "ensemble":
         return EnsembleModel(base_model, folder)
+    if all(member.get("library") == LIBRARY for member in spec["members"]):
+        from compose.adapterhub import load_adapterhub
+
+        paths = [folder / member["path"] for member in spec["members"]]
+        return load_adapterhub(base_model, paths, stack=True)
     model = base_model
     for member in spec["members"]:
         model = PeftModel.from_pretrained(model, str(folder / member["path"]))

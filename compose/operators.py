@@ -150,11 +150,20 @@ def resolve_params(recipe: Recipe) -> dict[str, Any]:
 
 
 def check_inputs(operator: str, inputs: Sequence[ComposeInput]) -> None:
-    """Same base model; every input of a method the operator accepts."""
+    """Same base model; every input of a method the operator accepts (AdapterHub adapters:
+    ``stack`` only, see ``compose.adapterhub``)."""
     spec = OPERATORS[operator]
     first = inputs[0]
     for item in inputs:
-        if item.card.method not in spec.methods:
+        if item.card.library == "adapters":
+            if operator != "stack":
+                raise IncompatibleAdapters(
+                    f"{item.ref} is an AdapterHub {item.card.method} adapter: it composes only"
+                    f" as a stack, run by adapters' own Stack block; `{operator}` works on PEFT"
+                    " adapters' tensors",
+                    adapter=item.ref,
+                )
+        elif item.card.method not in spec.methods:
             what = f"{item.card.method} adapter"
             raise IncompatibleAdapters(
                 f"{item.ref} is a {what}; `{operator}` takes"

@@ -1,6 +1,8 @@
 """``hub convert``: adapters the hub does not store as they are, turned into PEFT folders.
 
-- PEFT's pickle ``adapter_model.bin`` -> ``adapter_model.safetensors`` (``convert_bin_adapter``).
+- PEFT's pickle ``adapter_model.bin`` -> ``adapter_model.safetensors`` (``convert_bin_adapter``),
+  and AdapterHub's ``pytorch_adapter.bin`` / ``pytorch_model_head.bin`` -> ``adapter.safetensors``
+  / ``model_head.safetensors`` (the names ``adapters`` reads with ``use_safetensors=True``).
 - mlx-lm and torchtune LoRA adapters -> PEFT LoRA folders (``hub.formats``).
 
 The hub never unpickles files implicitly. This explicit step uses
@@ -14,28 +16,63 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from schemas.errors import InvalidAdapter, OutputExists
 
 
-def convert_bin_adapter(folder: Path, output: Path | None = None) -> Path:
-    """Write ``output`` (default ``<folder>-safetensors``): the folder with its
-    ``adapter_model.bin`` replaced by an equivalent ``adapter_model.safetensors``.
+def convert_bin_adapter(
+    folder: Path, output: Path | None = None, pickles: dict[str, str] | None = None
+) -> Path:
+    """Write ``output`` (default ``<folder>-safetensors``): the folder with its pickle weights
+    replaced by equivalent safetensors files.
+
+    Args:
+        pickles: pickle file name -> safetensors name; default PEFT's ``adapter_model.bin``
+            -> ``adapter_model.safetensors``. AdapterHub's are ``hub.formats.adapterhub.
+            PICKLE_TO_SAFETENSORS`` (adapter and head); the ones present are converted.
 
     Raises:
-        InvalidAdapter: no ``adapter_model.bin``, or it holds something other than tensors.
+        InvalidAdapter: none of the pickles, or one holds something other than tensors.
         OutputExists: ``output`` exists.
     """
-    import torch
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    source = folder / "adapter_model.bin"
-    if not source.is_file():
-        raise InvalidAdapter(f"{folder}: no adapter_model.bin to convert", path=str(folder))
+    pairs = pickles or {"adapter_model.bin": "adapter_model.safetensors"}
+    sources = {name: folder / name for name in pairs if (folder / name).is_file()}
+    if not sources:
+        raise InvalidAdapter(f"{folder}: no {' or '.join(pairs)} to convert", path=str(folder))
     dest = Path(output) if output is not None else folder.with_name(folder.name + "-safetensors")
     if dest.exists():
         raise OutputExists(f"{dest} already exists (choose another -o)", path=str(dest))
+    states = {name: _load_tensors(source) for name, source in sources.items()}
+    staging = dest.parent / f".{dest.name}.hub-{uuid.uuid4().hex[:8]}.incomplete"
+    staging.mkdir(parents=True)
+    try:
+        for item in folder.iterdir():
+            if item.name in sources or item.name.startswith("."):
+                continue
+            if item.is_dir():
+                shutil.copytree(item, staging / item.name)
+            else:
+                shutil.copy2(item, staging / item.name)
+        for name, state in states.items():
+            # Tensors that share storage (tied weights, AdapterHub's prefix pool saved under
+            # every layer) must be cloned for safetensors.
+            tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
+            save_file(tensors, staging / pairs[name], metadata={"format": "pt"})
+        os.replace(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dest
+
+
+def _load_tensors(source: Path) -> dict[str, Any]:
+    """The plain tensor dict of a pickle checkpoint, loaded with ``weights_only=True``."""
+    import torch
+
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as error:  # the unpickler's refusals come in many types
@@ -48,31 +85,14 @@ def convert_bin_adapter(folder: Path, output: Path | None = None) -> Path:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise InvalidAdapter(f"{source}: expected a dict of tensors", path=str(source))
-    staging = dest.parent / f".{dest.name}.hub-{uuid.uuid4().hex[:8]}.incomplete"
-    staging.mkdir(parents=True)
-    try:
-        for item in folder.iterdir():
-            if item.name == "adapter_model.bin" or item.name.startswith("."):
-                continue
-            if item.is_dir():
-                shutil.copytree(item, staging / item.name)
-            else:
-                shutil.copy2(item, staging / item.name)
-        # Tensors that share storage (tied weights) must be cloned for safetensors.
-        tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
-        save_file(tensors, staging / "adapter_model.safetensors", metadata={"format": "pt"})
-        os.replace(staging, dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return dest
+    return state
 
 
 @dataclass(frozen=True)
 class Converted:
     path: Path
     source: str
-    """``peft-bin``, ``mlx-lm`` or ``torchtune``."""
+    """``peft-bin``, ``adapters-bin`` (AdapterHub's pickles), ``mlx-lm`` or ``torchtune``."""
     summary: str = ""
 
 
@@ -85,8 +105,9 @@ def convert_adapter(
 ) -> Converted:
     """Convert the adapter ``folder`` into a PEFT folder that ``hub push`` takes.
 
-    The format is recognised from the files: PEFT's pickle ``adapter_model.bin`` (written as
-    ``<folder>-safetensors``), an mlx-lm or a torchtune LoRA adapter (``<folder>-peft``).
+    The format is recognised from the files: PEFT's pickle ``adapter_model.bin`` or
+    AdapterHub's ``pytorch_adapter.bin`` (written as ``<folder>-safetensors``), an mlx-lm or
+    a torchtune LoRA adapter (``<folder>-peft``).
     The output folder appears whole or not at all.
 
     Args:
@@ -104,10 +125,22 @@ def convert_adapter(
         >>> convert_adapter("mlx-out/adapters", "adapters-peft")           # doctest: +SKIP
         Converted(path=PosixPath('adapters-peft'), source='mlx-lm', summary='r=8, ...')
     """
+    from compose.adapterhub import PICKLE_TO_SAFETENSORS, WEIGHTS, is_adapterhub_folder
     from compose.staging import staged_folder
     from hub.formats import detect
 
     folder = Path(folder)
+    if folder.is_dir() and is_adapterhub_folder(folder):
+        if (folder / WEIGHTS).is_file():
+            raise InvalidAdapter(
+                f"{folder} is already an AdapterHub save with safetensors ({WEIGHTS}): push it"
+                f" as it is with `hub push {folder}`",
+                path=str(folder),
+            )
+        dest = convert_bin_adapter(
+            folder, None if output is None else Path(output), PICKLE_TO_SAFETENSORS
+        )
+        return Converted(dest, "adapters-bin")
     fmt = detect(folder) if folder.is_dir() else None
     if fmt is None:
         if (folder / "adapter_model.safetensors").is_file():

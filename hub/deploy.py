@@ -44,7 +44,9 @@ def export(
     ``InvalidArgument`` when ``output`` is, contains or is inside the registry folder. The
     folders of links to stored blobs live under the registry's ``tmp/`` (see ``scratch``).
     """
+    from compose.adapterhub import is_adapterhub_folder
     from compose.deploy import export_model
+    from hub.formats.adapterhub import merge_refusal
 
     check_outside_registry(Path(output), registry.home)
     with registry.scratch("export") as scratch:
@@ -52,7 +54,10 @@ def export(
         recipe: dict[str, Any] | None = None
         for i, ref in enumerate(refs):
             source, card = _adapter(registry, ref, scratch / f"adapter-{i}")
-            sources.extend(_expand_stack(source))
+            for member in _expand_stack(source):
+                if is_adapterhub_folder(member.path):
+                    raise merge_refusal(member.path, member.label)
+                sources.append(member)
             if card is not None and card.lineage is not None and card.lineage.recipe:
                 recipe = {**card.lineage.recipe, "inputs": card.lineage.inputs}
         base_dir, base_label = _base(registry, base, scratch / "base", format)

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -214,6 +215,8 @@ def _versions() -> dict[str, str]:
             out[package] = version(package)
         except PackageNotFoundError:
             out[package] = "unknown"
+    with contextlib.suppress(PackageNotFoundError):  # AdapterHub's runtime, where installed
+        out["adapters"] = version("adapters")
     return out
 
 

@@ -460,9 +460,10 @@ class Registry:
     ) -> list[AdapterCard]:
         """Cards matching every filter (latest version of each repo unless ``all_versions``).
 
-        Filters: ``base`` (exact or glob), ``method`` (``dora`` too), ``rank`` (``8``,
-        ``8..16``, ``<=16``), ``tasks``, ``tags`` (``K=V`` or ``K``), ``sort`` (a field or
-        ``metric:NAME``; ``+``/``-`` for the direction), ``limit``, ``all_versions``.
+        Filters: ``base`` (exact or glob), ``method`` (``dora`` too), ``library`` (``peft``,
+        ``adapters``), ``rank`` (``8``, ``8..16``, ``<=16``), ``tasks``, ``tags`` (``K=V`` or
+        ``K``), ``sort`` (a field or ``metric:NAME``; ``+``/``-`` for the direction),
+        ``limit``, ``all_versions``.
 
         Example:
             >>> reg.search("sql", base="meta-llama/Llama-3-8B", rank="<=16",

@@ -55,6 +55,7 @@ class SearchFilters(TypedDict, total=False):
 
     base: str | None
     method: str | None
+    library: str | None
     rank: str | int | None
     tasks: Iterable[str]
     tags: Iterable[str]
@@ -70,6 +71,8 @@ class SearchQuery:
     text: str | None = None
     base: str | None = None
     method: str | None = None
+    library: str | None = None
+    """``peft`` or ``adapters`` (the card's ``library``; cards from before it are PEFT's)."""
     rank: str | None = None
     tasks: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
@@ -110,6 +113,9 @@ class SearchQuery:
             else:
                 where.append("v.method = ?")
                 params.append(method)
+        if self.library:
+            where.append("coalesce(json_extract(v.card, '$.library'), 'peft') = ?")
+            params.append(self.library.lower())
         if self.rank:
             low, high = parse_rank(self.rank)
             if low is not None:

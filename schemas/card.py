@@ -20,7 +20,9 @@ __all__ = ["PROMPT_METHODS"]
 
 Method = str
 """Lowercase PEFT type (a method of ``schemas.methods.METHODS``) or ``composite``. DoRA is
-``lora`` with ``variant="dora"``; stacks and ensembles are composites."""
+``lora`` with ``variant="dora"``; stacks and ensembles are composites. AdapterHub adapters
+(``library="adapters"``) add ``bottleneck`` (variant ``houlsby``, ``pfeiffer``, ``parallel``,
+``compacter``...) and ``union`` (variant ``mam``, ``unipelt``)."""
 
 
 class FileEntry(BaseModel):
@@ -112,6 +114,9 @@ class Lineage(BaseModel):
 class InspectedAdapter(BaseModel):
     """What ``hub.inspect`` reads from an adapter folder, before it gets a repo and version."""
 
+    library: str = "peft"
+    """The library whose format the adapter is saved in: ``peft`` (``save_pretrained``) or
+    ``adapters`` (AdapterHub's ``save_adapter``: bottleneck adapters, Compacter, MAM...)."""
     base_model: str | None = None
     base_revision: str | None = None
     method: Method

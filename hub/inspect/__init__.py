@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from compose.adapterhub import is_adapterhub_folder
 from compose.peft_config import unknown_keys
 from compose.peft_patterns import LORA_FROZEN_STATE
 from hub.formats import refuse_foreign
@@ -86,7 +87,8 @@ def inspect_adapter(
     """Read the adapter folder ``path`` into an ``InspectedAdapter`` (a card without repo).
 
     Args:
-        path: a folder written by PEFT's ``save_pretrained`` (or a composite folder).
+        path: a folder written by PEFT's ``save_pretrained`` (or a composite folder, or an
+            AdapterHub ``save_adapter`` folder: ``hub.inspect.adapterhub``).
         allow_nonfinite: accept tensors holding NaN or Inf.
         base_config: the base model's ``config.json``, for ``params_base`` /
             ``params_fraction``. Without it, a local folder named by the adapter's
@@ -115,6 +117,12 @@ def inspect_adapter(
 
         return inspect_composite(
             folder, inspect_adapter, allow_nonfinite=allow_nonfinite, base_dirs=base_dirs
+        )
+    if is_adapterhub_folder(folder):
+        from hub.inspect.adapterhub import inspect_adapterhub
+
+        return inspect_adapterhub(
+            folder, allow_nonfinite=allow_nonfinite, base_config=base_config, base_dirs=base_dirs
         )
     refuse_foreign(folder)  # mlx-lm, torchtune, a Trainer output folder: say what it is
     config = load_config(folder)

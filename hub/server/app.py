@@ -184,6 +184,7 @@ def create_app(
         q: str | None = None,
         base: str | None = None,
         method: str | None = None,
+        library: str | None = None,
         rank: str | None = None,
         task: list[str] = Query(default=[]),  # noqa: B008
         tag: list[str] = Query(default=[]),  # noqa: B008
@@ -200,6 +201,7 @@ def create_app(
                 q,
                 base=base,
                 method=method,
+                library=library,
                 rank=rank,
                 tasks=task,
                 tags=tag,
