@@ -560,8 +560,10 @@ class Registry:
         return target
 
     # -- compose ------------------------------------------------------------------------
-    def compose(self, recipe: Recipe | dict[str, Any]) -> PushResult:
+    def compose(self, recipe: Recipe | dict[str, Any], *, device: str = "auto") -> PushResult:
         """Build a composite (merge, stack, ensemble) from ``recipe`` and push it.
+
+        ``device`` (``auto``, ``cpu``, ``cuda``) is where the merge math runs.
 
         Inputs are resolved to exact commits, recorded in the result's lineage with the
         operator's resolved parameters, so ``rebuild`` can recompute and check it.
@@ -579,7 +581,7 @@ class Registry:
 
         if not isinstance(recipe, Recipe):
             recipe = recipe_from_data(recipe, "recipe")
-        return compose(self, recipe)
+        return compose(self, recipe, device)
 
     def rebuild(self, ref: str) -> Any:
         """Recompute the composite ``ref`` and compare it with what is stored, file by file.

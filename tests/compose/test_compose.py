@@ -233,7 +233,7 @@ def _nothing_written(reg, before):
         (
             {"operator": "svd", "inputs": ["t/a", "t/b"], "rank": 0},
             InvalidRecipe,
-            "recipe: field 'rank': Input should be greater than 0",
+            "recipe: field 'rank': rank must be a positive integer or 'auto', got 0",
         ),
         (
             {"operator": "svd", "inputs": ["t/a", "t/b"], "rank": 65},
