@@ -217,3 +217,8 @@ def run_recipe(ctx: click.Context, recipe: Path, device: str, as_json: bool) -> 
         raise InvalidRecipe(f"{recipe}: not valid YAML{where}") from None
     registry = Registry(ctx.find_root().obj["home"])
     _report(registry.compose(recipe_from_data(data, str(recipe)), device=device), as_json)
+
+
+from cli.compose_search import search  # noqa: E402
+
+compose.add_command(search)

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from schemas.errors import IncompatibleAdapters, InvalidRecipe
 
@@ -248,7 +248,7 @@ def merge_modules(
     methods = {a.method for a in adapters}
     rank_param = params.get("rank")
     energy = params.get("energy") if rank_param == "auto" else None
-    method = params.get("factor") or "randomized"
+    method: Literal["randomized", "exact"] = params.get("factor") or "randomized"
     truncations: dict[str, Truncation] = {}
     out: dict[str, ModuleLora] = {}
     if methods == {"lora"} and operator in ("cat", "linear", "svd"):
@@ -276,12 +276,11 @@ def merge_modules(
     generator = torch.Generator().manual_seed(int(params.get("seed") or 0))
     names = sorted({m for a in adapters for m in (*a.modules, *a.dense)})
     for module in names:
-        having = [(a, _shape(a, module)) for a in adapters if _shape(a, module) is not None]
+        having = [(a, s) for a in adapters if (s := _shape(a, module)) is not None]
         merge.check_same_shapes(
             [shape for _, shape in having], module, [a.label for a, _ in having]
         )
         shape = having[0][1]
-        assert shape is not None
         # An input without this module contributes a zero delta (and a zero vote in TIES).
         per_input = [_dense(a, module, shape, device) for a in adapters]
         dense = _dense_op(operator, per_input, weights, params, generator, module)
@@ -331,7 +330,9 @@ def _cpu(factors: Factors) -> Factors:
     return Factors(A=factors.A.cpu(), B=factors.B.cpu())
 
 
-def _module_union(adapters: list[LoadedAdapter]) -> dict[str, list[tuple[LoadedAdapter, int]]]:
+def _module_union(
+    adapters: Sequence[LoadedAdapter],
+) -> dict[str, list[tuple[LoadedAdapter, int]]]:
     modules: dict[str, list[tuple[LoadedAdapter, int]]] = {}
     for index, adapter in enumerate(adapters):
         for module in adapter.modules:

@@ -80,11 +80,18 @@ def recipe_record(recipe: Recipe, params: dict[str, Any]) -> dict[str, Any]:
     return {"operator": recipe.operator, **params, "description": recipe.description}
 
 
-def compose(registry: Registry, recipe: Recipe, device: str = "auto") -> PushResult:
+def compose(
+    registry: Registry,
+    recipe: Recipe,
+    device: str = "auto",
+    *,
+    search: dict[str, Any] | None = None,
+) -> PushResult:
     """Run ``recipe`` and push the result as the next version of ``recipe.name``.
 
     ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``; where the merge runs
-    (inputs are read and the result written on the CPU either way)."""
+    (inputs are read and the result written on the CPU either way). ``search``: how
+    ``hub compose search`` found the recipe's weights, recorded beside the recipe."""
     from compose.evaluate import device_for
     from compose.reproduce import TOLERANCE
     from schemas.card import Lineage
@@ -94,11 +101,14 @@ def compose(registry: Registry, recipe: Recipe, device: str = "auto") -> PushRes
         out, result, exact_inputs = _build(registry, recipe, work, where)
         # The card says how `hub verify --rebuild` checks this result, and where it was built.
         details = {**result.details, "rebuild_check": TOLERANCE, "built_with": build_environment()}
+        record = recipe_record(recipe, result.params)
+        if search is not None:
+            record["search"] = search
         return registry.push(
             out,
             name=recipe.name,
             tasks=recipe.tasks,
-            lineage=Lineage(recipe=recipe_record(recipe, result.params), inputs=exact_inputs),
+            lineage=Lineage(recipe=record, inputs=exact_inputs),
             details=details,
         )
 
@@ -158,6 +168,7 @@ def rebuild(registry: Registry, ref: str) -> RebuildReport:
             repo=card.repo,
         )
     record = dict(lineage.recipe)
+    record.pop("search", None)  # how the weights were found; the weights are in the recipe
     if record["operator"] in OPERATORS and "factor" in OPERATORS[record["operator"]].params:
         # Composites from before the randomized range finder were factored exactly.
         record.setdefault("factor", "exact")

@@ -583,6 +583,15 @@ class Registry:
             recipe = recipe_from_data(recipe, "recipe")
         return compose(self, recipe, device)
 
+    def compose_search(
+        self, refs: Sequence[str], data: str | os.PathLike[str], **options: Any
+    ) -> Any:
+        """Search merge weights on a few examples and push the merge if it beats the best
+        single input and uniform weights on held-out rows (``hub.compose_search``)."""
+        from hub.compose_search import compose_search
+
+        return compose_search(self, list(refs), data, **options)
+
     def rebuild(self, ref: str) -> Any:
         """Recompute the composite ``ref`` and compare it with what is stored, file by file.
 
