@@ -88,7 +88,7 @@ def compose_search(
         recipe_data["seed"] = seed
     recipe = recipe_from_data(recipe_data, "command line")
     where = device_for(device)
-    with registry.scratch("search") as work:
+    with registry.scratch("compose") as work:
         params, inputs = resolve_inputs(registry, recipe, work)
         for item in inputs:
             if item.card.method != "lora":
