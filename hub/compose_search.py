@@ -130,10 +130,10 @@ def compose_search(
 
 
 def _model(registry: Registry, base: Any, card: Any, scratch: Path, device: Any) -> tuple[Any, Any]:
-    from hub.evals import _base, _load_model, _tokenizer
+    from hub.evals import _base, _tokenizer, load_base_model
 
     base_dir, _ = _base(registry, base, card, scratch)
-    return _load_model(base_dir, "fp32", device), _tokenizer(base_dir)
+    return load_base_model(base_dir, "fp32", device), _tokenizer(base_dir)
 
 
 def _search_record(

@@ -72,13 +72,13 @@ def _grid_best(reg, tasks, l1):
     from compose.operators import merge_modules
     from compose.search import CandidateModel, SearchSettings, per_example_loss, split
     from hub.composer import resolve_inputs
-    from hub.evals import _load_model, _tokenizer
+    from hub.evals import _tokenizer, load_base_model
     from schemas.recipe import Recipe
 
     base, _, _, data = tasks
     search_rows, _ = split(read_eval_data(data), SearchSettings(seed=0))
     recipe = Recipe(operator="linear", name="t/x", inputs=["t/a", "t/b"])
-    model, tok = _load_model(base, "fp32", "cpu"), _tokenizer(base)
+    model, tok = load_base_model(base, "fp32", "cpu"), _tokenizer(base)
     best = math.inf
     with reg.scratch("compose") as work:
         _, inputs = resolve_inputs(reg, recipe, work)
