@@ -15,7 +15,8 @@ _EXAMPLES = {
     "cat": "hub compose cat team/sql-lora team/chat-lora --name team/sql-chat --weights 1,1",
     "linear": "hub compose linear team/sql-lora team/chat-lora --name team/mix --weights 0.5,0.5",
     "svd": "hub compose svd team/sql-lora team/chat-lora --name team/mix --rank 16",
-    "ties": "hub compose ties team/a team/b --name team/ties --density 0.2 --rank 16",
+    "ties": "hub compose ties team/a team/b --name team/ties --density 0.2 --rank auto"
+    " --energy 0.95 --device cuda",
     "dare": "hub compose dare team/a team/b --name team/dare --density 0.3 --seed 7",
     "magnitude-prune": "hub compose magnitude-prune team/a team/b --name team/p --density 0.5",
     "stack": "hub compose stack team/domain-lora team/task-lora --name team/stacked",
@@ -47,10 +48,48 @@ def _report(result: Any, as_json: bool) -> None:
         + f", {human_size(card.size_bytes)}"
         + (f", retained energy {energy:.2%}" if energy is not None else "")
     )
+    warning = card.details.get("energy_warning")
+    if warning:
+        click.echo(f"Warning: {warning}", err=True)
+
+
+def _rank(text: str | None) -> int | str | None:
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidRecipe(
+            f"invalid --rank {text!r}: expected a positive integer or 'auto'", field="rank"
+        ) from None
+
+
+device_option = click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where the merge math runs (auto: CUDA when available).",
+)
 
 
 _PARAM_OPTIONS = {
-    "rank": click.option("--rank", type=int, help="Rank R of the result."),
+    "rank": click.option(
+        "--rank",
+        help="Rank R of the result, or 'auto': per module the smallest rank keeping --energy.",
+    ),
+    "energy": click.option(
+        "--energy",
+        type=float,
+        help="With --rank auto: fraction of each module's squared Frobenius norm kept"
+        " (default 0.95).",
+    ),
+    "factor": click.option(
+        "--factor",
+        type=click.Choice(["randomized", "exact"]),
+        help="How dense deltas are factored back: a checked randomized range finder"
+        " (default; exact SVD where its 1e-5 bound cannot be shown) or the exact SVD.",
+    ),
     "density": click.option("--density", type=float, help="Fraction of values kept, in (0, 1]."),
     "seed": click.option("--seed", type=int, help="Seed of the random drops (default 0)."),
     "variant": click.option(
@@ -76,6 +115,9 @@ def _operator_command(name: str) -> click.Command:
         from hub.registry import Registry
 
         as_json = options.pop("as_json")
+        device = options.pop("device")
+        if "rank" in options:
+            options["rank"] = _rank(options["rank"])
         recipe = {
             "operator": name,
             "inputs": list(refs),
@@ -88,12 +130,14 @@ def _operator_command(name: str) -> click.Command:
         from schemas.recipe import recipe_from_data
 
         registry = Registry(ctx.find_root().obj["home"])
-        _report(registry.compose(recipe_from_data(recipe, "command line")), as_json)
+        _report(registry.compose(recipe_from_data(recipe, "command line"), device=device), as_json)
 
     command = click.pass_context(run)
     for param in sorted(spec.params, reverse=True):
         command = _PARAM_OPTIONS[param](command)
     command = json_option(command)
+    if name not in ("stack", "ensemble"):
+        command = device_option(command)
     command = click.option("--description", help="Description for the result's card.")(command)
     command = click.option("--task", "tasks", multiple=True, help="Task label (repeatable).")(
         command
@@ -143,9 +187,10 @@ for _name in OPERATORS:
 
 @compose.command(name="run")
 @click.argument("recipe", type=click.Path(path_type=Path))
+@device_option
 @json_option
 @click.pass_context
-def run_recipe(ctx: click.Context, recipe: Path, as_json: bool) -> None:
+def run_recipe(ctx: click.Context, recipe: Path, device: str, as_json: bool) -> None:
     """Run a reviewed recipe file (YAML), the same as the command-line form.
 
     \b
@@ -171,4 +216,9 @@ def run_recipe(ctx: click.Context, recipe: Path, as_json: bool) -> None:
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise InvalidRecipe(f"{recipe}: not valid YAML{where}") from None
     registry = Registry(ctx.find_root().obj["home"])
-    _report(registry.compose(recipe_from_data(data, str(recipe))), as_json)
+    _report(registry.compose(recipe_from_data(data, str(recipe)), device=device), as_json)
+
+
+from cli.compose_search import search  # noqa: E402
+
+compose.add_command(search)

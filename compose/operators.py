@@ -7,10 +7,11 @@ accepts, and where the method comes from.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from schemas.errors import IncompatibleAdapters, InvalidRecipe
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from compose.adapter_io import LoadedAdapter, ModuleLora
-    from compose.merge import Truncation
+    from compose.merge import Factors, Truncation
     from schemas.card import InspectedAdapter
     from schemas.recipe import Recipe
 
@@ -47,34 +48,34 @@ OPERATORS: dict[str, OperatorSpec] = {
         " (IA3: weighted sum of the scaling offsets)",
         "https://arxiv.org/abs/2212.04089",
         frozenset({"lora", "loha", "lokr", "ia3"}),
-        frozenset({"rank"}),
+        frozenset({"rank", "energy", "factor"}),
     ),
     "svd": OperatorSpec(
         "best rank-R approximation of the exact weighted delta, computed in low rank",
         "https://en.wikipedia.org/wiki/Low-rank_approximation",
         MERGEABLE,
-        frozenset({"rank"}),
+        frozenset({"rank", "energy", "factor"}),
         frozenset({"rank"}),
     ),
     "ties": OperatorSpec(
         "TIES: trim to the top-density values, elect signs, disjoint mean; factored to rank R",
         "https://arxiv.org/abs/2306.01708",
         MERGEABLE,
-        frozenset({"rank", "density", "majority_sign"}),
+        frozenset({"rank", "energy", "factor", "density", "majority_sign"}),
         frozenset({"density"}),
     ),
     "dare": OperatorSpec(
         "DARE: random drop with rescale, then a weighted sum or TIES; factored to rank R",
         "https://arxiv.org/abs/2311.03099",
         MERGEABLE,
-        frozenset({"rank", "density", "seed", "variant", "majority_sign"}),
+        frozenset({"rank", "energy", "factor", "density", "seed", "variant", "majority_sign"}),
         frozenset({"density"}),
     ),
     "magnitude-prune": OperatorSpec(
         "keep each input's top-density values by magnitude, weighted sum; factored to rank R",
         "https://arxiv.org/abs/2306.01708",
         MERGEABLE,
-        frozenset({"rank", "density"}),
+        frozenset({"rank", "energy", "factor", "density"}),
         frozenset({"density"}),
     ),
     "stack": OperatorSpec(
@@ -93,6 +94,9 @@ OPERATORS: dict[str, OperatorSpec] = {
 }  # fmt: skip
 
 _DEFAULTS = {"majority_sign": "total", "average": False}
+DEFAULT_ENERGY = 0.95
+LOW_ENERGY = 0.8
+"""Below this overall retained energy a merge is flagged (a warning line and on the card)."""
 
 
 @dataclass
@@ -124,7 +128,7 @@ def resolve_params(recipe: Recipe) -> dict[str, Any]:
     given = (
         {
             name
-            for name in ("rank", "density", "seed", "variant")
+            for name in ("rank", "energy", "factor", "density", "seed", "variant")
             if getattr(recipe, name) is not None
         }
         | ({"average"} if recipe.average else set())
@@ -142,6 +146,10 @@ def resolve_params(recipe: Recipe) -> dict[str, Any]:
     for name, default in _DEFAULTS.items():
         if name in params and params[name] is None:
             params[name] = default
+    if params.get("rank") == "auto" and params.get("energy") is None:
+        params["energy"] = DEFAULT_ENERGY
+    if "factor" in params and params["factor"] is None:
+        params["factor"] = "randomized"
     if recipe.operator == "dare":
         params["seed"] = 0 if params["seed"] is None else params["seed"]
         params["variant"] = params["variant"] or "linear"
@@ -181,13 +189,21 @@ def check_inputs(operator: str, inputs: Sequence[ComposeInput]) -> None:
 
 
 def run_merge(
-    recipe: Recipe, inputs: Sequence[ComposeInput], params: dict[str, Any], dest: Path
+    recipe: Recipe,
+    inputs: Sequence[ComposeInput],
+    params: dict[str, Any],
+    dest: Path,
+    device: str = "cpu",
 ) -> ComposeResult:
-    """Run a merging operator (cat, linear, svd, ties, dare, magnitude-prune) into ``dest``."""
+    """Run a merging operator (cat, linear, svd, ties, dare, magnitude-prune) into ``dest``.
+
+    Tensors are read on the CPU; each module's factors move to ``device``, where its dense
+    deltas (for the per-value operators) are formed, merged, factored and freed before the
+    next module: peak memory is a few modules, not the adapters' dense size.
+    """
     import torch
 
-    from compose import merge
-    from compose.adapter_io import ModuleLora, dense_deltas, load_adapter, write_ia3, write_lora
+    from compose.adapter_io import load_adapter, write_ia3, write_lora
 
     operator = recipe.operator
     adapters = [load_adapter(i.folder, i.ref, i.card.method, operator) for i in inputs]
@@ -209,6 +225,30 @@ def run_merge(
         )
         return ComposeResult(params)
 
+    out, truncations = merge_modules(adapters, inputs, operator, params, device)
+    write_lora(dest, out, template=template, dtype=dtype, readme=readme)
+    return ComposeResult(params, energy_details(truncations))
+
+
+def merge_modules(
+    adapters: Sequence[LoadedAdapter],
+    inputs: Sequence[ComposeInput],
+    operator: str,
+    params: dict[str, Any],
+    device: str = "cpu",
+) -> tuple[dict[str, ModuleLora], dict[str, Truncation]]:
+    """Every module of the merged LoRA (on the CPU), and the truncation of each that was
+    truncated. Shapes are checked per module, naming the module and the adapter."""
+    import torch
+
+    from compose import merge
+    from compose.adapter_io import ModuleLora
+
+    weights: list[float] = params["weights"]
+    methods = {a.method for a in adapters}
+    rank_param = params.get("rank")
+    energy = params.get("energy") if rank_param == "auto" else None
+    method: Literal["randomized", "exact"] = params.get("factor") or "randomized"
     truncations: dict[str, Truncation] = {}
     out: dict[str, ModuleLora] = {}
     if methods == {"lora"} and operator in ("cat", "linear", "svd"):
@@ -218,42 +258,81 @@ def run_merge(
                 for a, _ in present
             ]
             merge.check_same_shapes(shapes, module, [a.label for a, _ in present])
-            factors = [a.modules[module].factors for a, _ in present]
+            factors = [_to(a.modules[module].factors, device) for a, _ in present]
             w = [weights[i] for _, i in present]
             embedding = present[0][0].modules[module].embedding
-            rank = params.get("rank")
-            if rank is None:
-                out[module] = ModuleLora(merge.cat(factors, w, module=module), embedding)
+            if rank_param is None:
+                out[module] = ModuleLora(_cpu(merge.cat(factors, w, module=module)), embedding)
             else:
-                result = merge.svd_merge(factors, w, rank, module=module)
+                rank = None if rank_param == "auto" else int(rank_param)
+                result = merge.svd_merge(factors, w, rank, energy=energy, module=module)
                 truncations[module] = result
-                out[module] = ModuleLora(result.factors, embedding)
-    else:
-        if operator == "cat":
-            raise IncompatibleAdapters("`cat` merges LoRA adapters only")
-        deltas = [dense_deltas(a) for a in adapters]
-        embeddings = {m for a in adapters for m, lora in a.modules.items() if lora.embedding}
-        rank = params.get("rank") or max(int(i.card.rank or 0) for i in inputs)
-        generator = torch.Generator().manual_seed(int(params.get("seed") or 0))
-        for module in sorted({m for d in deltas for m in d}):
-            having = [
-                (d[module], a.label) for d, a in zip(deltas, adapters, strict=True) if module in d
-            ]
-            merge.check_same_shapes(
-                [tuple(t.shape) for t, _ in having], module, [label for _, label in having]
-            )
-            shape = having[0][0].shape
-            # An input without this module contributes a zero delta (and a zero vote in TIES).
-            per_input = [d.get(module, torch.zeros(shape)) for d in deltas]
-            dense = _dense_op(operator, per_input, weights, params, generator, module)
-            result = merge.factor(dense, min(rank, min(shape)), module=module)
-            truncations[module] = result
-            out[module] = ModuleLora(result.factors, module in embeddings)
-    write_lora(dest, out, template=template, dtype=dtype, readme=readme)
-    return ComposeResult(params, _energy_details(truncations))
+                out[module] = ModuleLora(_cpu(result.factors), embedding)
+        return out, truncations
+    if operator == "cat":
+        raise IncompatibleAdapters("`cat` merges LoRA adapters only")
+    embeddings = {m for a in adapters for m, lora in a.modules.items() if lora.embedding}
+    default_rank = max(int(i.card.rank or 0) for i in inputs)
+    generator = torch.Generator().manual_seed(int(params.get("seed") or 0))
+    names = sorted({m for a in adapters for m in (*a.modules, *a.dense)})
+    for module in names:
+        having = [(a, s) for a in adapters if (s := _shape(a, module)) is not None]
+        merge.check_same_shapes(
+            [shape for _, shape in having], module, [a.label for a, _ in having]
+        )
+        shape = having[0][1]
+        # An input without this module contributes a zero delta (and a zero vote in TIES).
+        per_input = [_dense(a, module, shape, device) for a in adapters]
+        dense = _dense_op(operator, per_input, weights, params, generator, module)
+        del per_input
+        if rank_param == "auto":
+            result = merge.factor(dense, None, energy=energy, method=method, module=module)
+        else:
+            rank = int(rank_param) if rank_param is not None else default_rank
+            result = merge.factor(dense, min(rank, min(shape)), method=method, module=module)
+        del dense
+        truncations[module] = result
+        out[module] = ModuleLora(_cpu(result.factors), module in embeddings)
+    return out, truncations
 
 
-def _module_union(adapters: list[LoadedAdapter]) -> dict[str, list[tuple[LoadedAdapter, int]]]:
+def _shape(adapter: LoadedAdapter, module: str) -> tuple[int, int] | None:
+    if module in adapter.modules:
+        f = adapter.modules[module].factors
+        return (int(f.B.shape[0]), int(f.A.shape[1]))
+    if module in adapter.dense:
+        d, k = adapter.dense[module].shape
+        return (int(d), int(k))
+    return None
+
+
+def _dense(adapter: LoadedAdapter, module: str, shape: tuple[int, int], device: str) -> Tensor:
+    """One input's dense delta of ``module`` on ``device`` (zeros where it lacks it), fp32."""
+    import torch
+
+    if module in adapter.modules:
+        f = adapter.modules[module].factors
+        return (f.B.to(device).double() @ f.A.to(device).double()).float()
+    if module in adapter.dense:
+        return adapter.dense[module].to(device)
+    return torch.zeros(shape, device=device)
+
+
+def _to(factors: Factors, device: str) -> Factors:
+    from compose.merge import Factors
+
+    return Factors(A=factors.A.to(device), B=factors.B.to(device))
+
+
+def _cpu(factors: Factors) -> Factors:
+    from compose.merge import Factors
+
+    return Factors(A=factors.A.cpu(), B=factors.B.cpu())
+
+
+def _module_union(
+    adapters: Sequence[LoadedAdapter],
+) -> dict[str, list[tuple[LoadedAdapter, int]]]:
     modules: dict[str, list[tuple[LoadedAdapter, int]]] = {}
     for index, adapter in enumerate(adapters):
         for module in adapter.modules:
@@ -308,15 +387,26 @@ def _merge_ia3(adapters: list[LoadedAdapter], weights: list[float]) -> dict[str,
     return {m: v.float() for m, v in merged.items()}
 
 
-def _energy_details(truncations: dict[str, Truncation]) -> dict[str, Any]:
+def energy_details(truncations: dict[str, Truncation]) -> dict[str, Any]:
     if not truncations:
         return {}
     total = sum(t.total for t in truncations.values())
     kept = sum(t.retained for t in truncations.values())
-    return {
-        "retained_energy": round(kept / total, 8) if total > 0 else 1.0,
+    retained = round(kept / total, 8) if total > 0 else 1.0
+    details: dict[str, Any] = {
+        "retained_energy": retained,
         "module_energy": {m: round(t.energy, 8) for m, t in truncations.items()},
+        "module_rank": {m: t.factors.rank for m, t in truncations.items()},
+        "factor_methods": dict(Counter(t.method for t in truncations.values())),
     }
+    if retained < LOW_ENERGY:
+        lowest = min(truncations, key=lambda m: truncations[m].energy)
+        details["energy_warning"] = (
+            f"the merge keeps {retained:.1%} of its squared Frobenius norm (lowest:"
+            f" {lowest} {truncations[lowest].energy:.1%}); its behaviour may differ from the"
+            " exact merge: raise --rank or use --rank auto --energy 0.95"
+        )
+    return details
 
 
 def _readme(recipe: Recipe, inputs: Sequence[ComposeInput], params: dict[str, Any]) -> str:

@@ -29,8 +29,26 @@ def _workspace(registry: Registry) -> Iterator[Path]:
         yield tmp
 
 
-def _build(registry: Registry, recipe: Recipe, work: Path) -> tuple[Path, ComposeResult, list[str]]:
-    from compose.operators import ComposeInput, check_inputs, resolve_params, run_merge
+def _build(
+    registry: Registry, recipe: Recipe, work: Path, device: str = "cpu"
+) -> tuple[Path, ComposeResult, list[str]]:
+    from compose.operators import run_merge
+
+    params, inputs = resolve_inputs(registry, recipe, work)
+    out = work / "result"
+    if recipe.operator in ("stack", "ensemble"):
+        result = _build_composite(recipe, inputs, params, out)
+    else:
+        result = run_merge(recipe, inputs, params, out, device)
+    return out, result, [i.ref for i in inputs]
+
+
+def resolve_inputs(
+    registry: Registry, recipe: Recipe, work: Path
+) -> tuple[dict[str, Any], list[ComposeInput]]:
+    """The recipe's resolved parameters, and its inputs as folders of links under ``work``
+    (exact references, checked against the operator: methods and base model)."""
+    from compose.operators import ComposeInput, check_inputs, resolve_params
 
     params = resolve_params(recipe)
     cards = [registry.show(ref) for ref in recipe.inputs]
@@ -40,12 +58,7 @@ def _build(registry: Registry, recipe: Recipe, work: Path) -> tuple[Path, Compos
         registry.link_files(card, folder)
         inputs.append(ComposeInput(ref=card.ref, folder=folder, card=card))
     check_inputs(recipe.operator, inputs)
-    out = work / "result"
-    if recipe.operator in ("stack", "ensemble"):
-        result = _build_composite(recipe, inputs, params, out)
-    else:
-        result = run_merge(recipe, inputs, params, out)
-    return out, result, [card.ref for card in cards]
+    return params, inputs
 
 
 def _build_composite(
@@ -67,20 +80,35 @@ def recipe_record(recipe: Recipe, params: dict[str, Any]) -> dict[str, Any]:
     return {"operator": recipe.operator, **params, "description": recipe.description}
 
 
-def compose(registry: Registry, recipe: Recipe) -> PushResult:
-    """Run ``recipe`` and push the result as the next version of ``recipe.name``."""
+def compose(
+    registry: Registry,
+    recipe: Recipe,
+    device: str = "auto",
+    *,
+    search: dict[str, Any] | None = None,
+) -> PushResult:
+    """Run ``recipe`` and push the result as the next version of ``recipe.name``.
+
+    ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``; where the merge runs
+    (inputs are read and the result written on the CPU either way). ``search``: how
+    ``hub compose search`` found the recipe's weights, recorded beside the recipe."""
+    from compose.evaluate import device_for
     from compose.reproduce import TOLERANCE
     from schemas.card import Lineage
 
+    where = str(device_for(device))
     with _workspace(registry) as work:
-        out, result, exact_inputs = _build(registry, recipe, work)
+        out, result, exact_inputs = _build(registry, recipe, work, where)
         # The card says how `hub verify --rebuild` checks this result, and where it was built.
         details = {**result.details, "rebuild_check": TOLERANCE, "built_with": build_environment()}
+        record = recipe_record(recipe, result.params)
+        if search is not None:
+            record["search"] = search
         return registry.push(
             out,
             name=recipe.name,
             tasks=recipe.tasks,
-            lineage=Lineage(recipe=recipe_record(recipe, result.params), inputs=exact_inputs),
+            lineage=Lineage(recipe=record, inputs=exact_inputs),
             details=details,
         )
 
@@ -128,6 +156,7 @@ def rebuild(registry: Registry, ref: str) -> RebuildReport:
     Bytes are not the test because BLAS/LAPACK results differ in the last bit between CPUs,
     thread counts and MKL settings (``compose.reproduce`` says why and derives the bound).
     """
+    from compose.operators import OPERATORS
     from compose.reproduce import TOLERANCE, compare_folders
     from schemas.recipe import Recipe
 
@@ -139,6 +168,10 @@ def rebuild(registry: Registry, ref: str) -> RebuildReport:
             repo=card.repo,
         )
     record = dict(lineage.recipe)
+    record.pop("search", None)  # how the weights were found; the weights are in the recipe
+    if record["operator"] in OPERATORS and "factor" in OPERATORS[record["operator"]].params:
+        # Composites from before the randomized range finder were factored exactly.
+        record.setdefault("factor", "exact")
     recipe = Recipe(
         operator=record.pop("operator"),
         name=card.repo,

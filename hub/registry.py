@@ -560,8 +560,10 @@ class Registry:
         return target
 
     # -- compose ------------------------------------------------------------------------
-    def compose(self, recipe: Recipe | dict[str, Any]) -> PushResult:
+    def compose(self, recipe: Recipe | dict[str, Any], *, device: str = "auto") -> PushResult:
         """Build a composite (merge, stack, ensemble) from ``recipe`` and push it.
+
+        ``device`` (``auto``, ``cpu``, ``cuda``) is where the merge math runs.
 
         Inputs are resolved to exact commits, recorded in the result's lineage with the
         operator's resolved parameters, so ``rebuild`` can recompute and check it.
@@ -579,7 +581,16 @@ class Registry:
 
         if not isinstance(recipe, Recipe):
             recipe = recipe_from_data(recipe, "recipe")
-        return compose(self, recipe)
+        return compose(self, recipe, device)
+
+    def compose_search(
+        self, refs: Sequence[str], data: str | os.PathLike[str], **options: Any
+    ) -> Any:
+        """Search merge weights on a few examples and push the merge if it beats the best
+        single input and uniform weights on held-out rows (``hub.compose_search``)."""
+        from hub.compose_search import compose_search
+
+        return compose_search(self, list(refs), data, **options)
 
     def rebuild(self, ref: str) -> Any:
         """Recompute the composite ``ref`` and compare it with what is stored, file by file.

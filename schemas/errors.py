@@ -140,6 +140,14 @@ class InvalidData(HubError, ValueError):
     code = "invalid_data"
 
 
+class SearchRejected(HubError, ValueError):
+    """``hub compose search`` found weights that do not beat the best single input and uniform
+    weights on the held-out rows; carries the three losses (``found``, ``best_single``,
+    ``uniform``)."""
+
+    code = "search_rejected"
+
+
 ALL_ERRORS: dict[str, type[HubError]] = {
     cls.code: cls
     for cls in (
@@ -161,6 +169,7 @@ ALL_ERRORS: dict[str, type[HubError]] = {
         IndexDamaged,
         AliasConflict,
         InvalidData,
+        SearchRejected,
     )
 }
 """Error code -> class, so a client can rebuild the same error a server raised."""

@@ -17,7 +17,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    field_validator,
+    model_validator,
+)
 
 from schemas.refs import AdapterRef, validate_repo_id
 
@@ -35,7 +42,23 @@ class Recipe(BaseModel):
     weights: list[FiniteFloat] | None = Field(
         default=None, description="One weight per input (default: 1 each; svd/linear: 1/N)."
     )
-    rank: int | None = Field(default=None, gt=0, description="Rank of the result (LoRA ops).")
+    rank: int | Literal["auto"] | None = Field(
+        default=None,
+        description="Rank of the result (LoRA ops), or 'auto': per module the smallest rank"
+        " keeping `energy` of the squared Frobenius norm.",
+    )
+    energy: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="With rank 'auto': the fraction of the squared Frobenius norm kept per"
+        " module (default 0.95).",
+    )
+    factor: Literal["randomized", "exact"] | None = Field(
+        default=None,
+        description="ties/dare/magnitude-prune (and dense linear/svd): how the dense delta is"
+        " factored back (default randomized: a checked range finder, exact SVD as fallback).",
+    )
     density: float | None = Field(
         default=None, gt=0, le=1, description="Fraction of values kept (ties, dare, prune)."
     )
@@ -59,6 +82,15 @@ class Recipe(BaseModel):
     def _valid_name(cls, value: str) -> str:
         return validate_repo_id(value)
 
+    @field_validator("rank", mode="before")
+    @classmethod
+    def _valid_rank(cls, value: object) -> object:
+        if value is None or value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"rank must be a positive integer or 'auto', got {value!r}")
+        return value
+
     @field_validator("inputs")
     @classmethod
     def _valid_inputs(cls, value: list[str]) -> list[str]:
@@ -73,6 +105,8 @@ class Recipe(BaseModel):
                 f"weights: {len(self.weights)} weights for {len(self.inputs)} inputs"
                 " (give one weight per input)"
             )
+        if self.energy is not None and self.rank != "auto":
+            raise ValueError("energy: only with rank 'auto' (--rank auto --energy E)")
         return self
 
 

@@ -233,7 +233,7 @@ def _nothing_written(reg, before):
         (
             {"operator": "svd", "inputs": ["t/a", "t/b"], "rank": 0},
             InvalidRecipe,
-            "recipe: field 'rank': Input should be greater than 0",
+            "recipe: field 'rank': rank must be a positive integer or 'auto', got 0",
         ),
         (
             {"operator": "svd", "inputs": ["t/a", "t/b"], "rank": 65},
@@ -330,7 +330,8 @@ def test_cli_form_and_recipe_file_are_equivalent(reg, hub_home, tmp_path):
     assert bad.exit_code == 1
     assert bad.stderr == (
         f"Error: {recipe}: field 'rnk': not a recipe field (fields: operator, name, inputs,"
-        " weights, rank, density, seed, variant, majority_sign, average, tasks, description)\n"
+        " weights, rank, energy, factor, density, seed, variant, majority_sign, average, tasks,"
+        " description)\n"
     )
     unknown = runner.invoke(cli, ["compose", "average", "t/a", "--name", "t/x"])
     assert unknown.stderr == (

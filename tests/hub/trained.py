@@ -22,8 +22,8 @@ HELD_OUT = [
 ]
 
 
-def train_lora(base, out, steps=40, seed=0):
-    """Train a rank-4 LoRA for a few seconds on TRAIN and save it with PEFT."""
+def train_lora(base, out, steps=40, seed=0, texts=None):
+    """Train a rank-4 LoRA for a few seconds on ``texts`` (default TRAIN), save it with PEFT."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -40,10 +40,11 @@ def train_lora(base, out, steps=40, seed=0):
         ),
     )
     optimizer = torch.optim.Adam([p for p in peft_model.parameters() if p.requires_grad], 1e-2)
-    batch = tok(TRAIN, return_tensors="pt", padding=True) if tok.pad_token else None
+    texts = TRAIN if texts is None else texts
+    batch = tok(texts, return_tensors="pt", padding=True) if tok.pad_token else None
     if batch is None:
         tok.pad_token = tok.eos_token
-        batch = tok(TRAIN, return_tensors="pt", padding=True)
+        batch = tok(texts, return_tensors="pt", padding=True)
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     peft_model.train()
     for _ in range(steps):
