@@ -288,8 +288,14 @@ def pull(
 @click.option("--tag", "tags", multiple=True, help="KEY=VALUE or KEY (repeatable).")
 @click.option(
     "--sort",
-    help="name, created, rank, size, params, method, base or metric:NAME;"
-    " prefix + or - for ascending/descending.",
+    help="name, created, rank, size, params, method, base or metric:NAME[@DATASET];"
+    " prefix + or - for ascending/descending (metrics: best first by default).",
+)
+@click.option(
+    "--where",
+    "where",
+    multiple=True,
+    help="metric:NAME[@DATASET]OP VALUE, OP one of >= <= > < = (repeatable: all must hold).",
 )
 @click.option("--limit", type=int, help="At most N results (0 to 100000).")
 @click.option("--all-versions", is_flag=True, help="Every version, not just the latest.")
@@ -305,6 +311,7 @@ def ls(
     tasks: tuple[str, ...],
     tags: tuple[str, ...],
     sort: str | None,
+    where: tuple[str, ...],
     limit: int | None,
     all_versions: bool,
     remote: str | None,
@@ -312,12 +319,16 @@ def ls(
 ) -> None:
     """Find adapters: free text over names, descriptions and tasks, plus filters.
 
-    Lists the latest version of each adapter; metrics sort best (highest) first.
+    Lists the latest version of each adapter. A metric's value on a version is the one
+    `hub show` and card.metric() give: the latest from the most trusted source (hub-eval
+    before trainer before push/manual/model-index); metrics sort best first (lower first for
+    losses and perplexity).
 
     \b
     Example:
         hub ls sql --base meta-llama/Llama-3-8B --method lora --rank '<=16' \\
             --tag team=nlp --sort metric:exact_match --limit 5 --json
+        hub ls --where 'metric:exact_match@spider>=0.7' --sort metric:exact_match@spider
     """
     filters: dict[str, Any] = dict(
         base=base,
@@ -328,6 +339,7 @@ def ls(
         sort=sort,
         limit=limit,
         all_versions=all_versions,
+        where=where,
     )
     if remote:
         from cli.remote import remote_registry

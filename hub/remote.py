@@ -116,6 +116,7 @@ class RemoteRegistry:
         sort: str | None = None,
         limit: int | None = None,
         all_versions: bool = False,
+        where: Iterable[str] = (),
     ) -> list[dict[str, Any]]:
         params: list[tuple[str, str]] = [
             (k, str(v))
@@ -130,6 +131,7 @@ class RemoteRegistry:
             if v is not None
         ]
         params += [("task", t) for t in tasks] + [("tag", t) for t in tags]
+        params += [("where", w) for w in where]
         if all_versions:
             params.append(("all_versions", "true"))
         result: list[dict[str, Any]] = self._json(

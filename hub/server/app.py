@@ -190,6 +190,7 @@ def create_app(
         sort: str | None = None,
         limit: int | None = Query(default=None, ge=0, le=100_000),
         all_versions: bool = False,
+        where: list[str] = Query(default=[]),  # noqa: B008
     ) -> Response:
         """Search cards with the same filters as `hub ls` (latest version of each adapter
         unless `all_versions`); only namespaces the token may read are listed."""
@@ -205,6 +206,7 @@ def create_app(
                 tags=tag,
                 sort=sort,
                 all_versions=all_versions,
+                where=where,
             )
         )
         visible = readable(request, cards)
