@@ -57,7 +57,10 @@ def evaluate(
     dtype: str = "fp32",
     with_base: bool = True,
     seed: int = 0,
+    chat: bool = False,
     progress: Callable[[str, int], Any] | None = None,
+    sink: Sink | None = None,
+    annotate: Callable[[dict[str, Any], bytes], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Score each adapter of ``refs`` on ``data`` and record the result on its version.
 
@@ -71,7 +74,12 @@ def evaluate(
         with_base: also score the base (adapter disabled) on the same rows and report the
             paired difference.
         seed: the bootstrap's seed (intervals are reproducible).
+        chat: wrap each prompt in the base tokenizer's chat template (``compose.eval_chat``).
         progress: ``progress(label, total)`` returns a bar with ``update(n)`` and ``close()``.
+        sink: where the adapters come from and the records go (default: this registry;
+            ``hub.remote_evals`` evaluates a team hub's versions).
+        annotate: called with each record and its per-example results (JSONL bytes) just
+            before it is stored (``hub eval --rerun`` links the new record to the old one).
 
     Returns:
         One record per adapter, as stored (``hub eval --json`` prints this list).
@@ -90,7 +98,13 @@ def evaluate(
         raise InvalidArgument(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     dataset = read_eval_data(Path(data), limit=limit)
     chosen = check_metrics(dataset, list(metrics))
-    cards = [registry.show(ref) for ref in refs]
+    if chat and dataset.kind == "text":
+        raise InvalidArgument(
+            f"--chat wraps prompts in the chat template, but {dataset.path.name} holds text rows"
+            " (no prompts): leave out --chat, or use prompt/target or prompt/choices rows"
+        )
+    sink = sink or LocalSink(registry)
+    cards = sink.cards(refs)
     for card in cards:
         if card.method == "composite" and (card.details or {}).get("kind") == "ensemble":
             raise InvalidArgument(
@@ -106,11 +120,14 @@ def evaluate(
         "with_base": with_base,
         "seed": seed,
         "resamples": _resamples(),
+        "chat": chat,
     }
     records = []
     with tempfile.TemporaryDirectory(prefix="hub-eval-") as tmp:
         for i, card in enumerate(cards):
             base_dir, base_label = _base(registry, base, card, Path(tmp) / f"base-{i}")
+            # The base as given (a folder or a registry reference): what `--rerun` scores.
+            one_config = {**config, "base": base_label}
             records.append(
                 _evaluate_one(
                     registry,
@@ -119,12 +136,65 @@ def evaluate(
                     chosen,
                     base_dir,
                     base_label,
-                    config,
+                    one_config,
                     Path(tmp) / f"adapter-{i}",
                     progress,
+                    sink,
+                    annotate,
                 )
             )
     return records
+
+
+class Sink:
+    """Where ``evaluate`` finds the adapters and keeps the records it makes."""
+
+    def cards(self, refs: Sequence[str]) -> list[AdapterCard]:
+        raise NotImplementedError
+
+    def files(self, card: AdapterCard, folder: Path) -> Path:
+        """Lay out ``card``'s files in ``folder`` (read-only use)."""
+        raise NotImplementedError
+
+    def keep(
+        self, card: AdapterCard, record: dict[str, Any], dataset: Path, per_example: bytes
+    ) -> None:
+        """Store ``record`` with its dataset file and per-example results (JSONL bytes),
+        setting ``record["results_sha256"]``."""
+        raise NotImplementedError
+
+
+class LocalSink(Sink):
+    """Versions of the local registry; records on them."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def cards(self, refs: Sequence[str]) -> list[AdapterCard]:
+        return [self.registry.show(ref) for ref in refs]
+
+    def files(self, card: AdapterCard, folder: Path) -> Path:
+        return self.registry.link_files(card, folder)
+
+    def keep(
+        self, card: AdapterCard, record: dict[str, Any], dataset: Path, per_example: bytes
+    ) -> None:
+        registry = self.registry
+        with file_lock(registry.lock_path, shared=True):
+            record["results_sha256"] = store_blobs(registry, record, dataset, per_example)
+            store_record(registry, card, record)
+
+
+def store_blobs(
+    registry: Registry, record: dict[str, Any], dataset: Path, per_example: bytes
+) -> str:
+    """Store the dataset file (checked against the record's digest) and the per-example
+    results in the local store; returns the results' digest. Hold the store lock shared."""
+    data_digest, _ = registry.store.put_file(dataset)
+    if data_digest != record["dataset"]["sha256"]:
+        raise InvalidData(f"{dataset}: changed while it was being evaluated")
+    digest, _ = registry.store.put_bytes(per_example)
+    return digest
 
 
 def _resamples() -> int:
@@ -245,6 +315,8 @@ def _evaluate_one(
     config: dict[str, Any],
     scratch: Path,
     progress: Callable[[str, int], Any] | None,
+    sink: Sink,
+    annotate: Callable[[dict[str, Any], bytes], None] | None,
 ) -> dict[str, Any]:
     from compose.composites import load_composed
     from compose.evaluate import device_for
@@ -252,12 +324,16 @@ def _evaluate_one(
     started = time.perf_counter()
     device = device_for(config["device"])
     tokenizer = _tokenizer(base_dir)
+    if config.get("chat"):
+        from compose.eval_chat import with_chat_template
+
+        dataset = with_chat_template(dataset, tokenizer, base_label)
     base_scores = None
     if config["with_base"]:
         base_scores = _cached_base_scores(
             registry, base_dir, dataset, metrics, config, device, tokenizer, progress
         )
-    registry.link_files(card, scratch)
+    sink.files(card, scratch)
     try:
         model = load_composed(_load_model(base_dir, config["dtype"], device), scratch)
     except (RuntimeError, ValueError, KeyError) as err:
@@ -268,7 +344,8 @@ def _evaluate_one(
     scores = _scores(model, tokenizer, dataset, metrics, config, device, card.repo, progress)
     del model
     return _record(
-        registry,
+        sink,
+        annotate,
         card,
         dataset,
         metrics,
@@ -296,6 +373,7 @@ def _cached_base_scores(
         "data": dataset.sha256,
         "rows": len(dataset.rows),
         "metrics": sorted(metrics),
+        "chat": bool(config.get("chat")),
         "dtype": config["dtype"],
         "device": str(device.type),
         "versions": _versions(),
@@ -369,7 +447,8 @@ def _deltas(
 
 
 def _record(
-    registry: Registry,
+    sink: Sink,
+    annotate: Callable[[dict[str, Any], bytes], None] | None,
     card: AdapterCard,
     dataset: EvalData,
     metrics: Sequence[str],
@@ -418,13 +497,9 @@ def _record(
         "seconds": round(seconds, 3),
         "created_at": utcnow(),
     }
-    with file_lock(registry.lock_path, shared=True):
-        data_digest, _ = registry.store.put_file(dataset.path)
-        if data_digest != dataset.sha256:
-            raise InvalidData(f"{dataset.path}: changed while it was being evaluated")
-        results_digest, _ = registry.store.put_bytes(per_example)
-        record["results_sha256"] = results_digest
-        store_record(registry, card, record)
+    if annotate is not None:
+        annotate(record, per_example)
+    sink.keep(card, record, dataset.path, per_example)
     return record
 
 

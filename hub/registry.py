@@ -514,7 +514,7 @@ class Registry:
             return load_composed(base_model, self.link_files(card, tmp / "adapter"))
 
     def scratch(self, purpose: str) -> contextlib.AbstractContextManager[Path]:
-        """A scratch folder ``home/tmp/<purpose>-XXXXXXXX`` (``compose``, ``export``, ``load``),
+        """A scratch folder ``home/tmp/<purpose>-XXXXXXXX`` (``compose``, ``export``, ``load``, ``eval``),
         removed after the ``with`` block; ``gc`` removes the ones a killed process left."""
         from compose.staging import work_folder
 
@@ -606,6 +606,12 @@ class Registry:
         from hub.evals import evaluate
 
         return evaluate(self, [refs] if isinstance(refs, str) else list(refs), data, **options)
+
+    def rerun_eval(self, eval_id: str, **options: Any) -> dict[str, Any]:
+        """Repeat the eval ``eval_id`` and record it, linked; see ``hub.eval_rerun.rerun``."""
+        from hub.eval_rerun import rerun
+
+        return rerun(self, eval_id, **options)
 
     def evals(self, ref: str | AdapterRef) -> list[dict[str, Any]]:
         """The eval records of one version (``hub eval`` runs, ``hub metric add``)."""
