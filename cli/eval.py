@@ -154,8 +154,9 @@ def eval_command(
         progress=eval_progress,
     )
     if remote:
-        from cli.remote import remote_registry
         from hub.remote_evals import evaluate_remote
+
+        from cli.remote import remote_registry
 
         records = evaluate_remote(registry, remote_registry(remote), list(refs), data, **options)
     else:

@@ -185,8 +185,8 @@ WORK_PREFIXES = ("compose-", "export-", "load-", "eval-")
 def work_folder(root: Path, purpose: str) -> Iterator[Path]:
     """A scratch folder ``root/<purpose>-XXXXXXXX``, removed at the end of the block.
 
-    ``purpose`` is one of ``compose``, ``export``, ``load``, ``eval``; a SIGKILLed process leaves the
-    folder behind, unlocked, for ``sweep_work`` to remove.
+    ``purpose`` is one of ``compose``, ``export``, ``load``, ``eval``; a SIGKILLed process
+    leaves the folder behind, unlocked, for ``sweep_work`` to remove.
     """
     if f"{purpose}-" not in WORK_PREFIXES:
         raise ValueError(f"unknown scratch purpose {purpose!r}")

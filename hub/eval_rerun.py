@@ -194,8 +194,8 @@ def compare_records(
         else:
             bound = tolerance * max(1.0, abs(before["value"]))
             entry.update(compared="tolerance", tolerance=tolerance)
-            entry["agrees"] = (
-                abs(entry["difference"]) <= bound and before.get("n") == after.get("n")
+            entry["agrees"] = abs(entry["difference"]) <= bound and before.get("n") == after.get(
+                "n"
             )
         out[label] = entry
     return out

@@ -514,8 +514,9 @@ class Registry:
             return load_composed(base_model, self.link_files(card, tmp / "adapter"))
 
     def scratch(self, purpose: str) -> contextlib.AbstractContextManager[Path]:
-        """A scratch folder ``home/tmp/<purpose>-XXXXXXXX`` (``compose``, ``export``, ``load``, ``eval``),
-        removed after the ``with`` block; ``gc`` removes the ones a killed process left."""
+        """A scratch folder ``home/tmp/<purpose>-XXXXXXXX`` (``compose``, ``export``, ``load``,
+        ``eval``), removed after the ``with`` block; ``gc`` removes the ones a killed process
+        left."""
         from compose.staging import work_folder
 
         return work_folder(self.home / "tmp", purpose)

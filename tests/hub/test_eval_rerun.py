@@ -94,7 +94,7 @@ def test_rerun_reports_a_difference_and_exits_1(hub_home, trained, tmp_path):
 
 
 def test_rerun_bad_input_records_nothing(hub_home, trained):
-    _, lora, _, data = trained
+    _, lora, _, _ = trained
     runner = CliRunner()
     runner.invoke(cli, ["push", str(lora), "--name", "team/bad"])
     manual = json.loads(
