@@ -558,6 +558,30 @@ def store_record(registry: Registry, card: AdapterCard, record: dict[str, Any]) 
         registry.index.replace_annotations(conn, version_id, stored)
 
 
+def insert_records(
+    conn: Any, version_id: int, card: dict[str, Any], records: Sequence[dict[str, Any]]
+) -> None:
+    """Store records imported at push (``hub.eval_import``) on the version ``version_id``,
+    inside the push's own transaction; their metrics are on the card already. A record
+    whose id is there (the same files pushed again) is not stored twice."""
+    for record in records:
+        record.update(ref=f"{card['repo']}@{card['commit']}", commit=card["commit"])
+        record.setdefault("created_at", utcnow())
+        conn.execute(
+            "INSERT OR IGNORE INTO evals (id, version_id, created_at, source, dataset_sha256,"
+            " results_sha256, record) VALUES (?,?,?,?,?,?,?)",
+            (
+                record["id"],
+                version_id,
+                record["created_at"],
+                record["source"],
+                None,
+                None,
+                json.dumps(record, sort_keys=True),
+            ),
+        )
+
+
 def records_for(registry: Registry, card: AdapterCard) -> list[dict[str, Any]]:
     """Every eval record of ``card``'s version, oldest first."""
     rows = registry.index.conn.execute(
