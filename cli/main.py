@@ -251,9 +251,20 @@ def _echo_checkpoints(results: list[Any]) -> None:
 )
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--from", "remote", envvar="HUB_REMOTE", help="Pull from a team hub at this URL.")
+@click.option(
+    "--with-evals",
+    is_flag=True,
+    help="Write the version's metrics into README.md's front matter as a Hugging Face"
+    " model-index (the README then differs from the pushed one).",
+)
 @click.pass_context
 def pull(
-    ctx: click.Context, ref: str, output: Path | None, force: bool, remote: str | None
+    ctx: click.Context,
+    ref: str,
+    output: Path | None,
+    force: bool,
+    remote: str | None,
+    with_evals: bool,
 ) -> None:
     """Write an adapter folder that PeftModel.from_pretrained loads, byte for byte as pushed.
 
@@ -265,17 +276,22 @@ def pull(
     \b
     Example:
         hub pull team/sql-lora@prod -o adapters/sql
+        hub pull team/sql-lora@prod -o adapters/sql --with-evals
     """
     if ref.startswith("hf://"):
         from hub.hf_interop import pull_from_hf
 
+        if with_evals:
+            from schemas.errors import InvalidArgument
+
+            raise InvalidArgument("--with-evals pulls from a hub registry, not hf://")
         dest = pull_from_hf(ref, output, force=force)
     elif remote:
         from cli.remote import remote_registry
 
-        dest = remote_registry(remote).pull(ref, output, force=force)
+        dest = remote_registry(remote).pull(ref, output, force=force, with_evals=with_evals)
     else:
-        dest = _registry(ctx).pull(ref, output, force=force)
+        dest = _registry(ctx).pull(ref, output, force=force, with_evals=with_evals)
     click.echo(f"Pulled {ref} into {dest}")
 
 

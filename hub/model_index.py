@@ -124,7 +124,9 @@ def read_model_index(folder: Path) -> list[dict[str, Any]]:
                 if not isinstance(name, str) or not name.strip():
                     raise bad(f"{mat}.type", "must name the metric")
                 values[name.strip()] = {
-                    "value": _number(metric.get("value"), lambda what, f=mat: bad(f, what)),
+                    "value": _number(
+                        metric.get("value"), lambda what, f=mat: bad(f"{f}.value", what)
+                    ),
                     "verified": bool(metric.get("verified", False)),
                 }
             dataset_name = dataset.get("type") or dataset.get("name")
@@ -149,13 +151,13 @@ def read_model_index(folder: Path) -> list[dict[str, Any]]:
 
 def _number(value: Any, bad: Any) -> float:
     if isinstance(value, bool):
-        raise bad(f".value must be a number, got {value!r}")
+        raise bad(f"must be a number, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise bad(f".value must be a number, got {value!r}") from None
+        raise bad(f"must be a number, got {value!r}") from None
     if not math.isfinite(number):
-        raise bad(f".value must be a finite number, got {value!r}")
+        raise bad(f"must be a finite number, got {value!r}")
     return number
 
 

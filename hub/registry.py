@@ -539,8 +539,12 @@ class Registry:
         dest: str | os.PathLike[str] | None = None,
         *,
         force: bool = False,
+        with_evals: bool = False,
     ) -> Path:
         """Write the files of ``ref`` into ``dest`` (default ``./<name>``), byte for byte.
+
+        With ``with_evals``, the README's front matter also gets the version's metrics as a
+        Hugging Face ``model-index`` (``hub.model_index``; a push reads them back).
 
         The folder is assembled next to ``dest`` and renamed into place at the end, so a failure
         leaves nothing behind (and a SIGKILL leaves a hidden leftover that the next pull to
@@ -568,6 +572,10 @@ class Registry:
                     raise InvalidAdapter(f"file path {entry.path!r} escapes the folder")
                 out.parent.mkdir(parents=True, exist_ok=True)
                 self.store.copy_out(entry.sha256, out, description=f"pull {entry.path}")
+            if with_evals:
+                from hub.model_index import write_model_index
+
+                write_model_index(staging, card)
         return target
 
     # -- compose ------------------------------------------------------------------------

@@ -260,11 +260,17 @@ class RemoteRegistry:
 
     # -- pull -----------------------------------------------------------------------------
     def pull(
-        self, ref: str, dest: str | os.PathLike[str] | None = None, *, force: bool = False
+        self,
+        ref: str,
+        dest: str | os.PathLike[str] | None = None,
+        *,
+        force: bool = False,
+        with_evals: bool = False,
     ) -> Path:
         """Download ``ref`` into ``dest`` (default ``./NAME``): resumable, sha256-checked,
         assembled next to ``dest`` and renamed into place at the end (with ``force``, the
-        old folder is moved aside first and removed only once the new one is in place)."""
+        old folder is moved aside first and removed only once the new one is in place).
+        ``with_evals``: the card's metrics go into the README as a ``model-index``."""
         from compose.staging import staged_folder
 
         card = self.show(ref)
@@ -285,6 +291,10 @@ class RemoteRegistry:
                 blob = partial / entry.sha256
                 self._download(entry.sha256, entry.size, blob, entry.path)
                 os.replace(blob, out)
+            if with_evals:
+                from hub.model_index import write_model_index
+
+                write_model_index(staging, card)
         shutil.rmtree(partial, ignore_errors=True)
         return target
 
