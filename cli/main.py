@@ -374,16 +374,31 @@ def ls(
 @cli.command()
 @click.argument("ref")
 @click.option("--versions", is_flag=True, help="List every version of the repository.")
+@click.option("--from", "remote", help="Show a version of a team hub at this URL (HUB_TOKEN).")
 @json_option
 @click.pass_context
-def show(ctx: click.Context, ref: str, versions: bool, as_json: bool) -> None:
-    """Show an adapter's card: method, rank, targets, params, metrics, files, lineage.
+def show(ctx: click.Context, ref: str, versions: bool, remote: str | None, as_json: bool) -> None:
+    """Show an adapter's card: method, rank, targets, params, metrics, files, lineage, and
+    its eval records (with --from: the server's, and those `hub eval --from` kept here).
 
     \b
     Example:
         hub show team/sql-lora@v2
         hub show team/sql-lora --versions --json
+        hub show team/sql-lora --from http://hub.internal:8000
     """
+    if remote and not versions:
+        from cli.remote import remote_registry
+        from hub.remote_evals import kept_records
+
+        client = remote_registry(remote)
+        shown = client.show(ref)
+        evals = client.evals(shown.ref) + kept_records(_registry(ctx), client.url, shown)
+        if as_json:
+            print_json({**shown.model_dump(mode="json"), "evals": evals})
+        else:
+            print_card(shown.model_dump(mode="json"), evals)
+        return
     registry = _registry(ctx)
     if versions:
         from schemas.refs import AdapterRef

@@ -180,6 +180,7 @@ def model_index(card: AdapterCard) -> tuple[list[dict[str, Any]], list[str]]:
         metrics = []
         for name in names:
             chosen = pick(card.metrics, name, dataset)
+            assert chosen is not None  # the name was found on this dataset just above
             metrics.append({"type": name, "value": chosen.value, "name": name})
         results.append(
             {"task": task, "dataset": {"type": dataset, "name": dataset}, "metrics": metrics}

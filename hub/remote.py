@@ -146,6 +146,42 @@ class RemoteRegistry:
         query = f"?{urllib.parse.urlencode({'revision': revision})}" if revision else ""
         return AdapterCard.model_validate(self._json("GET", path + query))
 
+    def evals(self, ref: str) -> list[dict[str, Any]]:
+        """The eval records of the version ``ref`` names, oldest first."""
+        path, revision = self._repo_path(ref)
+        query = f"?{urllib.parse.urlencode({'revision': revision})}" if revision else ""
+        records: list[dict[str, Any]] = self._json("GET", f"{path}/evals{query}")
+        return records
+
+    def post_eval(self, record: dict[str, Any], dataset: Path, per_example: bytes) -> Any:
+        """Store ``record`` (measured here on a version of this hub) on the server: the
+        dataset file and the per-example results are uploaded first, unless the server has
+        them for this token already.
+
+        Raises:
+            AuthError: the token may not write the version's namespace.
+        """
+        path, _ = self._repo_path(record["ref"])
+        for digest, size, send in (
+            (record["dataset"]["sha256"], dataset.stat().st_size, dataset),
+            (record["results_sha256"], len(per_example), per_example),
+        ):
+            try:
+                self._request("HEAD", f"{API}/blobs/{digest}").close()
+            except AuthError:
+                raise
+            except HubError:
+                if isinstance(send, Path):
+                    self._upload(send, digest, size, send.name)
+                else:
+                    self._request(
+                        "PUT",
+                        f"{API}/blobs/{digest}",
+                        body=send,
+                        headers={"Content-Type": "application/octet-stream"},
+                    ).close()
+        return self._json("POST", f"{path}/evals", {"record": record})
+
     def versions(self, repo: str) -> list[Any]:
         """Every version of ``repo``, oldest first (cards)."""
         from schemas.card import AdapterCard

@@ -82,9 +82,11 @@ def pick(metrics: Sequence[Any], name: str, dataset: str | None = None) -> Any |
 
 def higher_is_better_of(metric: Any) -> bool:
     """The metric's own ``higher_is_better``, else the name's default."""
-    get = metric.get if isinstance(metric, dict) else lambda k: getattr(metric, k)
-    said = get("higher_is_better")
-    return bool(said) if said is not None else default_higher_is_better(get("name"))
+    if isinstance(metric, dict):
+        said, name = metric.get("higher_is_better"), str(metric["name"])
+    else:
+        said, name = metric.higher_is_better, str(metric.name)
+    return bool(said) if said is not None else default_higher_is_better(name)
 
 
 OPERATORS = (">=", "<=", ">", "<", "=")

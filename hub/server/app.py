@@ -344,8 +344,11 @@ def create_app(
         skip = state(request).may_reference(token, check_digest(digest))
         return JSONResponse(await receive_blob(request, digest, uploader=token.id, skip=skip))
 
+    from hub.server.evals import router as evals_router
     from hub.server.hf import register_hf_routes
     from hub.server.hf_write import register_hf_write_routes
+
+    app.include_router(evals_router)
 
     register_hf_write_routes(app)  # before the read routes: /{ns}/{name}.git/... is specific
     register_hf_routes(app)
