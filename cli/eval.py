@@ -154,16 +154,33 @@ def eval_command(
         progress=eval_progress,
     )
     if remote:
-        from hub.remote_evals import evaluate_remote
-
         from cli.remote import remote_registry
+        from hub.remote_evals import evaluate_remote
 
         records = evaluate_remote(registry, remote_registry(remote), list(refs), data, **options)
     else:
         records = registry.evaluate(list(refs), data, **options)
     if as_json:
         print_json(records)
-        return
+    else:
+        _print_records(records)
+    for record in records if remote or not as_json else ():  # where it went matters with --from
+        where = ""
+        if record.get("remote"):
+            kept = record["remote"]
+            where = (
+                f" at {kept['url']}"
+                if kept["posted"]
+                else f" locally ({kept['url']} refused it: {kept['reason']})"
+            )
+        click.echo(
+            f"Recorded {record['id']} on {record['ref']}{where} ({record['dataset']['name']},"
+            f" {record['seconds']:.1f}s)",
+            err=True,
+        )
+
+
+def _print_records(records: list[dict[str, Any]]) -> None:
     rows = []
     for record in records:
         for name, summary in record["metrics"].items():
@@ -179,20 +196,6 @@ def eval_command(
                 ]
             )
     print_table(["adapter", "metric", "value [95% CI]", "base", "delta [95% CI]", "n"], rows)
-    for record in records:
-        where = ""
-        if record.get("remote"):
-            kept = record["remote"]
-            where = (
-                f" at {kept['url']}"
-                if kept["posted"]
-                else f" locally ({kept['url']} refused it: {kept['reason']})"
-            )
-        click.echo(
-            f"Recorded {record['id']} on {record['ref']}{where} ({record['dataset']['name']},"
-            f" {record['seconds']:.1f}s)",
-            err=True,
-        )
 
 
 def _print_rerun(record: dict[str, Any], as_json: bool) -> None:
