@@ -239,6 +239,9 @@ class RemoteRegistry:
         repo = validate_repo_id(name or f"{os.environ.get('USER', 'local')}/{folder.name}")
         on_disk = adapter_files(folder)  # the push rule first: nothing read through a bad link
         inspect_adapter(folder, allow_nonfinite=allow_nonfinite)  # fail fast, before uploading
+        from hub.eval_import import read_imports
+
+        read_imports(folder)  # a malformed model-index or result file, before uploading too
         local_files = on_disk
         if len(local_files) > MAX_PUSH_FILES:
             raise InvalidArgument(
