@@ -47,11 +47,10 @@ def eval_progress(label: str, total: int) -> Any:
 
 
 @click.command(name="eval")
-@click.argument("refs", nargs=-1, required=True)
+@click.argument("refs", nargs=-1)
 @click.option(
     "--data",
     type=click.Path(path_type=Path),
-    required=True,
     help="JSONL: {text} | {prompt, target} | {prompt, choices, answer} rows.",
 )
 @click.option("--base", help="Base model folder or registry reference (default: the card's).")
@@ -88,6 +87,29 @@ def eval_progress(label: str, total: int) -> Any:
 @click.option(
     "--cost-new-tokens", type=int, help="Tokens generated per run (default 8 on CPU, 32 on GPU)."
 )
+@click.option(
+    "--chat", is_flag=True, help="Wrap each prompt in the base tokenizer's chat template."
+)
+@click.option(
+    "--rerun",
+    "rerun_id",
+    metavar="EVAL_ID",
+    help="Repeat a recorded eval (its stored dataset and config) and report any difference;"
+    " exits 1 when a metric differs.",
+)
+@click.option(
+    "--tolerance",
+    type=float,
+    default=1e-4,
+    show_default=True,
+    help="--rerun: relative tolerance for metrics that are not counts (counts must match).",
+)
+@click.option(
+    "--from",
+    "remote",
+    help="Evaluate versions of a team hub at this URL (HUB_TOKEN); the record is posted back"
+    " with a write token, else kept in the local registry.",
+)
 @json_option
 @click.pass_context
 def eval_command(
@@ -109,6 +131,10 @@ def eval_command(
     cost_lengths: str | None,
     cost_batch_sizes: str | None,
     cost_new_tokens: int | None,
+    chat: bool,
+    rerun_id: str | None,
+    tolerance: float,
+    remote: str | None,
     as_json: bool,
 ) -> None:
     """Measure adapters on a JSONL file and record the results on their versions.
@@ -118,17 +144,47 @@ def eval_command(
     The dataset and the per-example scores are stored with the record (see `hub show`).
     Stacks and ensembles run through their own runner (an ensemble's members in one batch).
 
+    --rerun EVAL_ID repeats a recorded eval from its stored dataset and config and records the
+    rerun as a new record linked to the old one; counts (exact_match, accuracy) must match
+    exactly, other metrics within --tolerance (relative). --from URL pulls each version of a
+    team hub into a scratch folder, evaluates it here, and posts the record back when the
+    token may write the namespace (else keeps it locally: `hub show REF --from URL` lists it).
+
     \b
     Example:
         hub eval team/sql-lora team/sql-dora --data sql-dev.jsonl --base models/llama
         hub eval team/sql-lora --data sql-dev.jsonl --metric exact_match --limit 200 --json
         hub eval team/sql-lora --data sql-dev.jsonl --forgetting wiki.jsonl --cost
+        hub eval team/chat-lora --data qa.jsonl --base models/llama --chat
+        hub eval --rerun ev-3f9a1c2b7d4e
+        hub eval team/sql-lora --from http://hub.internal:8000 --data dev.jsonl --base models/llama
     """
     from hub.registry import Registry
 
-    records = Registry(ctx.obj["home"]).evaluate(
-        list(refs),
-        data,
+    registry = Registry(ctx.obj["home"])
+    if rerun_id is not None:
+        if refs or data is not None or remote:
+            raise InvalidArgument(
+                "--rerun takes only an eval id (and optionally --base, --device, --tolerance):"
+                " the adapter, data and config are the record's"
+            )
+        _print_rerun(
+            registry.rerun_eval(
+                rerun_id,
+                base=base,
+                device=None if device == "auto" else device,
+                tolerance=tolerance,
+                progress=eval_progress,
+            ),
+            as_json,
+        )
+        return
+    if not refs or data is None:
+        raise InvalidArgument(
+            "hub eval needs adapters and --data FILE.jsonl (or --rerun EVAL_ID);"
+            " e.g. hub eval team/sql-lora --data dev.jsonl"
+        )
+    options: dict[str, Any] = dict(
         base=base,
         metrics=metrics,
         limit=limit,
@@ -146,11 +202,37 @@ def eval_command(
             "batch_sizes": _int_list("--cost-batch-sizes", cost_batch_sizes),
             "new_tokens": cost_new_tokens,
         },
+        chat=chat,
         progress=eval_progress,
     )
+    if remote:
+        from cli.remote import remote_registry
+        from hub.remote_evals import evaluate_remote
+
+        records = evaluate_remote(registry, remote_registry(remote), list(refs), data, **options)
+    else:
+        records = registry.evaluate(list(refs), data, **options)
     if as_json:
         print_json(records)
-        return
+    else:
+        _print_records(records)
+    for record in records if remote or not as_json else ():  # where it went matters with --from
+        where = ""
+        if record.get("remote"):
+            kept = record["remote"]
+            where = (
+                f" at {kept['url']}"
+                if kept["posted"]
+                else f" locally ({kept['url']} refused it: {kept['reason']})"
+            )
+        click.echo(
+            f"Recorded {record['id']} on {record['ref']}{where} ({record['dataset']['name']},"
+            f" {record['seconds']:.1f}s)",
+            err=True,
+        )
+
+
+def _print_records(records: list[dict[str, Any]]) -> None:
     rows = []
     for record in records:
         for name, summary in record["metrics"].items():
@@ -169,12 +251,35 @@ def eval_command(
     for record in records:
         for line in extra_lines(record):
             click.echo(f"{record['ref'].split('@')[0]}  {line}")
-    for record in records:
-        click.echo(
-            f"Recorded {record['id']} on {record['ref']} ({record['dataset']['name']},"
-            f" {record['seconds']:.1f}s)",
-            err=True,
-        )
+
+
+def _print_rerun(record: dict[str, Any], as_json: bool) -> None:
+    rerun = record["rerun"]
+    if as_json:
+        print_json(record)
+    else:
+        rows = []
+        for name, d in rerun["differences"].items():
+            if d.get("compared") == "count":
+                how = f"{d['old_count']} -> {d['new_count']} correct"
+                if d["changed_rows"]:
+                    how += f", rows changed: {', '.join(map(str, d['changed_rows'][:10]))}"
+            elif d["new"] is None:
+                how = "missing in the rerun"
+            else:
+                how = f"{d['difference']:+.3g} (tolerance {d['tolerance']:g} relative)"
+            new = "" if d["new"] is None else f"{d['new']:.6g}"
+            verdict = "same" if d["agrees"] else "DIFFERS"
+            rows.append([name, f"{d['old']:.6g}", new, how, verdict])
+        print_table(["metric", "recorded", "rerun", "difference", ""], rows)
+    if rerun["reproduced"]:
+        click.echo(f"Reproduced {rerun['of']} as {record['id']} on {record['ref']}", err=True)
+        return
+    differing = ", ".join(n for n, d in rerun["differences"].items() if not d["agrees"])
+    click.echo(
+        f"Rerun {record['id']} of {rerun['of']} differs in {differing} (recorded both)", err=True
+    )
+    click.get_current_context().exit(1)
 
 
 @click.group()

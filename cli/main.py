@@ -251,9 +251,20 @@ def _echo_checkpoints(results: list[Any]) -> None:
 )
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--from", "remote", envvar="HUB_REMOTE", help="Pull from a team hub at this URL.")
+@click.option(
+    "--with-evals",
+    is_flag=True,
+    help="Write the version's metrics into README.md's front matter as a Hugging Face"
+    " model-index (the README then differs from the pushed one).",
+)
 @click.pass_context
 def pull(
-    ctx: click.Context, ref: str, output: Path | None, force: bool, remote: str | None
+    ctx: click.Context,
+    ref: str,
+    output: Path | None,
+    force: bool,
+    remote: str | None,
+    with_evals: bool,
 ) -> None:
     """Write an adapter folder that PeftModel.from_pretrained loads, byte for byte as pushed.
 
@@ -265,17 +276,22 @@ def pull(
     \b
     Example:
         hub pull team/sql-lora@prod -o adapters/sql
+        hub pull team/sql-lora@prod -o adapters/sql --with-evals
     """
     if ref.startswith("hf://"):
         from hub.hf_interop import pull_from_hf
 
+        if with_evals:
+            from schemas.errors import InvalidArgument
+
+            raise InvalidArgument("--with-evals pulls from a hub registry, not hf://")
         dest = pull_from_hf(ref, output, force=force)
     elif remote:
         from cli.remote import remote_registry
 
-        dest = remote_registry(remote).pull(ref, output, force=force)
+        dest = remote_registry(remote).pull(ref, output, force=force, with_evals=with_evals)
     else:
-        dest = _registry(ctx).pull(ref, output, force=force)
+        dest = _registry(ctx).pull(ref, output, force=force, with_evals=with_evals)
     click.echo(f"Pulled {ref} into {dest}")
 
 
@@ -291,8 +307,14 @@ def pull(
 @click.option("--tag", "tags", multiple=True, help="KEY=VALUE or KEY (repeatable).")
 @click.option(
     "--sort",
-    help="name, created, rank, size, params, method, base or metric:NAME;"
-    " prefix + or - for ascending/descending.",
+    help="name, created, rank, size, params, method, base or metric:NAME[@DATASET];"
+    " prefix + or - for ascending/descending (metrics: best first by default).",
+)
+@click.option(
+    "--where",
+    "where",
+    multiple=True,
+    help="metric:NAME[@DATASET]OP VALUE, OP one of >= <= > < = (repeatable: all must hold).",
 )
 @click.option("--limit", type=int, help="At most N results (0 to 100000).")
 @click.option("--all-versions", is_flag=True, help="Every version, not just the latest.")
@@ -309,6 +331,7 @@ def ls(
     tasks: tuple[str, ...],
     tags: tuple[str, ...],
     sort: str | None,
+    where: tuple[str, ...],
     limit: int | None,
     all_versions: bool,
     remote: str | None,
@@ -316,12 +339,16 @@ def ls(
 ) -> None:
     """Find adapters: free text over names, descriptions and tasks, plus filters.
 
-    Lists the latest version of each adapter; metrics sort best (highest) first.
+    Lists the latest version of each adapter. A metric's value on a version is the one
+    `hub show` and card.metric() give: the latest from the most trusted source (hub-eval
+    before trainer before push/manual/model-index); metrics sort best first (lower first for
+    losses and perplexity).
 
     \b
     Example:
         hub ls sql --base meta-llama/Llama-3-8B --method lora --rank '<=16' \\
             --tag team=nlp --sort metric:exact_match --limit 5 --json
+        hub ls --where 'metric:exact_match@spider>=0.7' --sort metric:exact_match@spider
     """
     filters: dict[str, Any] = dict(
         base=base,
@@ -333,6 +360,7 @@ def ls(
         sort=sort,
         limit=limit,
         all_versions=all_versions,
+        where=where,
     )
     if remote:
         from cli.remote import remote_registry
@@ -351,16 +379,31 @@ def ls(
 @cli.command()
 @click.argument("ref")
 @click.option("--versions", is_flag=True, help="List every version of the repository.")
+@click.option("--from", "remote", help="Show a version of a team hub at this URL (HUB_TOKEN).")
 @json_option
 @click.pass_context
-def show(ctx: click.Context, ref: str, versions: bool, as_json: bool) -> None:
-    """Show an adapter's card: method, rank, targets, params, metrics, files, lineage.
+def show(ctx: click.Context, ref: str, versions: bool, remote: str | None, as_json: bool) -> None:
+    """Show an adapter's card: method, rank, targets, params, metrics, files, lineage, and
+    its eval records (with --from: the server's, and those `hub eval --from` kept here).
 
     \b
     Example:
         hub show team/sql-lora@v2
         hub show team/sql-lora --versions --json
+        hub show team/sql-lora --from http://hub.internal:8000
     """
+    if remote and not versions:
+        from cli.remote import remote_registry
+        from hub.remote_evals import kept_records
+
+        client = remote_registry(remote)
+        shown = client.show(ref)
+        evals = client.evals(shown.ref) + kept_records(_registry(ctx), client.url, shown)
+        if as_json:
+            print_json({**shown.model_dump(mode="json"), "evals": evals})
+        else:
+            print_card(shown.model_dump(mode="json"), evals)
+        return
     registry = _registry(ctx)
     if versions:
         from schemas.refs import AdapterRef

@@ -205,6 +205,8 @@ def print_card(card: dict[str, Any], evals: Sequence[dict[str, Any]] = ()) -> No
             + (f" n={s['n']}" if s.get("n") else "")
             for name, s in record.get("metrics", {}).items()
         )
-        click.echo(printable(f"  {record['id']}  {record.get('source')}  {where}  {results}"))
+        kept = record.get("remote") or {}
+        note = "  (kept locally: the server refused it)" if kept.get("posted") is False else ""
+        click.echo(printable(f"  {record['id']}  {record.get('source')}  {where}  {results}{note}"))
         for line in extra_lines(record):
             click.echo(printable(f"    {line}"))

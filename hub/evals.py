@@ -39,6 +39,7 @@ from schemas.errors import IncompatibleAdapters, InvalidArgument, InvalidData
 if TYPE_CHECKING:
     from compose.cost import CostOptions
     from compose.eval_data import EvalData
+    from hub.eval_forgetting import Forgetting
     from hub.registry import Registry
     from schemas.card import AdapterCard
 
@@ -62,7 +63,10 @@ def evaluate(
     forgetting: str | os.PathLike[str] | None = None,
     cost: bool = False,
     cost_options: dict[str, Any] | None = None,
+    chat: bool = False,
     progress: Callable[[str, int], Any] | None = None,
+    sink: Sink | None = None,
+    annotate: Callable[[dict[str, Any], bytes], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Score each adapter of ``refs`` on ``data`` and record the result on its version.
 
@@ -81,7 +85,12 @@ def evaluate(
         cost: also measure inference cost, base vs unmerged vs merged (``hub.eval_cost``).
         cost_options: ``compose.cost.CostOptions`` fields (runs, warmup, batch_sizes,
             prompt_lengths, new_tokens) over the device's defaults.
+        chat: wrap each prompt in the base tokenizer's chat template (``compose.eval_chat``).
         progress: ``progress(label, total)`` returns a bar with ``update(n)`` and ``close()``.
+        sink: where the adapters come from and the records go (default: this registry;
+            ``hub.remote_evals`` evaluates a team hub's versions).
+        annotate: called with each record and its per-example results (JSONL bytes) just
+            before it is stored (``hub eval --rerun`` links the new record to the old one).
 
     Returns:
         One record per adapter, as stored (``hub eval --json`` prints this list).
@@ -100,12 +109,24 @@ def evaluate(
         raise InvalidArgument(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     dataset = read_eval_data(Path(data), limit=limit)
     chosen = check_metrics(dataset, list(metrics))
+    if chat and dataset.kind == "text":
+        raise InvalidArgument(
+            f"--chat wraps prompts in the chat template, but {dataset.path.name} holds text rows"
+            " (no prompts): leave out --chat, or use prompt/target or prompt/choices rows"
+        )
+    sink = sink or LocalSink(registry)
     general = None
     if forgetting is not None:
+        if not isinstance(sink, LocalSink):
+            # Its text and per-document sums are blobs a team hub's eval route doesn't take.
+            raise InvalidArgument(
+                "--forgetting works on versions of the local registry only: pull the adapter"
+                " (hub pull REF --from URL) and evaluate it here"
+            )
         from hub.eval_forgetting import read_general_text
 
         general = read_general_text(Path(forgetting))
-    cards = [registry.show(ref) for ref in refs]
+    cards = sink.cards(refs)
     for card in cards:
         _check_vote_ensemble(card, chosen, general is not None)
     resolved = None
@@ -126,11 +147,14 @@ def evaluate(
         "resamples": _resamples(),
         "forgetting": {"file": general.path.name, "sha256": general.sha256} if general else None,
         "cost": resolved.as_dict() if resolved else None,
+        "chat": chat,
     }
     records = []
     with tempfile.TemporaryDirectory(prefix="hub-eval-") as tmp:
         for i, card in enumerate(cards):
             base_dir, base_label = _base(registry, base, card, Path(tmp) / f"base-{i}")
+            # The base as given (a folder or a registry reference): what `--rerun` scores.
+            one_config = {**config, "base": base_label}
             records.append(
                 _evaluate_one(
                     registry,
@@ -139,9 +163,11 @@ def evaluate(
                     chosen,
                     base_dir,
                     base_label,
-                    config,
+                    one_config,
                     Path(tmp) / f"adapter-{i}",
                     progress,
+                    sink,
+                    annotate,
                     general=general,
                     cost=resolved,
                 )
@@ -165,6 +191,69 @@ def _check_vote_ensemble(card: AdapterCard, metrics: Sequence[str], forgetting: 
             " member votes for have probability 0); use --metric exact_match, accuracy or"
             " accuracy_norm"
         )
+
+
+class Sink:
+    """Where ``evaluate`` finds the adapters and keeps the records it makes."""
+
+    def cards(self, refs: Sequence[str]) -> list[AdapterCard]:
+        raise NotImplementedError
+
+    def files(self, card: AdapterCard, folder: Path) -> Path:
+        """Lay out ``card``'s files in ``folder`` (read-only use)."""
+        raise NotImplementedError
+
+    def keep(
+        self,
+        card: AdapterCard,
+        record: dict[str, Any],
+        dataset: Path,
+        per_example: bytes,
+        forgetting: Forgetting | None = None,
+    ) -> None:
+        """Store ``record`` with its dataset file and per-example results (JSONL bytes),
+        setting ``record["results_sha256"]``, and the blobs of its ``forgetting``."""
+        raise NotImplementedError
+
+
+class LocalSink(Sink):
+    """Versions of the local registry; records on them."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def cards(self, refs: Sequence[str]) -> list[AdapterCard]:
+        return [self.registry.show(ref) for ref in refs]
+
+    def files(self, card: AdapterCard, folder: Path) -> Path:
+        return self.registry.link_files(card, folder)
+
+    def keep(
+        self,
+        card: AdapterCard,
+        record: dict[str, Any],
+        dataset: Path,
+        per_example: bytes,
+        forgetting: Forgetting | None = None,
+    ) -> None:
+        registry = self.registry
+        with file_lock(registry.lock_path, shared=True):
+            record["results_sha256"] = store_blobs(registry, record, dataset, per_example)
+            if forgetting:
+                forgetting.store(registry)
+            store_record(registry, card, record)
+
+
+def store_blobs(
+    registry: Registry, record: dict[str, Any], dataset: Path, per_example: bytes
+) -> str:
+    """Store the dataset file (checked against the record's digest) and the per-example
+    results in the local store; returns the results' digest. Hold the store lock shared."""
+    data_digest, _ = registry.store.put_file(dataset)
+    if data_digest != record["dataset"]["sha256"]:
+        raise InvalidData(f"{dataset}: changed while it was being evaluated")
+    digest, _ = registry.store.put_bytes(per_example)
+    return digest
 
 
 def _resamples() -> int:
@@ -288,6 +377,8 @@ def _evaluate_one(
     config: dict[str, Any],
     scratch: Path,
     progress: Callable[[str, int], Any] | None,
+    sink: Sink,
+    annotate: Callable[[dict[str, Any], bytes], None] | None,
     *,
     general: EvalData | None = None,
     cost: CostOptions | None = None,
@@ -298,12 +389,16 @@ def _evaluate_one(
     started = time.perf_counter()
     device = device_for(config["device"])
     tokenizer = _tokenizer(base_dir)
+    if config.get("chat"):
+        from compose.eval_chat import with_chat_template
+
+        dataset = with_chat_template(dataset, tokenizer, base_label)
     base_scores = None
     if config["with_base"]:
         base_scores = _cached_base_scores(
             registry, base_dir, dataset, metrics, config, device, tokenizer, progress
         )
-    registry.link_files(card, scratch)
+    sink.files(card, scratch)
     try:
         model = language_model(
             load_composed(load_base_model(base_dir, config["dtype"], device), scratch)
@@ -330,7 +425,8 @@ def _evaluate_one(
             dtype=config["dtype"], device=device, options=cost,
         )  # fmt: skip
     return _record(
-        registry,
+        sink,
+        annotate,
         card,
         dataset,
         metrics,
@@ -359,6 +455,7 @@ def _cached_base_scores(
         "data": dataset.sha256,
         "rows": len(dataset.rows),
         "metrics": sorted(metrics),
+        "chat": bool(config.get("chat")),
         "dtype": config["dtype"],
         "device": str(device.type),
         "versions": _versions(),
@@ -443,7 +540,8 @@ def _deltas(
 
 
 def _record(
-    registry: Registry,
+    sink: Sink,
+    annotate: Callable[[dict[str, Any], bytes], None] | None,
     card: AdapterCard,
     dataset: EvalData,
     metrics: Sequence[str],
@@ -496,15 +594,9 @@ def _record(
         "seconds": round(seconds, 3),
         "created_at": utcnow(),
     }
-    with file_lock(registry.lock_path, shared=True):
-        data_digest, _ = registry.store.put_file(dataset.path)
-        if data_digest != dataset.sha256:
-            raise InvalidData(f"{dataset.path}: changed while it was being evaluated")
-        results_digest, _ = registry.store.put_bytes(per_example)
-        record["results_sha256"] = results_digest
-        if forgetting:
-            forgetting.store(registry)
-        store_record(registry, card, record)
+    if annotate is not None:
+        annotate(record, per_example)
+    sink.keep(card, record, dataset.path, per_example, forgetting)
     return record
 
 
@@ -562,6 +654,30 @@ def store_record(registry: Registry, card: AdapterCard, record: dict[str, Any]) 
                 }
             )
         registry.index.replace_annotations(conn, version_id, stored)
+
+
+def insert_records(
+    conn: Any, version_id: int, card: dict[str, Any], records: Sequence[dict[str, Any]]
+) -> None:
+    """Store records imported at push (``hub.eval_import``) on the version ``version_id``,
+    inside the push's own transaction; their metrics are on the card already. A record
+    whose id is there (the same files pushed again) is not stored twice."""
+    for record in records:
+        record.update(ref=f"{card['repo']}@{card['commit']}", commit=card["commit"])
+        record.setdefault("created_at", utcnow())
+        conn.execute(
+            "INSERT OR IGNORE INTO evals (id, version_id, created_at, source, dataset_sha256,"
+            " results_sha256, record) VALUES (?,?,?,?,?,?,?)",
+            (
+                record["id"],
+                version_id,
+                record["created_at"],
+                record["source"],
+                None,
+                None,
+                json.dumps(record, sort_keys=True),
+            ),
+        )
 
 
 def records_for(registry: Registry, card: AdapterCard) -> list[dict[str, Any]]:

@@ -165,11 +165,69 @@ def _migration_4(db: sqlite_utils.Database) -> None:
     db.table("uploads").create_index(["uploaded_at"])
 
 
+def _migration_5(db: sqlite_utils.Database) -> None:
+    # One meaning for a metric (schemas/metrics.py): each metric row says its source, the
+    # source's priority, its position in the card's list (later = newer) and its direction,
+    # so `--sort metric:` and `--where metric:` pick in SQL what `card.metric()` picks.
+    for column, kind in (("source", str), ("priority", int), ("position", int)):
+        db.table("metrics").add_column(column, kind)
+    db.table("metrics").add_column("higher_is_better", int)
+    db.table("metrics").create_index(["name", "dataset"])
+    rows = db.execute("SELECT id, card FROM versions").fetchall()
+    for version_id, text in rows:
+        card = load_card(text)
+        db.execute("DELETE FROM metrics WHERE version_id = ?", (version_id,))
+        db.conn.executemany(_INSERT_METRIC, metric_rows(version_id, card.get("metrics") or []))
+    # Eval records made with `hub eval --from REMOTE` whose token could not write them back:
+    # kept here, by the remote's URL and the version's repo and commit (blobs count for gc).
+    db.table("remote_evals").create(
+        {
+            "id": str,
+            "remote": str,
+            "repo": str,
+            "commit_id": str,
+            "created_at": str,
+            "dataset_sha256": str,
+            "results_sha256": str,
+            "record": str,
+        },
+        pk="id",
+        not_null={"remote", "repo", "commit_id", "created_at", "record"},
+    )
+    db.table("remote_evals").create_index(["remote", "repo", "commit_id"])
+
+
+_INSERT_METRIC = (
+    "INSERT INTO metrics (version_id, name, value, dataset, source, priority, position,"
+    " higher_is_better) VALUES (?,?,?,?,?,?,?,?)"
+)
+
+
+def metric_rows(version_id: int, metrics: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """The ``metrics`` table's rows for a card's metric list (``schemas.metrics`` rule)."""
+    from schemas.metrics import higher_is_better_of, source_priority
+
+    return [
+        (
+            version_id,
+            m["name"],
+            m["value"],
+            m.get("dataset"),
+            m.get("source") or "push",
+            source_priority(m.get("source")),
+            position,
+            int(higher_is_better_of(m)),
+        )
+        for position, m in enumerate(metrics)
+    ]
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1,
     _migration_2,
     _migration_3,
     _migration_4,
+    _migration_5,
 ]
 """Numbered from 1; append only. Each runs once, in one transaction with its record."""
 
@@ -497,10 +555,7 @@ class Index:
             "INSERT INTO tags (version_id, key, value) VALUES (?,?,?)",
             [(version_id, k, v) for k, v in card["tags"].items()],
         )
-        conn.executemany(
-            "INSERT INTO metrics (version_id, name, value, dataset) VALUES (?,?,?,?)",
-            [(version_id, m["name"], m["value"], m.get("dataset")) for m in card["metrics"]],
-        )
+        conn.executemany(_INSERT_METRIC, metric_rows(version_id, card["metrics"]))
         conn.execute("DELETE FROM versions_fts WHERE rowid = ?", (version_id,))
         conn.execute(
             "INSERT INTO versions_fts (rowid, repo, description, tasks) VALUES (?,?,?,?)",
@@ -528,16 +583,22 @@ class Index:
 
     def referenced_digests(self) -> set[str]:
         """Every blob something in the index points at: version files, eval datasets and
-        per-example results (a forgetting text and its results too), cached base scores."""
+        per-example results (of local versions and of remote ones kept here; a forgetting
+        text and its results too), cached base scores."""
         return {
             row[0]
             for row in self.conn.execute(
                 "SELECT sha256 FROM files UNION SELECT dataset_sha256 FROM evals"
                 " UNION SELECT results_sha256 FROM evals UNION SELECT results_sha256"
-                " FROM base_scores"
+                " FROM base_scores UNION SELECT dataset_sha256 FROM remote_evals"
+                " UNION SELECT results_sha256 FROM remote_evals"
                 # --forgetting: its text and per-document sums, kept in the record itself
                 " UNION SELECT json_extract(record, '$.forgetting.dataset.sha256') FROM evals"
                 " UNION SELECT json_extract(record, '$.forgetting.results_sha256') FROM evals"
+                " UNION SELECT json_extract(record, '$.forgetting.dataset.sha256')"
+                " FROM remote_evals"
+                " UNION SELECT json_extract(record, '$.forgetting.results_sha256')"
+                " FROM remote_evals"
             )
             if row[0] is not None
         }

@@ -162,7 +162,9 @@ class Registry:
             tags: ``{"key": "value"}`` or ``["key=value", ...]``.
             metrics: ``Metric`` objects or ``"name=value[@dataset]"`` strings. A Trainer
                 checkpoint folder (with ``trainer_state.json``) adds the metrics logged at its
-                step, the tag ``step=N`` and ``details.trainer`` (``hub.checkpoints``).
+                step, the tag ``step=N`` and ``details.trainer`` (``hub.checkpoints``); its
+                ``all_results.json`` / ``eval_results.json`` and the README's ``model-index``
+                become eval records with their metrics (``hub.eval_import``).
             parent: reference of the adapter this one was trained on top of (stacking).
             description: overrides the README's description.
             lineage: for composites: recipe and exact inputs.
@@ -185,6 +187,7 @@ class Registry:
             InvalidName, InvalidAdapter, UnsafeFormat, AdapterNotFound (parent).
         """
         from hub.checkpoints import read_trainer_state
+        from hub.eval_import import assign_ids, read_imports
         from hub.inspect import extra_adapters, inspect_adapter
         from schemas.card import FileEntry, Lineage, Metric, parse_tags
         from schemas.refs import validate_repo_id
@@ -215,6 +218,8 @@ class Registry:
             tag_map = {"step": str(trained.step), **tag_map}
             metric_list += [m for m in trained.metrics if m not in metric_list]
             details = {"trainer": trained.details(), **(details or {})}
+        # all_results.json, eval_results.json, README model-index: records with provenance.
+        imports = read_imports(folder, known=trained.metrics if trained else ())
         _check_annotations(task_list, tag_map, metric_list, description, parent)
         if details:
             inspected.details = {**inspected.details, **details}
@@ -229,15 +234,17 @@ class Registry:
                 digest, size = self.store.put_file(abs_path, description=f"push {rel}")
                 entries.append(FileEntry(path=rel, sha256=digest, size=size))
             inspected.size_bytes = sum(entry.size for entry in entries)  # what is stored
+            assign_ids(repo, entries, imports)
             result = self._commit(
                 repo,
                 inspected.model_dump(),
                 entries,
                 task_list,
                 tag_map,
-                metric_list,
+                metric_list + [m for item in imports for m in item.metrics],
                 description,
                 lineage,
+                [item.record for item in imports],
             )
         from hub.inspect.files import training_outputs
 
@@ -303,7 +310,9 @@ class Registry:
         metrics: list[Metric],
         description: str | None,
         lineage: Lineage | None,
+        records: Sequence[dict[str, Any]] = (),
     ) -> PushResult:
+        from hub.evals import insert_records
         from schemas.card import AdapterCard
 
         index = self.index
@@ -343,6 +352,7 @@ class Registry:
                     if description:
                         latest_card["description"] = description
                     index.replace_annotations(conn, latest[0], latest_card)
+                    insert_records(conn, latest[0], latest_card, records)
                     return PushResult(self._card(latest_card, latest[0], conn), created=False)
             version = counter + 1
             card = AdapterCard(
@@ -358,7 +368,8 @@ class Registry:
                 created_at=utcnow(),
             )
             card_dict = card.model_dump(mode="json", exclude={"aliases"})
-            index.insert_version(conn, repo_id, card_dict, parent_commit)
+            version_id = index.insert_version(conn, repo_id, card_dict, parent_commit)
+            insert_records(conn, version_id, card_dict, records)
             conn.execute(
                 "UPDATE repos SET last_version = ?, version_counter = ? WHERE id = ?",
                 (version, version, repo_id),
@@ -515,8 +526,9 @@ class Registry:
             return load_composed(base_model, self.link_files(card, tmp / "adapter"))
 
     def scratch(self, purpose: str) -> contextlib.AbstractContextManager[Path]:
-        """A scratch folder ``home/tmp/<purpose>-XXXXXXXX`` (``compose``, ``export``, ``load``),
-        removed after the ``with`` block; ``gc`` removes the ones a killed process left."""
+        """A scratch folder ``home/tmp/<purpose>-XXXXXXXX`` (``compose``, ``export``, ``load``,
+        ``eval``), removed after the ``with`` block; ``gc`` removes the ones a killed process
+        left."""
         from compose.staging import work_folder
 
         return work_folder(self.home / "tmp", purpose)
@@ -528,8 +540,12 @@ class Registry:
         dest: str | os.PathLike[str] | None = None,
         *,
         force: bool = False,
+        with_evals: bool = False,
     ) -> Path:
         """Write the files of ``ref`` into ``dest`` (default ``./<name>``), byte for byte.
+
+        With ``with_evals``, the README's front matter also gets the version's metrics as a
+        Hugging Face ``model-index`` (``hub.model_index``; a push reads them back).
 
         The folder is assembled next to ``dest`` and renamed into place at the end, so a failure
         leaves nothing behind (and a SIGKILL leaves a hidden leftover that the next pull to
@@ -557,6 +573,10 @@ class Registry:
                     raise InvalidAdapter(f"file path {entry.path!r} escapes the folder")
                 out.parent.mkdir(parents=True, exist_ok=True)
                 self.store.copy_out(entry.sha256, out, description=f"pull {entry.path}")
+            if with_evals:
+                from hub.model_index import write_model_index
+
+                write_model_index(staging, card)
         return target
 
     # -- compose ------------------------------------------------------------------------
@@ -618,6 +638,12 @@ class Registry:
         from hub.evals import evaluate
 
         return evaluate(self, [refs] if isinstance(refs, str) else list(refs), data, **options)
+
+    def rerun_eval(self, eval_id: str, **options: Any) -> dict[str, Any]:
+        """Repeat the eval ``eval_id`` and record it, linked; see ``hub.eval_rerun.rerun``."""
+        from hub.eval_rerun import rerun
+
+        return rerun(self, eval_id, **options)
 
     def evals(self, ref: str | AdapterRef) -> list[dict[str, Any]]:
         """The eval records of one version (``hub eval`` runs, ``hub metric add``)."""

@@ -120,6 +120,7 @@ class RemoteRegistry:
         sort: str | None = None,
         limit: int | None = None,
         all_versions: bool = False,
+        where: Iterable[str] = (),
     ) -> list[dict[str, Any]]:
         params: list[tuple[str, str]] = [
             (k, str(v))
@@ -135,6 +136,7 @@ class RemoteRegistry:
             if v is not None
         ]
         params += [("task", t) for t in tasks] + [("tag", t) for t in tags]
+        params += [("where", w) for w in where]
         if all_versions:
             params.append(("all_versions", "true"))
         result: list[dict[str, Any]] = self._json(
@@ -148,6 +150,42 @@ class RemoteRegistry:
         path, revision = self._repo_path(ref)
         query = f"?{urllib.parse.urlencode({'revision': revision})}" if revision else ""
         return AdapterCard.model_validate(self._json("GET", path + query))
+
+    def evals(self, ref: str) -> list[dict[str, Any]]:
+        """The eval records of the version ``ref`` names, oldest first."""
+        path, revision = self._repo_path(ref)
+        query = f"?{urllib.parse.urlencode({'revision': revision})}" if revision else ""
+        records: list[dict[str, Any]] = self._json("GET", f"{path}/evals{query}")
+        return records
+
+    def post_eval(self, record: dict[str, Any], dataset: Path, per_example: bytes) -> Any:
+        """Store ``record`` (measured here on a version of this hub) on the server: the
+        dataset file and the per-example results are uploaded first, unless the server has
+        them for this token already.
+
+        Raises:
+            AuthError: the token may not write the version's namespace.
+        """
+        path, _ = self._repo_path(record["ref"])
+        for digest, size, send in (
+            (record["dataset"]["sha256"], dataset.stat().st_size, dataset),
+            (record["results_sha256"], len(per_example), per_example),
+        ):
+            try:
+                self._request("HEAD", f"{API}/blobs/{digest}").close()
+            except AuthError:
+                raise
+            except HubError:
+                if isinstance(send, Path):
+                    self._upload(send, digest, size, send.name)
+                else:
+                    self._request(
+                        "PUT",
+                        f"{API}/blobs/{digest}",
+                        body=send,
+                        headers={"Content-Type": "application/octet-stream"},
+                    ).close()
+        return self._json("POST", f"{path}/evals", {"record": record})
 
     def versions(self, repo: str) -> list[Any]:
         """Every version of ``repo``, oldest first (cards)."""
@@ -245,6 +283,9 @@ class RemoteRegistry:
             inspect_adapter(folder, allow_nonfinite=allow_nonfinite)
         for sub in extras:
             inspect_adapter(folder / sub, allow_nonfinite=allow_nonfinite)
+        from hub.eval_import import read_imports
+
+        read_imports(folder)  # a malformed model-index or result file, before uploading too
         local_files = on_disk
         if len(local_files) > MAX_PUSH_FILES:
             raise InvalidArgument(
@@ -309,11 +350,17 @@ class RemoteRegistry:
 
     # -- pull -----------------------------------------------------------------------------
     def pull(
-        self, ref: str, dest: str | os.PathLike[str] | None = None, *, force: bool = False
+        self,
+        ref: str,
+        dest: str | os.PathLike[str] | None = None,
+        *,
+        force: bool = False,
+        with_evals: bool = False,
     ) -> Path:
         """Download ``ref`` into ``dest`` (default ``./NAME``): resumable, sha256-checked,
         assembled next to ``dest`` and renamed into place at the end (with ``force``, the
-        old folder is moved aside first and removed only once the new one is in place)."""
+        old folder is moved aside first and removed only once the new one is in place).
+        ``with_evals``: the card's metrics go into the README as a ``model-index``."""
         from compose.staging import staged_folder
 
         card = self.show(ref)
@@ -334,6 +381,10 @@ class RemoteRegistry:
                 blob = partial / entry.sha256
                 self._download(entry.sha256, entry.size, blob, entry.path)
                 os.replace(blob, out)
+            if with_evals:
+                from hub.model_index import write_model_index
+
+                write_model_index(staging, card)
         shutil.rmtree(partial, ignore_errors=True)
         return target
 

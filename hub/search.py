@@ -13,6 +13,7 @@ from typing import Any, TypedDict
 
 from hub.index import Index, card_json, load_card
 from schemas.errors import InvalidArgument
+from schemas.metrics import MetricCondition, split_name
 from schemas.search import check_limit, parse_rank
 
 SORT_COLUMNS: dict[str, str] = {
@@ -42,6 +43,17 @@ def parse_tag(spec: str) -> tuple[str, str | None]:
     return key, (value if sep else None)
 
 
+def _picked(column: str, name: str, dataset: str | None) -> tuple[str, list[Any]]:
+    """SQL for ``column`` of the metric row ``schemas.metrics.pick`` chooses on version
+    ``v``: the most trusted source first (lowest priority), then the latest (highest position)."""
+    sql = f"(SELECT {column} FROM metrics m WHERE m.version_id = v.id AND m.name = ?"
+    params: list[Any] = [name]
+    if dataset is not None:
+        sql += " AND m.dataset = ?"
+        params.append(dataset)
+    return sql + " ORDER BY m.priority, m.position DESC LIMIT 1)", params
+
+
 def _fts_query(text: str) -> str:
     # Quote every word so user input can never be read as FTS syntax; prefix-match the words.
     words = re.findall(r"\w+", text)
@@ -62,6 +74,7 @@ class SearchFilters(TypedDict, total=False):
     sort: str | None
     limit: int | None
     all_versions: bool
+    where: Iterable[str]
 
 
 @dataclass
@@ -79,6 +92,8 @@ class SearchQuery:
     sort: str | None = None
     limit: int | None = None
     all_versions: bool = False
+    where: list[str] = field(default_factory=list)
+    """``metric:NAME[@DATASET]OP VALUE`` conditions (``schemas.metrics.MetricCondition``)."""
 
     @classmethod
     def of(cls, text: str | None = None, **filters: Any) -> SearchQuery:
@@ -89,6 +104,7 @@ class SearchQuery:
             rank=str(rank) if rank is not None else None,
             tasks=list(filters.pop("tasks", ())),
             tags=list(filters.pop("tags", ())),
+            where=list(filters.pop("where", ()) or ()),
             **filters,
         )
 
@@ -140,6 +156,11 @@ class SearchQuery:
                     " AND g.key = ? AND g.value = ?)"
                 )
                 params.extend([key, value])
+        for spec in self.where:
+            condition = MetricCondition.parse(spec)
+            value_sql, value_params = _picked("m.value", condition.name, condition.dataset)
+            where.append(f"{value_sql} {condition.op} ?")
+            params.extend([*value_params, condition.value])
         order, order_params = self._order_by()
         sql = "SELECT v.id, v.card FROM versions v JOIN repos r ON r.id = v.repo_id"
         if where:
@@ -159,19 +180,26 @@ class SearchQuery:
         if spec[0] in "+-":
             direction, spec = ("ASC" if spec[0] == "+" else "DESC"), spec[1:]
         if spec.startswith("metric:"):
-            name = spec.removeprefix("metric:")
+            name, dataset = split_name(spec.removeprefix("metric:"))
             if not name:
                 raise InvalidArgument(
                     "invalid --sort 'metric:': name the metric, e.g. metric:accuracy"
                 )
-            # Best first (highest) by default; adapters without the metric go last either way.
-            subquery = (
-                "(SELECT max(m.value) FROM metrics m WHERE m.version_id = v.id AND m.name = ?)"
-            )
-            return (
-                f"{subquery} IS NULL, {subquery} {direction or 'DESC'}, r.repo, v.version",
-                [name, name],
-            )
+            # The value `card.metric()` gives (schemas.metrics). Best first by default, by the
+            # chosen metric's own direction; +/- sort by the value itself. Adapters without
+            # the metric go last either way.
+            value, params = _picked("m.value", name, dataset)
+            if direction is None:
+                key, key_params = _picked(
+                    "CASE WHEN m.higher_is_better = 0 THEN m.value ELSE -m.value END",
+                    name,
+                    dataset,
+                )
+                return (
+                    f"{value} IS NULL, {key} ASC, r.repo, v.version",
+                    [*params, *key_params],
+                )
+            return f"{value} IS NULL, {value} {direction}, r.repo, v.version", params * 2
         column = SORT_COLUMNS.get(spec)
         if column is None:
             choices = ", ".join(sorted(SORT_COLUMNS)) + ", metric:NAME"

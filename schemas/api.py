@@ -8,7 +8,9 @@ need, and newer clients may add some).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
 from schemas.card import AdapterCard
 
@@ -115,3 +117,46 @@ class HfLfsBatch(_HfBody):
 class HfLfsVerify(_HfBody):
     oid: str = Field(max_length=200)
     size: int = Field(ge=0)
+
+
+# -- eval records ---------------------------------------------------------------------------
+class EvalMetricBody(BaseModel):
+    """One metric of a posted eval record (``hub.evals``' shape)."""
+
+    model_config = ConfigDict(extra="allow")
+    value: FiniteFloat
+    n: int | None = Field(default=None, ge=0)
+    stderr: FiniteFloat | None = None
+    ci95: list[FiniteFloat] | None = Field(default=None, min_length=2, max_length=2)
+    higher_is_better: bool
+
+
+class EvalDatasetBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    sha256: str = Field(pattern=SHA256)
+    rows: int = Field(ge=1)
+    kind: str = Field(max_length=40)
+    name: str = Field(max_length=255)
+
+
+class EvalRecordBody(BaseModel):
+    """An eval record measured by ``hub eval --from`` on a client, posted to the version it
+    scored (``POST .../evals``); its dataset and per-example results are uploaded first with
+    ``PUT /blobs/{sha256}``. Fields other engineers' runners add (cost, forgetting...) pass
+    through; the whole body is bounded like every JSON body."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str = Field(pattern=r"^ev-[0-9a-f]{12}$")
+    commit: str = Field(pattern=r"^[0-9a-f]{40}$")
+    source: Literal["hub-eval"]
+    dataset: EvalDatasetBody
+    metrics: dict[str, EvalMetricBody] = Field(min_length=1, max_length=100)
+    results_sha256: str = Field(pattern=SHA256)
+    created_at: str = Field(max_length=40)
+
+
+class NewEval(BaseModel):
+    """``POST /adapters/{namespace}/{name}/evals``."""
+
+    model_config = ConfigDict(extra="forbid")
+    record: EvalRecordBody

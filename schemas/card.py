@@ -11,7 +11,7 @@ import math
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
 
 from schemas.errors import InvalidArgument
 from schemas.methods import PROMPT_METHODS
@@ -45,12 +45,22 @@ class Metric(BaseModel):
     dataset: str | None = None
     source: str = "push"
     """Where the value comes from: ``push``, ``manual``, ``hub-eval``, ``trainer`` (logged by a
-    Trainer at the checkpoint's step, in its ``trainer_state.json``)."""
+    Trainer: its ``trainer_state.json`` at the checkpoint's step, ``all_results.json``,
+    ``eval_results.json``), ``model-index`` (the README's front matter)."""
     n: int | None = None
     stderr: float | None = None
     ci95: list[float] | None = None
     higher_is_better: bool | None = None
+    """Filled from the name when not given (``schemas.metrics.default_higher_is_better``)."""
     eval_id: str | None = None
+
+    @model_validator(mode="after")
+    def _says_direction(self) -> Metric:
+        if self.higher_is_better is None:
+            from schemas.metrics import default_higher_is_better
+
+            self.higher_is_better = default_higher_is_better(self.name)
+        return self
 
     @classmethod
     def parse(cls, text: str) -> Metric:
@@ -162,6 +172,17 @@ class AdapterCard(InspectedAdapter):
         """The exact, immutable reference of this version: ``ns/name@<commit>``."""
         return f"{self.repo}@{self.commit}"
 
-    def metric(self, name: str) -> float | None:
-        """The value of metric ``name`` (first recorded), or None."""
-        return next((m.value for m in self.metrics if m.name == name), None)
+    def metric(self, name: str, dataset: str | None = None) -> float | None:
+        """The value of metric ``name`` (``NAME@DATASET``, or ``dataset``), or None.
+
+        One rule for every reader (``schemas.metrics``; ``hub ls --sort metric:NAME`` and
+        ``--where`` apply it in SQL): the latest value from the most trusted source, measured
+        (``hub-eval``) before logged by training (``trainer``) before reported (``push``,
+        ``manual``, ``model-index``).
+        """
+        from schemas.metrics import pick, split_name
+
+        if dataset is None:
+            name, dataset = split_name(name)
+        chosen = pick(self.metrics, name, dataset)
+        return chosen.value if chosen is not None else None

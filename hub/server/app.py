@@ -191,6 +191,7 @@ def create_app(
         sort: str | None = None,
         limit: int | None = Query(default=None, ge=0, le=100_000),
         all_versions: bool = False,
+        where: list[str] = Query(default=[]),  # noqa: B008
     ) -> Response:
         """Search cards with the same filters as `hub ls` (latest version of each adapter
         unless `all_versions`); only namespaces the token may read are listed."""
@@ -207,6 +208,7 @@ def create_app(
                 tags=tag,
                 sort=sort,
                 all_versions=all_versions,
+                where=where,
             )
         )
         visible = readable(request, cards)
@@ -348,8 +350,11 @@ def create_app(
         skip = state(request).may_reference(token, check_digest(digest))
         return JSONResponse(await receive_blob(request, digest, uploader=token.id, skip=skip))
 
+    from hub.server.evals import router as evals_router
     from hub.server.hf import register_hf_routes
     from hub.server.hf_write import register_hf_write_routes
+
+    app.include_router(evals_router)
 
     register_hf_write_routes(app)  # before the read routes: /{ns}/{name}.git/... is specific
     register_hf_routes(app)

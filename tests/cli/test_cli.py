@@ -49,9 +49,18 @@ def test_push_ls_show_pull_round_trip(run, adapters, tmp_path, hub_home):
     listed = json.loads(run("ls", "--json").stdout)
     assert [c["repo"] for c in listed] == ["team/sql"]
     assert listed[0]["metrics"] == [
-        {"name": "exact_match", "value": 0.71, "dataset": "spider", "source": "push", "n": None,
-         "stderr": None, "ci95": None, "higher_is_better": None, "eval_id": None}
-    ]  # fmt: skip
+        {
+            "name": "exact_match",
+            "value": 0.71,
+            "dataset": "spider",
+            "source": "push",
+            "n": None,
+            "stderr": None,
+            "ci95": None,
+            "higher_is_better": True,
+            "eval_id": None,
+        }
+    ]  # fmt: skip  (every metric says its direction: from the name when not given)
     assert listed[0]["method"] == "lora" and listed[0]["rank"] == 8
 
     table = run("ls").stdout.splitlines()

@@ -242,14 +242,32 @@ def test_registry_survives_reopen(hub_home, adapters):
 def test_an_index_from_an_older_schema_is_migrated_in_place(hub_home, adapters, monkeypatch):
     import hub.index
 
-    # Write a registry as the first release did (schema 1 only: no tokens table).
+    # Write a registry as the first release did (schema 1 only: no tokens table, metric rows
+    # of name, value and dataset only).
     monkeypatch.setattr(hub.index, "MIGRATIONS", MIGRATIONS[:1])
+    monkeypatch.setattr(
+        hub.index,
+        "_INSERT_METRIC",
+        "INSERT INTO metrics (version_id, name, value, dataset) VALUES (?,?,?,?)",
+    )
+    monkeypatch.setattr(
+        hub.index,
+        "metric_rows",
+        lambda vid, ms: [(vid, m["name"], m["value"], m.get("dataset")) for m in ms],
+    )
     with Registry(hub_home) as old:
-        old.push(adapters("lora"), name="a/b", tasks=["sql"])
+        old.push(adapters("lora"), name="a/b", tasks=["sql"], metrics=["acc=0.5", "acc=0.7"])
         assert old.index.schema_version() == 1
-    monkeypatch.setattr(hub.index, "MIGRATIONS", MIGRATIONS)
+    monkeypatch.undo()
     with Registry(hub_home) as new:
         assert new.index.schema_version() == len(MIGRATIONS)
         assert new.show("a/b").tasks == ["sql"]
         tables = {r[0] for r in new.index.conn.execute("SELECT name FROM sqlite_master")}
-        assert "tokens" in tables
+        assert {"tokens", "evals", "remote_evals"} <= tables
+        # Migration 5 gave the old metric rows their source, priority and position.
+        rows = new.index.conn.execute(
+            "SELECT name, value, source, priority, position, higher_is_better FROM metrics"
+            " ORDER BY position"
+        ).fetchall()
+        assert rows == [("acc", 0.5, "push", 2, 0, 1), ("acc", 0.7, "push", 2, 1, 1)]
+        assert [c.repo for c in new.search(where=["metric:acc>=0.7"])] == ["a/b"]

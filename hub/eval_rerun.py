@@ -1,0 +1,201 @@
+"""``hub eval --rerun EVAL_ID``: repeat a recorded eval and report what changed.
+
+The eval is repeated from what its record stored: the dataset blob (written back under its
+original name, so the new record names the same dataset), the whole config (metrics, limit,
+batch size, dtype, device, seed, base, chat template) and the exact version. The new record
+is stored like any other, with ``"rerun": {"of": OLD_ID, "reproduced", "differences"}``.
+
+Differences, per metric (and per metric of the base, when the base was scored):
+
+- counting metrics (every per-example score 0 or 1: ``exact_match``, ``accuracy``...) compare
+  the number of correct examples, exactly, and list the rows whose score changed;
+- the others (``cross_entropy``, ``perplexity``, ``target_logprob``) agree when
+  ``|new - old| <= tolerance * max(1, |old|)``; the default tolerance, 1e-4, is far above the
+  run-to-run spread of fp32 on one machine (~1e-7) and below any change that matters. Other
+  BLAS kernels, another device or dtype can move them more: pass ``--tolerance``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from schemas.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from hub.registry import Registry
+    from schemas.card import AdapterCard
+
+DEFAULT_TOLERANCE = 1e-4
+
+
+def find_record(registry: Registry, eval_id: str) -> tuple[AdapterCard, dict[str, Any]]:
+    """The version an eval record is on, and the record.
+
+    Raises:
+        InvalidArgument: no record has this id.
+    """
+    row = registry.index.conn.execute(
+        "SELECT r.repo, v.commit_id, e.record FROM evals e JOIN versions v ON v.id = e.version_id"
+        " JOIN repos r ON r.id = v.repo_id WHERE e.id = ?",
+        (eval_id,),
+    ).fetchone()
+    if row is None:
+        raise InvalidArgument(
+            f"no eval record {eval_id!r} in the registry at {registry.home}"
+            " (`hub show REF` lists a version's eval ids)"
+        )
+    return registry.show(f"{row[0]}@{row[1]}"), json.loads(row[2])
+
+
+def rerun(
+    registry: Registry,
+    eval_id: str,
+    *,
+    base: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    progress: Callable[[str, int], Any] | None = None,
+) -> dict[str, Any]:
+    """Repeat the eval ``eval_id`` and compare.
+
+    Args:
+        base: the base model, if the recorded one (a folder path or registry reference) is
+            not available here.
+        device: run on another device than the recorded one (``auto``, ``cpu``, ``cuda``).
+        tolerance: relative tolerance for metrics that are not counts (see the module doc).
+
+    Returns:
+        The new record; its ``"rerun"`` says ``of``, ``reproduced`` (every metric agrees) and
+        ``differences`` (metric -> {"old", "new", "difference", "agrees", "compared": "count"
+        with "changed_rows", or "tolerance" with "tolerance"}).
+
+    Raises:
+        InvalidArgument: unknown id, a record that was not measured here (manual, imported),
+            a tolerance that is negative, a recorded base that is not here.
+        StoreCorrupted: the dataset blob is missing or damaged.
+    """
+    from hub.evals import EVAL_SOURCE
+
+    if not tolerance >= 0:
+        raise InvalidArgument(f"--tolerance must be a non-negative number, got {tolerance}")
+    card, old = find_record(registry, eval_id)
+    dataset = old.get("dataset") or {}
+    config = old.get("config") or {}
+    if old.get("source") != EVAL_SOURCE or not dataset.get("sha256") or not config:
+        raise InvalidArgument(
+            f"{eval_id} is a {old.get('source')} record: only `hub eval` records keep the"
+            " dataset and config a re-run needs"
+        )
+    chosen_base = base if base is not None else _recorded_base(old, eval_id)
+    with registry.scratch("eval") as tmp:
+        data = tmp / (Path(dataset.get("name") or "data.jsonl").name or "data.jsonl")
+        registry.store.copy_out(dataset["sha256"], data, description=f"dataset of {eval_id}")
+
+        def link(record: dict[str, Any], per_example: bytes) -> None:
+            rows = [json.loads(line) for line in per_example.decode().splitlines() if line]
+            differences = compare_records(registry, old, record, rows, tolerance)
+            record["rerun"] = {
+                "of": eval_id,
+                "reproduced": all(d["agrees"] for d in differences.values()),
+                "tolerance": tolerance,
+                "differences": differences,
+            }
+
+        [record] = registry.evaluate(
+            card.ref,
+            data,
+            base=chosen_base,
+            metrics=list(config.get("metrics") or old["metrics"]),
+            limit=config.get("limit"),
+            batch_size=config.get("batch_size", 8),
+            device=device or config.get("device", "auto"),
+            dtype=config.get("dtype", "fp32"),
+            with_base=bool(config.get("with_base", old.get("base") is not None)),
+            seed=config.get("seed", 0),
+            chat=bool(config.get("chat", False)),
+            progress=progress,
+            annotate=link,
+        )
+    return record
+
+
+def _recorded_base(record: dict[str, Any], eval_id: str) -> str | None:
+    """The base the record was scored against, if it is still here; None: the card's."""
+    given = (record.get("config") or {}).get("base") or (record.get("base") or {}).get("model")
+    if given is None:
+        return None
+    if os.path.isabs(given) and not Path(given).is_dir():
+        raise InvalidArgument(
+            f"{eval_id} was scored against the base {given}, which is not a folder here:"
+            " give --base DIR (the same base model)"
+        )
+    return str(given)
+
+
+def _per_example(registry: Registry, record: dict[str, Any]) -> list[dict[str, Any]]:
+    digest = record.get("results_sha256")
+    if not digest:
+        return []
+    text = registry.store.path(digest).read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def compare_records(
+    registry: Registry,
+    old: dict[str, Any],
+    new: dict[str, Any],
+    new_rows: list[dict[str, Any]],
+    tolerance: float,
+) -> dict[str, dict[str, Any]]:
+    """Per metric (``NAME`` for the adapter, ``base:NAME`` for the base): how ``new`` (with
+    its per-example rows ``new_rows``) differs from ``old``."""
+    from compose.eval_stats import is_binary
+
+    old_rows = _per_example(registry, old)
+    out: dict[str, dict[str, Any]] = {}
+    pairs = [(name, name, old["metrics"], new["metrics"]) for name in old["metrics"]]
+    if old.get("base") and new.get("base"):
+        pairs += [
+            (f"base:{name}", f"base_{name}", old["base"]["metrics"], new["base"]["metrics"])
+            for name in old["base"]["metrics"]
+        ]
+    for label, column, old_metrics, new_metrics in pairs:
+        before = old_metrics[label.removeprefix("base:")]
+        after = new_metrics.get(label.removeprefix("base:"))
+        if after is None:
+            out[label] = {"old": before["value"], "new": None, "agrees": False}
+            continue
+        old_scores = [r[column] for r in old_rows if column in r]
+        new_scores = [r[column] for r in new_rows if column in r]
+        entry: dict[str, Any] = {
+            "old": before["value"],
+            "new": after["value"],
+            "difference": after["value"] - before["value"],
+        }
+        if old_scores and new_scores and is_binary(old_scores) and is_binary(new_scores):
+            changed = [
+                i for i, (a, b) in enumerate(zip(old_scores, new_scores, strict=False)) if a != b
+            ]
+            entry.update(
+                compared="count",
+                old_count=int(sum(old_scores)),
+                new_count=int(sum(new_scores)),
+                changed_rows=changed,
+            )
+            entry["agrees"] = (
+                entry["old_count"] == entry["new_count"]
+                and before.get("n") == after.get("n")
+                and not changed
+            )
+        else:
+            bound = tolerance * max(1.0, abs(before["value"]))
+            entry.update(compared="tolerance", tolerance=tolerance)
+            entry["agrees"] = abs(entry["difference"]) <= bound and before.get("n") == after.get(
+                "n"
+            )
+        out[label] = entry
+    return out

@@ -1,0 +1,116 @@
+"""``hub eval REF... --from URL``: evaluate a team hub's versions here, and keep the records.
+
+Each version is pulled (sha256-checked, ``RemoteRegistry.pull``) into a scratch folder and
+scored exactly like a local one (``hub.evals``: same base cache, same record). The record then
+goes back to the server, on the exact version it scored, when the token may write that
+namespace (its dataset and per-example results are uploaded with it). Otherwise it is kept in
+the local registry, in ``remote_evals``, by the hub's URL and the version's repository and
+commit, with its blobs (``gc`` keeps them), and the record's ``"remote"`` says why;
+``hub show REF --from URL`` lists such records next to the server's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hub.evals import Sink, evaluate, store_blobs
+from hub.index import utcnow
+from hub.locks import file_lock
+from schemas.errors import AuthError, InvalidArgument
+
+if TYPE_CHECKING:
+    from hub.eval_forgetting import Forgetting
+    from hub.registry import Registry
+    from hub.remote import RemoteRegistry
+    from schemas.card import AdapterCard
+
+
+class RemoteSink(Sink):
+    """Versions of a team hub; records posted back, or kept here."""
+
+    def __init__(self, registry: Registry, remote: RemoteRegistry) -> None:
+        self.registry, self.remote = registry, remote
+
+    def cards(self, refs: Sequence[str]) -> list[AdapterCard]:
+        return [self.remote.show(ref) for ref in refs]
+
+    def files(self, card: AdapterCard, folder: Path) -> Path:
+        return self.remote.pull(card.ref, folder)
+
+    def keep(
+        self,
+        card: AdapterCard,
+        record: dict[str, Any],
+        dataset: Path,
+        per_example: bytes,
+        forgetting: Forgetting | None = None,
+    ) -> None:
+        if forgetting is not None:  # evaluate() refuses --forgetting with --from first
+            raise InvalidArgument("--forgetting works on versions of the local registry only")
+        record["results_sha256"] = hashlib.sha256(per_example).hexdigest()
+        try:
+            self.remote.post_eval(record, dataset, per_example)
+        except AuthError as error:
+            record["remote"] = {"url": self.remote.url, "posted": False, "reason": str(error)}
+            keep_locally(self.registry, self.remote.url, card, record, dataset, per_example)
+        else:
+            record["remote"] = {"url": self.remote.url, "posted": True}
+
+
+def keep_locally(
+    registry: Registry,
+    url: str,
+    card: AdapterCard,
+    record: dict[str, Any],
+    dataset: Path,
+    per_example: bytes,
+) -> None:
+    """Store a record of the remote version ``card`` in the local registry."""
+    with file_lock(registry.lock_path, shared=True):
+        store_blobs(registry, record, dataset, per_example)
+        with registry.index.write() as conn:
+            conn.execute(
+                "INSERT INTO remote_evals (id, remote, repo, commit_id, created_at,"
+                " dataset_sha256, results_sha256, record) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    record["id"],
+                    url,
+                    card.repo,
+                    card.commit,
+                    record.get("created_at") or utcnow(),
+                    record["dataset"]["sha256"],
+                    record["results_sha256"],
+                    json.dumps(record, sort_keys=True),
+                ),
+            )
+
+
+def kept_records(registry: Registry, url: str, card: AdapterCard) -> list[dict[str, Any]]:
+    """Records of the remote version ``card`` kept here (oldest first)."""
+    rows = registry.index.conn.execute(
+        "SELECT record FROM remote_evals WHERE remote = ? AND repo = ? AND commit_id = ?"
+        " ORDER BY created_at, id",
+        (url.rstrip("/"), card.repo, card.commit),
+    ).fetchall()
+    return [json.loads(row[0]) for row in rows]
+
+
+def evaluate_remote(
+    registry: Registry,
+    remote: RemoteRegistry,
+    refs: Sequence[str],
+    data: str | os.PathLike[str],
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """``hub.evals.evaluate`` of a team hub's versions; see the module doc for where the
+    records go (each record's ``"remote"``: ``url``, ``posted`` and, if kept here, ``reason``).
+
+    Raises:
+        AuthError: the token may not read a version (nothing is scored or recorded).
+    """
+    return evaluate(registry, refs, data, sink=RemoteSink(registry, remote), **options)

@@ -1,0 +1,155 @@
+"""Eval records through a real `hub serve` process: the API returns them, `hub show --from`
+lists them, `hub eval --from` posts a record back with a write token and keeps it locally
+without one, `--from` without read scope is one Error line; imports and `--with-evals` travel
+with push and pull."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import yaml
+from click.testing import CliRunner
+
+from cli.main import cli
+from hub import Registry
+from hub.tokens import create_token
+from tests.hub.server.test_slow_clients import serve
+
+
+def test_eval_records_through_the_server(hub_home, trained, tmp_path):
+    base, lora, _, data = trained
+    server_home = tmp_path / "server-home"
+    with Registry(server_home) as reg:
+        writer = create_token(reg, "writer", read=["team"], write=["team"])
+        reader = create_token(reg, "reader", read=["team"], write=[])
+        other = create_token(reg, "other", read=["elsewhere"], write=[])
+    folder = tmp_path / "run"
+    shutil.copytree(lora, folder)
+    (folder / "all_results.json").write_text(json.dumps({"eval_loss": 2.5, "epoch": 1.0}))
+    runner = CliRunner()
+
+    def hub(token, *args):
+        return runner.invoke(cli, list(args), env={"HUB_TOKEN": token})
+
+    with serve(server_home) as (port, _):
+        url = f"http://127.0.0.1:{port}"
+        pushed = hub(writer, "push", str(folder), "--name", "team/srv", "--to", url)
+        assert pushed.exit_code == 0, pushed.output
+        [imported] = json.loads(hub(reader, "show", "team/srv", "--from", url, "--json").stdout)[
+            "evals"
+        ]  # the import travelled with the push: the server read all_results.json
+        assert (imported["source"], imported["origin"]["file"]) == ("trainer", "all_results.json")
+
+        # A write token: the record is posted back onto the exact version.
+        args = ["eval", "team/srv", "--from", url, "--data", str(data), "--base", str(base)]
+        result = hub(writer, *args, "--json")
+        assert result.exit_code == 0, result.output
+        [posted] = json.loads(result.stdout)
+        assert posted["remote"] == {"url": url, "posted": True}
+        assert result.stderr.endswith(
+            f"Recorded {posted['id']} on {posted['ref']} at {url} (held-out.jsonl,"
+            f" {posted['seconds']:.1f}s)\n"
+        )
+        shown = json.loads(hub(reader, "show", "team/srv", "--from", url, "--json").stdout)
+        assert [e["id"] for e in shown["evals"]] == [imported["id"], posted["id"]]
+        server_record = shown["evals"][1]
+        assert server_record["metrics"] == posted["metrics"]
+        assert server_record["ref"] == posted["ref"] and server_record["commit"] == shown["commit"]
+        [ce] = [m for m in shown["metrics"] if m["name"] == "cross_entropy"]
+        assert (ce["source"], ce["eval_id"]) == ("hub-eval", posted["id"])
+        # Search on the server applies the same metric rule.
+        cut = posted["metrics"]["cross_entropy"]["value"] + 0.01
+        found = hub(reader, "ls", "--from", url, "--where", f"metric:cross_entropy<{cut}", "--json")
+        assert [c["repo"] for c in json.loads(found.stdout)] == ["team/srv"]
+        found = hub(reader, "ls", "--from", url, "--where", "metric:cross_entropy<0.001", "--json")
+        assert json.loads(found.stdout) == []
+
+        # A read-only token: scored here, kept locally, and `hub show --from` says so.
+        result = hub(reader, *args, "--no-base", "--json")
+        assert result.exit_code == 0, result.output
+        [kept] = json.loads(result.stdout)
+        reason = "token 'reader' may not write to any namespace"
+        assert kept["remote"] == {"url": url, "posted": False, "reason": reason}
+        assert f"Recorded {kept['id']} on {kept['ref']} locally ({url} refused it: {reason})" in (
+            result.stderr
+        )
+        shown = json.loads(hub(reader, "show", "team/srv", "--from", url, "--json").stdout)
+        assert [e["id"] for e in shown["evals"]] == [imported["id"], posted["id"], kept["id"]]
+        text = hub(reader, "show", "team/srv", "--from", url).stdout
+        assert f"  {kept['id']}  hub-eval  held-out.jsonl sha256:" in text
+        assert "(kept locally: the server refused it)" in text
+        assert (
+            len(
+                json.loads(hub(writer, "show", "team/srv", "--from", url, "--json").stdout)["evals"]
+            )
+            == 3
+        )  # fmt: skip  (the server holds two; the third is this machine's)
+        with Registry(hub_home) as local:
+            assert local.gc().blobs_removed == 0  # the kept record's blobs are referenced
+            assert local.verify().healthy
+
+        # No read scope: one Error line, nothing scored or recorded.
+        for command in (args, ["show", "team/srv", "--from", url]):
+            result = hub(other, *command)
+            assert (result.exit_code, result.stderr) == (
+                1,
+                "Error: token 'other' may not read namespace 'team'\n",
+            )
+        with Registry(hub_home) as local:
+            count = local.index.conn.execute("SELECT count(*) FROM remote_evals").fetchone()[0]
+            assert count == 1
+
+        # The results travel with a pull as model-index.
+        out = tmp_path / "pulled"
+        result = hub(reader, "pull", "team/srv", "--from", url, "-o", str(out), "--with-evals")
+        assert result.exit_code == 0, result.output
+        front = yaml.safe_load((out / "README.md").read_text().split("---\n")[1])
+        [result_entry] = front["model-index"][0]["results"]
+        assert result_entry["dataset"]["type"] == "held-out.jsonl"
+        values = {m["type"]: m["value"] for m in result_entry["metrics"]}
+        assert values == {
+            "cross_entropy": posted["metrics"]["cross_entropy"]["value"],
+            "perplexity": posted["metrics"]["perplexity"]["value"],
+        }
+
+
+def test_post_eval_refuses_unproven_blobs_and_bad_records(hub_home, trained, tmp_path):
+    from hub.remote import RemoteRegistry
+    from schemas.errors import InvalidArgument
+
+    _, lora, _, _ = trained
+    server_home = tmp_path / "server-home"
+    with Registry(server_home) as reg:
+        writer = create_token(reg, "writer", read=["team"], write=["team"])
+    with serve(server_home) as (port, _):
+        client = RemoteRegistry(f"http://127.0.0.1:{port}", token=writer)
+        card, _ = client.push(lora, name="team/strict")
+        record = {
+            "id": "ev-0123456789ab",
+            "ref": card.ref,
+            "commit": card.commit,
+            "source": "hub-eval",
+            "dataset": {"sha256": "a" * 64, "rows": 6, "kind": "text", "name": "x.jsonl"},
+            "metrics": {"cross_entropy": {"value": 1.0, "n": 6, "higher_is_better": False}},
+            "results_sha256": "b" * 64,
+            "created_at": "2026-01-01T00:00:00+00:00",
+        }
+        path = "/api/hub/v1/adapters/team/strict/evals"
+        try:
+            client._json("POST", path, {"record": record})
+        except InvalidArgument as error:
+            assert str(error) == (
+                "blob aaaaaaaaaaaa of eval record ev-0123456789ab is not uploaded yet"
+                " (send it with PUT /blobs/SHA256, then post again)"
+            )
+        else:
+            raise AssertionError("an unproven blob was accepted")
+        bad = {**record, "metrics": {"x": {"value": "nan", "higher_is_better": True}}}
+        try:
+            client._json("POST", path, {"record": bad})
+        except InvalidArgument as error:
+            assert str(error).startswith("invalid request: body.record.metrics.x.value: ")
+        else:
+            raise AssertionError("a non-finite metric was accepted")
+        assert client.evals("team/strict") == []
