@@ -103,6 +103,17 @@ def _check_annotations(
     check_text(parent or "", "--parent")
 
 
+def _merged_ledger(registry: Registry, inspected: Any, lineage: Lineage) -> Any:
+    """A merge result's card with ``params_trained`` from its inputs (``hub.inspect.ledger``)."""
+    from hub.inspect.ledger import inputs_trained
+    from schemas.card import InspectedAdapter
+
+    inputs = [registry.show(ref).model_dump() for ref in lineage.inputs]
+    operator = str((lineage.recipe or {}).get("operator") or "merge")
+    fields = inputs_trained(inspected.model_dump(), inputs, operator)
+    return InspectedAdapter.model_validate(fields)
+
+
 class Registry:
     """Adapters stored in ``home``: ``index.db`` plus a content-addressed ``store/``."""
 
@@ -209,7 +220,14 @@ class Registry:
         files_on_disk = adapter_files(folder, trusted=[self.store.blobs])
         if _exclude:  # the top adapter of a multi-adapter folder: its own files only
             files_on_disk = [f for f in files_on_disk if f[0].split("/")[0] not in _exclude]
-        inspected = inspect_adapter(folder, allow_nonfinite=allow_nonfinite, base_dirs=base_dirs)
+        inspected = inspect_adapter(
+            folder,
+            allow_nonfinite=allow_nonfinite,
+            base_dirs=base_dirs,
+            optimizer=tag_map.get("optimizer"),
+        )
+        if lineage is not None and lineage.inputs and inspected.method != "composite":
+            inspected = _merged_ledger(self, inspected, lineage)
         trained = read_trainer_state(folder)  # a Trainer checkpoint: its step and logged metrics
         if trained is not None:
             tag_map = {"step": str(trained.step), **tag_map}
