@@ -231,7 +231,7 @@ def _specific(
         if size is None:
             size = _weight(shapes, module)
         if size is None:
-            what = f"the width of {module!r}'s base weight"
+            what = f"the shape of the base weight of {module!r}"
             counts.add("changed", None, _NO_BASE.format(what=what))
             continue
         if method == "lora" and experts:

@@ -127,8 +127,8 @@ def test_counts_that_need_the_base_shapes_are_unknown_without_it(adapters):
     assert ia3.params_changed_when_merged is None
     assert ia3.params_changed_when_merged_fraction is None
     assert ia3.params_unknown == {
-        "params_changed_when_merged": "the width of 'model.layers.0.mlp.down_proj''s base"
-        " weight is not in the adapter's files: it needs the base's weight shapes (push with"
+        "params_changed_when_merged": "the shape of the base weight of"
+        " 'model.layers.0.mlp.down_proj' is not in the adapter's files: it needs the base's weight shapes (push with"
         " the base model's folder readable, see `hub push`)"
     }
     assert (ia3.params_trained, ia3.params_extra_at_inference) == (384, 384)
@@ -230,7 +230,7 @@ def test_migration_recomputes_the_ledger_of_older_versions(hub_home, adapters, m
     with Registry(hub_home) as old:
         for method in ("lora", "ia3", "vera", "p_tuning"):
             old.push(adapters(method), name=f"t/{method}")
-        old.compose({"operator": "stack", "name": "t/stack", "inputs": ["t/lora", "t/vera"]})
+        old.compose({"operator": "stack", "name": "t/stack", "inputs": ["t/lora", "t/p_tuning"]})
         old.compose({"operator": "cat", "name": "t/cat", "inputs": ["t/lora", "t/lora"]})
     _strip_ledger(hub_home)
     with Registry(hub_home) as old:
@@ -243,16 +243,16 @@ def test_migration_recomputes_the_ledger_of_older_versions(hub_home, adapters, m
         assert new.index.schema_version() == len(all_migrations)
         assert _ledger(new.show("t/lora")) == LEDGERS["lora"]
         assert _ledger(new.show("t/p_tuning")) == LEDGERS["p_tuning"]
-        vera = new.show("t/vera")
-        assert _ledger(vera) == LEDGERS["vera"]  # lambda_b's and the projections' shapes
-        ia3 = new.show("t/ia3")
-        assert _ledger(ia3)[:3] == LEDGERS["ia3"][:3]
-        assert ia3.params_changed_when_merged is None  # the migration reads no base folder
-        assert "base's weight shapes" in ia3.params_unknown["params_changed_when_merged"]
-        assert ia3.params_base == before.params_base  # kept from the stored card
+        for method in ("ia3", "vera"):  # one side of the weights: the base's shapes tell
+            card = new.show(f"t/{method}")
+            assert _ledger(card)[:3] == LEDGERS[method][:3]
+            assert card.params_extra_at_inference == LEDGERS[method][4]
+            assert card.params_changed_when_merged is None  # the migration reads no base
+            assert "base's weight shapes" in card.params_unknown["params_changed_when_merged"]
+            assert card.params_base == before.params_base  # kept from the stored card
         stack = new.show("t/stack")
-        assert stack.params_trained == 3584 + 224
-        assert stack.params_changed_when_merged == QV  # both on q and v: rewritten once
+        assert stack.params_trained == 3584 + 5568
+        assert stack.params_changed_when_merged == QV  # the prompt rewrites nothing
         cat = new.show("t/cat")
         assert cat.params_trained == 2 * 3584
     result = CliRunner().invoke(cli, ["--home", str(hub_home), "show", "t/lora", "--json"])
@@ -276,3 +276,18 @@ def test_show_json_and_text_show_the_ledger(registry, adapters, hub_home):
     assert shown["params_stored_by_dtype"] == {"f32": 320}
     text = runner.invoke(cli, ["show", "t/pt"]).output
     assert "trained params" in text and "5.6K" in text
+
+
+def test_readme_ledger_table_is_rendered_from_the_rules():
+    import re
+    from pathlib import Path
+
+    from hub.inspect.ledger_rules import RULES, ledger_table
+
+    text = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"<!-- ledger-table[^>]*-->\n(.*?)<!-- /ledger-table -->", text, re.S)
+    assert match is not None, "README.md lost its ledger-table markers"
+    assert match.group(1) == ledger_table()
+    covered = {m for rule in RULES for m in rule.methods}
+    assert set(LEDGERS) <= covered  # every method checked above has its counting rule
+    assert {"generic", "stack", "ensemble", "merge"} <= covered
