@@ -128,8 +128,8 @@ def test_counts_that_need_the_base_shapes_are_unknown_without_it(adapters):
     assert ia3.params_changed_when_merged_fraction is None
     assert ia3.params_unknown == {
         "params_changed_when_merged": "the shape of the base weight of"
-        " 'model.layers.0.mlp.down_proj' is not in the adapter's files: it needs the base's weight shapes (push with"
-        " the base model's folder readable, see `hub push`)"
+        " 'model.layers.0.mlp.down_proj' is not in the adapter's files: it needs the base's"
+        " weight shapes (push with the base model's folder readable, see `hub push`)"
     }
     assert (ia3.params_trained, ia3.params_extra_at_inference) == (384, 384)
     assert inspect_adapter(adapters("oft"), base_dirs=()).params_changed_when_merged is None
