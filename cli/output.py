@@ -60,8 +60,8 @@ def human_count(n: int | None) -> str:
 LEDGER_LABELS = {
     "params_trained": "trained params",
     "params_stored": "stored params",
-    "params_changed_when_merged": "changed when merged",
-    "params_extra_at_inference": "extra at inference",
+    "params_changed_when_merged": "changed (merged)",
+    "params_extra_at_inference": "extra (unmerged)",
 }
 """``hub show``'s line for each count of the parameter ledger (schemas.card.LEDGER)."""
 

@@ -322,6 +322,7 @@ class Registry:
         description: str | None,
         lineage: Lineage | None,
     ) -> PushResult:
+        from hub.reledger import refresh_ledger
         from schemas.card import AdapterCard
 
         index = self.index
@@ -360,6 +361,7 @@ class Registry:
                     ]  # pushing a checkpoint again must not repeat its trainer metrics
                     if description:
                         latest_card["description"] = description
+                    refresh_ledger(latest_card, inspected)
                     index.replace_annotations(conn, latest[0], latest_card)
                     return PushResult(self._card(latest_card, latest[0], conn), created=False)
             version = counter + 1

@@ -112,3 +112,14 @@ def _ledger(
         out = {key: merged[key] for key in out}
     out.pop("params_base", None)
     return out
+
+
+def refresh_ledger(card: dict[str, Any], inspected: dict[str, Any]) -> None:
+    """Pushing a version's files again refreshes its ledger from the new inspection (a tag
+    ``optimizer=lorafa`` given now, the base folder readable now), in place; ``params_base``
+    stays the stored one when the new push cannot count the base."""
+    from hub.inspect.ledger import fractions
+
+    card.update({key: inspected[key] for key in LEDGER_KEYS})
+    base = inspected.get("params_base") or card.get("params_base")
+    card.update(fractions({name: card[name] for name in LEDGER}, base))

@@ -291,3 +291,64 @@ def test_readme_ledger_table_is_rendered_from_the_rules():
     covered = {m for rule in RULES for m in rule.methods}
     assert set(LEDGERS) <= covered  # every method checked above has its counting rule
     assert {"generic", "stack", "ensemble", "merge"} <= covered
+
+
+@pytest.mark.parametrize(
+    ("overrides", "ledger"),
+    [
+        # lora_B biases: + out per module (64 for q, 32 for v, 2 layers), rewritten by a merge
+        ({"lora_bias": True}, (3584 + 192, 3584 + 192, 0, QV + 192, 3584 + 192)),
+        # 3 embedding rows trained beside the LoRA: 3 x 64, rewritten rows, read unmerged
+        ({"trainable_token_indices": [1, 2, 3]}, (3584 + 192, 3584 + 192, 0, QV + 192, 3776)),
+        # LoRA on the embedding too: A 8 x 128 (vocabulary), B 64 x 8; rewrites 128 x 64.
+        # PEFT saves the base's embedding beside it (a frozen copy, 128 x 64): stored apart
+        (
+            {"target_modules": ["q_proj", "v_proj", "embed_tokens"]},
+            (3584 + 1536, 3584 + 1536, 8192, QV + 8192, 3584 + 1536),
+        ),
+    ],
+)
+def test_lora_extras_in_the_ledger(overrides, ledger, base_dir, tmp_path):
+    folder = make_adapter("lora", tmp_path / "lora", base_dir, **overrides)
+    card = inspect_adapter(folder)
+    assert _ledger(card) == ledger
+    assert card.params_trained == _peft_trainable(base_dir, folder)
+
+
+def test_migration_keeps_what_it_cannot_recompute(hub_home, adapters, monkeypatch):
+    import hub.index
+
+    all_migrations = list(hub.index.MIGRATIONS)
+    monkeypatch.setattr(hub.index, "MIGRATIONS", all_migrations[:4])
+    with Registry(hub_home) as old:
+        card = old.push(adapters("lora"), name="t/lost").card
+    _strip_ledger(hub_home)
+    weights = next(f for f in card.files if f.path == "adapter_model.safetensors")
+    blob = next(p for p in (hub_home / "store").rglob(weights.sha256) if p.is_file())
+    blob.unlink()  # the file is gone from the store: `hub verify` would say so
+    monkeypatch.setattr(hub.index, "MIGRATIONS", all_migrations)
+    with Registry(hub_home) as new:
+        lost = new.show("t/lost")
+    assert (lost.params_stored, lost.params_trained, lost.params_changed_when_merged) == (
+        3584,
+        None,
+        None,
+    )
+    assert lost.params_unknown["params_trained"] == (
+        f"not recomputed from the stored files: blob {weights.sha256[:12]} is missing from the"
+        " store (run `hub verify`)"
+    )
+    assert "params_stored" not in lost.params_unknown
+
+
+def test_pushing_the_same_files_again_refreshes_the_ledger(registry, adapters):
+    first = registry.push(adapters("ia3"), name="t/ia3", base_dirs=()).card
+    assert first.params_changed_when_merged is None  # the base folder was not readable
+    again = registry.push(adapters("ia3"), name="t/ia3", tags=["optimizer=adamw"])
+    assert not again.created
+    assert again.card.params_changed_when_merged == LEDGERS["ia3"][3]
+    assert again.card.params_unknown == {}
+    lora = registry.push(adapters("lora"), name="t/lora").card
+    assert lora.params_trained == 3584
+    declared = registry.push(adapters("lora"), name="t/lora", tags=["optimizer=lorafa"]).card
+    assert (declared.version, declared.params_trained) == (lora.version, 3584 - 4 * 8 * 64)
