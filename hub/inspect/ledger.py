@@ -123,9 +123,11 @@ def compute_ledger(
         if note:
             notes["params_trained"] = note
     elif row.card == "generic":
-        _generic(method, tensors, counts)
+        _generic(method, tensors, counts, nested)
         if row.params_note:
             notes["params_trained"] = row.params_note
+        if method == "xlora":
+            trained, notes["params_trained"] = _xlora_trained(config, analysis.nested_modules)
     else:
         _specific(method, config, tensors, frozen, analysis, shapes, counts)
         if method == "adalora":
@@ -310,13 +312,35 @@ def _vera_projections(
     counts.add("extra", r * (max(ins) + max(outs)))
 
 
-def _generic(method: str, tensors: dict[str, TensorInfo], counts: _Counts) -> None:
+def _generic(method: str, tensors: dict[str, TensorInfo], counts: _Counts, nested: int) -> None:
+    """Extra: every stored tensor (frozen ones are read too) and nested adapters' (X-LoRA)."""
     row = METHODS[method]
     if row.merge == "none":
         counts.add("changed", None, _NO_MERGE.format(method=method))
     else:
         counts.add("changed", None, _GENERIC_MERGE.format(method=method))
-    counts.add("extra", sum(t.numel for t in tensors.values()))
+    counts.add("extra", nested + sum(t.numel for t in tensors.values()))
+
+
+def _xlora_trained(config: dict[str, Any], lora_layers: int) -> tuple[int | None, str]:
+    """X-LoRA trains only its classifier (PEFT's ``XLoraClassifier``): xlora_depth linear
+    layers from hidden_size through xlora_size to one logit per adapter (per LoRA layer with
+    layerwise_scalings), each with a bias. PEFT does not save it."""
+    hidden = get_int(config, "hidden_size")
+    size = get_int(config, "xlora_size", 2048) or 2048
+    depth = get_int(config, "xlora_depth", 1) or 1
+    classes = len(config.get("adapters") or {})
+    if hidden is None or not classes:
+        return None, "X-LoRA's classifier size needs hidden_size and adapters in its config"
+    out = classes * (lora_layers if get_bool(config, "layerwise_scalings") else 1)
+    if depth == 1:
+        count = hidden * out + out
+    else:
+        count = hidden * size + size + (depth - 2) * (size * size + size) + size * out + out
+    return count, (
+        "X-LoRA trains only its classifier (counted from xlora_depth, xlora_size, hidden_size"
+        " and its adapters), which PEFT does not save; params_stored counts the LoRAs it mixes"
+    )
 
 
 def _prompt_trained(

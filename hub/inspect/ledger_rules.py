@@ -67,6 +67,9 @@ RULES: tuple[Rule, ...] = (
          " card's note says where PEFT differs)", "all but the frozen tensors",
          "unknown (PEFT merges them; which values it rewrites is not read)",
          "every stored tensor, frozen ones included"),
+    Rule("X-LoRA", ("xlora",), "its classifier (from xlora_depth, xlora_size, hidden_size and"
+         " its adapters; not saved)", "the LoRAs it mixes (its subfolders)",
+         "unknown: it never merges", "the LoRAs it mixes"),
     Rule("generic prompt types", ("generic-prompt",), "stored minus frozen", "the tables",
          "0", "the tables"),
     Rule("stack", ("stack",), "sum of its members", "sum", "the union of its members'"

@@ -74,6 +74,8 @@ class Analysis:
     """Adapted module -> its tensors (``hub.inspect.modules.group_by_module``), for the ledger."""
     copies: set[str] = field(default_factory=set)
     """Keys of base embedding weights PEFT saved beside the adapter."""
+    nested_modules: int = 0
+    """X-LoRA: the LoRA layers of its first nested adapter (its classifier's output size)."""
     details: dict[str, Any] = field(default_factory=dict)
 
 
