@@ -120,6 +120,12 @@ def compute_ledger(
         counts.add("changed", 0)
         counts.add("extra", sum(t.numel for t in tensors.values()))
         trained, note = _prompt_trained(method, config, stored)
+        if method == "cartridge" and "prompt_embeddings" in tensors:
+            # PEFT keeps the first num_frozen_tokens rows of the saved table frozen
+            rows = get_int(config, "num_frozen_tokens", 0) or 0
+            trained = stored - rows * tensors["prompt_embeddings"].shape[-1]
+            note = f"the first num_frozen_tokens={rows} rows of prompt_embeddings are frozen"
+        note = note or row.params_note
         if note:
             notes["params_trained"] = note
     elif row.card == "generic":

@@ -70,7 +70,8 @@ RULES: tuple[Rule, ...] = (
     Rule("X-LoRA", ("xlora",), "its classifier (from xlora_depth, xlora_size, hidden_size and"
          " its adapters; not saved)", "the LoRAs it mixes (its subfolders)",
          "unknown: it never merges", "the LoRAs it mixes"),
-    Rule("generic prompt types", ("generic-prompt",), "stored minus frozen", "the tables",
+    Rule("generic prompt types", ("generic-prompt", "cartridge"), "the tables (Cartridges: minus"
+         " its num_frozen_tokens rows)", "the tables",
          "0", "the tables"),
     Rule("stack", ("stack",), "sum of its members", "sum", "the union of its members'"
          " rewritten weights, each once", "sum"),

@@ -352,3 +352,20 @@ def test_pushing_the_same_files_again_refreshes_the_ledger(registry, adapters):
     assert lora.params_trained == 3584
     declared = registry.push(adapters("lora"), name="t/lora", tags=["optimizer=lorafa"]).card
     assert (declared.version, declared.params_trained) == (lora.version, 3584 - 4 * 8 * 64)
+
+
+def test_cartridge_frozen_rows_are_not_trained(base_dir, tmp_path, monkeypatch):
+    import tests.peft_types as peft_types
+
+    monkeypatch.setitem(
+        peft_types.GENERIC_TYPES, "cartridge", {"num_virtual_tokens": 4, "num_frozen_tokens": 1}
+    )
+    folder = peft_types.make_typed_adapter("cartridge", tmp_path / "cartridge", base_dir)
+    card = inspect_adapter(folder)
+    # a KV prefix of 4 tokens x 2 layers x (key, value) x 32: 512 stored, the first row frozen
+    assert (card.params_stored, card.params_trained) == (512, 512 - 128)
+    assert card.params_trained == _peft_trainable(base_dir, folder)
+    assert (card.params_changed_when_merged, card.params_extra_at_inference) == (0, 512)
+    assert card.params_notes["params_trained"] == (
+        "the first num_frozen_tokens=1 rows of prompt_embeddings are frozen"
+    )
