@@ -369,3 +369,31 @@ def test_cartridge_frozen_rows_are_not_trained(base_dir, tmp_path, monkeypatch):
     assert card.params_notes["params_trained"] == (
         "the first num_frozen_tokens=1 rows of prompt_embeddings are frozen"
     )
+
+
+def test_lora_variants_mica_and_alora(base_dir, tmp_path):
+    mica = make_adapter("lora", tmp_path / "mica", base_dir, init_lora_weights="mica")
+    card = inspect_adapter(mica)
+    # lora_A trained (8 x 64 for q and v, 2 layers); lora_B (64 x 8, 32 x 8) stored frozen
+    assert _ledger(card) == (2048, 2048, 1536, QV, 3584)
+    assert card.params_trained == _peft_trainable(base_dir, mica)
+    alora = make_adapter("lora", tmp_path / "alora", base_dir, alora_invocation_tokens=[5, 9])
+    card = inspect_adapter(alora)
+    assert _ledger(card) == (3584, 3584, 0, None, 3584)
+    assert card.params_unknown == {
+        "params_changed_when_merged": "lora (alora) cannot be merged into the base weights"
+        " (it runs unmerged only)"
+    }
+    assert card.params_trained == _peft_trainable(base_dir, alora)
+
+
+def test_lora_trained_biases(tmp_path):
+    from tests.factories import make_base
+
+    base = make_base(tmp_path / "biased", attention_bias=True)
+    folder = make_adapter("lora", tmp_path / "lora", base, bias="all")
+    card = inspect_adapter(folder)
+    # every bias is trained: q 64, k 32, v 32, o 64 per layer; a merge keeps them (they
+    # overwrite the base's when loaded, so they add nothing to the unmerged forward)
+    assert _ledger(card) == (3584 + 384, 3584 + 384, 0, QV + 384, 3584)
+    assert card.params_trained == _peft_trainable(base, folder)
