@@ -11,11 +11,22 @@ import click
 
 from cli.eval import eval_progress, format_estimate
 from cli.eval_format import MODES, format_forgetting_cell, format_overhead_cell
-from cli.output import human_count, human_size, method_label, print_json, print_table
+from cli.output import human_size, ledger_count, method_label, print_json, print_table
+from schemas.card import LEDGER
 
 
 def _metric_columns(adapters: list[dict[str, Any]]) -> list[str]:
     return sorted({name for a in adapters for name in a["metrics"]})
+
+
+LEDGER_HEADERS = ["TRAINED", "STORED", "CHANGED (MERGED)", "EXTRA (UNMERGED)"]
+"""The parameter ledger's columns, in schemas.card.LEDGER's order."""
+
+
+def _ledger_cell(a: dict[str, Any], name: str) -> str:
+    """``3.6K (0.012%)``; ``-`` when unknown (the card's params_unknown says why)."""
+    text = ledger_count(a, name, digits=3)
+    return text.split(" of ")[0] + ")" if " of " in text else text
 
 
 def _table(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
@@ -23,7 +34,8 @@ def _table(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     columns = _metric_columns(adapters)
     modes = [m for m in MODES if any(m in (a.get("cost") or {}) for a in adapters)]
     forgetting = any(a.get("forgetting") for a in adapters)
-    headers = ["ADAPTER", "METHOD", "RANK", "TARGETS", "PARAMS", "SIZE", "OVERHEAD", *columns]
+    headers = ["ADAPTER", "METHOD", "RANK", "TARGETS", *LEDGER_HEADERS, "SIZE", "OVERHEAD"]
+    headers += columns
     headers += ["FORGETTING"] * forgetting + [f"COST {m.upper()}" for m in modes]
     rows = []
     for a in adapters:
@@ -33,8 +45,7 @@ def _table(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
                 method_label(a),
                 a["rank"],
                 len(a["targets"]),
-                human_count(a["params_trainable"])
-                + (f" ({a['params_fraction']:.3%})" if a.get("params_fraction") else ""),
+                *(_ledger_cell(a, name) for name in LEDGER),
                 human_size(a["size_bytes"]),
                 a["overhead"],
                 *(format_estimate(a["metrics"][c]) if c in a["metrics"] else "" for c in columns),
@@ -74,10 +85,11 @@ def _markdown(headers: list[str], rows: list[list[Any]]) -> str:
 )
 @click.option(
     "--axes",
-    default="params_trainable",
+    default="params_trained",
     show_default=True,
-    help="Pareto axes X[,Y]: a card field (params_trainable, params_fraction, size_bytes, rank)"
-    " or a metric column NAME@DATASET; Y defaults to the first metric.",
+    help="Pareto axes X[,Y]: a card field (the ledger: params_trained, params_stored,"
+    " params_changed_when_merged, params_extra_at_inference, each also as *_fraction;"
+    " size_bytes, rank) or a metric column NAME@DATASET; Y defaults to the first metric.",
 )
 @click.option("--json", "fmt", flag_value="json", help="Print machine-readable JSON.")
 @click.option("--csv", "fmt", flag_value="csv", help="Print the table as CSV.")
@@ -101,7 +113,7 @@ def compare_command(
     Example:
         hub compare team/sql-lora team/sql-dora team/sql-merged
         hub compare team/sql-lora team/sql-dora --data sql-dev.jsonl --base models/llama --json
-        hub compare team/sql-lora team/sql-dora --plot plots --axes params_trainable
+        hub compare team/sql-lora team/sql-dora --plot plots --axes params_trained
     """
     from hub.compare import compare, write_plots
     from hub.registry import Registry

@@ -70,7 +70,13 @@ def cli(ctx: click.Context, home: Path | None) -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--name", help="Repository id NAMESPACE/NAME (default: <user>/<folder name>).")
 @click.option("--task", "tasks", multiple=True, help="Task label, e.g. sql (repeatable).")
-@click.option("--tag", "tags", multiple=True, help="KEY=VALUE tag (repeatable).")
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    help="KEY=VALUE tag (repeatable); optimizer=lorafa declares a LoRA-FA run (lora_A frozen:"
+    " left out of params_trained).",
+)
 @click.option(
     "--metric", "metrics", multiple=True, help="NAME=VALUE[@DATASET] result (repeatable)."
 )

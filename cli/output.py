@@ -57,6 +57,43 @@ def human_count(n: int | None) -> str:
     return str(n)
 
 
+LEDGER_LABELS = {
+    "params_trained": "trained params",
+    "params_stored": "stored params",
+    "params_changed_when_merged": "changed (merged)",
+    "params_extra_at_inference": "extra (unmerged)",
+}
+"""``hub show``'s line for each count of the parameter ledger (schemas.card.LEDGER)."""
+
+
+def ledger_count(card: dict[str, Any], name: str, digits: int = 4) -> str:
+    """``5.6K (0.0123% of 45.3K)``, ``-`` when unknown (a card from before the ledger reads
+    its stored count from ``params_trainable``)."""
+    value = card.get(name, card.get("params_trainable") if name == "params_stored" else None)
+    fraction = card.get(f"{name}_fraction")
+    if fraction is None and name == "params_stored":
+        fraction = card.get("params_fraction")
+    text = human_count(value)
+    if value is not None and fraction is not None:
+        text += f" ({fraction:.{digits}%} of {human_count(card.get('params_base'))})"
+    return text
+
+
+def ledger_lines(card: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """The ledger's ``hub show`` lines; an unknown count says why."""
+    unknown = card.get("params_unknown") or {}
+    lines: list[tuple[str, str | None]] = []
+    for name, label in LEDGER_LABELS.items():
+        text = ledger_count(card, name)
+        if name in unknown:
+            text += f" (unknown: {unknown[name]})"
+        lines.append((label, text))
+    frozen = card.get("params_stored_frozen")
+    if frozen:
+        lines.append(("stored frozen", human_count(frozen)))
+    return lines
+
+
 def method_label(card: dict[str, Any]) -> str:
     method = str(card["method"])
     return f"{method}:{card['variant']}" if card.get("variant") else method
@@ -158,15 +195,7 @@ def print_card(card: dict[str, Any], evals: Sequence[dict[str, Any]] = ()) -> No
             "metrics",
             ", ".join(_metric_text(m) for m in card.get("metrics") or []) or None,
         ),
-        (
-            "trainable params",
-            human_count(card.get("params_trainable"))
-            + (
-                f" ({card['params_fraction']:.4%} of {human_count(card['params_base'])})"
-                if card.get("params_fraction") is not None
-                else ""
-            ),
-        ),
+        *ledger_lines(card),
         ("size", human_size(card.get("size_bytes"))),
         ("dtypes", ", ".join(card.get("dtypes") or []) or None),
         ("overhead", _overhead_text(overhead)),

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from schemas.card import LEDGER
 from schemas.errors import IncompatibleAdapters, InvalidArgument
 
 if TYPE_CHECKING:
@@ -114,8 +115,11 @@ def _row(card: AdapterCard, latest: dict[str, dict[str, Any]]) -> dict[str, Any]
         "variant": card.variant,
         "rank": card.rank,
         "targets": card.target_modules,
-        "params_trainable": card.params_trainable,
+        **{name: getattr(card, name) for name in LEDGER},
+        **{f"{name}_fraction": getattr(card, f"{name}_fraction") for name in LEDGER},
         "params_base": card.params_base,
+        "params_unknown": card.params_unknown,
+        "params_trainable": card.params_trainable,  # the old name of params_stored
         "params_fraction": card.params_fraction,
         "size_bytes": card.size_bytes,
         "overhead": (
@@ -279,12 +283,20 @@ def _spectra(updates: dict[str, dict[str, Update]]) -> dict[str, dict[str, Any]]
     return out
 
 
-AXES = ("params_trainable", "params_fraction", "size_bytes", "rank")
-"""Card fields a Pareto plot can put on an axis (besides any metric of the table)."""
+AXES = (
+    *LEDGER,
+    *(f"{name}_fraction" for name in LEDGER),
+    "size_bytes",
+    "rank",
+    "params_trainable",
+    "params_fraction",
+)
+"""Card fields a Pareto plot can put on an axis (besides any metric of the table): the
+parameter ledger, its fractions of the base, size and rank (and the ledger's old names)."""
 
 
 def write_plots(
-    report: dict[str, Any], folder: Path, *, x: str = "params_trainable", y: str | None = None
+    report: dict[str, Any], folder: Path, *, x: str = "params_trained", y: str | None = None
 ) -> list[Path]:
     """``pareto``, ``similarity`` and ``spectra`` as PNG and SVG in ``folder``.
 
@@ -328,7 +340,7 @@ def write_plots(
                 x_label=x,
                 y_label=y,
                 higher_is_better=higher is not False,
-                log_x=x in ("params_trainable", "size_bytes"),
+                log_x=x in (*LEDGER, "params_trainable", "size_bytes"),
             )
     sim = report["similarity"]
     labels = [ref.split("@")[0] for ref in sim["refs"]]

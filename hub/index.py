@@ -222,14 +222,26 @@ def metric_rows(version_id: int, metrics: list[dict[str, Any]]) -> list[tuple[An
     ]
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+def _migration_6(db: sqlite_utils.Database, store: BlobStore) -> None:
+    # The parameter ledger (params_trained, params_changed_when_merged, ...) for versions
+    # pushed before cards had it: recomputed from their stored files (hub/reledger.py).
+    from hub.reledger import recompute_ledgers
+
+    recompute_ledgers(db.conn, store)
+
+
+MIGRATIONS: list[Callable[..., None]] = [
     _migration_1,
     _migration_2,
     _migration_3,
     _migration_4,
     _migration_5,
+    _migration_6,
 ]
-"""Numbered from 1; append only. Each runs once, in one transaction with its record."""
+"""Numbered from 1; append only. Each runs once, in one transaction with its record; those in
+``_WITH_STORE`` rewrite rows from the stored files and are given the blob store too."""
+
+_WITH_STORE = frozenset({_migration_6})
 
 
 def utcnow() -> str:
@@ -400,7 +412,7 @@ def open_index(path: Path, store: BlobStore) -> Index:
                 " included, refuses",
                 path=str(path),
             )
-    return Index(path)
+    return Index(path, store)
 
 
 class Index:
@@ -410,8 +422,9 @@ class Index:
     ``IndexUnavailable`` / ``IndexDamaged`` naming the file, from any call.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, store: BlobStore | None = None) -> None:
         self.path = Path(path)
+        self.store = store
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             conn = sqlite3.connect(
@@ -464,7 +477,12 @@ class Index:
                 )
             # Re-read inside the write lock: another process may have migrated meanwhile.
             for number in range(self.schema_version() + 1, len(MIGRATIONS) + 1):
-                MIGRATIONS[number - 1](self.db)
+                migration = MIGRATIONS[number - 1]
+                if migration in _WITH_STORE:
+                    assert self.store is not None, "open_index gives the index its store"
+                    migration(self.db, self.store)
+                else:
+                    migration(self.db)
                 self.db.table("schema_migrations").insert(
                     {"version": number, "applied_at": utcnow()}
                 )

@@ -103,6 +103,17 @@ def _check_annotations(
     check_text(parent or "", "--parent")
 
 
+def _merged_ledger(registry: Registry, inspected: Any, lineage: Lineage) -> Any:
+    """A merge result's card with ``params_trained`` from its inputs (``hub.inspect.ledger``)."""
+    from hub.inspect.ledger import inputs_trained
+    from schemas.card import InspectedAdapter
+
+    inputs = [registry.show(ref).model_dump() for ref in lineage.inputs]
+    operator = str((lineage.recipe or {}).get("operator") or "merge")
+    fields = inputs_trained(inspected.model_dump(), inputs, operator)
+    return InspectedAdapter.model_validate(fields)
+
+
 class Registry:
     """Adapters stored in ``home``: ``index.db`` plus a content-addressed ``store/``."""
 
@@ -212,7 +223,14 @@ class Registry:
         files_on_disk = adapter_files(folder, trusted=[self.store.blobs])
         if _exclude:  # the top adapter of a multi-adapter folder: its own files only
             files_on_disk = [f for f in files_on_disk if f[0].split("/")[0] not in _exclude]
-        inspected = inspect_adapter(folder, allow_nonfinite=allow_nonfinite, base_dirs=base_dirs)
+        inspected = inspect_adapter(
+            folder,
+            allow_nonfinite=allow_nonfinite,
+            base_dirs=base_dirs,
+            optimizer=tag_map.get("optimizer"),
+        )
+        if lineage is not None and lineage.inputs and inspected.method != "composite":
+            inspected = _merged_ledger(self, inspected, lineage)
         trained = read_trainer_state(folder)  # a Trainer checkpoint: its step and logged metrics
         if trained is not None:
             tag_map = {"step": str(trained.step), **tag_map}
@@ -313,6 +331,7 @@ class Registry:
         records: Sequence[dict[str, Any]] = (),
     ) -> PushResult:
         from hub.evals import insert_records
+        from hub.reledger import refresh_ledger
         from schemas.card import AdapterCard
 
         index = self.index
@@ -351,6 +370,7 @@ class Registry:
                     ]  # pushing a checkpoint again must not repeat its trainer metrics
                     if description:
                         latest_card["description"] = description
+                    refresh_ledger(latest_card, inspected)
                     index.replace_annotations(conn, latest[0], latest_card)
                     insert_records(conn, latest[0], latest_card, records)
                     return PushResult(self._card(latest_card, latest[0], conn), created=False)

@@ -11,12 +11,21 @@ import math
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    PrivateAttr,
+    computed_field,
+    model_validator,
+)
 
 from schemas.errors import InvalidArgument
 from schemas.methods import PROMPT_METHODS
 
-__all__ = ["PROMPT_METHODS"]
+__all__ = ["LEDGER", "PROMPT_METHODS"]
 
 Method = str
 """Lowercase PEFT type (a method of ``schemas.methods.METHODS``) or ``composite``. DoRA is
@@ -138,12 +147,43 @@ class InspectedAdapter(BaseModel):
     target_modules: list[str] = Field(default_factory=list)
     """Module names (last path component, sorted) the adapter changes, incl. modules_to_save."""
     task_type: str | None = None
-    params_trainable: int
-    """Number of values in the adapter's tensors, frozen ones excluded (VeRA's shared
-    projections, MiCA's lora_B): PEFT's ``get_nb_trainable_parameters()`` after loading, or
-    ``details["params_note"]`` says why not."""
+    # -- the parameter ledger (hub.inspect.ledger computes it; the README's table says how,
+    # per method). A count is None when the files cannot tell; params_unknown says why.
+    params_trained: int | None = None
+    """Values the optimizer updated, from the config: P-tuning's prompt encoder (not its saved
+    table), AdaLoRA's init_r triplets; frozen factors (VeRA's projections, MiCA's lora_B,
+    LoRA-FA's lora_A when declared) left out. ``params_notes["params_trained"]`` says why it
+    differs from PEFT's ``get_nb_trainable_parameters()`` after loading, where it does."""
+    params_stored: int = Field(validation_alias=AliasChoices("params_stored", "params_trainable"))
+    """Values in the adapter's files that are the adapter's own; the frozen ones stored beside
+    them (VeRA's vera_A/vera_B, MiCA's lora_B, base embedding copies) are
+    ``params_stored_frozen``. Read from ``params_trainable`` in cards written before the
+    ledger (the same count)."""
+    params_stored_by_dtype: dict[str, int] = Field(default_factory=dict)
+    """``params_stored`` split by the tensors' dtype (``{"f32": 1024}``)."""
+    params_stored_frozen: int = 0
+    """Frozen values stored in the files beside the adapter's own."""
+    params_changed_when_merged: int | None = None
+    """Base values a merge rewrites: sum of d x k over the rewritten base weights (IA3: the
+    scaled weights; modules_to_save: the whole module; trained biases); 0 for prompt methods;
+    None for an adapter that cannot merge."""
+    params_extra_at_inference: int | None = None
+    """Values the unmerged forward pass reads beyond the base's own: the adapter's tensors,
+    shared projections once, saved module copies; prompt methods: the virtual tokens'
+    embeddings (the table PEFT loads)."""
+    params_trained_fraction: float | None = None
+    params_stored_fraction: float | None = None
+    params_changed_when_merged_fraction: float | None = None
+    params_extra_at_inference_fraction: float | None = None
+    params_unknown: dict[str, str] = Field(default_factory=dict)
+    """Ledger field -> why it is None (the file cannot tell, the base's shapes are unknown)."""
+    params_notes: dict[str, str] = Field(default_factory=dict)
+    """Ledger field -> how it was counted where a reader could expect otherwise."""
     params_base: int | None = None
+    """The base model's parameter count, when it can be read (a local folder's headers or
+    config): the denominator of every ``*_fraction``."""
     params_fraction: float | None = None
+    """``params_stored / params_base``, its name before the ledger (= params_stored_fraction)."""
     size_bytes: int
     dtypes: list[str]
     inference_overhead: InferenceOverhead
@@ -151,6 +191,25 @@ class InspectedAdapter(BaseModel):
     """Method-specific facts: rank/alpha patterns, per-module ranks, modules_to_save, layers."""
     description: str | None = None
     parent: str | None = None
+
+    model_config = ConfigDict(populate_by_name=True)
+    _ledger_parts: Any = PrivateAttr(default=None)
+    """``hub.inspect.ledger.LedgerParts`` of a fresh inspection (a composite combines them)."""
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def params_trainable(self) -> int:
+        """The old name of ``params_stored``, kept for scripts (DESIGN.md's card contract)."""
+        return self.params_stored
+
+
+LEDGER = (
+    "params_trained",
+    "params_stored",
+    "params_changed_when_merged",
+    "params_extra_at_inference",
+)
+"""The parameter ledger's counts, in the order tables show them; each has a ``_fraction``."""
 
 
 class AdapterCard(InspectedAdapter):

@@ -24,6 +24,7 @@ from compose.peft_config import unknown_keys
 from compose.peft_patterns import LORA_FROZEN_STATE
 from hub.formats import refuse_foreign
 from hub.inspect.config import get_names, load_config, method_of
+from hub.inspect.ledger import compute_ledger
 from hub.inspect.methods import (
     PREFIX,
     WEIGHTS,
@@ -39,7 +40,7 @@ from hub.inspect.methods import (
     analyse_vera,
 )
 from hub.inspect.modules import check_targets, group_by_module
-from hub.inspect.params import base_param_count, count_base_params
+from hub.inspect.params import base_param_count, base_weight_shapes, count_base_params
 from hub.inspect.readme import readme_description
 from hub.inspect.safetensors_header import TensorInfo, find_nonfinite, read_safetensors_header
 from schemas.card import InferenceOverhead, InspectedAdapter
@@ -83,6 +84,7 @@ def inspect_adapter(
     allow_nonfinite: bool = False,
     base_config: dict[str, Any] | None = None,
     base_dirs: Sequence[Path] | None = None,
+    optimizer: str | None = None,
 ) -> InspectedAdapter:
     """Read the adapter folder ``path`` into an ``InspectedAdapter`` (a card without repo).
 
@@ -94,6 +96,9 @@ def inspect_adapter(
             ``params_fraction``. Without it, a local folder named by the adapter's
             ``base_model_name_or_path`` is read (its safetensors headers, else its config).
         base_dirs: where that folder may be (see ``base_param_count``); None: anywhere.
+            Its safetensors headers also give the ledger the base's weight shapes.
+        optimizer: what trained it, when the files cannot tell (``lorafa``: LoRA-FA froze
+            lora_A); from the tag ``optimizer=...`` at push.
 
     Returns:
         The card's automatic fields: method, variant, rank, alpha, targets, parameter counts,
@@ -116,7 +121,11 @@ def inspect_adapter(
         from hub.inspect.composite import inspect_composite
 
         return inspect_composite(
-            folder, inspect_adapter, allow_nonfinite=allow_nonfinite, base_dirs=base_dirs
+            folder,
+            inspect_adapter,
+            allow_nonfinite=allow_nonfinite,
+            base_dirs=base_dirs,
+            optimizer=optimizer,
         )
     if is_adapterhub_folder(folder):
         from hub.inspect.adapterhub import inspect_adapterhub
@@ -158,15 +167,25 @@ def inspect_adapter(
                 tensor=bad,
             )
 
-    params_trainable = nested + sum(t.numel for k, t in tensors.items() if k not in frozen)
     base_model = _text(config.get("base_model_name_or_path"))
     params_base = base_param_count(base_model, base_config, base_dirs)
+    ledger, parts = compute_ledger(
+        method,
+        config,
+        tensors,
+        frozen,
+        analysis,
+        nested=nested,
+        params_base=params_base,
+        base_shapes=lambda: base_weight_shapes(base_model, base_dirs),
+        optimizer=optimizer,
+    )
     prompt = row.family == "prompt"
     targets = sorted(
         {name for m in analysis.modules for name in _target_names(m, config)}
         | {m.rsplit(".", 1)[-1] for m in analysis.saved_modules}
     )
-    return InspectedAdapter(
+    card = InspectedAdapter(
         base_model=base_model,
         base_revision=_text(config.get("revision")),
         method=method,
@@ -175,9 +194,7 @@ def inspect_adapter(
         alpha=analysis.alpha,
         target_modules=[] if prompt else targets,
         task_type=_text(config.get("task_type")),
-        params_trainable=params_trainable,
-        params_base=params_base,
-        params_fraction=params_trainable / params_base if params_base else None,
+        **ledger,
         size_bytes=sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
         dtypes=sorted({t.dtype.lower() for t in tensors.values()}),
         # PEFT's family decides it: prompt learning adds virtual tokens, a mergeable tuner
@@ -190,6 +207,8 @@ def inspect_adapter(
         details=_details(config, analysis, metadata),
         description=readme_description(folder / "README.md"),
     )
+    card._ledger_parts = parts
+    return card
 
 
 def extra_adapters(folder: str | Path) -> list[str]:
@@ -269,6 +288,8 @@ def _analyse(
     analysis.modules = sorted(grouping.modules)
     analysis.saved_modules = grouping.saved
     analysis.bias_modules = grouping.biases
+    analysis.groups = grouping.modules
+    analysis.copies = set(grouping.copies)
     if grouping.copies:
         analysis.details.update(_copies_details(grouping.copies))
     buffers = (

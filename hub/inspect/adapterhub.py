@@ -135,7 +135,7 @@ def inspect_adapterhub(
         rank=main.get("rank"),
         alpha=main.get("alpha"),
         target_modules=sorted({m.rsplit(".", 1)[-1] for p in layered for m in p.modules}),
-        params_trainable=params,
+        params_stored=params,
         params_base=params_base,
         params_fraction=params / params_base if params_base else None,
         size_bytes=sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compose.composites import read_composite
+from hub.inspect.ledger import composite_ledger
 from schemas.card import InferenceOverhead, InspectedAdapter
 
 if TYPE_CHECKING:
@@ -28,12 +29,10 @@ def inspect_composite(
         rank=None,
         target_modules=sorted({t for m in members for t in m.target_modules}),
         task_type=members[0].task_type,
-        params_trainable=sum(m.params_trainable for m in members),
-        params_base=members[0].params_base,
-        params_fraction=(
-            sum(m.params_trainable for m in members) / members[0].params_base
-            if members[0].params_base
-            else None
+        **composite_ledger(
+            spec["kind"],
+            [(m.model_dump(), m._ledger_parts) for m in members],
+            members[0].params_base,
         ),
         size_bytes=sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
         dtypes=sorted({d for m in members for d in m.dtypes}),

@@ -61,6 +61,7 @@ def analyse_generic(
             modules=sorted(modules),
             extra_tokens=tokens,
             details=details,
+            nested_modules=_nested_modules(folder) if row.method == "xlora" else 0,
         ),
         frozen,
         nested,
@@ -86,3 +87,11 @@ def _nested_values(folder: Path) -> int:
         nested, _ = read_safetensors_header(weights)
         total += sum(t.numel for t in nested.values())
     return total
+
+
+def _nested_modules(folder: Path) -> int:
+    """LoRA layers of the first nested adapter (X-LoRA swaps each for a mixing layer)."""
+    for weights in sorted(folder.glob(f"*/{WEIGHTS}")):
+        nested, _ = read_safetensors_header(weights)
+        return len({k.rsplit(".lora_A", 1)[0] for k in nested if ".lora_A" in k})
+    return 0

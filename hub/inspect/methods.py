@@ -70,6 +70,12 @@ class Analysis:
     """False when no merged weight equals the adapter (aLoRA): it always runs unmerged."""
     frozen: set[str] = field(default_factory=set)
     """Keys of stored tensors PEFT keeps frozen (MiCA's lora_B): not counted as trainable."""
+    groups: TensorInfoGroups = field(default_factory=dict)
+    """Adapted module -> its tensors (``hub.inspect.modules.group_by_module``), for the ledger."""
+    copies: set[str] = field(default_factory=set)
+    """Keys of base embedding weights PEFT saved beside the adapter."""
+    nested_modules: int = 0
+    """X-LoRA: the LoRA layers of its first nested adapter (its classifier's output size)."""
     details: dict[str, Any] = field(default_factory=dict)
 
 

@@ -54,6 +54,32 @@ def base_param_count(
     return count_base_params(config) if isinstance(config, dict) else None
 
 
+def base_weight_shapes(
+    base_model: Any, base_dirs: Sequence[Path] | None = None
+) -> dict[str, tuple[int, ...]] | None:
+    """Tensor name -> shape of the local base folder ``base_model`` names (its safetensors
+    headers; the same folder rules as ``base_param_count``), or None when there is none.
+
+    The ledger needs them where an adapter holds only one side of the weights it rewrites
+    (IA3's vectors, OFT's rotations, VeRA's scalings).
+    """
+    from hub.inspect.safetensors_header import read_safetensors_header
+    from schemas.errors import InvalidAdapter
+
+    folder = _local_folder(base_model, base_dirs)
+    files = sorted(folder.glob("*.safetensors")) if folder is not None else []
+    if not files:
+        return None
+    shapes: dict[str, tuple[int, ...]] = {}
+    try:
+        for file in files:
+            tensors, _ = read_safetensors_header(file)
+            shapes.update({key: info.shape for key, info in tensors.items()})
+    except (InvalidAdapter, OSError):
+        return None
+    return shapes
+
+
 def _local_folder(base_model: Any, base_dirs: Sequence[Path] | None) -> Path | None:
     if not isinstance(base_model, str) or not base_model or "\x00" in base_model:
         return None

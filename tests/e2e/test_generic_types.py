@@ -85,10 +85,23 @@ def test_push_card_pull_load(peft_type, typed, registry, base_dir, tmp_path):
     assert card.inference_overhead.none_when_merged == (row.family == "mergeable")
     peft_count = _peft_trainable(peft_type, base_dir, folder)
     if row.params_note is None:
-        assert card.params_trainable == peft_count
+        assert card.params_trained == card.params_trainable == peft_count
     else:  # the card says why it differs
         assert card.details["params_note"] == row.params_note
+        assert card.params_notes["params_trained"] == row.params_note
         assert card.params_trainable > peft_count
+    # the ledger: a generic card cannot say which base values PEFT's merge rewrites
+    if row.family == "prompt":
+        assert card.params_changed_when_merged == 0
+    else:
+        assert card.params_changed_when_merged is None
+        assert card.params_unknown["params_changed_when_merged"].endswith(
+            "cannot be merged into the base weights (it runs unmerged only)"
+            if row.merge == "none"
+            else f"which base values PEFT's merge of {peft_type} rewrites is not read from its"
+            " tensors"
+        )
+    assert card.params_extra_at_inference == card.params_stored + card.params_stored_frozen
     assert registry.search(method=peft_type)[0].commit == card.commit
 
     pulled = registry.pull(card.ref, tmp_path / "pulled")
@@ -226,6 +239,10 @@ def test_xlora_is_one_adapter_with_its_loras(registry, base_dir, tmp_path):
     assert card.inference_overhead.none_when_merged is False
     trained = _peft_model(base_dir, tmp_path / "xlora", trainable=True)
     assert trained.get_nb_trainable_parameters()[0] < card.params_trainable
+    # the ledger: its classifier, hidden 64 -> one logit per LoRA (depth 1): 64 x 2 + 2
+    assert card.params_trained == 130 == trained.get_nb_trainable_parameters()[0]
+    assert card.params_notes["params_trained"].startswith("X-LoRA trains only its classifier")
+    assert card.params_changed_when_merged is None
     assert card.details["params_note"] == METHODS["xlora"].params_note
     pulled = registry.pull(card.ref, tmp_path / "pulled")
     for entry in card.files:

@@ -10,6 +10,8 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import cli
+from cli.output import human_count
+from hub import Registry
 
 
 def _dense_deltas(folder):
@@ -77,10 +79,29 @@ def test_compare_cli_formats_and_errors(hub_home, trained):
     result = runner.invoke(cli, ["compare", "team/x", "team/y", "--markdown"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0] == "| ADAPTER | METHOD | RANK | TARGETS | PARAMS | SIZE | OVERHEAD |"
-    assert lines[2].startswith("| team/x@v1 | lora | 4 | 5 | ")
+    assert lines[0] == (
+        "| ADAPTER | METHOD | RANK | TARGETS | TRAINED | STORED | CHANGED (MERGED)"
+        " | EXTRA (UNMERGED) | SIZE | OVERHEAD |"
+    )
+    card = Registry(hub_home).show("team/x")
+    cells = [c.strip() for c in lines[2].split("|")[1:-1]]
+    assert cells[:4] == ["team/x@v1", "lora", "4", "5"]
+    base = card.params_base
+    assert cells[4:8] == [
+        f"{human_count(n)} ({n / base:.3%})"
+        for n in (
+            card.params_trained,
+            card.params_stored,
+            card.params_changed_when_merged,
+            card.params_extra_at_inference,
+        )
+    ]
+    assert card.params_changed_when_merged > card.params_stored > 0
     result = runner.invoke(cli, ["compare", "team/x", "team/y", "--json"])
     report = json.loads(result.stdout)
+    row = report["adapters"][0]
+    assert row["params_trained"] == card.params_trained
+    assert row["params_changed_when_merged_fraction"] == card.params_changed_when_merged_fraction
     assert report["significance"] == []  # no eval records yet: nothing to pair
     assert report["similarity"]["refs"][0].startswith("team/x@")
     result = runner.invoke(cli, ["compare", "team/x"])
@@ -109,7 +130,14 @@ def test_compare_plots(hub_home, trained, tmp_path):
     assert names == [f"{stem}.{ext}" for stem in stems for ext in ("png", "svg")]
     svg = (out / "pareto.svg").read_text()
     assert "team/p" in svg and "cross_entropy@held-out.jsonl (lower is better)" in svg
+    default = tmp_path / "default-axes"
+    result = runner.invoke(cli, ["compare", "team/p", "team/q", "--plot", str(default)])
+    assert result.exit_code == 0, result.output
+    assert "params_trained" in (default / "pareto.svg").read_text()  # the default x axis
     result = runner.invoke(cli, ["compare", "team/p", "team/q", "--plot", str(out), "--axes",
                                  "params_trainable,bleu"])  # fmt: skip
     assert result.exit_code == 1
-    assert result.stderr.startswith("Error: --axes: 'bleu' is not one of params_trainable,")
+    assert result.stderr.startswith(
+        "Error: --axes: 'bleu' is not one of params_trained, params_stored,"
+        " params_changed_when_merged, params_extra_at_inference,"
+    )
