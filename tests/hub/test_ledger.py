@@ -319,7 +319,7 @@ def test_migration_keeps_what_it_cannot_recompute(hub_home, adapters, monkeypatc
     import hub.index
 
     all_migrations = list(hub.index.MIGRATIONS)
-    monkeypatch.setattr(hub.index, "MIGRATIONS", all_migrations[:4])
+    monkeypatch.setattr(hub.index, "MIGRATIONS", all_migrations[:5])
     with Registry(hub_home) as old:
         card = old.push(adapters("lora"), name="t/lost").card
     _strip_ledger(hub_home)
