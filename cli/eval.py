@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from cli.eval_format import extra_lines
+from cli.eval_lm_eval import lm_eval_options, lm_eval_records
 from cli.output import json_option, print_json, print_table
 from schemas.errors import InvalidArgument
 
@@ -51,7 +52,6 @@ def eval_progress(label: str, total: int) -> Any:
 @click.option(
     "--data",
     type=click.Path(path_type=Path),
-    required=True,
     help="JSONL: {text} | {prompt, target} | {prompt, choices, answer} rows.",
 )
 @click.option("--base", help="Base model folder or registry reference (default: the card's).")
@@ -88,12 +88,13 @@ def eval_progress(label: str, total: int) -> Any:
 @click.option(
     "--cost-new-tokens", type=int, help="Tokens generated per run (default 8 on CPU, 32 on GPU)."
 )
+@lm_eval_options
 @json_option
 @click.pass_context
 def eval_command(
     ctx: click.Context,
     refs: tuple[str, ...],
-    data: Path,
+    data: Path | None,
     base: str | None,
     metrics: tuple[str, ...],
     limit: int | None,
@@ -109,45 +110,57 @@ def eval_command(
     cost_lengths: str | None,
     cost_batch_sizes: str | None,
     cost_new_tokens: int | None,
+    lm_eval_task: str | None,
+    include_path: Path | None,
     as_json: bool,
 ) -> None:
-    """Measure adapters on a JSONL file and record the results on their versions.
+    """Measure adapters on a JSONL file (or a local lm-eval task) and record the results.
 
     For each adapter and metric: the value, n, standard error and a seeded 95% bootstrap
     interval; unless --no-base, the base model on the same rows and the paired difference.
     The dataset and the per-example scores are stored with the record (see `hub show`).
     Stacks and ensembles run through their own runner (an ensemble's members in one batch).
+    With --lm-eval TASK --include-path DIR, lm-evaluation-harness's own evaluator scores a
+    local task YAML instead (offline; the record has the same fields, its log is kept).
 
     \b
     Example:
         hub eval team/sql-lora team/sql-dora --data sql-dev.jsonl --base models/llama
         hub eval team/sql-lora --data sql-dev.jsonl --metric exact_match --limit 200 --json
         hub eval team/sql-lora --data sql-dev.jsonl --forgetting wiki.jsonl --cost
+        hub eval team/sql-lora --lm-eval sql_choice --include-path tasks/
     """
     from hub.registry import Registry
 
-    records = Registry(ctx.obj["home"]).evaluate(
-        list(refs),
-        data,
-        base=base,
-        metrics=metrics,
-        limit=limit,
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        with_base=not no_base,
-        seed=seed,
-        forgetting=forgetting,
-        cost=cost,
-        cost_options={
-            "runs": cost_runs,
-            "warmup": cost_warmup,
-            "prompt_lengths": _int_list("--cost-lengths", cost_lengths),
-            "batch_sizes": _int_list("--cost-batch-sizes", cost_batch_sizes),
-            "new_tokens": cost_new_tokens,
-        },
-        progress=eval_progress,
-    )
+    records = lm_eval_records(
+        ctx.obj["home"], refs, lm_eval_task, include_path, data=data, metrics=metrics,
+        base=base, limit=limit, batch_size=batch_size, device=device, dtype=dtype,
+        with_base=not no_base, seed=seed,
+    )  # fmt: skip
+    if records is None:
+        assert data is not None  # lm_eval_records refuses neither --data nor --lm-eval
+        records = Registry(ctx.obj["home"]).evaluate(
+            list(refs),
+            data,
+            base=base,
+            metrics=metrics,
+            limit=limit,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            with_base=not no_base,
+            seed=seed,
+            forgetting=forgetting,
+            cost=cost,
+            cost_options={
+                "runs": cost_runs,
+                "warmup": cost_warmup,
+                "prompt_lengths": _int_list("--cost-lengths", cost_lengths),
+                "batch_sizes": _int_list("--cost-batch-sizes", cost_batch_sizes),
+                "new_tokens": cost_new_tokens,
+            },
+            progress=eval_progress,
+        )
     if as_json:
         print_json(records)
         return
