@@ -160,7 +160,8 @@ def _evaluate_one(
 ) -> dict[str, Any]:
     from compose.composites import load_composed
     from compose.evaluate import device_for
-    from hub.evals import _load_model, _tokenizer
+    from hub.evals import _tokenizer
+    from hub.evals import load_base_model as _load_model
 
     started = time.perf_counter()
     device = device_for(config["device"])
@@ -263,7 +264,8 @@ def _record(
     device: Any,
     seconds: float,
 ) -> dict[str, Any]:
-    from hub.evals import _device_name, _versions, store_record
+    from hub.evals import _versions, store_record
+    from hub.evals import device_label as _device_name
 
     seed = config["seed"]
     data = task.data_file
