@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from cli.eval_format import extra_lines
+from cli.eval_lm_eval import NEEDS_DATA, lm_eval_options, lm_eval_records
 from cli.output import json_option, print_json, print_table
 from schemas.errors import InvalidArgument
 
@@ -110,12 +111,13 @@ def eval_progress(label: str, total: int) -> Any:
     help="Evaluate versions of a team hub at this URL (HUB_TOKEN); the record is posted back"
     " with a write token, else kept in the local registry.",
 )
+@lm_eval_options
 @json_option
 @click.pass_context
 def eval_command(
     ctx: click.Context,
     refs: tuple[str, ...],
-    data: Path,
+    data: Path | None,
     base: str | None,
     metrics: tuple[str, ...],
     limit: int | None,
@@ -135,14 +137,18 @@ def eval_command(
     rerun_id: str | None,
     tolerance: float,
     remote: str | None,
+    lm_eval_task: str | None,
+    include_path: Path | None,
     as_json: bool,
 ) -> None:
-    """Measure adapters on a JSONL file and record the results on their versions.
+    """Measure adapters on a JSONL file (or a local lm-eval task) and record the results.
 
     For each adapter and metric: the value, n, standard error and a seeded 95% bootstrap
     interval; unless --no-base, the base model on the same rows and the paired difference.
     The dataset and the per-example scores are stored with the record (see `hub show`).
     Stacks and ensembles run through their own runner (an ensemble's members in one batch).
+    With --lm-eval TASK --include-path DIR, lm-evaluation-harness's own evaluator scores a
+    local task YAML instead (offline; the record has the same fields, its log is kept).
 
     --rerun EVAL_ID repeats a recorded eval from its stored dataset and config and records the
     rerun as a new record linked to the old one; counts (exact_match, accuracy) must match
@@ -158,6 +164,7 @@ def eval_command(
         hub eval team/chat-lora --data qa.jsonl --base models/llama --chat
         hub eval --rerun ev-3f9a1c2b7d4e
         hub eval team/sql-lora --from http://hub.internal:8000 --data dev.jsonl --base models/llama
+        hub eval team/sql-lora --lm-eval sql_choice --include-path tasks/
     """
     from hub.registry import Registry
 
@@ -179,39 +186,49 @@ def eval_command(
             as_json,
         )
         return
-    if not refs or data is None:
+    if lm_eval_task is not None and (remote or chat or cost or forgetting is not None):
         raise InvalidArgument(
-            "hub eval needs adapters and --data FILE.jsonl (or --rerun EVAL_ID);"
-            " e.g. hub eval team/sql-lora --data dev.jsonl"
+            "--lm-eval runs lm-eval's own evaluator on a local version: --from, --chat, --cost"
+            " and --forgetting apply to --data evals only"
         )
-    options: dict[str, Any] = dict(
-        base=base,
-        metrics=metrics,
-        limit=limit,
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        with_base=not no_base,
-        seed=seed,
-        forgetting=forgetting,
-        cost=cost,
-        cost_options={
-            "runs": cost_runs,
-            "warmup": cost_warmup,
-            "prompt_lengths": _int_list("--cost-lengths", cost_lengths),
-            "batch_sizes": _int_list("--cost-batch-sizes", cost_batch_sizes),
-            "new_tokens": cost_new_tokens,
-        },
-        chat=chat,
-        progress=eval_progress,
-    )
-    if remote:
-        from cli.remote import remote_registry
-        from hub.remote_evals import evaluate_remote
+    if lm_eval_task is None and include_path is None and (not refs or data is None):
+        raise InvalidArgument(NEEDS_DATA)
+    records = lm_eval_records(
+        ctx.obj["home"], refs, lm_eval_task, include_path, data=data, metrics=metrics,
+        base=base, limit=limit, batch_size=batch_size, device=device, dtype=dtype,
+        with_base=not no_base, seed=seed,
+    )  # fmt: skip
+    if records is None:
+        assert data is not None  # NEEDS_DATA above
+        options: dict[str, Any] = dict(
+            base=base,
+            metrics=metrics,
+            limit=limit,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            with_base=not no_base,
+            seed=seed,
+            forgetting=forgetting,
+            cost=cost,
+            cost_options={
+                "runs": cost_runs,
+                "warmup": cost_warmup,
+                "prompt_lengths": _int_list("--cost-lengths", cost_lengths),
+                "batch_sizes": _int_list("--cost-batch-sizes", cost_batch_sizes),
+                "new_tokens": cost_new_tokens,
+            },
+            chat=chat,
+            progress=eval_progress,
+        )
+        if remote:
+            from cli.remote import remote_registry
+            from hub.remote_evals import evaluate_remote
 
-        records = evaluate_remote(registry, remote_registry(remote), list(refs), data, **options)
-    else:
-        records = registry.evaluate(list(refs), data, **options)
+            hub_remote = remote_registry(remote)
+            records = evaluate_remote(registry, hub_remote, list(refs), data, **options)
+        else:
+            records = registry.evaluate(list(refs), data, **options)
     if as_json:
         print_json(records)
     else:

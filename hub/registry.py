@@ -665,6 +665,25 @@ class Registry:
 
         return rerun(self, eval_id, **options)
 
+    def evaluate_lm_eval(
+        self,
+        refs: str | Sequence[str],
+        task: str,
+        include_path: str | os.PathLike[str],
+        **options: Any,
+    ) -> list[dict[str, Any]]:
+        """Score adapters on a local lm-evaluation-harness task with lm-eval's own evaluator,
+        recorded like a native eval; see ``hub.lm_evals.evaluate_lm_eval``.
+
+        Example:
+            >>> reg.evaluate_lm_eval("team/sql-lora", "sql_choice", "tasks/")  # doctest: +SKIP
+        """
+        from hub.lm_evals import evaluate_lm_eval
+
+        return evaluate_lm_eval(
+            self, [refs] if isinstance(refs, str) else list(refs), task, include_path, **options
+        )
+
     def evals(self, ref: str | AdapterRef) -> list[dict[str, Any]]:
         """The eval records of one version (``hub eval`` runs, ``hub metric add``)."""
         from hub.evals import records_for

@@ -110,8 +110,9 @@ def test_rerun_bad_input_records_nothing(hub_home, trained):
          " record's\n"),
         (["--rerun", manual["id"], "--tolerance", "-1"],
          "Error: --tolerance must be a non-negative number, got -1.0\n"),
-        (["team/bad"], "Error: hub eval needs adapters and --data FILE.jsonl (or --rerun"
-         " EVAL_ID); e.g. hub eval team/sql-lora --data dev.jsonl\n"),
+        (["team/bad"], "Error: hub eval needs adapters and --data FILE.jsonl (or --lm-eval TASK"
+         " --include-path DIR, or --rerun EVAL_ID); e.g. hub eval team/sql-lora --data"
+         " dev.jsonl\n"),
     ]  # fmt: skip
     for args, message in cases:
         result = runner.invoke(cli, ["eval", *args])
