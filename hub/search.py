@@ -50,6 +50,9 @@ def _fts_query(text: str) -> str:
     return " ".join(f'"{w}"*' for w in words)
 
 
+_FROM = "versions v JOIN repos r ON r.id = v.repo_id"
+
+
 class SearchFilters(TypedDict, total=False):
     """The keyword filters of ``Registry.search`` (and ``hub ls`` options)."""
 
@@ -76,6 +79,11 @@ class SearchQuery:
     sort: str | None = None
     limit: int | None = None
     all_versions: bool = False
+    namespaces: list[str] | None = None
+    """Only these namespaces (a token's readable ones); None: every namespace."""
+    first: str | None = None
+    """A field of ``SORT_COLUMNS`` to order by before ``sort`` (the base page groups by
+    method, best first within each)."""
 
     @classmethod
     def of(cls, text: str | None = None, **filters: Any) -> SearchQuery:
@@ -90,8 +98,28 @@ class SearchQuery:
         )
 
     def to_sql(self) -> tuple[str, list[Any]]:
+        where, params = self.where()
+        order, order_params = self._order_by()
+        sql = f"SELECT v.id, v.card FROM {_FROM}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY {order}"
+        params.extend(order_params)
+        if self.limit is not None:
+            sql += " LIMIT ?"
+            params.append(check_limit(self.limit))
+        return sql, params
+
+    def where(self) -> tuple[list[str], list[Any]]:
+        """The filters as SQL conditions over ``versions v JOIN repos r`` and their parameters."""
         where: list[str] = []
         params: list[Any] = []
+        if self.namespaces is not None:
+            if self.namespaces:
+                where.append(f"r.namespace IN ({','.join('?' * len(self.namespaces))})")
+                params.extend(self.namespaces)
+            else:
+                where.append("0")  # a token that may read no namespace sees nothing
         if not self.all_versions:
             where.append("v.version = r.last_version")
         if self.text:
@@ -134,18 +162,18 @@ class SearchQuery:
                     " AND g.key = ? AND g.value = ?)"
                 )
                 params.extend([key, value])
-        order, order_params = self._order_by()
-        sql = "SELECT v.id, v.card FROM versions v JOIN repos r ON r.id = v.repo_id"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY {order}"
-        params.extend(order_params)
-        if self.limit is not None:
-            sql += " LIMIT ?"
-            params.append(check_limit(self.limit))
-        return sql, params
+        return where, params
 
     def _order_by(self) -> tuple[str, list[Any]]:
+        order, params = self._sort_order()
+        if self.first is None:
+            return order, params
+        column = SORT_COLUMNS.get(self.first)
+        if column is None:
+            raise InvalidArgument(f"invalid first sort field {self.first!r}")
+        return f"{column} IS NULL, {column}, {order}", params
+
+    def _sort_order(self) -> tuple[str, list[Any]]:
         if not self.sort:
             return "r.repo, v.version", []
         spec = self.sort
@@ -201,3 +229,138 @@ def run_search(index: Index, query: SearchQuery) -> list[dict[str, Any]]:
         card["aliases"] = aliases.get(version_id, [])
         cards.append(card)
     return cards
+
+
+@dataclass
+class SearchPage:
+    """One page of results: the cards (dicts, aliases filled in) and how many match in all."""
+
+    cards: list[dict[str, Any]]
+    total: int
+    offset: int
+    limit: int
+
+
+MAX_PAGE = 200
+"""The most results one page holds."""
+
+
+def run_search_page(index: Index, query: SearchQuery, *, offset: int, limit: int) -> SearchPage:
+    """Results ``offset .. offset + limit`` of ``query`` and the total count, both in SQL:
+    only the page's cards are read and parsed, whatever the number of matches.
+
+    Raises:
+        InvalidArgument: a negative offset, a page size outside 1..MAX_PAGE, or a bad filter.
+    """
+    if offset < 0:
+        raise InvalidArgument(f"invalid page offset {offset}: must be 0 or more")
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidArgument(f"invalid page size {limit}: give 1 to {MAX_PAGE}")
+    where, params = query.where()
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    total = int(index.conn.execute(f"SELECT count(*) FROM {_FROM}{clause}", params).fetchone()[0])
+    order, order_params = query._order_by()
+    rows = index.conn.execute(
+        f"SELECT v.id, v.card FROM {_FROM}{clause} ORDER BY {order} LIMIT ? OFFSET ?",
+        [*params, *order_params, limit, offset],
+    ).fetchall()
+    aliases = index.aliases_by_version([row[0] for row in rows])
+    cards = []
+    for version_id, text in rows:
+        card = load_card(text)
+        card["aliases"] = aliases.get(version_id, [])
+        cards.append(card)
+    return SearchPage(cards, total, offset, limit)
+
+
+RANK_BUCKETS: list[tuple[int, int | None]] = [
+    (1, 4), (5, 8), (9, 16), (17, 32), (33, 64), (65, 256), (257, None),
+]  # fmt: skip
+"""The rank ranges the rank facet counts (inclusive; None: no upper bound)."""
+
+
+def rank_spec(low: int, high: int | None) -> str:
+    """A bucket as a ``--rank`` filter: ``(9, 16)`` -> ``"9..16"``, ``(257, None)`` -> ``257..``."""
+    return f"{low}..{high}" if high is not None else f"{low}.."
+
+
+def facet_counts(index: Index, query: SearchQuery, *, top: int = 20) -> dict[str, list[Any]]:
+    """How many results each value of each facet would give, as ``(value, count)`` lists,
+    most frequent first (at most ``top`` each).
+
+    A single-valued filter (base, method, rank) is left out of its own facet's counts, so the
+    alternatives to the chosen value still show; tasks and tags (each one more condition) are
+    counted among the results, to narrow them further. Keys: ``base``, ``method``, ``rank``
+    (``"9..16"`` specs, in rank order), ``task``, ``tag`` (``"K=V"``).
+    """
+    from dataclasses import replace
+
+    def grouped(select: str, q: SearchQuery, joins: str = "", order: str = "2 DESC, 1") -> list:
+        where, params = q.where()
+        where = [*where, f"{select} IS NOT NULL"]
+        sql = (
+            f"SELECT {select}, count(*) FROM {_FROM}{joins} WHERE {' AND '.join(where)}"
+            f" GROUP BY 1 ORDER BY {order} LIMIT ?"
+        )
+        return [tuple(row) for row in index.conn.execute(sql, [*params, top])]
+
+    unsorted = replace(query, sort=None, limit=None)
+    buckets = " ".join(
+        f"WHEN v.rank BETWEEN {low} AND {high} THEN {i}"
+        if high is not None
+        else f"WHEN v.rank >= {low} THEN {i}"
+        for i, (low, high) in enumerate(RANK_BUCKETS)
+    )
+    by_rank = grouped(f"CASE {buckets} END", replace(unsorted, rank=None), order="1")
+    return {
+        "base": grouped("v.base_model", replace(unsorted, base=None)),
+        "method": grouped("v.method", replace(unsorted, method=None)),
+        "rank": [(rank_spec(*RANK_BUCKETS[i]), n) for i, n in by_rank],
+        "task": grouped("t.task", unsorted, " JOIN tasks t ON t.version_id = v.id"),
+        "tag": grouped("g.key || '=' || g.value", unsorted, " JOIN tags g ON g.version_id = v.id"),
+    }
+
+
+def metric_names(index: Index, query: SearchQuery, *, top: int = 50) -> list[str]:
+    """The metric names recorded on the versions ``query`` would search (its namespaces and
+    versions, no other filter): what a search can sort by."""
+    scope = SearchQuery(all_versions=query.all_versions, namespaces=query.namespaces)
+    where, params = scope.where()
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    rows = index.conn.execute(
+        f"SELECT DISTINCT m.name FROM {_FROM} JOIN metrics m ON m.version_id = v.id{clause}"
+        " ORDER BY 1 LIMIT ?",
+        [*params, top],
+    )
+    return [row[0] for row in rows]
+
+
+def built_from(index: Index, commit: str, namespaces: list[str] | None) -> list[dict[str, Any]]:
+    """The versions whose lineage names the version ``commit`` (a composite input or a
+    training parent, both recorded as ``ns/name@<commit>``), newest first, in ``namespaces``
+    (None: all). Cards as dicts."""
+    scope = SearchQuery(all_versions=True, namespaces=namespaces)
+    where, params = scope.where()
+    # Lineage refs end in the full 40-hex commit, so the text match is exact; it scans the
+    # cards (~20 ms on 10,000 versions), which a lineage table would spare.
+    where.append("v.card LIKE ?")
+    params.append(f'%@{commit}"%')
+    where.append("v.commit_id != ?")
+    params.append(commit)
+    rows = index.conn.execute(
+        f"SELECT v.card FROM {_FROM} WHERE {' AND '.join(where)} ORDER BY v.created_at DESC",
+        params,
+    )
+    return [load_card(row[0]) for row in rows]
+
+
+def most_common_metric(index: Index, query: SearchQuery) -> str | None:
+    """The metric name recorded on most of ``query``'s results (ties: alphabetical)."""
+    where, params = query.where()
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    row = index.conn.execute(
+        f"SELECT m.name FROM {_FROM} JOIN metrics m ON m.version_id = v.id{clause}"
+        " GROUP BY m.name ORDER BY count(DISTINCT v.id) DESC, m.name LIMIT 1",
+        params,
+    ).fetchone()
+    return row[0] if row else None

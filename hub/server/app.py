@@ -348,6 +348,9 @@ def create_app(
 
     from hub.server.hf import register_hf_routes
     from hub.server.hf_write import register_hf_write_routes
+    from hub.ui import mount_ui
+
+    mount_ui(app)  # the web page under /ui/ (and `/` for browsers), before /{ns}/{name}/...
 
     register_hf_write_routes(app)  # before the read routes: /{ns}/{name}.git/... is specific
     register_hf_routes(app)
