@@ -96,7 +96,13 @@ def compare_page(registry: Registry, viewer: Viewer, refs: list[str]) -> dict[st
                 }
             )
     columns = sorted({name for a in report["adapters"] for name in a["metrics"]})
-    return {**empty, "report": report, "plots": plots, "plots_error": plots_error, "columns": columns}
+    return {
+        **empty,
+        "report": report,
+        "plots": plots,
+        "plots_error": plots_error,
+        "columns": columns,
+    }
 
 
 def plot_file(registry: Registry, viewer: Viewer, refs: list[str], filename: str) -> bytes:

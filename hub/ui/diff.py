@@ -52,9 +52,10 @@ def diff_versions(registry: Registry, a: AdapterCard, b: AdapterCard) -> dict[st
     files_a = {f.path: f for f in a.files}
     files_b = {f.path: f for f in b.files}
     changed = sorted(p for p in files_a.keys() & files_b.keys() if files_a[p] != files_b[p])
+    both = files_a.keys() & files_b.keys()
     tensors = {}
     for path in sorted(files_a.keys() | files_b.keys()):
-        if path.endswith(".safetensors") and (path in changed or path not in files_a.keys() & files_b.keys()):
+        if path.endswith(".safetensors") and (path in changed or path not in both):
             tensors[path] = _tensor_diff(
                 registry.blob_path(a, path) if path in files_a else None,
                 registry.blob_path(b, path) if path in files_b else None,

@@ -151,10 +151,14 @@ def adapter_page(registry: Registry, viewer: Viewer, repo: str, rev: str | None)
         "readme": readme_text,
         "lineage": lineage(viewer, card),
         "built_from": [
-            {"ref": f"{d['repo']}@{d['commit']}", "version": d["version"], "method": d["method"],
-             "operator": ((d.get("lineage") or {}).get("recipe") or {}).get("operator")}
+            {
+                "ref": f"{d['repo']}@{d['commit']}",
+                "version": d["version"],
+                "method": d["method"],
+                "operator": ((d.get("lineage") or {}).get("recipe") or {}).get("operator"),
+            }
             for d in derived
-        ],  # fmt: skip
+        ],
         "composite": composite(card),
         "config": config_items(registry, card),
     }
@@ -286,4 +290,3 @@ def base_page(registry: Registry, viewer: Viewer, base: str, page: int) -> dict[
         "page": page,
         "pages": max(1, -(-results.total // size)),
     }
-

@@ -70,7 +70,9 @@ def number(value: Any) -> str:
         return "-"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
-    if isinstance(value, int) or (math.isfinite(value) and value == int(value) and abs(value) < 1e15):
+    if isinstance(value, int):
+        return str(value)
+    if math.isfinite(value) and value == int(value) and abs(value) < 1e15:
         return str(int(value))
     return f"{value:.4g}"
 
@@ -133,8 +135,12 @@ def page(
     time it took: ``Server-Timing``, from the moment the route started)."""
     started = getattr(request.state, "ui_started", None)
     viewer = getattr(request.state, "ui_viewer", None)
-    html = _environment().get_template(template).render(
-        viewer=viewer, page_path=request.url.path, page_query=str(request.url.query), **context
+    html = (
+        _environment()
+        .get_template(template)
+        .render(
+            viewer=viewer, page_path=request.url.path, page_query=str(request.url.query), **context
+        )
     )
     response = HTMLResponse(html, status_code=status, headers=HEADERS)
     if started is not None:

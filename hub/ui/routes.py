@@ -103,7 +103,8 @@ def header(request: Request, namespace: str, name: str, path: str, rev: str = ""
 
     def build(viewer: Viewer) -> tuple[str, dict[str, Any]]:
         repo = validate_repo_id(f"{namespace}/{name}")
-        return "header.html", header_page(state(request).registry(), viewer, repo, rev or None, path)
+        registry = state(request).registry()
+        return "header.html", header_page(registry, viewer, repo, rev or None, path)
 
     return _render(request, build)
 
@@ -140,7 +141,8 @@ def base_model(request: Request, name: str = "", page: str = "1") -> Response:
     def build(viewer: Viewer) -> tuple[str, dict[str, Any]]:
         if not name:
             raise InvalidArgument("name the base model: /ui/base?name=ORG/MODEL")
-        return "base_model.html", base_page(state(request).registry(), viewer, name, _page_number(page))
+        registry = state(request).registry()
+        return "base_model.html", base_page(registry, viewer, name, _page_number(page))
 
     return _render(request, build)
 
@@ -187,7 +189,7 @@ def _next(target: str) -> str:
 
 
 @router.get("/login")
-def login_form(request: Request, next: str = "") -> Response:  # noqa: A002 (the usual name)
+def login_form(request: Request, next: str = "") -> Response:
     if settings(request).local:
         return RedirectResponse(f"{PREFIX}/", status_code=303)
     return _render(request, lambda viewer: ("login.html", {"next": _next(next), "error": None}))
@@ -209,7 +211,9 @@ async def login_submit(request: Request) -> Response:
     try:
         await run_in_threadpool(lambda: login(state(request).registry(), presented))
     except AuthError:
-        message = "That token is invalid or revoked: check it, or create one with `hub token create`."
+        message = (
+            "That token is invalid or revoked: check it, or create one with `hub token create`."
+        )
         return page(request, "login.html", {"next": target, "error": message}, status=401)
     response = RedirectResponse(target, status_code=303)
     set_cookie(response, presented.strip(), secure=request.url.scheme == "https")
