@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint typecheck unit numerics bench clean
+.PHONY: install chromium demo test lint typecheck unit numerics bench clean
 
 # torch is installed first, pinned to the CPU wheel that lies on this machine's disk, and the
 # constraints file keeps the resolver from ever replacing it with a multi-GB CUDA build.
@@ -15,7 +15,12 @@ $(STAMP): pyproject.toml constraints-dev.txt
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install --quiet -c constraints-dev.txt -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) chromium
+
+# The web page's tests drive Debian's Chromium through Playwright (never `playwright install`,
+# which downloads a browser); CI runs as root, so a fresh machine gets the package here.
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
@@ -27,7 +32,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) chromium
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -n 2 -q
 
 # The numerics tests again on ATen's portable (non-SIMD) kernels: other summation orders and

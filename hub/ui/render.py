@@ -173,13 +173,17 @@ def static_response(name: str) -> Response:
 
 
 def readme_html(text: str) -> str:
-    """A README as HTML: front matter dropped, Markdown rendered with raw HTML off (so a
-    ``<script>`` in it is shown as text) and markdown-it's link check (no ``javascript:``)."""
+    """A README as HTML: front matter and comments dropped, Markdown rendered with raw HTML
+    off (so a ``<script>`` in it is shown as text) and markdown-it's link check (no
+    ``javascript:`` links)."""
     import re
 
     from markdown_it import MarkdownIt
 
     text = re.sub(r"\A---[ \t]*\r?\n.*?\r?\n---[ \t]*(?:\r?\n|\Z)", "", text, flags=re.DOTALL)
+    # HTML comments (PEFT's model-card template is full of them) are invisible on the Hub's
+    # pages; with raw HTML off they would show as text.
+    text = re.sub(r"<!--.*?-->", "", text, flags=re.DOTALL)
     md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
     md.enable("table")
     return str(md.render(text))
