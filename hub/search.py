@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -51,6 +51,11 @@ def _fts_query(text: str) -> str:
 
 
 _FROM = "versions v JOIN repos r ON r.id = v.repo_id"
+# Without a text match, the latest-version condition (one row per repository) is what
+# narrows most, so the loop has to start from the repositories; SQLite's planner (no ANALYZE
+# statistics) starts from the versions and reads all 10,000 of them (5-10x slower pages).
+# CROSS JOIN fixes the order. With a text match the FTS rowids narrow most: plain join.
+_FROM_REPOS_FIRST = "repos r CROSS JOIN versions v ON v.repo_id = r.id"
 
 
 class SearchFilters(TypedDict, total=False):
@@ -100,7 +105,7 @@ class SearchQuery:
     def to_sql(self) -> tuple[str, list[Any]]:
         where, params = self.where()
         order, order_params = self._order_by()
-        sql = f"SELECT v.id, v.card FROM {_FROM}"
+        sql = f"SELECT v.id, v.card FROM {self.tables}"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY {order}"
@@ -109,6 +114,11 @@ class SearchQuery:
             sql += " LIMIT ?"
             params.append(check_limit(self.limit))
         return sql, params
+
+    @property
+    def tables(self) -> str:
+        """The FROM clause (``versions v`` and ``repos r``) in the order that suits the query."""
+        return _FROM if self.text else _FROM_REPOS_FIRST
 
     def where(self) -> tuple[list[str], list[Any]]:
         """The filters as SQL conditions over ``versions v JOIN repos r`` and their parameters."""
@@ -258,16 +268,26 @@ def run_search_page(index: Index, query: SearchQuery, *, offset: int, limit: int
         raise InvalidArgument(f"invalid page size {limit}: give 1 to {MAX_PAGE}")
     where, params = query.where()
     clause = f" WHERE {' AND '.join(where)}" if where else ""
-    total = int(index.conn.execute(f"SELECT count(*) FROM {_FROM}{clause}", params).fetchone()[0])
+    tables = query.tables
+    total = int(index.conn.execute(f"SELECT count(*) FROM {tables}{clause}", params).fetchone()[0])
     order, order_params = query._order_by()
-    rows = index.conn.execute(
-        f"SELECT v.id, v.card FROM {_FROM}{clause} ORDER BY {order} LIMIT ? OFFSET ?",
-        [*params, *order_params, limit, offset],
-    ).fetchall()
-    aliases = index.aliases_by_version([row[0] for row in rows])
+    # Sort ids only, then read the page's cards: sorting rows that carry the card JSON would
+    # copy every match's card through the sorter.
+    ids = [
+        row[0]
+        for row in index.conn.execute(
+            f"SELECT v.id FROM {tables}{clause} ORDER BY {order} LIMIT ? OFFSET ?",
+            [*params, *order_params, limit, offset],
+        )
+    ]
+    marks = ",".join("?" * len(ids))
+    texts = dict(
+        index.conn.execute(f"SELECT id, card FROM versions WHERE id IN ({marks})", ids).fetchall()
+    )
+    aliases = index.aliases_by_version(ids)
     cards = []
-    for version_id, text in rows:
-        card = load_card(text)
+    for version_id in ids:
+        card = load_card(texts[version_id])
         card["aliases"] = aliases.get(version_id, [])
         cards.append(card)
     return SearchPage(cards, total, offset, limit)
@@ -284,25 +304,23 @@ def rank_spec(low: int, high: int | None) -> str:
     return f"{low}..{high}" if high is not None else f"{low}.."
 
 
-def facet_counts(index: Index, query: SearchQuery, *, top: int = 20) -> dict[str, list[Any]]:
+FACETS = ("base", "method", "rank", "task", "tag")
+
+
+def facet_counts(
+    index: Index, query: SearchQuery, *, top: int = 20, only: Sequence[str] = FACETS
+) -> dict[str, list[Any]]:
     """How many results each value of each facet would give, as ``(value, count)`` lists,
     most frequent first (at most ``top`` each).
 
     A single-valued filter (base, method, rank) is left out of its own facet's counts, so the
     alternatives to the chosen value still show; tasks and tags (each one more condition) are
-    counted among the results, to narrow them further. Keys: ``base``, ``method``, ``rank``
-    (``"9..16"`` specs, in rank order), ``task``, ``tag`` (``"K=V"``).
+    counted among the results, to narrow them further. Keys (``only`` those asked for):
+    ``base``, ``method``, ``rank`` (``"9..16"`` specs, in rank order), ``task``, ``tag``
+    (``"K=V"``).
     """
+    from collections import Counter
     from dataclasses import replace
-
-    def grouped(select: str, q: SearchQuery, joins: str = "", order: str = "2 DESC, 1") -> list:
-        where, params = q.where()
-        where = [*where, f"{select} IS NOT NULL"]
-        sql = (
-            f"SELECT {select}, count(*) FROM {_FROM}{joins} WHERE {' AND '.join(where)}"
-            f" GROUP BY 1 ORDER BY {order} LIMIT ?"
-        )
-        return [tuple(row) for row in index.conn.execute(sql, [*params, top])]
 
     unsorted = replace(query, sort=None, limit=None)
     buckets = " ".join(
@@ -311,14 +329,54 @@ def facet_counts(index: Index, query: SearchQuery, *, top: int = 20) -> dict[str
         else f"WHEN v.rank >= {low} THEN {i}"
         for i, (low, high) in enumerate(RANK_BUCKETS)
     )
-    by_rank = grouped(f"CASE {buckets} END", replace(unsorted, rank=None), order="1")
-    return {
-        "base": grouped("v.base_model", replace(unsorted, base=None)),
-        "method": grouped("v.method", replace(unsorted, method=None)),
-        "rank": [(rank_spec(*RANK_BUCKETS[i]), n) for i, n in by_rank],
-        "task": grouped("t.task", unsorted, " JOIN tasks t ON t.version_id = v.id"),
-        "tag": grouped("g.key || '=' || g.value", unsorted, " JOIN tags g ON g.version_id = v.id"),
+    # The card columns' facets, each under the query without its own filter. Facets whose
+    # queries come out the same (the usual case: none of the three is set) share one pass
+    # grouped by all their columns, summed up here: the rows are read once, not three times.
+    columns = {"base": "v.base_model", "method": "v.method", "rank": f"CASE {buckets} END"}
+    columns = {facet: select for facet, select in columns.items() if facet in only}
+    passes: dict[tuple[str, tuple[Any, ...]], list[str]] = {}
+    without = {
+        "base": replace(unsorted, base=None),
+        "method": replace(unsorted, method=None),
+        "rank": replace(unsorted, rank=None),
     }
+    for facet in columns:
+        where, params = without[facet].where()
+        passes.setdefault((" AND ".join(where) or "1", tuple(params)), []).append(facet)
+    counts: dict[str, Counter[Any]] = {}
+    for (condition, values), facets in passes.items():
+        selects = ", ".join(columns[f] for f in facets)
+        sql = (
+            f"SELECT {selects}, count(*) FROM {unsorted.tables} WHERE {condition}"
+            f" GROUP BY {', '.join(str(n + 1) for n in range(len(facets)))}"
+        )
+        for row in index.conn.execute(sql, list(values)):
+            for n, facet in enumerate(facets):
+                if row[n] is not None:
+                    counts.setdefault(facet, Counter())[row[n]] += row[-1]
+
+    def ranked(facet: str) -> list[tuple[Any, int]]:
+        found = counts.get(facet, Counter())
+        return sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+
+    def joined(select: str, joins: str) -> list[tuple[Any, int]]:
+        where, params = unsorted.where()
+        sql = (
+            f"SELECT {select}, count(*) FROM {unsorted.tables}{joins}"
+            f" WHERE {' AND '.join([*where, f'{select} IS NOT NULL'])}"
+            " GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?"
+        )
+        return [tuple(row) for row in index.conn.execute(sql, [*params, top])]
+
+    by_rank = sorted(counts.get("rank", Counter()).items())
+    found = {
+        "base": lambda: ranked("base"),
+        "method": lambda: ranked("method"),
+        "rank": lambda: [(rank_spec(*RANK_BUCKETS[i]), n) for i, n in by_rank],
+        "task": lambda: joined("t.task", " JOIN tasks t ON t.version_id = v.id"),
+        "tag": lambda: joined("g.key || '=' || g.value", " JOIN tags g ON g.version_id = v.id"),
+    }
+    return {facet: found[facet]() for facet in only}
 
 
 def metric_names(index: Index, query: SearchQuery, *, top: int = 50) -> list[str]:
@@ -328,7 +386,7 @@ def metric_names(index: Index, query: SearchQuery, *, top: int = 50) -> list[str
     where, params = scope.where()
     clause = f" WHERE {' AND '.join(where)}" if where else ""
     rows = index.conn.execute(
-        f"SELECT DISTINCT m.name FROM {_FROM} JOIN metrics m ON m.version_id = v.id{clause}"
+        f"SELECT DISTINCT m.name FROM {scope.tables} JOIN metrics m ON m.version_id = v.id{clause}"
         " ORDER BY 1 LIMIT ?",
         [*params, top],
     )
@@ -337,19 +395,16 @@ def metric_names(index: Index, query: SearchQuery, *, top: int = 50) -> list[str
 
 def built_from(index: Index, commit: str, namespaces: list[str] | None) -> list[dict[str, Any]]:
     """The versions whose lineage names the version ``commit`` (a composite input or a
-    training parent, both recorded as ``ns/name@<commit>``), newest first, in ``namespaces``
-    (None: all). Cards as dicts."""
+    training parent, both recorded by exact commit), newest first, in ``namespaces`` (None:
+    all). Cards as dicts."""
     scope = SearchQuery(all_versions=True, namespaces=namespaces)
     where, params = scope.where()
-    # Lineage refs end in the full 40-hex commit, so the text match is exact; it scans the
-    # cards (~20 ms on 10,000 versions), which a lineage table would spare.
-    where.append("v.card LIKE ?")
-    params.append(f'%@{commit}"%')
-    where.append("v.commit_id != ?")
-    params.append(commit)
     rows = index.conn.execute(
-        f"SELECT v.card FROM {_FROM} WHERE {' AND '.join(where)} ORDER BY v.created_at DESC",
-        params,
+        "SELECT v.card FROM lineage l JOIN versions v ON v.id = l.version_id"
+        " JOIN repos r ON r.id = v.repo_id"
+        f" WHERE {' AND '.join(['l.commit_id = ?', *where])}"
+        " GROUP BY v.id ORDER BY v.created_at DESC, v.id DESC",
+        [commit, *params],
     )
     return [load_card(row[0]) for row in rows]
 
@@ -359,7 +414,7 @@ def most_common_metric(index: Index, query: SearchQuery) -> str | None:
     where, params = query.where()
     clause = f" WHERE {' AND '.join(where)}" if where else ""
     row = index.conn.execute(
-        f"SELECT m.name FROM {_FROM} JOIN metrics m ON m.version_id = v.id{clause}"
+        f"SELECT m.name FROM {query.tables} JOIN metrics m ON m.version_id = v.id{clause}"
         " GROUP BY m.name ORDER BY count(DISTINCT v.id) DESC, m.name LIMIT 1",
         params,
     ).fetchone()

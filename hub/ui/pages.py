@@ -285,7 +285,7 @@ def base_page(registry: Registry, viewer: Viewer, base: str, page: int) -> dict[
         "base": base,
         "metric": top,
         "groups": groups,
-        "methods": facet_counts(index, query)["method"],
+        "methods": facet_counts(index, query, only=["method"])["method"],
         "total": results.total,
         "page": page,
         "pages": max(1, -(-results.total // size)),

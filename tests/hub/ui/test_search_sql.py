@@ -119,3 +119,38 @@ def test_most_common_metric_and_first_sort(index):
     assert most_common_metric(index, SearchQuery(namespaces=["team"])) == "exact_match"
     with pytest.raises(InvalidArgument, match=r"^invalid first sort field 'color'$"):
         run_search_page(index, SearchQuery(first="color"), offset=0, limit=5)
+
+
+def test_lineage_table_is_filled_for_older_indexes_and_follows_removals(ui_hub, tmp_path):
+    import shutil
+
+    from hub.index import MIGRATIONS
+
+    home = tmp_path / "home"
+    shutil.copytree(ui_hub.home, home)
+    with Registry(home) as reg:
+        v1 = reg.show("team/sql-lora@v1")
+        # As an index written before migration 5: no lineage table.
+        with reg.index.write() as conn:
+            conn.execute("DROP TABLE lineage")
+            conn.execute("DELETE FROM schema_migrations WHERE version = 5")
+        assert reg.index.schema_version() == 4
+    with Registry(home) as reg:
+        assert reg.index.schema_version() == len(MIGRATIONS) == 5
+        rows = reg.index.conn.execute(
+            "SELECT r.repo, l.kind FROM lineage l JOIN versions v ON v.id = l.version_id"
+            " JOIN repos r ON r.id = v.repo_id WHERE l.commit_id = ? ORDER BY 1",
+            (v1.commit,),
+        ).fetchall()
+        assert rows == [("team/merged", "input"), ("team/stacked", "input")]
+        reg.remove("team/merged")
+        derived = built_from(reg.index, v1.commit, None)
+        assert [d["repo"] for d in derived] == ["team/stacked"]
+        # A training parent is lineage too.
+        folder = reg.pull("team/ia3", tmp_path / "ia3")
+        child = reg.push(folder, name="team/ia3-on-chat", parent="team/chat-lora").card
+        chat = reg.show("team/chat-lora")
+        assert child.parent == chat.ref
+        # (team/merged, also built from chat-lora, was removed above.)
+        derived = built_from(reg.index, chat.commit, ["team"])
+        assert [d["repo"] for d in derived] == ["team/ia3-on-chat"]
