@@ -89,6 +89,8 @@ class SearchQuery:
     first: str | None = None
     """A field of ``SORT_COLUMNS`` to order by before ``sort`` (the base page groups by
     method, best first within each)."""
+    within: list[int] | None = None
+    """Only these version ids (``narrowed``: a text match found once, for several queries)."""
 
     @classmethod
     def of(cls, text: str | None = None, **filters: Any) -> SearchQuery:
@@ -118,7 +120,7 @@ class SearchQuery:
     @property
     def tables(self) -> str:
         """The FROM clause (``versions v`` and ``repos r``) in the order that suits the query."""
-        return _FROM if self.text else _FROM_REPOS_FIRST
+        return _FROM if self.text or self.within is not None else _FROM_REPOS_FIRST
 
     def where(self) -> tuple[list[str], list[Any]]:
         """The filters as SQL conditions over ``versions v JOIN repos r`` and their parameters."""
@@ -130,6 +132,9 @@ class SearchQuery:
                 params.extend(self.namespaces)
             else:
                 where.append("0")  # a token that may read no namespace sees nothing
+        if self.within is not None:
+            where.append("v.id IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(self.within))
         if not self.all_versions:
             where.append("v.version = r.last_version")
         if self.text:
@@ -239,6 +244,23 @@ def run_search(index: Index, query: SearchQuery) -> list[dict[str, Any]]:
         card["aliases"] = aliases.get(version_id, [])
         cards.append(card)
     return cards
+
+
+def narrowed(index: Index, query: SearchQuery) -> SearchQuery:
+    """``query`` with its text match replaced by the ids it matches (in its namespaces and
+    versions), for running several queries over one search (a page, its count, the facets):
+    the full-text match and the check of every matching version happen once, not in each.
+    A query without text is returned as it is."""
+    if not query.text:
+        return query
+    from dataclasses import replace
+
+    scope = SearchQuery(
+        text=query.text, all_versions=query.all_versions, namespaces=query.namespaces
+    )
+    where, params = scope.where()
+    rows = index.conn.execute(f"SELECT v.id FROM {_FROM} WHERE {' AND '.join(where)}", params)
+    return replace(query, text=None, within=[row[0] for row in rows])
 
 
 @dataclass

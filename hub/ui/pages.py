@@ -17,6 +17,7 @@ from hub.search import (
     facet_counts,
     metric_names,
     most_common_metric,
+    narrowed,
     run_search_page,
 )
 from hub.ui.access import Viewer, check_readable
@@ -94,8 +95,8 @@ def search_page(registry: Registry, viewer: Viewer, form: SearchForm) -> dict[st
     ``InvalidArgument`` with the same message as ``hub ls``."""
     if form.page < 1:
         raise InvalidArgument(f"invalid page {form.page}: pages are numbered from 1")
-    query = form.query(viewer)
     index = registry.index
+    query = narrowed(index, form.query(viewer))
     results = run_search_page(index, query, offset=(form.page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
     sort_metric = query.sort.lstrip("+-").removeprefix("metric:") if query.sort else ""
     shown_metric = sort_metric if query.sort and "metric:" in query.sort else None

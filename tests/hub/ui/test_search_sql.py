@@ -154,3 +154,25 @@ def test_lineage_table_is_filled_for_older_indexes_and_follows_removals(ui_hub, 
         # (team/merged, also built from chat-lora, was removed above.)
         derived = built_from(reg.index, chat.commit, ["team"])
         assert [d["repo"] for d in derived] == ["team/ia3-on-chat"]
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"text": "sql"},
+        {"text": "lora", "method": "lora", "sort": "metric:exact_match"},
+        {"text": "sql", "rank": "1..4", "tasks": ["sql"], "all_versions": True},
+    ],
+)
+def test_a_narrowed_text_query_gives_the_same_results(index, filters):
+    from hub.search import narrowed
+
+    query = SearchQuery(namespaces=["team"], **filters)
+    fast = narrowed(index, query)
+    assert fast.text is None and fast.within  # the text match became a list of ids
+    for offset in (0, 2):
+        assert run_search_page(index, fast, offset=offset, limit=2) == run_search_page(
+            index, query, offset=offset, limit=2
+        )
+    assert facet_counts(index, fast) == facet_counts(index, query)
+    assert narrowed(index, SearchQuery(method="lora")) == SearchQuery(method="lora")
