@@ -16,6 +16,7 @@ import argparse
 import http.client
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -25,13 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._util import WORK, median, run_cmd, table
 from benchmarks.ls_10k import HUB, build
 
+ADAPTER = "/ui/adapters/team-3/adapter-503"
 PAGES = {
     "search, first page (newest first)": "/ui/",
-    "search: sql, rank <=16, best accuracy first": "/ui/?q=sql&rank=%3C%3D16&sort=metric%3Aaccuracy",
+    "search: sql, rank <=16, best accuracy first":
+        "/ui/?q=sql&rank=%3C%3D16&sort=metric%3Aaccuracy",
     "search: method lora, task chat, page 5": "/ui/?method=lora&task=chat&page=5",
-    "adapter page team-3/adapter-503": "/ui/adapters/team-3/adapter-503",
-    "safetensors header preview": "/ui/adapters/team-3/adapter-503/header?path=adapter_model.safetensors",
-    "diff v9 -> v10": "/ui/adapters/team-3/adapter-503/diff",
+    "adapter page team-3/adapter-503": ADAPTER,
+    "safetensors header preview": f"{ADAPTER}/header?path=adapter_model.safetensors",
+    "diff v9 -> v10": f"{ADAPTER}/diff",
     "base model page org/base-7b": "/ui/base?name=org%2Fbase-7b",
 }  # fmt: skip
 TIMING = re.compile(r"app;dur=([0-9.]+)")
@@ -66,10 +69,8 @@ def main() -> None:
     from hub.tokens import create_token
 
     with Registry(home) as reg:
-        token = create_token(
-            reg, "ui-bench", read=[f"team-{i}" for i in range(5)], write=[]
-        )
-    with __import__("socket").socket() as sock:
+        token = create_token(reg, "ui-bench", read=[f"team-{i}" for i in range(5)], write=[])
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = subprocess.Popen(
