@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/svd_merge_vs_peft.py --memory
 	$(BIN)/python benchmarks/export_1gb.py
 	$(BIN)/python benchmarks/server_load.py
+	$(BIN)/python benchmarks/ui_pages.py
 
 clean:
 	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache
