@@ -98,8 +98,8 @@ def search_page(registry: Registry, viewer: Viewer, form: SearchForm) -> dict[st
     index = registry.index
     query = narrowed(index, form.query(viewer))
     results = run_search_page(index, query, offset=(form.page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
-    sort_metric = query.sort.lstrip("+-").removeprefix("metric:") if query.sort else ""
-    shown_metric = sort_metric if query.sort and "metric:" in query.sort else None
+    spec = (query.sort or "").lstrip("+-")
+    shown_metric = spec.removeprefix("metric:") if spec.startswith("metric:") else None
     for card in results.cards:
         card["shown_metric"] = _metric_value(card, shown_metric) if shown_metric else None
     pages = max(1, -(-results.total // PAGE_SIZE))
@@ -160,7 +160,7 @@ def adapter_page(registry: Registry, viewer: Viewer, repo: str, rev: str | None)
             }
             for d in derived
         ],
-        "composite": composite(card),
+        "composite": composite(viewer, card),
         "config": config_items(registry, card),
     }
 
@@ -195,27 +195,29 @@ def lineage(viewer: Viewer, card: AdapterCard) -> dict[str, Any]:
     }
 
 
-def composite(card: AdapterCard) -> dict[str, Any] | None:
-    """A stack's or ensemble's members in order, or a merge's retained energy per module
-    (and the search trace of ``hub compose search``, when the card records one)."""
+def composite(viewer: Viewer, card: AdapterCard) -> dict[str, Any] | None:
+    """A stack's or ensemble's members in order (each with ``readable``, as in ``lineage``),
+    or a merge's retained energy per module; None for an adapter that is neither."""
     details = card.details
     members = details.get("members")
     energy = details.get("module_energy")
-    search = details.get("search")
-    if not members and not energy and not search:
+    if not members and not energy:
         return None
     methods = details.get("member_methods") or []
     recipe = (card.lineage.recipe if card.lineage else None) or {}
     return {
         "kind": details.get("kind") or recipe.get("operator"),
         "members": [
-            {"ref": ref, "method": methods[i] if i < len(methods) else None}
+            {
+                "ref": ref,
+                "method": methods[i] if i < len(methods) else None,
+                "readable": viewer.can_read(ref.split("/", 1)[0]),
+            }
             for i, ref in enumerate(members or [])
         ],
         "aggregate": details.get("aggregate"),
         "retained_energy": details.get("retained_energy"),
         "module_energy": sorted((energy or {}).items()),
-        "search": search,
     }
 
 
