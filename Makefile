@@ -8,7 +8,7 @@ AH_VENV  := .venv-adapterhub
 AH_BIN   := $(AH_VENV)/bin
 AH_STAMP := $(AH_VENV)/.installed-stamp
 
-.PHONY: install demo test lint typecheck unit numerics adapterhub bench clean
+.PHONY: install chromium demo test lint typecheck unit numerics adapterhub bench clean
 
 # torch is installed first, pinned to the CPU wheel that lies on this machine's disk, and the
 # constraints file keeps the resolver from ever replacing it with a multi-GB CUDA build.
@@ -27,7 +27,12 @@ $(AH_STAMP): pyproject.toml constraints-adapterhub.txt
 	$(AH_BIN)/pip install --quiet -c constraints-adapterhub.txt transformers adapters pytest -e .
 	touch $(AH_STAMP)
 
-install: $(STAMP)
+install: $(STAMP) chromium
+
+# The web page's tests drive Debian's Chromium through Playwright (never `playwright install`,
+# which downloads a browser); CI runs as root, so a fresh machine gets the package here.
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
@@ -39,7 +44,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) chromium
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -n 2 -q
 
 # The numerics tests again on ATen's portable (non-SIMD) kernels: other summation orders and
@@ -60,6 +65,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/svd_merge_vs_peft.py --memory
 	$(BIN)/python benchmarks/export_1gb.py
 	$(BIN)/python benchmarks/server_load.py
+	$(BIN)/python benchmarks/ui_pages.py
 
 clean:
 	rm -rf $(VENV) $(AH_VENV) .demo .mypy_cache .ruff_cache .pytest_cache

@@ -637,6 +637,7 @@ from cli.compose import compose  # noqa: E402
 from cli.eval import eval_command, metric  # noqa: E402
 from cli.export import export  # noqa: E402
 from cli.remote import serve, token  # noqa: E402
+from cli.ui import ui  # noqa: E402
 
 cli.add_command(compare_command)
 cli.add_command(compose)
@@ -645,6 +646,7 @@ cli.add_command(metric)
 cli.add_command(export)
 cli.add_command(serve)
 cli.add_command(token)
+cli.add_command(ui)
 
 
 def main() -> None:

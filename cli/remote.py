@@ -59,7 +59,8 @@ def serve(
 
     Clients: `hub push PATH --to http://HOST:PORT`, `hub pull REF --from ...`, and
     HF_ENDPOINT=http://HOST:PORT for huggingface_hub / PeftModel.from_pretrained.
-    The OpenAPI schema is at /openapi.json. Idle connections are closed after 5 s.
+    The OpenAPI schema is at /openapi.json; the web page at /ui/ (log in with a token).
+    Idle connections are closed after 5 s.
 
     \b
     Example:

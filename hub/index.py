@@ -1,7 +1,8 @@
 """The SQLite index of every adapter version (sqlite-utils over one file, WAL mode).
 
 Tables: ``repos``, ``versions`` (one row per pushed version, the card as JSON plus the columns
-searches filter on), ``files``, ``tasks``, ``tags``, ``metrics``, ``aliases`` and the FTS5 table
+searches filter on), ``files``, ``tasks``, ``tags``, ``metrics``, ``aliases``, ``lineage``
+(the exact commits each version was built from) and the FTS5 table
 ``versions_fts`` over repo name, description and tasks. Schema changes are numbered migrations
 recorded in ``schema_migrations``; opening an older file upgrades it in one transaction.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -230,6 +232,22 @@ def _migration_6(db: sqlite_utils.Database, store: BlobStore) -> None:
     recompute_ledgers(db.conn, store)
 
 
+def _migration_7(db: sqlite_utils.Database) -> None:
+    # What each version was built from, by exact commit (composite inputs, the training
+    # parent): "what was built from this version" is an index lookup, not a scan of every
+    # card (the web page asks it for every adapter page). Filled for the versions already in.
+    db.table("lineage").create(
+        {"version_id": int, "commit_id": str, "kind": str},
+        pk=("version_id", "commit_id", "kind"),
+        foreign_keys=[("version_id", "versions", "id")],
+    )
+    db.table("lineage").create_index(["commit_id"])
+    for version_id, text in db.execute("SELECT id, card FROM versions").fetchall():
+        rows = lineage_rows(version_id, load_card(text))
+        if rows:
+            db.conn.executemany(_INSERT_LINEAGE, rows)
+
+
 MIGRATIONS: list[Callable[..., None]] = [
     _migration_1,
     _migration_2,
@@ -237,11 +255,30 @@ MIGRATIONS: list[Callable[..., None]] = [
     _migration_4,
     _migration_5,
     _migration_6,
+    _migration_7,
 ]
 """Numbered from 1; append only. Each runs once, in one transaction with its record; those in
 ``_WITH_STORE`` rewrite rows from the stored files and are given the blob store too."""
 
 _WITH_STORE = frozenset({_migration_6})
+
+
+_INSERT_LINEAGE = "INSERT OR IGNORE INTO lineage (version_id, commit_id, kind) VALUES (?,?,?)"
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def lineage_rows(version_id: int, card: dict[str, Any]) -> list[tuple[int, str, str]]:
+    """``(version_id, commit, kind)`` for each exact reference in the card's lineage: its
+    composite ``input``s and its training ``parent`` (both ``ns/name@<40-hex commit>``)."""
+    lineage = card.get("lineage") or {}
+    refs = [(ref, "input") for ref in lineage.get("inputs") or []]
+    refs += [(ref, "parent") for ref in {card.get("parent"), lineage.get("parent")} if ref]
+    rows = []
+    for ref, kind in refs:
+        commit = str(ref).rpartition("@")[2]
+        if _COMMIT.fullmatch(commit):
+            rows.append((version_id, commit, kind))
+    return rows
 
 
 def utcnow() -> str:
@@ -556,6 +593,8 @@ class Index:
             "INSERT INTO files (version_id, path, sha256, size) VALUES (?,?,?,?)",
             [(version_id, f["path"], f["sha256"], f["size"]) for f in card["files"]],
         )
+        if rows := lineage_rows(version_id, card):
+            conn.executemany(_INSERT_LINEAGE, rows)
         self.replace_annotations(conn, version_id, card)
         return version_id
 
@@ -593,7 +632,7 @@ class Index:
 
     def delete_versions(self, conn: sqlite3.Connection, version_ids: list[int]) -> None:
         for version_id in version_ids:
-            for table in ("files", "tasks", "tags", "metrics", "evals"):
+            for table in ("files", "tasks", "tags", "metrics", "evals", "lineage"):
                 conn.execute(f"DELETE FROM {table} WHERE version_id = ?", (version_id,))
             conn.execute("DELETE FROM aliases WHERE version_id = ?", (version_id,))
             conn.execute("DELETE FROM versions_fts WHERE rowid = ?", (version_id,))

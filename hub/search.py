@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -62,6 +62,14 @@ def _fts_query(text: str) -> str:
     return " ".join(f'"{w}"*' for w in words)
 
 
+_FROM = "versions v JOIN repos r ON r.id = v.repo_id"
+# Without a text match, the latest-version condition (one row per repository) is what
+# narrows most, so the loop has to start from the repositories; SQLite's planner (no ANALYZE
+# statistics) starts from the versions and reads all 10,000 of them (5-10x slower pages).
+# CROSS JOIN fixes the order. With a text match the FTS rowids narrow most: plain join.
+_FROM_REPOS_FIRST = "repos r CROSS JOIN versions v ON v.repo_id = r.id"
+
+
 class SearchFilters(TypedDict, total=False):
     """The keyword filters of ``Registry.search`` (and ``hub ls`` options)."""
 
@@ -94,6 +102,13 @@ class SearchQuery:
     all_versions: bool = False
     where: list[str] = field(default_factory=list)
     """``metric:NAME[@DATASET]OP VALUE`` conditions (``schemas.metrics.MetricCondition``)."""
+    namespaces: list[str] | None = None
+    """Only these namespaces (a token's readable ones); None: every namespace."""
+    first: str | None = None
+    """A field of ``SORT_COLUMNS`` to order by before ``sort`` (the base page groups by
+    method, best first within each)."""
+    within: list[int] | None = None
+    """Only these version ids (``narrowed``: a text match found once, for several queries)."""
 
     @classmethod
     def of(cls, text: str | None = None, **filters: Any) -> SearchQuery:
@@ -109,8 +124,36 @@ class SearchQuery:
         )
 
     def to_sql(self) -> tuple[str, list[Any]]:
+        where, params = self.conditions()
+        order, order_params = self._order_by()
+        sql = f"SELECT v.id, v.card FROM {self.tables}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY {order}"
+        params.extend(order_params)
+        if self.limit is not None:
+            sql += " LIMIT ?"
+            params.append(check_limit(self.limit))
+        return sql, params
+
+    @property
+    def tables(self) -> str:
+        """The FROM clause (``versions v`` and ``repos r``) in the order that suits the query."""
+        return _FROM if self.text or self.within is not None else _FROM_REPOS_FIRST
+
+    def conditions(self) -> tuple[list[str], list[Any]]:
+        """The filters as SQL conditions over ``versions v JOIN repos r`` and their parameters."""
         where: list[str] = []
         params: list[Any] = []
+        if self.namespaces is not None:
+            if self.namespaces:
+                where.append(f"r.namespace IN ({','.join('?' * len(self.namespaces))})")
+                params.extend(self.namespaces)
+            else:
+                where.append("0")  # a token that may read no namespace sees nothing
+        if self.within is not None:
+            where.append("v.id IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(self.within))
         if not self.all_versions:
             where.append("v.version = r.last_version")
         if self.text:
@@ -161,18 +204,18 @@ class SearchQuery:
             value_sql, value_params = _picked("m.value", condition.name, condition.dataset)
             where.append(f"{value_sql} {condition.op} ?")
             params.extend([*value_params, condition.value])
-        order, order_params = self._order_by()
-        sql = "SELECT v.id, v.card FROM versions v JOIN repos r ON r.id = v.repo_id"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY {order}"
-        params.extend(order_params)
-        if self.limit is not None:
-            sql += " LIMIT ?"
-            params.append(check_limit(self.limit))
-        return sql, params
+        return where, params
 
     def _order_by(self) -> tuple[str, list[Any]]:
+        order, params = self._sort_order()
+        if self.first is None:
+            return order, params
+        column = SORT_COLUMNS.get(self.first)
+        if column is None:
+            raise InvalidArgument(f"invalid first sort field {self.first!r}")
+        return f"{column} IS NULL, {column}, {order}", params
+
+    def _sort_order(self) -> tuple[str, list[Any]]:
         if not self.sort:
             return "r.repo, v.version", []
         spec = self.sort
@@ -235,3 +278,200 @@ def run_search(index: Index, query: SearchQuery) -> list[dict[str, Any]]:
         card["aliases"] = aliases.get(version_id, [])
         cards.append(card)
     return cards
+
+
+def narrowed(index: Index, query: SearchQuery) -> SearchQuery:
+    """``query`` with its text match replaced by the ids it matches (in its namespaces and
+    versions), for running several queries over one search (a page, its count, the facets):
+    the full-text match and the check of every matching version happen once, not in each.
+    A query without text is returned as it is."""
+    if not query.text:
+        return query
+    from dataclasses import replace
+
+    scope = SearchQuery(
+        text=query.text, all_versions=query.all_versions, namespaces=query.namespaces
+    )
+    where, params = scope.conditions()
+    rows = index.conn.execute(f"SELECT v.id FROM {_FROM} WHERE {' AND '.join(where)}", params)
+    return replace(query, text=None, within=[row[0] for row in rows])
+
+
+@dataclass
+class SearchPage:
+    """One page of results: the cards (dicts, aliases filled in) and how many match in all."""
+
+    cards: list[dict[str, Any]]
+    total: int
+    offset: int
+    limit: int
+
+
+MAX_PAGE = 200
+"""The most results one page holds."""
+
+
+def run_search_page(index: Index, query: SearchQuery, *, offset: int, limit: int) -> SearchPage:
+    """Results ``offset .. offset + limit`` of ``query`` and the total count, both in SQL:
+    only the page's cards are read and parsed, whatever the number of matches.
+
+    Raises:
+        InvalidArgument: a negative offset, a page size outside 1..MAX_PAGE, or a bad filter.
+    """
+    if offset < 0:
+        raise InvalidArgument(f"invalid page offset {offset}: must be 0 or more")
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidArgument(f"invalid page size {limit}: give 1 to {MAX_PAGE}")
+    where, params = query.conditions()
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    tables = query.tables
+    total = int(index.conn.execute(f"SELECT count(*) FROM {tables}{clause}", params).fetchone()[0])
+    order, order_params = query._order_by()
+    # Sort ids only, then read the page's cards: sorting rows that carry the card JSON would
+    # copy every match's card through the sorter.
+    ids = [
+        row[0]
+        for row in index.conn.execute(
+            f"SELECT v.id FROM {tables}{clause} ORDER BY {order} LIMIT ? OFFSET ?",
+            [*params, *order_params, limit, offset],
+        )
+    ]
+    marks = ",".join("?" * len(ids))
+    texts = dict(
+        index.conn.execute(f"SELECT id, card FROM versions WHERE id IN ({marks})", ids).fetchall()
+    )
+    aliases = index.aliases_by_version(ids)
+    cards = []
+    for version_id in ids:
+        card = load_card(texts[version_id])
+        card["aliases"] = aliases.get(version_id, [])
+        cards.append(card)
+    return SearchPage(cards, total, offset, limit)
+
+
+RANK_BUCKETS: list[tuple[int, int | None]] = [
+    (1, 4), (5, 8), (9, 16), (17, 32), (33, 64), (65, 256), (257, None),
+]  # fmt: skip
+"""The rank ranges the rank facet counts (inclusive; None: no upper bound)."""
+
+
+def rank_spec(low: int, high: int | None) -> str:
+    """A bucket as a ``--rank`` filter: ``(9, 16)`` -> ``"9..16"``, ``(257, None)`` -> ``257..``."""
+    return f"{low}..{high}" if high is not None else f"{low}.."
+
+
+FACETS = ("base", "method", "rank", "task", "tag")
+
+
+def facet_counts(
+    index: Index, query: SearchQuery, *, top: int = 20, only: Sequence[str] = FACETS
+) -> dict[str, list[Any]]:
+    """How many results each value of each facet would give, as ``(value, count)`` lists,
+    most frequent first (at most ``top`` each).
+
+    A single-valued filter (base, method, rank) is left out of its own facet's counts, so the
+    alternatives to the chosen value still show; tasks and tags (each one more condition) are
+    counted among the results, to narrow them further. Keys (``only`` those asked for):
+    ``base``, ``method``, ``rank`` (``"9..16"`` specs, in rank order), ``task``, ``tag``
+    (``"K=V"``).
+    """
+    from collections import Counter
+    from dataclasses import replace
+
+    unsorted = replace(query, sort=None, limit=None)
+    buckets = " ".join(
+        f"WHEN v.rank BETWEEN {low} AND {high} THEN {i}"
+        if high is not None
+        else f"WHEN v.rank >= {low} THEN {i}"
+        for i, (low, high) in enumerate(RANK_BUCKETS)
+    )
+    # The card columns' facets, each under the query without its own filter. Facets whose
+    # queries come out the same (the usual case: none of the three is set) share one pass
+    # grouped by all their columns, summed up here: the rows are read once, not three times.
+    columns = {"base": "v.base_model", "method": "v.method", "rank": f"CASE {buckets} END"}
+    columns = {facet: select for facet, select in columns.items() if facet in only}
+    passes: dict[tuple[str, tuple[Any, ...]], list[str]] = {}
+    without = {
+        "base": replace(unsorted, base=None),
+        "method": replace(unsorted, method=None),
+        "rank": replace(unsorted, rank=None),
+    }
+    for facet in columns:
+        where, params = without[facet].conditions()
+        passes.setdefault((" AND ".join(where) or "1", tuple(params)), []).append(facet)
+    counts: dict[str, Counter[Any]] = {}
+    for (condition, values), facets in passes.items():
+        selects = ", ".join(columns[f] for f in facets)
+        sql = (
+            f"SELECT {selects}, count(*) FROM {unsorted.tables} WHERE {condition}"
+            f" GROUP BY {', '.join(str(n + 1) for n in range(len(facets)))}"
+        )
+        for row in index.conn.execute(sql, list(values)):
+            for n, facet in enumerate(facets):
+                if row[n] is not None:
+                    counts.setdefault(facet, Counter())[row[n]] += row[-1]
+
+    def ranked(facet: str) -> list[tuple[Any, int]]:
+        found = counts.get(facet, Counter())
+        return sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+
+    def joined(select: str, joins: str) -> list[tuple[Any, int]]:
+        where, params = unsorted.conditions()
+        sql = (
+            f"SELECT {select}, count(*) FROM {unsorted.tables}{joins}"
+            f" WHERE {' AND '.join([*where, f'{select} IS NOT NULL'])}"
+            " GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?"
+        )
+        return [tuple(row) for row in index.conn.execute(sql, [*params, top])]
+
+    by_rank = sorted(counts.get("rank", Counter()).items())
+    found = {
+        "base": lambda: ranked("base"),
+        "method": lambda: ranked("method"),
+        "rank": lambda: [(rank_spec(*RANK_BUCKETS[i]), n) for i, n in by_rank],
+        "task": lambda: joined("t.task", " JOIN tasks t ON t.version_id = v.id"),
+        "tag": lambda: joined("g.key || '=' || g.value", " JOIN tags g ON g.version_id = v.id"),
+    }
+    return {facet: found[facet]() for facet in only}
+
+
+def metric_names(index: Index, query: SearchQuery, *, top: int = 50) -> list[str]:
+    """The metric names recorded on the versions ``query`` would search (its namespaces and
+    versions, no other filter): what a search can sort by."""
+    scope = SearchQuery(all_versions=query.all_versions, namespaces=query.namespaces)
+    where, params = scope.conditions()
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    rows = index.conn.execute(
+        f"SELECT DISTINCT m.name FROM {scope.tables} JOIN metrics m ON m.version_id = v.id{clause}"
+        " ORDER BY 1 LIMIT ?",
+        [*params, top],
+    )
+    return [row[0] for row in rows]
+
+
+def built_from(index: Index, commit: str, namespaces: list[str] | None) -> list[dict[str, Any]]:
+    """The versions whose lineage names the version ``commit`` (a composite input or a
+    training parent, both recorded by exact commit), newest first, in ``namespaces`` (None:
+    all). Cards as dicts."""
+    scope = SearchQuery(all_versions=True, namespaces=namespaces)
+    where, params = scope.conditions()
+    rows = index.conn.execute(
+        "SELECT v.card FROM lineage l JOIN versions v ON v.id = l.version_id"
+        " JOIN repos r ON r.id = v.repo_id"
+        f" WHERE {' AND '.join(['l.commit_id = ?', *where])}"
+        " GROUP BY v.id ORDER BY v.created_at DESC, v.id DESC",
+        [commit, *params],
+    )
+    return [load_card(row[0]) for row in rows]
+
+
+def most_common_metric(index: Index, query: SearchQuery) -> str | None:
+    """The metric name recorded on most of ``query``'s results (ties: alphabetical)."""
+    where, params = query.conditions()
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    row = index.conn.execute(
+        f"SELECT m.name FROM {query.tables} JOIN metrics m ON m.version_id = v.id{clause}"
+        " GROUP BY m.name ORDER BY count(DISTINCT v.id) DESC, m.name LIMIT 1",
+        params,
+    ).fetchone()
+    return row[0] if row else None

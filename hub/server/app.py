@@ -353,6 +353,9 @@ def create_app(
     from hub.server.evals import router as evals_router
     from hub.server.hf import register_hf_routes
     from hub.server.hf_write import register_hf_write_routes
+    from hub.ui import mount_ui
+
+    mount_ui(app)  # the web page under /ui/ (and `/` for browsers), before /{ns}/{name}/...
 
     app.include_router(evals_router)
 
