@@ -38,7 +38,8 @@ LEDGER = (
     ("params_trainable", "trainable (numbers in the adapter file)"),
 )
 """The parameter ledger's fields, in the order shown; each with ``<field>_fraction`` of the
-base (``params_trainable``'s is ``params_fraction``). A card shows whichever it has."""
+base (``params_trainable``'s is ``params_fraction``). A card shows whichever it has;
+``params_trainable``, the old name of ``params_stored``, only on cards without the ledger."""
 
 
 @dataclass
@@ -169,7 +170,7 @@ def ledger(card: dict[str, Any]) -> list[dict[str, Any]]:
     """The parameter ledger rows this card has: label, count, fraction of the base."""
     rows = []
     for key, label in LEDGER:
-        if card.get(key) is None:
+        if card.get(key) is None or (key == "params_trainable" and "params_stored" in card):
             continue
         fraction_key = "params_fraction" if key == "params_trainable" else f"{key}_fraction"
         fraction = card.get(fraction_key)

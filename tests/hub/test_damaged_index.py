@@ -148,7 +148,8 @@ def test_full_disk_is_one_line_and_loses_nothing(tmp_path, monkeypatch, adapters
         shutil.copytree(lora, variant)
         (variant / "README.md").write_text("another variant\n")
         filler = home / "filler"
-        with open(filler, "wb") as fh, contextlib.suppress(OSError):
+        # Unbuffered: a buffer left over from the failed write would raise again on close.
+        with open(filler, "wb", buffering=0) as fh, contextlib.suppress(OSError):
             while True:
                 fh.write(b"\0" * 65536)
                 fh.flush()

@@ -128,13 +128,16 @@ def test_adapter_page_shows_the_card(page, ui_hub):
         "#f-size": human_size(card.size_bytes),
     }
     assert {sel: page.inner_text(sel) for sel in fields} == fields
-    trainable = page.locator('#ledger tr[data-key="params_trainable"] td').all_inner_texts()
-    assert trainable == [f"{card.params_trainable:,}",
-                         f"{card.params_fraction * 100:.3g} % of the base"]  # fmt: skip
+    stored = page.locator('#ledger tr[data-key="params_stored"] td').all_inner_texts()
+    assert stored == [f"{card.params_stored:,}",
+                      f"{card.params_stored_fraction * 100:.3g} % of the base"]  # fmt: skip
+    trained = page.locator('#ledger tr[data-key="params_trained"] td').all_inner_texts()
+    assert trained[0] == f"{card.params_trained:,}"
+    assert page.locator('#ledger tr[data-key="params_trainable"]').count() == 0
     accuracy = page.locator('#metrics-table tr[data-metric="accuracy"] td').all_inner_texts()
     assert accuracy == ["accuracy", "0.7", "[0.64, 0.76]", "200", "mmlu", "manual", "higher"]
     exact = page.locator('#metrics-table tr[data-metric="exact_match"] td').all_inner_texts()
-    assert exact == ["exact_match", "0.55", "-", "-", "spider", "push", "-"]
+    assert exact == ["exact_match", "0.55", "-", "-", "spider", "push", "higher"]
     shown_files = page.locator("#files-table tbody tr").evaluate_all(
         "rs => rs.map(r => [r.dataset.path, r.querySelector('[data-bytes]').dataset.bytes,"
         " r.querySelector('code.sha').textContent])"

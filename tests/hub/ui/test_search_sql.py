@@ -124,19 +124,20 @@ def test_most_common_metric_and_first_sort(index):
 def test_lineage_table_is_filled_for_older_indexes_and_follows_removals(ui_hub, tmp_path):
     import shutil
 
-    from hub.index import MIGRATIONS
+    from hub.index import MIGRATIONS, _migration_7
 
+    lineage = MIGRATIONS.index(_migration_7) + 1
     home = tmp_path / "home"
     shutil.copytree(ui_hub.home, home)
     with Registry(home) as reg:
         v1 = reg.show("team/sql-lora@v1")
-        # As an index written before migration 5: no lineage table.
+        # As an index written before the lineage migration: no lineage table.
         with reg.index.write() as conn:
             conn.execute("DROP TABLE lineage")
-            conn.execute("DELETE FROM schema_migrations WHERE version = 5")
-        assert reg.index.schema_version() == 4
+            conn.execute("DELETE FROM schema_migrations WHERE version >= ?", (lineage,))
+        assert reg.index.schema_version() == lineage - 1
     with Registry(home) as reg:
-        assert reg.index.schema_version() == len(MIGRATIONS) == 5
+        assert reg.index.schema_version() == len(MIGRATIONS) == lineage
         rows = reg.index.conn.execute(
             "SELECT r.repo, l.kind FROM lineage l JOIN versions v ON v.id = l.version_id"
             " JOIN repos r ON r.id = v.repo_id WHERE l.commit_id = ? ORDER BY 1",
