@@ -20,6 +20,8 @@ from urllib.parse import urlencode
 from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
 
+from cli.output import human_size  # one spelling of sizes for the CLI and the page
+
 PREFIX = "/ui"
 """Where the pages live, under ``hub serve`` and ``hub ui`` alike."""
 
@@ -38,18 +40,6 @@ HEADERS = {
 STATIC_TYPES = {"ui.css": "text/css; charset=utf-8", "ui.js": "text/javascript; charset=utf-8"}
 README_MAX_BYTES = 512 * 1024
 """A README larger than this is not rendered (its description still shows)."""
-
-
-def human_size(size: int | None) -> str:
-    """``1536`` -> ``"1.5 KB"`` (binary units, as ``hub ls`` prints them)."""
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"  # pragma: no cover
 
 
 def count(n: int | None) -> str:
