@@ -83,6 +83,7 @@ class SearchFilters(TypedDict, total=False):
     limit: int | None
     all_versions: bool
     where: Iterable[str]
+    namespaces: list[str] | None
 
 
 @dataclass

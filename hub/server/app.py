@@ -29,7 +29,7 @@ from hub.server.common import (
     check_digest,
     error_response,
     error_responses,
-    readable,
+    readable_namespaces,
     require_read,
     require_write,
     stage_files,
@@ -195,6 +195,9 @@ def create_app(
     ) -> Response:
         """Search cards with the same filters as `hub ls` (latest version of each adapter
         unless `all_versions`); only namespaces the token may read are listed."""
+        # The namespaces and the limit are part of the query: no row the caller can't read,
+        # and none past the limit, is loaded.
+        namespaces = readable_namespaces(request)
         cards = (
             state(request)
             .registry()
@@ -207,12 +210,13 @@ def create_app(
                 tasks=task,
                 tags=tag,
                 sort=sort,
+                limit=limit,
                 all_versions=all_versions,
                 where=where,
+                namespaces=namespaces,
             )
         )
-        visible = readable(request, cards)
-        return JSONResponse(visible[:limit] if limit is not None else visible)
+        return JSONResponse(cards)
 
     @app.get(
         f"{API}/adapters/{{namespace}}/{{name}}", response_model=AdapterCard, responses=read_errors

@@ -190,3 +190,14 @@ def test_errors_never_name_a_server_path(live_server, tokens, adapters, tmp_path
         )
     text = http.value.read().decode()
     assert http.value.code == 404 and home not in text and "$HUB_HOME" in text
+
+
+def test_search_limit_counts_only_readable_namespaces(live_server, tokens, adapters):
+    lora = adapters("lora")
+    with Registry(live_server.home) as reg:  # sorted first, unreadable by the reader
+        for name in ("aaa/one", "aaa/two", "team/sql"):
+            reg.push(lora, name=name)
+    reader = RemoteRegistry(live_server.url, tokens["reader"])
+    assert [c["repo"] for c in reader.search_raw(limit=1)] == ["team/sql"]
+    assert [c["repo"] for c in reader.search_raw()] == ["team/sql"]
+    assert RemoteRegistry(live_server.url, tokens["other"]).search_raw(limit=5) == []
