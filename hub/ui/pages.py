@@ -202,10 +202,11 @@ def composite(viewer: Viewer, card: AdapterCard) -> dict[str, Any] | None:
     details = card.details
     members = details.get("members")
     energy = details.get("module_energy")
-    if not members and not energy:
+    recipe = (card.lineage.recipe if card.lineage else None) or {}
+    searched = recipe.get("search")
+    if not members and not energy and not searched:
         return None
     methods = details.get("member_methods") or []
-    recipe = (card.lineage.recipe if card.lineage else None) or {}
     return {
         "kind": details.get("kind") or recipe.get("operator"),
         "members": [
@@ -219,6 +220,38 @@ def composite(viewer: Viewer, card: AdapterCard) -> dict[str, Any] | None:
         "aggregate": details.get("aggregate"),
         "retained_energy": details.get("retained_energy"),
         "module_energy": sorted((energy or {}).items()),
+        "search": search_view(list(card.lineage.inputs) if card.lineage else [], searched)
+        if searched
+        else None,
+    }
+
+
+def search_view(inputs: list[str], search: dict[str, Any]) -> dict[str, Any]:
+    """What `hub compose search` recorded, for the page: the settings, the weights found per
+    input, the held-out comparison and the trace, each step's loss also as a fraction of the
+    worst step's (a bar: how fast the search settled)."""
+    trace = search.get("trace") or []
+    worst = max((step["objective"] for step in trace), default=0.0)
+    best = min((step["objective"] for step in trace), default=None)
+    return {
+        "settings": {
+            key: search.get(key)
+            for key in ("optimizer", "operator", "metric", "budget", "bounds", "l1", "seed")
+        },
+        "weights": list(zip(inputs, search.get("weights") or [], strict=False)),
+        "held_out": search.get("held_out") or {},
+        "kept_anyway": bool(search.get("kept_anyway")),
+        "trace": [
+            {
+                "step": i + 1,
+                "weights": step["weights"],
+                "loss": step["loss"],
+                "objective": step["objective"],
+                "bar": step["objective"] / worst if worst > 0 else 0.0,
+                "best": step["objective"] == best,
+            }
+            for i, step in enumerate(trace)
+        ],
     }
 
 

@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
+from hub.ui.routes import create_ui_app
 from schemas.errors import AdapterNotFound, SearchRejected
 
 TASK_A = [
@@ -122,6 +123,30 @@ def test_search_reaches_the_known_best_mixture_and_is_recorded(reg, tasks):
     assert evals[0]["comparison"]["beats_both"] is outcome.beats_baselines
     report = reg.rebuild(card.ref)
     assert report.matches, report.differing
+    _page_shows_the_search(reg, card, outcome)
+
+
+def _page_shows_the_search(reg, card, outcome):
+    """The adapter page (`hub ui`, in process) shows the weights found, the held-out scores
+    and every step of the trace, the best step marked."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from hub.ui.access import Viewer
+    from hub.ui.pages import adapter_page
+    from hub.ui.render import number
+
+    page = adapter_page(reg, Viewer(None, everything=True, local=True), card.repo, None)
+    view = page["composite"]["search"]
+    assert [w for _, w in view["weights"]] == outcome.weights
+    assert [t["objective"] for t in view["trace"]] == [s.objective for s in outcome.trace]
+    assert sum(t["best"] for t in view["trace"]) >= 1
+    with TestClient(create_ui_app(reg.home)) as client:
+        html = client.get(f"/ui/adapters/{card.repo}").text
+    steps = re.findall(r'<table class="energy" id="search-steps">(.*?)</table>', html, re.S)[0]
+    assert steps.count("<meter") == len(outcome.trace)
+    assert f"found {number(outcome.holdout['found'])}" in html
 
 
 def test_a_losing_result_is_refused_with_the_three_scores(reg, tasks):
