@@ -258,13 +258,47 @@ def keep_largest(delta: Tensor, density: float) -> Tensor:
     if k == 0:
         return torch.zeros_like(delta)
     magnitude = flat.abs()
-    threshold = torch.kthvalue(magnitude, flat.numel() - k + 1).values
+    threshold = kth_largest(magnitude, k)
     mask = magnitude > threshold
     missing = k - int(mask.sum())
     if missing > 0:
         tied = torch.nonzero(magnitude == threshold).squeeze(1)[:missing]
         mask[tied] = True
     return (flat * mask).reshape(delta.shape)
+
+
+_BITS = {"torch.float32": "int32", "torch.float64": "int64"}
+
+
+def kth_largest(magnitude: Tensor, k: int) -> Tensor:
+    """The ``k``-th largest of the non-negative values ``magnitude`` (1-D), exactly.
+
+    On the CPU, ``kthvalue``. On a GPU, ``kthvalue`` of one 235M-value slice takes 1.65 s on
+    an H200 (a 70B MLP delta); instead this bisects over the values' bit patterns, which for
+    non-negative IEEE floats order like the values: the largest pattern ``t`` with at least
+    ``k`` values ``>= t`` is the k-th largest value itself. 32 (or 64) counting passes, each
+    one read of the tensor: 43 ms there.
+    """
+    import torch
+
+    if magnitude.device.type == "cpu" or str(magnitude.dtype) not in _BITS:
+        return torch.kthvalue(magnitude, magnitude.numel() - k + 1).values
+    return kth_largest_by_bits(magnitude, k)
+
+
+def kth_largest_by_bits(magnitude: Tensor, k: int) -> Tensor:
+    """``kth_largest`` by bisection over the bit patterns (fp32 or fp64, values >= 0)."""
+    import torch
+
+    bits = magnitude.view(getattr(torch, _BITS[str(magnitude.dtype)]))
+    low, high = 0, int(bits.max())
+    while low < high:
+        middle = (low + high + 1) // 2
+        if int((bits >= middle).sum()) >= k:
+            low = middle
+        else:
+            high = middle - 1
+    return torch.tensor(low, dtype=bits.dtype, device=bits.device).view(magnitude.dtype)
 
 
 def drop_random(delta: Tensor, density: float, generator: torch.Generator) -> Tensor:

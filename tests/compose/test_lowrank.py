@@ -155,3 +155,24 @@ def test_keep_largest_keeps_exactly_k_with_ties_in_index_order():
     torch.testing.assert_close(kept, torch.tensor([[0.0, -3.0, 2.0], [2.0, 0.0, 0.0]]))
     assert int((merge.keep_largest(torch.ones(4, 5), 0.35) != 0).sum()) == 7
     assert int((merge.keep_largest(torch.ones(4, 5), 0.01) != 0).sum()) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(
+        st.sampled_from([0.0, 1e-30, 1e-8, 0.5, 0.5, 1.0, 3.0, 3.0, 1e30]) | st.floats(0, 1e6),
+        min_size=1,
+        max_size=200,
+    ),
+    fraction=st.floats(0.0, 1.0),
+    double=st.booleans(),
+)
+def test_kth_largest_by_bits_is_kthvalue(values, fraction, double):
+    """The GPU path's bisection over bit patterns gives exactly ``kthvalue``'s value, ties,
+    zeros and subnormal-scale values included (run here on the CPU)."""
+    from compose.merge import kth_largest_by_bits
+
+    magnitude = torch.tensor(values, dtype=torch.float64 if double else torch.float32)
+    k = max(1, round(fraction * magnitude.numel()))
+    expected = torch.kthvalue(magnitude, magnitude.numel() - k + 1).values
+    assert kth_largest_by_bits(magnitude, k).item() == expected.item()
