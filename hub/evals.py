@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import hashlib
 import json
@@ -193,16 +194,18 @@ def _check_vote_ensemble(card: AdapterCard, metrics: Sequence[str], forgetting: 
         )
 
 
-class Sink:
+class Sink(abc.ABC):
     """Where ``evaluate`` finds the adapters and keeps the records it makes."""
 
+    @abc.abstractmethod
     def cards(self, refs: Sequence[str]) -> list[AdapterCard]:
-        raise NotImplementedError
+        """The cards of ``refs``, in order."""
 
+    @abc.abstractmethod
     def files(self, card: AdapterCard, folder: Path) -> Path:
         """Lay out ``card``'s files in ``folder`` (read-only use)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def keep(
         self,
         card: AdapterCard,
@@ -213,7 +216,6 @@ class Sink:
     ) -> None:
         """Store ``record`` with its dataset file and per-example results (JSONL bytes),
         setting ``record["results_sha256"]``, and the blobs of its ``forgetting``."""
-        raise NotImplementedError
 
 
 class LocalSink(Sink):
