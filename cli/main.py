@@ -132,6 +132,16 @@ def push(
     """
     from hub.hf_interop import is_hf
 
+    # The same options for each way of pushing (checkpoints, a team hub, the local registry).
+    options: dict[str, Any] = dict(
+        name=name,
+        tasks=tasks,
+        tags=list(tags),
+        metrics=metrics,
+        parent=parent,
+        description=description,
+        allow_nonfinite=allow_nonfinite,
+    )
     if checkpoints:
         if remote:
             from schemas.errors import InvalidArgument
@@ -140,16 +150,7 @@ def push(
                 "--checkpoints pushes to the local registry: push each checkpoint folder with"
                 " --to instead"
             )
-        results = _registry(ctx).push_checkpoints(
-            path,
-            name=name,
-            tasks=tasks,
-            tags=list(tags),
-            metrics=metrics,
-            parent=parent,
-            description=description,
-            allow_nonfinite=allow_nonfinite,
-        )
+        results = _registry(ctx).push_checkpoints(path, **options)
         if as_json:
             print_json(
                 [
@@ -170,27 +171,9 @@ def push(
     if remote:
         from cli.remote import remote_registry
 
-        result = remote_registry(remote).push_result(
-            path,
-            name=name,
-            tasks=tasks,
-            tags=tags,
-            metrics=metrics,
-            parent=parent,
-            description=description,
-            allow_nonfinite=allow_nonfinite,
-        )
+        result = remote_registry(remote).push_result(path, **options)
     else:
-        result = _registry(ctx).push(
-            path,
-            name=name,
-            tasks=tasks,
-            tags=list(tags),
-            metrics=metrics,
-            parent=parent,
-            description=description,
-            allow_nonfinite=allow_nonfinite,
-        )
+        result = _registry(ctx).push(path, **options)
     card = result.card
     unknown = card.details.get("unknown_config_keys")
     if unknown:
