@@ -9,8 +9,9 @@ in one process:
   * hub: per module `B @ A` per input, `compose.merge.ties`, `compose.merge.factor` (checked
     randomized range finder, exact fallback), the dense delta freed before the next module.
 Accuracy: relative Frobenius error of each rank-16 result against the exact (fp64) truncated
-SVD of that side's own TIES delta, on the layer's largest module. A 70B model has 80 such
-layers: multiply the per-layer times by 80.
+SVD of that side's own TIES delta, on the layer's largest module. hub's time is the median of
+three runs after one warm-up run (PEFT's, dominated by its SVDs, is one run). A 70B model has
+80 such layers: multiply the per-layer times by 80.
 
 Usage: python benchmarks/ties_vs_peft.py [--shapes 7b|70b] [--device cuda] [--modules q_proj,...]
 """
@@ -18,6 +19,7 @@ Usage: python benchmarks/ties_vs_peft.py [--shapes 7b|70b] [--device cuda] [--mo
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -115,9 +117,9 @@ def main() -> None:
         shapes = {n: shapes[n] for n in args.modules.split(",")}
     model = peft_model(shapes, args.device)
     inputs = factors(model, shapes)
-    first = next(iter(inputs))
-    ours({first: inputs[first]}, args.device)  # warm-up (kernels, allocator)
-    results, t_ours = ours(inputs, args.device)
+    ours(inputs, args.device)  # warm-up: kernels, cuBLAS plans and the allocator, per shape
+    runs = [ours(inputs, args.device) for _ in range(3)]
+    results, t_ours = runs[0][0], statistics.median(t for _, t in runs)
     t_peft = peft_merge(model, args.device)
     methods = sorted({r.method for r in results.values()})
     where = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"

@@ -15,6 +15,7 @@ CPU rebuild draw the same values.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -273,17 +274,54 @@ _BITS = {"torch.float32": "int32", "torch.float64": "int64"}
 def kth_largest(magnitude: Tensor, k: int) -> Tensor:
     """The ``k``-th largest of the non-negative values ``magnitude`` (1-D), exactly.
 
-    On the CPU, ``kthvalue``. On a GPU, ``kthvalue`` of one 235M-value slice takes 1.65 s on
-    an H200 (a 70B MLP delta); instead this bisects over the values' bit patterns, which for
-    non-negative IEEE floats order like the values: the largest pattern ``t`` with at least
-    ``k`` values ``>= t`` is the k-th largest value itself. 32 (or 64) counting passes, each
-    one read of the tensor: 43 ms there.
+    ``kth_largest_by_sample``: a bracket found on a random sample, then a sort of only the
+    values inside it. ``torch.kthvalue`` of one 235M-value slice (a 70B MLP delta) takes
+    1.65 s on an H200, and of a 45M-value 7B one 540 ms on 2 CPU threads (510 ms on 16: it
+    barely uses them); the bracket takes 4 ms and 340 ms (120 ms) there.
+    """
+    return kth_largest_by_sample(magnitude, k)
+
+
+_SAMPLE = 1 << 18
+"""Values drawn to bracket the k-th largest; the bracket then holds about 1% of them."""
+
+
+def kth_largest_by_sample(magnitude: Tensor, k: int, *, sample: int = _SAMPLE) -> Tensor:
+    """``kth_largest`` from a bracket found on a random sample, exact whatever the draw.
+
+    The sample's values around rank ``k * sample / n`` (six standard deviations of that rank
+    either side) give a bracket ``[low, high]``; one read counts the values above ``high`` and
+    keeps those inside it. When the count shows that the k-th largest lies inside, it is the
+    right one of the kept values, sorted; otherwise (a draw that missed: about 1e-9), and for
+    inputs under eight samples, a direct selection answers (``kthvalue`` on the CPU, bisection
+    over the bit patterns on a GPU). The draw (seeded) decides only the speed.
     """
     import torch
 
-    if magnitude.device.type == "cpu" or str(magnitude.dtype) not in _BITS:
-        return torch.kthvalue(magnitude, magnitude.numel() - k + 1).values
-    return kth_largest_by_bits(magnitude, k)
+    n = magnitude.numel()
+    if n <= 8 * sample:
+        return _kth_largest_directly(magnitude, k)
+    generator = torch.Generator(device=magnitude.device).manual_seed(0)
+    drawn = magnitude[torch.randint(n, (sample,), generator=generator, device=magnitude.device)]
+    drawn = drawn.sort(descending=True).values
+    fraction = k / n
+    position = fraction * sample
+    spread = 6 * math.sqrt(sample * fraction * (1 - fraction)) + 16
+    high = drawn[max(int(position - spread), 0)]
+    low = drawn[min(int(position + spread), sample - 1)]
+    above = int((magnitude > high).sum())
+    inside = magnitude[(magnitude <= high) & (magnitude >= low)]
+    if above < k <= above + inside.numel():
+        return inside.sort(descending=True).values[k - above - 1]
+    return _kth_largest_directly(magnitude, k)
+
+
+def _kth_largest_directly(magnitude: Tensor, k: int) -> Tensor:
+    import torch
+
+    if magnitude.device.type != "cpu" and str(magnitude.dtype) in _BITS:
+        return kth_largest_by_bits(magnitude, k)
+    return torch.kthvalue(magnitude, magnitude.numel() - k + 1).values
 
 
 def kth_largest_by_bits(magnitude: Tensor, k: int) -> Tensor:
@@ -321,12 +359,13 @@ def _elect_and_merge(stacked: Tensor, weights: Sequence[float], method: Majority
     agree with the elected sign (sign of the sum, or of the majority count)."""
     import torch
 
-    signs = stacked.sign()
-    votes = stacked.sum(dim=0) if method == "total" else signs.sum(dim=0)
-    elected = torch.where(votes >= 0, 1.0, -1.0).to(stacked.dtype)  # on stacked's device
-    agree = signs == elected
+    votes = stacked.sum(dim=0) if method == "total" else stacked.sign().sum(dim=0)
+    # A value agrees when its sign is the elected one (+1 where the votes are >= 0, else -1);
+    # zeros never agree. Two comparisons instead of sign() == elected: four fewer passes over
+    # the stack, which for a 70B MLP delta is 235M values per input.
+    agree = torch.where(votes >= 0, stacked > 0, stacked < 0)
     merged = (_weighted(stacked, weights) * agree).sum(dim=0)
-    return merged / agree.sum(dim=0).clamp(min=1)
+    return merged / agree.sum(dim=0, dtype=stacked.dtype).clamp(min=1)
 
 
 def task_arithmetic(
