@@ -17,25 +17,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from hub.registry import commit_id
-from hub.server.common import header_safe, public_message, require_read, state, status_of
+from hub.server.common import hf_error_response, require_read, state
 from schemas.card import AdapterCard
-from schemas.errors import AdapterNotFound, HubError, InvalidName, RevisionNotFound
+from schemas.errors import HubError, RevisionNotFound
 
 TAGS: list[str | Enum] = ["huggingface"]
-_HF_CODES = {AdapterNotFound: "RepoNotFound", RevisionNotFound: "RevisionNotFound"}
-
-
-def _hf_error(error: HubError, code: str | None = None) -> JSONResponse:
-    code = code or next((c for cls, c in _HF_CODES.items() if isinstance(error, cls)), None)
-    message = public_message(error)
-    headers = {"X-Error-Message": header_safe(message)}
-    if code:
-        headers["X-Error-Code"] = code
-    status = status_of(error)
-    if isinstance(error, InvalidName):
-        status = 404  # the HF client reads a malformed id as "repository not found"
-        headers["X-Error-Code"] = "RepoNotFound"
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def _card(request: Request, namespace: str, name: str, revision: str | None) -> AdapterCard:
@@ -104,9 +90,9 @@ def register_hf_routes(app: FastAPI) -> None:
             return JSONResponse(_info(_card(request, namespace, name, revision)))
         except RevisionNotFound as error:
             empty = _empty_repo_info(request, f"{namespace}/{name}", revision)
-            return JSONResponse(empty) if empty else _hf_error(error)
+            return JSONResponse(empty) if empty else hf_error_response(error)
         except HubError as error:
-            return _hf_error(error)
+            return hf_error_response(error)
 
     @app.get("/api/models/{namespace}/{name}/tree/{revision}", tags=TAGS)
     @app.get("/api/models/{namespace}/{name}/tree/{revision}/{path:path}", tags=TAGS)
@@ -122,7 +108,7 @@ def register_hf_routes(app: FastAPI) -> None:
         try:
             card = _card(request, namespace, name, revision)
         except HubError as error:
-            return _hf_error(error)
+            return hf_error_response(error)
         prefix = path.strip("/") + "/" if path.strip("/") else ""
         entries: dict[str, dict[str, Any]] = {}
         for f in card.files:
@@ -152,12 +138,12 @@ def register_hf_routes(app: FastAPI) -> None:
         except RevisionNotFound as error:
             # A repository created but not yet committed to: it exists and holds no files.
             empty = _empty_repo_info(request, f"{namespace}/{name}", revision)
-            return _hf_error(error, code="EntryNotFound" if empty else None)
+            return hf_error_response(error, code="EntryNotFound" if empty else None)
         except HubError as error:
-            return _hf_error(error)
+            return hf_error_response(error)
         entry = next((f for f in card.files if f.path == path), None)
         if entry is None:
-            return _hf_error(
+            return hf_error_response(
                 RevisionNotFound(f"{card.repo}@v{card.version} has no file {path!r}"),
                 code="EntryNotFound",
             )

@@ -28,8 +28,16 @@ from fastapi.responses import JSONResponse, Response
 from hub.locks import file_lock
 from hub.registry import PushResult
 from hub.server.app import receive_blob, safe_relative_path
-from hub.server.common import DIGEST, ServerState, caller, error_responses, require_write, state
-from hub.server.hf import TAGS, _hf_error
+from hub.server.common import (
+    DIGEST,
+    ServerState,
+    caller,
+    error_responses,
+    hf_error_response,
+    require_write,
+    state,
+)
+from hub.server.hf import TAGS
 from hub.server.hf_commit import apply_commit, read_commit, spool
 from hub.tokens import Token, active_token
 from schemas.api import HfCreateRepo, HfLfsBatch, HfLfsVerify, HfPreupload
@@ -82,7 +90,7 @@ def register_hf_write_routes(app: FastAPI) -> None:
                 raise InvalidArgument("this hub stores models (adapters) only")
             created = state(request).registry().create_repo(repo)
         except HubError as error:
-            return _hf_error(error)
+            return hf_error_response(error)
         url = f"{str(request.base_url).rstrip('/')}/{repo}"
         if not created:
             return JSONResponse(
@@ -118,7 +126,7 @@ def register_hf_write_routes(app: FastAPI) -> None:
                     {"path": safe_relative_path(f.path), "uploadMode": mode, "shouldIgnore": False}
                 )
         except HubError as error:
-            return _hf_error(error)
+            return hf_error_response(error)
         return JSONResponse({"files": answer, "commitOid": None})
 
     @app.get(
@@ -129,7 +137,7 @@ def register_hf_write_routes(app: FastAPI) -> None:
     )
     def no_xet(request: Request) -> Response:
         limit = state(request).inline_upload_max
-        return _hf_error(
+        return hf_error_response(
             InvalidArgument(
                 f"this hub does not offer Xet storage: files over {limit} bytes go through Git"
                 " LFS, which clients with hf_xet installed skip; set HF_HUB_DISABLE_XET=1",
@@ -146,7 +154,7 @@ def register_hf_write_routes(app: FastAPI) -> None:
             if body.operation != "upload":
                 raise InvalidArgument("only LFS uploads go through the batch API here")
         except HubError as error:
-            return _hf_error(error)
+            return hf_error_response(error)
         base = str(request.base_url).rstrip("/")
         expires = int(time.time()) + TICKET_SECONDS
         objects = []
@@ -196,7 +204,7 @@ def register_hf_write_routes(app: FastAPI) -> None:
             active_token(state(request).registry(), who)  # and again once the bytes are in
             result = await receive_blob(request, oid, uploader=who)
         except HubError as error:
-            return _hf_error(error)
+            return hf_error_response(error)
         return JSONResponse(result)
 
     @app.post("/{namespace}/{name}.git/info/lfs/verify", tags=TAGS, responses=errors)
@@ -210,7 +218,7 @@ def register_hf_write_routes(app: FastAPI) -> None:
             if not ok or store.path(body.oid).stat().st_size != body.size:
                 raise InvalidArgument(f"object {body.oid[:12]!r} was not uploaded", status=404)
         except HubError as error:
-            return _hf_error(error)
+            return hf_error_response(error)
         return JSONResponse({"message": "ok"})
 
     @app.post(
@@ -240,7 +248,7 @@ def register_hf_write_routes(app: FastAPI) -> None:
             finally:
                 spooled.unlink(missing_ok=True)
         except HubError as error:
-            return _hf_error(error)
+            return hf_error_response(error)
         card = result.card
         base = str(request.base_url).rstrip("/")
         return JSONResponse(
