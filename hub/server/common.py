@@ -33,6 +33,8 @@ ANONYMOUS_BODY_BYTES = 64 * 1024
 """The most a request without a valid token may send (the LFS upload links excepted)."""
 DRAIN_BYTES = 64 * MiB
 DIGEST = re.compile(r"[0-9a-f]{64}")
+API = "/api/hub/v1"
+"""Where the native JSON API's routes live."""
 
 _PUBLIC_HOME: ContextVar[tuple[str, ...]] = ContextVar("hub_public_home", default=())
 """The spellings of the registry folder of the app answering the current request."""
@@ -70,6 +72,10 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorBody} for status in statuses}
 
 
+READ_ERRORS = error_responses(401, 403, 404, 422)
+WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422)
+
+
 @dataclass
 class ServerState:
     home: Path
@@ -94,6 +100,8 @@ class ServerState:
     """Requests without a valid token handled at once; more are answered 429 at once."""
     anonymous_in_flight: int = 0
     """Counted by ``BoundedBodies`` on the event loop's thread (so no lock)."""
+    lfs_secret: bytes = field(default_factory=lambda: os.urandom(32))
+    """The key that signs this app's Git LFS upload links (``hub.server.hf_write``)."""
 
     def registry(self) -> Registry:
         # SQLite connections stay in the thread that opened them: one registry per worker.
