@@ -18,11 +18,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hub.errors_http import error_from_http
 from hub.progress import byte_progress
 from hub.store import CHUNK, sha256_file
 from schemas.api import MAX_JSON_BYTES, MAX_PUSH_FILES
 from schemas.errors import (
-    ALL_ERRORS,
     AuthError,
     HubError,
     InvalidArgument,
@@ -38,19 +38,9 @@ API = "/api/hub/v1"
 
 def raise_for_error(error: urllib.error.HTTPError) -> None:
     """Turn the server's ``{"error": {"code", "message"}}`` back into the matching HubError
-    (or a Hugging Face route's ``{"error": message}``, its code in ``X-Error-Code``)."""
-    body = error.read()
-    try:
-        payload = json.loads(body)["error"]
-        if isinstance(payload, str):
-            payload = {"code": error.headers.get("X-Error-Code", ""), "message": payload}
-        code, message = payload["code"], payload["message"]
-    except (ValueError, KeyError, TypeError):
-        raise HubError(f"server answered {error.code}: {body[:200]!r}") from None
-    cls = ALL_ERRORS.get(code, HubError)
-    if cls is AuthError:
-        raise AuthError(message, status=error.code) from None
-    raise cls(message) from None
+    (or a Hugging Face route's ``{"error": message}``, its code in ``X-Error-Code``), by the
+    table the server answers with (``hub.errors_http``)."""
+    raise error_from_http(error.code, error.headers, error.read()) from None
 
 
 class RemoteRegistry:

@@ -72,7 +72,7 @@ class BlobStored(BaseModel):
 
 class ErrorDetail(BaseModel):
     code: str
-    """A ``HubError`` code (``schemas.errors.ALL_ERRORS``), e.g. ``adapter_not_found``."""
+    """A ``HubError`` code (a kind in ``hub.errors_http.HTTP``), e.g. ``adapter_not_found``."""
     message: str
 
 

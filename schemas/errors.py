@@ -12,7 +12,8 @@ from typing import Any
 
 
 class HubError(Exception):
-    """Base of every error raised by the hub. ``code`` is stable and used over HTTP."""
+    """Base of every error raised by the hub. ``code`` is stable and used over HTTP
+    (``hub.errors_http`` maps every kind to its status and back)."""
 
     code = "hub_error"
 
@@ -146,30 +147,3 @@ class SearchRejected(HubError, ValueError):
     ``uniform``)."""
 
     code = "search_rejected"
-
-
-ALL_ERRORS: dict[str, type[HubError]] = {
-    cls.code: cls
-    for cls in (
-        HubError,
-        InvalidName,
-        AdapterNotFound,
-        RevisionNotFound,
-        InvalidAdapter,
-        UnsafeFormat,
-        ForeignFormat,
-        IncompatibleAdapters,
-        InvalidRecipe,
-        InvalidArgument,
-        OutputExists,
-        InsufficientDiskSpace,
-        AuthError,
-        StoreCorrupted,
-        IndexUnavailable,
-        IndexDamaged,
-        AliasConflict,
-        InvalidData,
-        SearchRejected,
-    )
-}
-"""Error code -> class, so a client can rebuild the same error a server raised."""

@@ -20,54 +20,21 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from hub.errors_http import encode_error, encode_hf_error
 from hub.locks import file_lock
 from hub.registry import Registry, adapter_files
 from hub.store import BlobStore
 from hub.tokens import Token, active_token, authenticate
 from hub.uploads import grace_start
-from schemas.errors import (
-    AdapterNotFound,
-    AuthError,
-    HubError,
-    IndexDamaged,
-    IndexUnavailable,
-    InvalidArgument,
-    OutputExists,
-    RevisionNotFound,
-    StoreCorrupted,
-)
+from schemas.errors import AuthError, HubError, InvalidArgument
 
 MiB = 1024 * 1024
 ANONYMOUS_BODY_BYTES = 64 * 1024
 """The most a request without a valid token may send (the LFS upload links excepted)."""
 DRAIN_BYTES = 64 * MiB
 DIGEST = re.compile(r"[0-9a-f]{64}")
-
-STATUS: dict[type[HubError], int] = {
-    AdapterNotFound: 404,
-    RevisionNotFound: 404,
-    OutputExists: 409,
-    StoreCorrupted: 500,
-    # The index is the server's own trouble, not the request's: a client may retry the
-    # first (a lock held too long, a full disk), an operator must restore the second.
-    IndexUnavailable: 503,
-    IndexDamaged: 500,
-}
-
-
-def status_of(error: HubError) -> int:
-    """The HTTP status of ``error``: its ``status`` context if it has one, else by class."""
-    if "status" in error.context:
-        return int(error.context["status"])
-    if isinstance(error, AuthError):
-        return 401
-    return next((code for cls, code in STATUS.items() if isinstance(error, cls)), 400)
-
-
-def header_safe(text: str) -> str:
-    """HTTP header values are latin-1: escape anything else (a name may hold any Unicode)."""
-    return text[:500].encode("ascii", "backslashreplace").decode().replace("\n", " ")
-
+API = "/api/hub/v1"
+"""Where the native JSON API's routes live."""
 
 _PUBLIC_HOME: ContextVar[tuple[str, ...]] = ContextVar("hub_public_home", default=())
 """The spellings of the registry folder of the app answering the current request."""
@@ -86,14 +53,16 @@ def public_message(error: HubError) -> str:
 
 def error_response(error: HubError, *, hf: bool = False) -> JSONResponse:
     """``{"error": {"code", "message"}}`` plus the headers the HF client reads; with ``hf``,
-    the Hugging Face Hub's own ``{"error": message}``."""
-    message = public_message(error)
-    body: dict[str, Any] = {"error": message if hf else {"code": error.code, "message": message}}
-    return JSONResponse(
-        body,
-        status_code=status_of(error),
-        headers={"X-Error-Code": error.code, "X-Error-Message": header_safe(message)},
-    )
+    the Hugging Face Hub's own ``{"error": message}`` (``hub.errors_http`` maps the kinds)."""
+    status, body, headers = encode_error(error, public_message(error), hf=hf)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def hf_error_response(error: HubError, code: str | None = None) -> JSONResponse:
+    """A Hugging Face route's answer to ``error``, with the ``X-Error-Code`` (``code``, e.g.
+    ``EntryNotFound``, else the kind's own) and status that ``huggingface_hub`` expects."""
+    status, body, headers = encode_hf_error(error, public_message(error), code)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -101,6 +70,10 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     from schemas.api import ErrorBody
 
     return {status: {"model": ErrorBody} for status in statuses}
+
+
+READ_ERRORS = error_responses(401, 403, 404, 422)
+WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422)
 
 
 @dataclass
@@ -127,6 +100,8 @@ class ServerState:
     """Requests without a valid token handled at once; more are answered 429 at once."""
     anonymous_in_flight: int = 0
     """Counted by ``BoundedBodies`` on the event loop's thread (so no lock)."""
+    lfs_secret: bytes = field(default_factory=lambda: os.urandom(32))
+    """The key that signs this app's Git LFS upload links (``hub.server.hf_write``)."""
 
     def registry(self) -> Registry:
         # SQLite connections stay in the thread that opened them: one registry per worker.

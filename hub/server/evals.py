@@ -14,20 +14,18 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from hub.locks import file_lock
-from hub.server.common import error_responses, require_read, require_write, state
+from hub.server.common import API, READ_ERRORS, WRITE_ERRORS, require_read, require_write, state
 from schemas.api import NewEval
 from schemas.errors import InvalidArgument
 from schemas.inputs import check_text
 from schemas.refs import validate_repo_id
-
-API = "/api/hub/v1"
 
 router = APIRouter()
 
 
 @router.get(
     f"{API}/adapters/{{namespace}}/{{name}}/evals",
-    responses=error_responses(401, 403, 404, 422),
+    responses=READ_ERRORS,
 )
 def list_evals(
     request: Request, namespace: str, name: str, revision: str | None = None
@@ -42,7 +40,7 @@ def list_evals(
 
 @router.post(
     f"{API}/adapters/{{namespace}}/{{name}}/evals",
-    responses=error_responses(400, 401, 403, 404, 409, 413, 422),
+    responses=WRITE_ERRORS,
 )
 def post_eval(request: Request, namespace: str, name: str, body: NewEval) -> Response:
     """Store an eval record measured by `hub eval --from` on the version it names."""

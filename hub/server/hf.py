@@ -13,29 +13,17 @@ from enum import Enum
 from typing import Any
 from urllib.parse import unquote
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from hub.registry import commit_id
-from hub.server.common import header_safe, public_message, require_read, state, status_of
+from hub.server.common import hf_error_response, require_read, state
 from schemas.card import AdapterCard
-from schemas.errors import AdapterNotFound, HubError, InvalidName, RevisionNotFound
+from schemas.errors import HubError, RevisionNotFound
 
 TAGS: list[str | Enum] = ["huggingface"]
-_HF_CODES = {AdapterNotFound: "RepoNotFound", RevisionNotFound: "RevisionNotFound"}
 
-
-def _hf_error(error: HubError, code: str | None = None) -> JSONResponse:
-    code = code or next((c for cls, c in _HF_CODES.items() if isinstance(error, cls)), None)
-    message = public_message(error)
-    headers = {"X-Error-Message": header_safe(message)}
-    if code:
-        headers["X-Error-Code"] = code
-    status = status_of(error)
-    if isinstance(error, InvalidName):
-        status = 404  # the HF client reads a malformed id as "repository not found"
-        headers["X-Error-Code"] = "RepoNotFound"
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+router = APIRouter(tags=TAGS)
 
 
 def _card(request: Request, namespace: str, name: str, revision: str | None) -> AdapterCard:
@@ -92,81 +80,80 @@ def _empty_repo_info(request: Request, repo: str, revision: str | None) -> dict[
     }
 
 
-def register_hf_routes(app: FastAPI) -> None:
-    """Add the Hugging Face Hub read routes to ``app``."""
+@router.get("/api/models/{namespace}/{name}")
+@router.get("/api/models/{namespace}/{name}/revision/{revision:path}")
+def model_info(
+    request: Request, namespace: str, name: str, revision: str | None = None
+) -> Response:
+    try:
+        return JSONResponse(_info(_card(request, namespace, name, revision)))
+    except RevisionNotFound as error:
+        empty = _empty_repo_info(request, f"{namespace}/{name}", revision)
+        return JSONResponse(empty) if empty else hf_error_response(error)
+    except HubError as error:
+        return hf_error_response(error)
 
-    @app.get("/api/models/{namespace}/{name}", tags=TAGS)
-    @app.get("/api/models/{namespace}/{name}/revision/{revision:path}", tags=TAGS)
-    def model_info(
-        request: Request, namespace: str, name: str, revision: str | None = None
-    ) -> Response:
-        try:
-            return JSONResponse(_info(_card(request, namespace, name, revision)))
-        except RevisionNotFound as error:
-            empty = _empty_repo_info(request, f"{namespace}/{name}", revision)
-            return JSONResponse(empty) if empty else _hf_error(error)
-        except HubError as error:
-            return _hf_error(error)
 
-    @app.get("/api/models/{namespace}/{name}/tree/{revision}", tags=TAGS)
-    @app.get("/api/models/{namespace}/{name}/tree/{revision}/{path:path}", tags=TAGS)
-    def tree(
-        request: Request,
-        namespace: str,
-        name: str,
-        revision: str,
-        path: str = "",
-        recursive: bool = False,
-    ) -> Response:
-        """The files and folders under PATH (all of them, at any depth, with `recursive`)."""
-        try:
-            card = _card(request, namespace, name, revision)
-        except HubError as error:
-            return _hf_error(error)
-        prefix = path.strip("/") + "/" if path.strip("/") else ""
-        entries: dict[str, dict[str, Any]] = {}
-        for f in card.files:
-            if not f.path.startswith(prefix):
-                continue
-            parts = f.path[len(prefix) :].split("/")
-            for depth in range(1, len(parts) if recursive else min(2, len(parts))):
-                folder = prefix + "/".join(parts[:depth])
-                entries.setdefault(
-                    folder, {"type": "directory", "oid": card.commit, "size": 0, "path": folder}
-                )
-            if recursive or len(parts) == 1:
-                entries[f.path] = {
-                    "type": "file",
-                    "oid": f.sha256,
-                    "size": f.size,
-                    "path": f.path,
-                    "lfs": {"oid": f.sha256, "size": f.size, "pointerSize": 134},
-                }
-        return JSONResponse(list(entries.values()))
-
-    @app.head("/{namespace}/{name}/resolve/{revision}/{path:path}", tags=TAGS)
-    @app.get("/{namespace}/{name}/resolve/{revision}/{path:path}", tags=TAGS)
-    def resolve(request: Request, namespace: str, name: str, revision: str, path: str) -> Response:
-        try:
-            card = _card(request, namespace, name, revision)
-        except RevisionNotFound as error:
-            # A repository created but not yet committed to: it exists and holds no files.
-            empty = _empty_repo_info(request, f"{namespace}/{name}", revision)
-            return _hf_error(error, code="EntryNotFound" if empty else None)
-        except HubError as error:
-            return _hf_error(error)
-        entry = next((f for f in card.files if f.path == path), None)
-        if entry is None:
-            return _hf_error(
-                RevisionNotFound(f"{card.repo}@v{card.version} has no file {path!r}"),
-                code="EntryNotFound",
+@router.get("/api/models/{namespace}/{name}/tree/{revision}")
+@router.get("/api/models/{namespace}/{name}/tree/{revision}/{path:path}")
+def tree(
+    request: Request,
+    namespace: str,
+    name: str,
+    revision: str,
+    path: str = "",
+    recursive: bool = False,
+) -> Response:
+    """The files and folders under PATH (all of them, at any depth, with `recursive`)."""
+    try:
+        card = _card(request, namespace, name, revision)
+    except HubError as error:
+        return hf_error_response(error)
+    prefix = path.strip("/") + "/" if path.strip("/") else ""
+    entries: dict[str, dict[str, Any]] = {}
+    for f in card.files:
+        if not f.path.startswith(prefix):
+            continue
+        parts = f.path[len(prefix) :].split("/")
+        for depth in range(1, len(parts) if recursive else min(2, len(parts))):
+            folder = prefix + "/".join(parts[:depth])
+            entries.setdefault(
+                folder, {"type": "directory", "oid": card.commit, "size": 0, "path": folder}
             )
-        blob = state(request).registry().store.path(entry.sha256)
-        headers = {
-            "X-Repo-Commit": card.commit,
-            "ETag": f'"{entry.sha256}"',
-            "X-Linked-Etag": f'"{entry.sha256}"',
-            "X-Linked-Size": str(entry.size),
-            "Accept-Ranges": "bytes",
-        }
-        return FileResponse(blob, headers=headers, media_type="application/octet-stream")
+        if recursive or len(parts) == 1:
+            entries[f.path] = {
+                "type": "file",
+                "oid": f.sha256,
+                "size": f.size,
+                "path": f.path,
+                "lfs": {"oid": f.sha256, "size": f.size, "pointerSize": 134},
+            }
+    return JSONResponse(list(entries.values()))
+
+
+@router.head("/{namespace}/{name}/resolve/{revision}/{path:path}")
+@router.get("/{namespace}/{name}/resolve/{revision}/{path:path}")
+def resolve(request: Request, namespace: str, name: str, revision: str, path: str) -> Response:
+    try:
+        card = _card(request, namespace, name, revision)
+    except RevisionNotFound as error:
+        # A repository created but not yet committed to: it exists and holds no files.
+        empty = _empty_repo_info(request, f"{namespace}/{name}", revision)
+        return hf_error_response(error, code="EntryNotFound" if empty else None)
+    except HubError as error:
+        return hf_error_response(error)
+    entry = next((f for f in card.files if f.path == path), None)
+    if entry is None:
+        return hf_error_response(
+            RevisionNotFound(f"{card.repo}@v{card.version} has no file {path!r}"),
+            code="EntryNotFound",
+        )
+    blob = state(request).registry().store.path(entry.sha256)
+    headers = {
+        "X-Repo-Commit": card.commit,
+        "ETag": f'"{entry.sha256}"',
+        "X-Linked-Etag": f'"{entry.sha256}"',
+        "X-Linked-Size": str(entry.size),
+        "Accept-Ranges": "bytes",
+    }
+    return FileResponse(blob, headers=headers, media_type="application/octet-stream")

@@ -27,8 +27,8 @@ from typing import IO, Any, Literal
 from fastapi import Request
 
 from hub.registry import PushResult, Registry, commit_id
-from hub.server.app import check_file_tree, safe_relative_path
 from hub.server.common import DIGEST, BlobWriter, MiB, stage_files
+from hub.server.shared import check_file_tree, safe_relative_path
 from hub.store import BlobStore
 from schemas.errors import AdapterNotFound, InvalidAdapter, InvalidArgument, RevisionNotFound
 from schemas.inputs import check_text

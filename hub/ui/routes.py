@@ -15,7 +15,8 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from hub.server.common import public_message, state, status_of
+from hub.errors_http import status_of
+from hub.server.common import public_message, state
 from hub.ui.access import (
     UiSettings,
     Viewer,
@@ -36,7 +37,7 @@ Build = Callable[[Viewer], tuple[str, dict[str, Any]]]
 
 def _render(request: Request, build: Build) -> Response:
     """Run ``build(viewer)`` -> (template, context) and render it; a ``HubError`` becomes an
-    error page with the status the API would answer (``hub.server.common.status_of``), and an
+    error page with the status the API would answer (``hub.errors_http.status_of``), and an
     adapter the viewer may not read is the same 404 as one that does not exist."""
     request.state.ui_started = time.perf_counter()
     try:
