@@ -118,12 +118,6 @@ def evaluate(
     sink = sink or LocalSink(registry)
     general = None
     if forgetting is not None:
-        if not isinstance(sink, LocalSink):
-            # Its text and per-document sums are blobs a team hub's eval route doesn't take.
-            raise InvalidArgument(
-                "--forgetting works on versions of the local registry only: pull the adapter"
-                " (hub pull REF --from URL) and evaluate it here"
-            )
         from hub.eval_forgetting import read_general_text
 
         general = read_general_text(Path(forgetting))
