@@ -16,8 +16,10 @@ for log-likelihoods:
   the stripped target.
 
 Batches are right-padded for scoring (padding never precedes a scored token under a causal
-mask, so no attention mask is passed) and left-padded for generation. All log-probabilities
-are computed in fp32 (``log_softmax`` of the logits cast to fp32). No file I/O.
+mask, so no attention mask is passed) and left-padded for generation. A multiple-choice row's
+sequences share the prompt's tokens: the prompt is fed once and each choice scored from its
+KV cache (``compose.eval_prefix``) where the model allows it; the same ids either way. All
+log-probabilities are computed in fp32 (``log_softmax`` of the logits cast to fp32). No file I/O.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from compose.eval_data import EvalData, Row
+from compose.eval_prefix import caches_prefix, prefix_logprobs
 
 if TYPE_CHECKING:
     import torch
@@ -175,16 +178,17 @@ def _logprobs(
     return out
 
 
-def _last_logits(model: Any, ids: torch.Tensor, keep: int) -> torch.Tensor:
+def _last_logits(model: Any, ids: torch.Tensor, keep: int, **inputs: Any) -> torch.Tensor:
     """The logits of the last ``keep`` columns; the LM head runs on those alone where the
-    model takes ``logits_to_keep`` (transformers' causal LMs and PEFT models around them)."""
+    model takes ``logits_to_keep`` (transformers' causal LMs and PEFT models around them).
+    ``inputs``: more forward arguments (a cache, its mask and positions)."""
     import torch
 
     with torch.no_grad():
         try:
-            logits = model(input_ids=ids, logits_to_keep=keep).logits
+            logits = model(input_ids=ids, logits_to_keep=keep, **inputs).logits
         except TypeError:  # a model without the argument: compute all, keep the tail
-            logits = model(input_ids=ids).logits
+            logits = model(input_ids=ids, **inputs).logits
     return logits[:, -keep:]
 
 
@@ -243,6 +247,7 @@ def score(
     device: Any = "cpu",
     extra_new_tokens: int = 16,
     progress: Progress | None = None,
+    prefix_cache: bool = True,
 ) -> Scored:
     """Score ``model`` on every row of ``data`` for ``metrics`` (all of the data's kind).
 
@@ -253,6 +258,9 @@ def score(
         metrics: a subset of ``data.metrics``.
         progress: called after each batch with the number of sequences it finished; the total
             is ``sequences(data, metrics)``.
+        prefix_cache: score a row's choices from one pass over their shared prompt where the
+            model allows it (``compose.eval_prefix``); False feeds each choice's sequence
+            whole (the same numbers up to float rounding; for tests and comparisons).
 
     Returns:
         ``Scored``: per-example scores per metric, greedy predictions for ``exact_match``.
@@ -284,7 +292,15 @@ def score(
             ]
     else:
         owners = [index for index, row in enumerate(rows) for _ in row.choices]
-        per_choice = _logprobs(model, data_spans(tokenizer, data), **common)
+        spans = data_spans(tokenizer, data)
+        if prefix_cache and caches_prefix(model):  # each row's prompt once (eval_prefix)
+            groups, first = [], 0
+            for row in rows:
+                groups.append(range(first, first + len(row.choices)))
+                first += len(row.choices)
+            per_choice = prefix_logprobs(model, spans, groups, **common)
+        else:
+            per_choice = _logprobs(model, spans, **common)
         grouped: list[list[list[float]]] = [[] for _ in rows]
         for owner, lp in zip(owners, per_choice, strict=True):
             grouped[owner].append(lp)

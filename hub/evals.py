@@ -118,12 +118,6 @@ def evaluate(
     sink = sink or LocalSink(registry)
     general = None
     if forgetting is not None:
-        if not isinstance(sink, LocalSink):
-            # Its text and per-document sums are blobs a team hub's eval route doesn't take.
-            raise InvalidArgument(
-                "--forgetting works on versions of the local registry only: pull the adapter"
-                " (hub pull REF --from URL) and evaluate it here"
-            )
         from hub.eval_forgetting import read_general_text
 
         general = read_general_text(Path(forgetting))
@@ -395,16 +389,17 @@ def _evaluate_one(
         from compose.eval_chat import with_chat_template
 
         dataset = with_chat_template(dataset, tokenizer, base_label)
+    # One load of the base serves both: scored as it is first (when not cached), then the
+    # adapter is loaded onto it.
+    base_model = load_base_model(base_dir, config["dtype"], device)
     base_scores = None
     if config["with_base"]:
         base_scores = _cached_base_scores(
-            registry, base_dir, dataset, metrics, config, device, tokenizer, progress
+            registry, base_model, base_dir, dataset, metrics, config, device, tokenizer, progress
         )
     sink.files(card, scratch)
     try:
-        model = language_model(
-            load_composed(load_base_model(base_dir, config["dtype"], device), scratch)
-        )
+        model = language_model(load_composed(base_model, scratch))
     except (RuntimeError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise IncompatibleAdapters(
@@ -444,6 +439,7 @@ def _evaluate_one(
 
 def _cached_base_scores(
     registry: Registry,
+    base_model: Any,
     base_dir: Path,
     dataset: EvalData,
     metrics: Sequence[str],
@@ -464,8 +460,7 @@ def _cached_base_scores(
     }
 
     def compute() -> dict[str, list[float]]:
-        model = load_base_model(base_dir, config["dtype"], device)
-        return _scores(model, tokenizer, dataset, metrics, config, device, "base", progress)
+        return _scores(base_model, tokenizer, dataset, metrics, config, device, "base", progress)
 
     scores: dict[str, list[float]] = cached_base(registry, key_fields, compute)
     return scores

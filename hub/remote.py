@@ -148,19 +148,29 @@ class RemoteRegistry:
         records: list[dict[str, Any]] = self._json("GET", f"{path}/evals{query}")
         return records
 
-    def post_eval(self, record: dict[str, Any], dataset: Path, per_example: bytes) -> Any:
+    def post_eval(
+        self,
+        record: dict[str, Any],
+        dataset: Path,
+        per_example: bytes,
+        blobs: Sequence[tuple[str, Path | bytes]] = (),
+    ) -> Any:
         """Store ``record`` (measured here on a version of this hub) on the server: the
-        dataset file and the per-example results are uploaded first, unless the server has
-        them for this token already.
+        dataset file, the per-example results and ``blobs`` (digest, file or bytes: a
+        ``--forgetting`` text and its per-document sums) are uploaded first, unless the
+        server has them for this token already.
 
         Raises:
             AuthError: the token may not write the version's namespace.
         """
         path, _ = self._repo_path(record["ref"])
-        for digest, size, send in (
-            (record["dataset"]["sha256"], dataset.stat().st_size, dataset),
-            (record["results_sha256"], len(per_example), per_example),
-        ):
+        every: list[tuple[str, Path | bytes]] = [
+            (record["dataset"]["sha256"], dataset),
+            (record["results_sha256"], per_example),
+            *blobs,
+        ]
+        for digest, send in every:
+            size = send.stat().st_size if isinstance(send, Path) else len(send)
             try:
                 self._request("HEAD", f"{API}/blobs/{digest}").close()
             except AuthError:

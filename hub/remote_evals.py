@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from hub.evals import Sink, evaluate, store_blobs
 from hub.index import utcnow
 from hub.locks import file_lock
-from schemas.errors import AuthError, InvalidArgument
+from schemas.errors import AuthError
 
 if TYPE_CHECKING:
     from hub.eval_forgetting import Forgetting
@@ -50,14 +50,23 @@ class RemoteSink(Sink):
         per_example: bytes,
         forgetting: Forgetting | None = None,
     ) -> None:
-        if forgetting is not None:  # evaluate() refuses --forgetting with --from first
-            raise InvalidArgument("--forgetting works on versions of the local registry only")
         record["results_sha256"] = hashlib.sha256(per_example).hexdigest()
+        blobs: list[tuple[str, Path | bytes]] = []
+        if forgetting is not None:  # the general text and its per-document sums go too
+            forgetting.summary["results_sha256"] = hashlib.sha256(
+                forgetting.per_document
+            ).hexdigest()
+            blobs = [
+                (forgetting.data.sha256, forgetting.data.path),
+                (forgetting.summary["results_sha256"], forgetting.per_document),
+            ]
         try:
-            self.remote.post_eval(record, dataset, per_example)
+            self.remote.post_eval(record, dataset, per_example, blobs=blobs)
         except AuthError as error:
             record["remote"] = {"url": self.remote.url, "posted": False, "reason": str(error)}
-            keep_locally(self.registry, self.remote.url, card, record, dataset, per_example)
+            keep_locally(
+                self.registry, self.remote.url, card, record, dataset, per_example, forgetting
+            )
         else:
             record["remote"] = {"url": self.remote.url, "posted": True}
 
@@ -69,10 +78,14 @@ def keep_locally(
     record: dict[str, Any],
     dataset: Path,
     per_example: bytes,
+    forgetting: Forgetting | None = None,
 ) -> None:
-    """Store a record of the remote version ``card`` in the local registry."""
+    """Store a record of the remote version ``card`` in the local registry (with the blobs
+    of its ``forgetting``, which ``gc`` keeps while the record references them)."""
     with file_lock(registry.lock_path, shared=True):
         store_blobs(registry, record, dataset, per_example)
+        if forgetting is not None:
+            forgetting.store(registry)
         with registry.index.write() as conn:
             conn.execute(
                 "INSERT INTO remote_evals (id, remote, repo, commit_id, created_at,"

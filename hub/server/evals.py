@@ -10,6 +10,8 @@ the same token, or be blobs the token may already read: a digest alone proves no
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -63,7 +65,11 @@ def post_eval(request: Request, namespace: str, name: str, body: NewEval) -> Res
     record["ref"] = card.ref
     # Shared store lock from the blob check until the record references them: gc waits.
     with file_lock(registry.lock_path, shared=True):
-        for digest in (record["dataset"]["sha256"], record["results_sha256"]):
+        for digest in (
+            record["dataset"]["sha256"],
+            record["results_sha256"],
+            *_forgetting_blobs(record),
+        ):
             if not srv.may_reference(token, digest):
                 raise InvalidArgument(
                     f"blob {digest[:12]} of eval record {record['id']} is not uploaded yet"
@@ -71,3 +77,22 @@ def post_eval(request: Request, namespace: str, name: str, body: NewEval) -> Res
                 )
         store_record(registry, card, record)
     return JSONResponse(record)
+
+
+def _forgetting_blobs(record: dict[str, object]) -> list[str]:
+    """The blobs a ``--forgetting`` result references (its text, its per-document sums):
+    held to the same proof as the record's own, since ``gc`` keeps what records reference."""
+    forgetting = record.get("forgetting")
+    if forgetting is None:
+        return []
+    dataset = forgetting.get("dataset") if isinstance(forgetting, dict) else None
+    digests = [
+        dataset.get("sha256") if isinstance(dataset, dict) else None,
+        forgetting.get("results_sha256") if isinstance(forgetting, dict) else None,
+    ]
+    if not all(isinstance(d, str) and re.fullmatch("[0-9a-f]{64}", d) for d in digests):
+        raise InvalidArgument(
+            f"eval record {record['id']}: forgetting needs dataset.sha256 and results_sha256"
+            " (64 hex digits each)"
+        )
+    return [str(d) for d in digests]

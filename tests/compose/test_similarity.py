@@ -170,3 +170,40 @@ def test_zero_updates_and_shape_mismatch():
         "the updates of module 'model.layers.0.self_attn.q_proj' differ in shape"
         " ((4, 5) vs (4, 6)): the adapters were trained on different base layers"
     )
+
+
+def test_compare_batches_same_shape_modules_to_the_per_module_numbers():
+    """`compare` stacks modules of one shape (and widens each factor once): the same cosines
+    and distances as one `inner` per module, with dense, vector, bf16, rank-mismatched and
+    one-sided modules mixed in."""
+    g = torch.Generator().manual_seed(5)
+
+    def factors(d, k, r, dtype=torch.float32):
+        return Factors(
+            A=torch.randn(r, k, generator=g).to(dtype), B=torch.randn(d, r, generator=g).to(dtype)
+        )
+
+    first = {f"l{i}.q": factors(12, 10, 3) for i in range(5)}
+    second = {f"l{i}.q": factors(12, 10, 3) for i in range(5)}
+    first |= {"l0.up": factors(20, 10, 2, torch.bfloat16), "l1.up": factors(20, 10, 4)}
+    second |= {"l0.up": factors(20, 10, 2), "l1.up": factors(20, 10, 2)}
+    first["l0.o"] = Dense(torch.randn(12, 12, generator=g))
+    second["l0.o"] = factors(12, 12, 3)
+    first["l0.ia3"], second["l0.ia3"] = Dense(torch.rand(8) - 0.5), Dense(torch.rand(8) - 0.5)
+    first["only.first"] = factors(6, 6, 2)
+    second["only.second"] = factors(6, 6, 2)
+    got = sim.compare(first, second)
+    shared = sorted(set(first) & set(second))
+    assert sorted(got.per_module) == shared
+    dot = sq1 = sq2 = 0.0
+    for m in shared:
+        u, v = first[m], second[m]
+        assert got.per_module[m]["cosine"] == pytest.approx(sim.cosine(u, v), abs=1e-12)
+        assert got.per_module[m]["relative_distance"] == pytest.approx(
+            sim.relative_distance(u, v), abs=1e-12
+        )
+        dot += sim.inner(u, v)
+    sq1 = sum(sim.inner(u, u) for u in first.values())
+    sq2 = sum(sim.inner(v, v) for v in second.values())
+    assert got.cosine == pytest.approx(dot / (sq1 * sq2) ** 0.5, abs=1e-12)
+    assert (got.only_first, got.only_second) == (["only.first"], ["only.second"])

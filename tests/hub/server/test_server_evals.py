@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -153,3 +154,56 @@ def test_post_eval_refuses_unproven_blobs_and_bad_records(hub_home, trained, tmp
         else:
             raise AssertionError("a non-finite metric was accepted")
         assert client.evals("team/strict") == []
+
+
+GENERAL = ["the quick brown fox jumps over the lazy dog", "vllm serves many loras on one base"]
+
+
+def test_eval_forgetting_from_a_team_hub(hub_home, trained, tmp_path):
+    """--forgetting with --from: the general text is local, the adapter the server's; the
+    result (and its two blobs) go to the server with a write token, stay here without one,
+    and equal a local eval of the same files."""
+    base, lora, _, data = trained
+    general = tmp_path / "general.jsonl"
+    general.write_text("".join(json.dumps({"text": t}) + "\n" for t in GENERAL))
+    server_home = tmp_path / "server-home"
+    with Registry(server_home) as reg:
+        writer = create_token(reg, "writer", read=["team"], write=["team"])
+        reader = create_token(reg, "reader", read=["team"], write=[])
+    runner = CliRunner()
+
+    def hub(token, *args):
+        return runner.invoke(cli, list(args), env={"HUB_TOKEN": token})
+
+    args = ["--data", str(data), "--base", str(base), "--forgetting", str(general), "--json"]
+    with serve(server_home) as (port, _):
+        url = f"http://127.0.0.1:{port}"
+        assert hub(writer, "push", str(lora), "--name", "team/fg", "--to", url).exit_code == 0
+        result = hub(writer, "eval", "team/fg", "--from", url, *args)
+        assert result.exit_code == 0, result.output
+        [posted] = json.loads(result.stdout)
+        assert posted["remote"] == {"url": url, "posted": True}
+        forgot = posted["forgetting"]
+        [on_server] = json.loads(hub(reader, "show", "team/fg", "--from", url, "--json").stdout)[
+            "evals"
+        ]
+        assert on_server["forgetting"] == forgot
+
+        result = hub(reader, "eval", "team/fg", "--from", url, *args)
+        assert result.exit_code == 0, result.output
+        [kept] = json.loads(result.stdout)
+        assert kept["remote"]["posted"] is False
+        assert kept["forgetting"]["value"] == pytest.approx(forgot["value"], abs=1e-9)
+    with Registry(server_home) as reg:  # the server holds the text and the per-document sums
+        assert reg.store.path(forgot["dataset"]["sha256"]).read_bytes() == general.read_bytes()
+        rows = reg.store.path(forgot["results_sha256"]).read_text().splitlines()
+        assert len(rows) == len(GENERAL)
+        assert reg.gc().blobs_removed == 0 and reg.verify().healthy
+    with Registry(hub_home) as local:  # and so does this machine for the record it kept
+        assert local.store.has(kept["forgetting"]["results_sha256"])
+        assert local.gc().blobs_removed == 0 and local.store.has(forgot["dataset"]["sha256"])
+        # The same files evaluated locally give the same forgetting.
+        local.push(lora, name="team/fg")
+        [here] = local.evaluate("team/fg", data, base=str(base), forgetting=general, with_base=True)
+    assert here["forgetting"]["value"] == pytest.approx(forgot["value"], abs=1e-9)
+    assert here["forgetting"]["ci95"] == pytest.approx(forgot["ci95"], abs=1e-9)
