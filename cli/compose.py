@@ -20,6 +20,7 @@ _EXAMPLES = {
     "dare": "hub compose dare team/a team/b --name team/dare --density 0.3 --seed 7",
     "magnitude-prune": "hub compose magnitude-prune team/a team/b --name team/p --density 0.5",
     "stack": "hub compose stack team/domain-lora team/task-lora --name team/stacked",
+    "average": "hub compose average team/bn-sst2 team/bn-imdb --name team/bn-sentiment",
     "ensemble": "hub compose ensemble team/p1 team/p2 team/p3 --name team/prompt-ensemble",
 }
 
@@ -115,7 +116,7 @@ def _operator_command(name: str) -> click.Command:
         from hub.registry import Registry
 
         as_json = options.pop("as_json")
-        device = options.pop("device")
+        device = options.pop("device", "auto")  # stack, ensemble, average: no --device
         if "rank" in options:
             options["rank"] = _rank(options["rank"])
         recipe = {
@@ -136,7 +137,7 @@ def _operator_command(name: str) -> click.Command:
     for param in sorted(spec.params, reverse=True):
         command = _PARAM_OPTIONS[param](command)
     command = json_option(command)
-    if name not in ("stack", "ensemble"):
+    if name not in ("stack", "ensemble", "average"):
         command = device_option(command)
     command = click.option("--description", help="Description for the result's card.")(command)
     command = click.option("--task", "tasks", multiple=True, help="Task label (repeatable).")(

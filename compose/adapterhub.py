@@ -135,3 +135,112 @@ def load_adapterhub(base_model: Any, folders: Sequence[str | Path], *, stack: bo
     ]
     base_model.set_active_adapters(Stack(*names) if stack and len(names) > 1 else names[0])
     return base_model.eval()
+
+
+AVERAGED_NAME = "average"
+"""The adapter name of an average's save (its ``adapter_config.json`` ``name``)."""
+_AVERAGE_IGNORES = frozenset({"dropout", "init_weights"})
+"""Config keys ``average_adapter`` itself lets differ between its inputs."""
+_AVERAGE_STRATEGY = "linear"
+"""adapters' only combine strategy for bottleneck adapters: a weighted sum of every tensor."""
+
+
+def average_refusal(configs: Sequence[tuple[str, dict[str, Any]]]) -> str | None:
+    """Why adapters' ``average_adapter`` cannot average these saves (``(ref, config)`` pairs
+    of ``adapter_config.json``), or None.
+
+    It averages adapters tensor by tensor (Compacter's shared PHM rule too), so every input
+    must be a bottleneck of one config (same placement, reduction factor, non-linearity...;
+    adapters ignores dropout and init_weights). LoRA is refused: adapters' linear average
+    averages its A and B separately, which adds cross terms (merge PEFT LoRAs with `linear`);
+    so are prefix tuning and unions, which the issue's `average` does not cover.
+    """
+    first_ref, first = configs[0]
+    for ref, config in configs:
+        blocks = method_configs(config)
+        if len(blocks) != 1 or architecture(blocks[0]) != "bottleneck":
+            kinds = "+".join(architecture(b) for b in blocks) or "no method"
+            return (
+                f"{ref} is an AdapterHub {kinds} adapter; `average` averages AdapterHub"
+                " bottleneck adapters (adapters' average_adapter, a weighted sum of their"
+                " tensors)"
+            )
+        other = method_configs(first)[0]
+        for key in sorted((set(blocks[0]) | set(other)) - _AVERAGE_IGNORES):
+            if blocks[0].get(key) != other.get(key):
+                return (
+                    f"{ref} has {key}={blocks[0].get(key)!r} but {first_ref}"
+                    f" {key}={other.get(key)!r}: average_adapter averages adapters of one"
+                    " config, tensor by tensor"
+                )
+        if config.get("model_class") != first.get("model_class"):
+            return (
+                f"{ref} was saved from a {config.get('model_class')} but {first_ref} from a"
+                f" {first.get('model_class')}: their tensors have different names"
+            )
+    return None
+
+
+def _skeleton(base: str, model_class: str) -> Any:
+    """The model ``adapters`` averages in: ``model_class`` built from the base's config on
+    the meta device (its weights are never read: an average touches adapter tensors only,
+    which ``adapters`` creates on the CPU when it loads them)."""
+    import torch
+    import transformers
+
+    adapters = _library()
+    try:
+        config = transformers.AutoConfig.from_pretrained(base)
+    except (OSError, ValueError) as error:
+        raise InvalidArgument(
+            f"`average` builds the model adapters averages in from the base's config: base"
+            f" {base!r} gives none ({type(error).__name__}); push the adapters with the base"
+            " folder readable where the registry runs"
+        ) from None
+    cls = getattr(adapters, model_class, None) or getattr(transformers, model_class, None)
+    if cls is None:
+        raise InvalidArgument(
+            f"`average`: neither adapters nor transformers has the model class {model_class!r}"
+            " the adapters were saved from"
+        )
+    with torch.device("meta"):
+        model = cls(config)
+    if not isinstance(model, adapters.ModelAdaptersMixin):
+        adapters.init(model)
+    return model
+
+
+def average_adapterhub(
+    base: str, folders: Sequence[Path], weights: Sequence[float], dest: Path
+) -> Path:
+    """Average the bottleneck saves ``folders`` with adapters' own ``average_adapter`` and
+    save the result, an ordinary AdapterHub save, at ``dest``.
+
+    Args:
+        base: the base model (folder or cached name) whose config the model is built from.
+        folders: the saves, checked by ``average_refusal`` first.
+        weights: one per save, used as given (``normalize_weights=False``): the result's
+            tensors are ``sum_i w_i theta_i`` (uniform 1/N is the plain average; a negative
+            weight subtracts, as in task arithmetic).
+
+    Returns:
+        ``dest``, holding ``adapter_config.json`` and ``adapter.safetensors`` (no head).
+
+    Raises:
+        InvalidArgument: ``adapters`` missing, the base's config unreadable.
+    """
+    configs = [json.loads((Path(f) / CONFIG).read_text(encoding="utf-8")) for f in folders]
+    model = _skeleton(base, str(configs[0].get("model_class")))
+    names = [
+        model.load_adapter(str(folder), load_as=f"hub_{i}", with_head=False, use_safetensors=True)
+        for i, folder in enumerate(folders)
+    ]
+    model.average_adapter(
+        AVERAGED_NAME,
+        names,
+        weights=list(weights),
+        normalize_weights=False,
+        combine_strategy=_AVERAGE_STRATEGY,
+    )
+    model.save_adapter(str(dest), AVERAGED_NAME, with_head=False, use_safetensors=True)
+    return dest

@@ -84,6 +84,12 @@ OPERATORS: dict[str, OperatorSpec] = {
         frozenset({"lora", "adalora", "ia3", "loha", "lokr", "oft", "boft", "vera",
                    "prompt_tuning", "prefix_tuning", "p_tuning"}),
     ),
+    "average": OperatorSpec(
+        "AdapterHub bottleneck adapters of one config averaged tensor by tensor through"
+        " adapters' own average_adapter (weights as given, default 1/N)",
+        "https://docs.adapterhub.ml/merging_adapters.html",
+        frozenset({"bottleneck"}),
+    ),
     "ensemble": OperatorSpec(
         "N prompt adapters run in one batch, log-probabilities averaged (or --average: one"
         " averaged prompt)",
@@ -153,24 +159,34 @@ def resolve_params(recipe: Recipe) -> dict[str, Any]:
     if recipe.operator == "dare":
         params["seed"] = 0 if params["seed"] is None else params["seed"]
         params["variant"] = params["variant"] or "linear"
-    params["weights"] = list(recipe.weights or [1.0] * len(recipe.inputs))
+    # An average is the plain mean unless weights say otherwise; adapters takes them as given.
+    uniform = 1.0 / len(recipe.inputs) if recipe.operator == "average" else 1.0
+    params["weights"] = list(recipe.weights or [uniform] * len(recipe.inputs))
     return params
 
 
 def check_inputs(operator: str, inputs: Sequence[ComposeInput]) -> None:
     """Same base model; every input of a method the operator accepts (AdapterHub adapters:
-    ``stack`` only, see ``compose.adapterhub``)."""
+    ``stack``, and ``average`` of bottleneck adapters of one config, see
+    ``compose.adapterhub``)."""
     spec = OPERATORS[operator]
     first = inputs[0]
     for item in inputs:
         if item.card.library == "adapters":
-            if operator != "stack":
+            if operator not in ("stack", "average"):
                 raise IncompatibleAdapters(
                     f"{item.ref} is an AdapterHub {item.card.method} adapter: it composes only"
-                    f" as a stack, run by adapters' own Stack block; `{operator}` works on PEFT"
-                    " adapters' tensors",
+                    f" as a stack (adapters' own Stack block) or, a bottleneck, as an average"
+                    f" (adapters' average_adapter); `{operator}` works on PEFT adapters' tensors",
                     adapter=item.ref,
                 )
+        elif operator == "average":
+            raise IncompatibleAdapters(
+                f"{item.ref} is a PEFT {item.card.method} adapter; `average` averages AdapterHub"
+                " bottleneck adapters (adapters' average_adapter): merge PEFT adapters with"
+                " `linear`, `svd` or `ties`",
+                adapter=item.ref,
+            )
         elif item.card.method not in spec.methods:
             what = f"{item.card.method} adapter"
             raise IncompatibleAdapters(
@@ -186,6 +202,19 @@ def check_inputs(operator: str, inputs: Sequence[ComposeInput]) -> None:
                 expected=first.card.base_model,
                 got=item.card.base_model,
             )
+    if operator == "average":
+        _check_average(inputs)
+
+
+def _check_average(inputs: Sequence[ComposeInput]) -> None:
+    import json
+
+    from compose.adapterhub import CONFIG, average_refusal
+
+    configs = [(i.ref, json.loads((i.folder / CONFIG).read_text(encoding="utf-8"))) for i in inputs]
+    why = average_refusal(configs)
+    if why is not None:
+        raise IncompatibleAdapters(why)
 
 
 def run_merge(

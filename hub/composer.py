@@ -38,6 +38,14 @@ def _build(
     out = work / "result"
     if recipe.operator in ("stack", "ensemble"):
         result = _build_composite(recipe, inputs, params, out)
+    elif recipe.operator == "average":
+        from compose.adapterhub import average_adapterhub
+        from compose.operators import ComposeResult
+
+        # check_inputs made sure of one base; adapters builds its model from that base's config.
+        base = str(inputs[0].card.base_model)
+        average_adapterhub(base, [i.folder for i in inputs], params["weights"], out)
+        result = ComposeResult(params)
     else:
         result = run_merge(recipe, inputs, params, out, device)
     return out, result, [i.ref for i in inputs]

@@ -28,7 +28,9 @@ from pydantic import (
 
 from schemas.refs import AdapterRef, validate_repo_id
 
-Operator = Literal["linear", "svd", "cat", "ties", "dare", "magnitude-prune", "stack", "ensemble"]
+Operator = Literal[
+    "linear", "svd", "cat", "ties", "dare", "magnitude-prune", "stack", "average", "ensemble"
+]
 
 
 class Recipe(BaseModel):
@@ -40,7 +42,7 @@ class Recipe(BaseModel):
     name: str = Field(description="Repository id of the result, NAMESPACE/NAME.")
     inputs: list[str] = Field(min_length=1, description="Adapter references, in order.")
     weights: list[FiniteFloat] | None = Field(
-        default=None, description="One weight per input (default: 1 each; svd/linear: 1/N)."
+        default=None, description="One weight per input (default: 1 each; svd/linear/average: 1/N)."
     )
     rank: int | Literal["auto"] | None = Field(
         default=None,

@@ -124,10 +124,12 @@ def make_adapter(
     seed: int = 1,
     safetensors: bool | None = None,
     head: bool = False,
+    config: Any = None,
 ) -> Saved:
     """Build and save adapter ``kind`` (a ``configs()`` key) on ``base``.
 
     Args:
+        config: an adapters config in place of ``configs()[kind]`` (``kind`` still names it).
         safetensors: None: safetensors where adapters can write it, else its pickle.
         head: add a 3-label classification head of the adapter's name (BERT only), saved
             beside it and trained with it.
@@ -138,7 +140,7 @@ def make_adapter(
     model = load_base(base)
     if not isinstance(model, adapters.ModelAdaptersMixin):
         adapters.init(model)
-    model.add_adapter(kind, config=configs()[kind])
+    model.add_adapter(kind, config=config if config is not None else configs()[kind])
     if head:
         model.add_classification_head(kind, num_labels=3)
     model.train_adapter(kind)

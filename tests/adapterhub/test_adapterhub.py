@@ -268,8 +268,9 @@ def test_merge_operators_refuse_adapterhub_adapters(registry, bases, tmp_path):
     with pytest.raises(IncompatibleAdapters) as info:
         registry.compose({"operator": "linear", "name": "a/merged", "inputs": [ref, ref]})
     assert str(info.value) == (
-        f"{ref} is an AdapterHub lora adapter: it composes only as a stack, run by adapters' own"
-        " Stack block; `linear` works on PEFT adapters' tensors"
+        f"{ref} is an AdapterHub lora adapter: it composes only as a stack (adapters' own Stack"
+        " block) or, a bottleneck, as an average (adapters' average_adapter); `linear` works on"
+        " PEFT adapters' tensors"
     )
     assert [c["repo"] for c in registry.search_raw()] == ["a/ah-lora"]
 
