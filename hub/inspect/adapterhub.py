@@ -9,6 +9,8 @@ card's ``rank``), a LoRA's ``lora_A`` has ``r`` rows, the prefix pool's embeddin
 
 from __future__ import annotations
 
+import functools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ from compose.adapterhub import (
 )
 from hub.formats.adapterhub import refuse_pickle
 from hub.inspect.config import load_config
-from hub.inspect.params import base_param_count
+from hub.inspect.params import base_param_count, base_weight_shapes
 from hub.inspect.readme import readme_description
 from hub.inspect.safetensors_header import TensorInfo, find_nonfinite, read_safetensors_header
 from schemas.card import InferenceOverhead, InspectedAdapter
@@ -107,7 +109,6 @@ def inspect_adapterhub(
                 " (push with --allow-nonfinite to accept it)",
                 tensor=bad,
             )
-    params = sum(tensors[key].numel for key in counted)
     base_model = config.get("model_name") or None
     params_base = base_param_count(base_model, base_config, base_dirs)
     summaries = [_summary(part, hidden) for part in parts]
@@ -135,9 +136,14 @@ def inspect_adapterhub(
         rank=main.get("rank"),
         alpha=main.get("alpha"),
         target_modules=sorted({m.rsplit(".", 1)[-1] for p in layered for m in p.modules}),
-        params_stored=params,
-        params_base=params_base,
-        params_fraction=params / params_base if params_base else None,
+        **_ledger(
+            parts,
+            tensors,
+            counted,
+            params_base,
+            head,
+            functools.cache(lambda: base_weight_shapes(base_model, base_dirs)),
+        ),
         size_bytes=sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
         dtypes=sorted(dtypes),
         inference_overhead=InferenceOverhead(
@@ -156,6 +162,112 @@ def inspect_adapterhub(
         details={k: v for k, v in details.items() if v not in (None, [], {}, "")},
         description=readme_description(folder / "README.md"),
     )
+
+
+def _unmergeable(part: _Part) -> str | None:
+    """Why a part cannot be folded into the base weights; None when it can (adapters'
+    ``merge_adapter`` folds an ungated LoRA or IA3 into the weights it adapts)."""
+    block = part.config
+    if part.method == "bottleneck":
+        return (
+            f"its {_variant(block)} bottleneck applies a non-linearity"
+            f" ({block.get('non_linearity')}) between the down and up projections"
+        )
+    if block.get("use_gating"):
+        return f"its {part.method} is gated (use_gating): the gate depends on the input"
+    return None
+
+
+def _ledger(
+    parts: list[_Part],
+    tensors: dict[str, TensorInfo],
+    counted: list[str],
+    params_base: int | None,
+    head: dict[str, Any] | None,
+    base_shapes: Any,
+) -> dict[str, Any]:
+    """The parameter ledger (``hub.inspect.ledger``'s fields) of an AdapterHub save.
+
+    - trained = stored: every tensor of the save is a parameter ``train_adapter`` trains (the
+      prefix pool once, not its per-layer copies).
+    - changed when merged: d x k of every weight a LoRA / IA3 part adapts (LoRA's ``lora_B``
+      is (d, r), ``lora_A`` (r, k); IA3 saves only ``lora_B`` (d, 1), so its d x k comes from
+      the base's weight shapes, ``base_shapes``, when readable); prefix tuning rewrites none
+      (0, as PEFT's prompt methods); None as soon as one part cannot merge (a bottleneck's
+      non-linearity, a gate).
+    - extra at inference: every stored value (the unmerged forward reads all of them; prefix
+      tuning runs its pool's MLP on every forward pass).
+    """
+    from hub.inspect.ledger import NO_BASE, fractions
+
+    stored = sum(tensors[key].numel for key in counted)
+    by_dtype: dict[str, int] = {}
+    for key in counted:
+        dtype = tensors[key].dtype.lower()
+        by_dtype[dtype] = by_dtype.get(dtype, 0) + tensors[key].numel
+    unknown: dict[str, str] = {}
+    changed: int | None = 0
+    for part in parts:
+        why = _unmergeable(part)
+        if why is not None:
+            changed = None
+            unknown.setdefault(
+                "params_changed_when_merged",
+                f"it cannot be merged into the base weights: {why} (it runs unmerged only)",
+            )
+        elif part.method == "lora":
+            for group in part.modules.values():
+                changed = _add(changed, group["lora_B"].shape[0] * group["lora_A"].shape[1])
+        elif part.method == "ia3":  # lora_B (d, 1) scales the rows: the base's k is needed
+            for module in part.modules:
+                size = _base_weight(base_shapes, module)
+                if size is None:
+                    unknown.setdefault(
+                        "params_changed_when_merged",
+                        NO_BASE.format(what=f"the shape of the base weight of {module!r}"),
+                    )
+                changed = None if size is None else _add(changed, size)
+    notes: dict[str, str] = {}
+    if head is not None:
+        notes["params_trained"] = (
+            f"the prediction head's {head.get('params', 0)} values (details.head) are counted"
+            + (
+                " apart: it is the base model's own head, saved beside the adapter"
+                if head.get("head_type") == "static"
+                else " apart, though train_adapter trains them with the adapter"
+            )
+        )
+    values = {
+        "params_trained": stored,
+        "params_stored": stored,
+        "params_changed_when_merged": changed,
+        "params_extra_at_inference": stored,
+    }
+    return {
+        **values,
+        "params_stored_by_dtype": dict(sorted(by_dtype.items())),
+        "params_unknown": unknown,
+        "params_notes": notes,
+        **fractions(values, params_base),
+    }
+
+
+def _add(total: int | None, value: int) -> int | None:
+    return None if total is None else total + value
+
+
+def _base_weight(base_shapes: Any, module: str) -> int | None:
+    """d x k of the base weight of ``module``, a path in the model that saved the adapter: the
+    base's own file may lack the head model's prefix (``bert.`` of a BertAdapterModel)."""
+    shapes = base_shapes()
+    if not shapes:
+        return None
+    parts = module.split(".")
+    for start in range(min(3, len(parts))):
+        shape = shapes.get(".".join(parts[start:]) + ".weight")
+        if shape:
+            return math.prod(shape)
+    return None
 
 
 def _method(block: dict[str, Any]) -> str:
@@ -254,7 +366,11 @@ def _check(part: _Part, hidden: int) -> None:
         elif part.method == "lora":
             a = group.get("lora_A")
             r = part.config.get("r")
-            if a is not None and a.shape[0] != r:
+            if a is None or "lora_B" not in group:
+                raise InvalidAdapter(
+                    f"{WEIGHTS}: module {module!r} lacks lora_A or lora_B", module=module
+                )
+            if a.shape[0] != r:
                 raise InvalidAdapter(
                     f"{WEIGHTS}: tensor {a.key!r} has rank {a.shape[0]}, but {CONFIG} says r={r}",
                     tensor=a.key,

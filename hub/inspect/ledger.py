@@ -43,7 +43,7 @@ class LedgerParts:
 BaseShapes = Callable[[], "dict[str, tuple[int, ...]] | None"]
 """Lazily read base weight shapes (``model.layers.0.self_attn.q_proj.weight`` -> shape)."""
 
-_NO_BASE = (
+NO_BASE = (
     "{what} is not in the adapter's files: it needs the base's weight shapes (push with the"
     " base model's folder readable, see `hub push`)"
 )
@@ -240,7 +240,7 @@ def _specific(
             size = _weight(shapes, module)
         if size is None:
             what = f"the shape of the base weight of {module!r}"
-            counts.add("changed", None, _NO_BASE.format(what=what))
+            counts.add("changed", None, NO_BASE.format(what=what))
             continue
         if method == "lora" and experts:
             size *= experts if isinstance(experts, int) else experts.get(module, 1)
@@ -313,7 +313,7 @@ def _vera_projections(
     ins = [found[f"{m}.weight"][-1] for m in analysis.groups if found and f"{m}.weight" in found]
     if len(ins) != len(outs) or not outs:
         what = "the size of VeRA's regenerated projections (save_projection is off)"
-        counts.add("extra", None, _NO_BASE.format(what=what))
+        counts.add("extra", None, NO_BASE.format(what=what))
         return
     counts.add("extra", r * (max(ins) + max(outs)))
 

@@ -103,6 +103,7 @@ def test_push_card_pull_load(registry, bases, tmp_path, base_kind, kind):
     }
     # adapters' own count: the values train_adapter leaves trainable (prefix pool once).
     assert card.params_trainable == saved.trainable
+    _check_ledger(card, saved, base, kind)
     if method == "union":
         parts = [p["method"] for p in card.details["parts"]]
         assert parts == [c.get("architecture") or "bottleneck" for c in config["config"]["configs"]]
@@ -127,6 +128,44 @@ def test_push_card_pull_load(registry, bases, tmp_path, base_kind, kind):
 
     torch.testing.assert_close(reload_logits(base, [pulled]), saved.logits, atol=1e-5, rtol=1e-5)
     assert (outputs(load_base(base)) - saved.logits).abs().max() > 1e-3
+
+
+def _check_ledger(card, saved: Saved, base: Path, kind: str) -> None:
+    """The ledger against the model adapters loads the save into: trained and read at
+    inference are the adapter's parameters there (a shared prefix pool once); a merge of a
+    LoRA / IA3 rewrites the whole weight of every module adapters put it on."""
+    import adapters
+
+    from tests.adapterhub.factories import load_base
+
+    model = load_base(base)
+    if not isinstance(model, adapters.ModelAdaptersMixin):
+        adapters.init(model)
+    pickled = not (saved.folder / "adapter.safetensors").is_file()  # prefix, MAM, UniPELT
+    model.load_adapter(
+        str(saved.folder), load_as="x", with_head=False, use_safetensors=not pickled
+    )
+    own = sum(p.numel() for n, p in model.named_parameters() if ".x." in f".{n}.")
+    assert card.params_trained == card.params_stored == card.params_extra_at_inference == own
+    base_params = sum(p.numel() for p in load_base(base).parameters())
+    assert card.params_base is not None and card.params_base <= base_params
+    assert card.params_extra_at_inference_fraction == pytest.approx(own / card.params_base)
+    adapted = [m for m in model.modules() if "x" in getattr(m, "loras", {})]
+    if kind in ("lora", "ia3"):
+        assert card.params_changed_when_merged == sum(m.weight.numel() for m in adapted) > 0
+        assert card.params_unknown == {}
+    elif kind == "prefix":  # key/value positions: no base weight changes
+        assert card.params_changed_when_merged == 0
+    else:
+        assert card.params_changed_when_merged is None
+        why = card.params_unknown["params_changed_when_merged"]
+        assert why.startswith("it cannot be merged into the base weights: its ")
+    if kind == "houlsby":
+        assert card.params_unknown == {
+            "params_changed_when_merged": "it cannot be merged into the base weights: its"
+            " houlsby bottleneck applies a non-linearity (swish) between the down and up"
+            " projections (it runs unmerged only)"
+        }
 
 
 def test_pickle_save_is_refused_with_both_routes(registry, bases, tmp_path):
