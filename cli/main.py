@@ -303,7 +303,9 @@ def pull(
     "--where",
     "where",
     multiple=True,
-    help="metric:NAME[@DATASET]OP VALUE, OP one of >= <= > < = (repeatable: all must hold).",
+    help="metric:NAME[@DATASET]OP VALUE, or FIELD OP VALUE on a card field (variant, rank,"
+    " or a details key: reduction_factor, placement...; = on a list means contains);"
+    " OP one of >= <= > < = != (repeatable: all must hold).",
 )
 @click.option("--limit", type=int, help="At most N results (0 to 100000).")
 @click.option("--all-versions", is_flag=True, help="Every version, not just the latest.")
@@ -338,6 +340,7 @@ def ls(
         hub ls sql --base meta-llama/Llama-3-8B --method lora --rank '<=16' \\
             --tag team=nlp --sort metric:exact_match --limit 5 --json
         hub ls --where 'metric:exact_match@spider>=0.7' --sort metric:exact_match@spider
+        hub ls --library adapters --where placement=after_ffn --where 'reduction_factor>=8'
     """
     filters: dict[str, Any] = dict(
         base=base,

@@ -14,7 +14,7 @@ from typing import Any, TypedDict
 from hub.index import Index, card_json, load_card
 from schemas.errors import InvalidArgument
 from schemas.metrics import MetricCondition, split_name
-from schemas.search import check_limit, parse_rank
+from schemas.search import FieldCondition, check_limit, parse_rank
 
 SORT_COLUMNS: dict[str, str] = {
     "name": "r.repo",
@@ -52,6 +52,25 @@ def _picked(column: str, name: str, dataset: str | None) -> tuple[str, list[Any]
         sql += " AND m.dataset = ?"
         params.append(dataset)
     return sql + " ORDER BY m.priority, m.position DESC LIMIT 1)", params
+
+
+def _field(condition: FieldCondition) -> tuple[str, list[Any]]:
+    """SQL for a card-field condition: the field's value, or any element of a list field,
+    of the condition's type (a number never compares with text; a per-layer mapping such as
+    a dict ``reduction_factor`` matches nothing). ``!=`` needs the field to be present."""
+    types = "('integer', 'real')" if isinstance(condition.value, float) else "('text')"
+    path = condition.path
+    if condition.op == "!=":
+        return (
+            f"json_type(v.card, ?) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM"
+            f" json_each(v.card, ?) j WHERE j.type IN {types} AND j.value = ?)",
+            [path, path, condition.value],
+        )
+    return (
+        f"json_type(v.card, ?) != 'object' AND EXISTS (SELECT 1 FROM json_each(v.card, ?) j"
+        f" WHERE j.type IN {types} AND j.value {condition.op} ?)",
+        [path, path, condition.value],
+    )
 
 
 def _fts_query(text: str) -> str:
@@ -102,7 +121,8 @@ class SearchQuery:
     limit: int | None = None
     all_versions: bool = False
     where: list[str] = field(default_factory=list)
-    """``metric:NAME[@DATASET]OP VALUE`` conditions (``schemas.metrics.MetricCondition``)."""
+    """``metric:NAME[@DATASET]OP VALUE`` conditions (``schemas.metrics.MetricCondition``) and
+    ``FIELD OP VALUE`` conditions on a card field (``schemas.search.FieldCondition``)."""
     namespaces: list[str] | None = None
     """Only these namespaces (a token's readable ones); None: every namespace."""
     first: str | None = None
@@ -201,6 +221,11 @@ class SearchQuery:
                 )
                 params.extend([key, value])
         for spec in self.where:
+            if not spec.strip().startswith("metric:"):
+                field_sql, field_params = _field(FieldCondition.parse(spec))
+                where.append(field_sql)
+                params.extend(field_params)
+                continue
             condition = MetricCondition.parse(spec)
             value_sql, value_params = _picked("m.value", condition.name, condition.dataset)
             where.append(f"{value_sql} {condition.op} ?")

@@ -8,7 +8,9 @@ Example:
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass
 
 from schemas.errors import InvalidArgument
 
@@ -74,3 +76,76 @@ def check_limit(limit: int) -> int:
             " (leave it out for every result)"
         )
     return limit
+
+
+FIELD_OPERATORS = ("!=", ">=", "<=", ">", "<", "=")
+_FIELD = re.compile(
+    r"(?P<field>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*"
+    r"(?P<op>!=|>=|<=|>|<|=)\s*(?P<value>.+)"
+)
+_TOP_LEVEL = frozenset(
+    {
+        "library", "base_model", "base_revision", "method", "variant", "rank", "alpha",
+        "target_modules", "task_type", "tasks", "params_trained", "params_stored",
+        "params_changed_when_merged", "params_extra_at_inference", "params_base",
+        "params_fraction", "params_trained_fraction", "params_stored_fraction",
+        "params_changed_when_merged_fraction", "params_extra_at_inference_fraction",
+        "size_bytes", "dtypes", "version", "repo", "parent", "inference_overhead",
+    }
+)  # fmt: skip
+"""Card fields named as they are; any other name is a key of the card's ``details`` (where
+method-specific facts live: AdapterHub's ``reduction_factor``, ``placement``...)."""
+
+
+@dataclass(frozen=True)
+class FieldCondition:
+    """One ``--where FIELD OP VALUE`` condition on a card field (``metric:...`` conditions are
+    ``schemas.metrics.MetricCondition``).
+
+    ``FIELD`` is a card field (``rank``, ``variant``, ``inference_overhead.extra_layers``) or a
+    key of ``details`` (``reduction_factor``, ``placement``, or spelled ``details.placement``).
+    ``VALUE`` is a number when it reads as one, else text. On a list field (``placement``,
+    ``target_modules``) ``=`` means "contains" and ``!=`` "does not contain".
+    """
+
+    path: str
+    """The JSON path into the stored card, ``$.details.reduction_factor``."""
+    op: str
+    value: float | str
+
+    @classmethod
+    def parse(cls, spec: str) -> FieldCondition:
+        """Parse ``FIELD OP VALUE``.
+
+        Example:
+            >>> FieldCondition.parse("reduction_factor>=8")
+            FieldCondition(path='$.details.reduction_factor', op='>=', value=8.0)
+            >>> FieldCondition.parse("placement=after_ffn").value
+            'after_ffn'
+        """
+        match = _FIELD.fullmatch(spec.strip())
+        if match is None or not match["value"].strip():
+            raise InvalidArgument(
+                f"invalid --where {spec!r}: expected FIELD OP VALUE (a card field such as"
+                " variant or rank, or a details key such as reduction_factor or placement) or"
+                " metric:NAME[@DATASET]OP VALUE, with OP one of "
+                + ", ".join(FIELD_OPERATORS)
+                + ", e.g. 'reduction_factor>=8'"
+            )
+        field, op, text = match["field"], match["op"], match["value"].strip()
+        head = field.split(".", 1)[0]
+        path = f"$.{field}" if head in _TOP_LEVEL or head == "details" else f"$.details.{field}"
+        value: float | str
+        try:
+            value = float(text)
+        except ValueError:
+            value = text
+        else:
+            if not math.isfinite(value):
+                value = text
+        if isinstance(value, str) and op not in ("=", "!="):
+            raise InvalidArgument(
+                f"invalid --where {spec!r}: {op} compares numbers, and {text!r} is not one"
+                " (text compares with = or !=)"
+            )
+        return cls(path, op, value)
