@@ -111,6 +111,7 @@ def _row(card: AdapterCard, latest: dict[str, dict[str, Any]]) -> dict[str, Any]
         "ref": card.ref,
         "repo": card.repo,
         "version": card.version,
+        "library": card.library,
         "method": card.method,
         "variant": card.variant,
         "rank": card.rank,
@@ -201,6 +202,9 @@ def _updates(
     skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="hub-compare-") as tmp:
         for i, card in enumerate(cards):
+            if card.library == "adapters":
+                skipped[card.ref] = _adapterhub_skip(card)
+                continue
             if card.method not in ("lora", "loha", "lokr", "ia3"):
                 skipped[card.ref] = f"{card.method} has no weight delta to compare"
                 continue
@@ -219,6 +223,18 @@ def _updates(
                 found[module] = Dense(vector - 1.0)
             updates[card.ref] = found
     return updates, skipped
+
+
+def _adapterhub_skip(card: AdapterCard) -> str:
+    """Why an AdapterHub adapter has no weight-space similarity (its card and metrics are
+    compared like any other's)."""
+    if card.method in ("lora", "ia3"):
+        return (
+            f"AdapterHub {card.method}: weight-space similarity reads PEFT's tensors only"
+            " (compared here by its card and metrics)"
+        )
+    why = " (a non-linearity sits between its projections)" if card.method == "bottleneck" else ""
+    return f"AdapterHub {card.method}: no weight delta to compare{why}"
 
 
 def _similarity(

@@ -4,11 +4,14 @@ One fresh base model per adapter, measured in this order on the same loaded weig
 
 1. ``base``: the base model alone.
 2. ``unmerged``: the adapter loaded onto it with ``PeftModel.from_pretrained`` (timed: the
-   adapter load time). Composites run through their own runner instead: a ``stack`` as
-   ``compose.composites.load_composed`` applies it (mergeable members merged in order, a prompt
-   member last), an ``ensemble`` as ``EnsembleLM`` (every member's prompt in one batch).
+   adapter load time); an AdapterHub save with adapters' own ``load_adapter``. Composites run
+   through their own runner instead: a ``stack`` as ``compose.composites.load_composed``
+   applies it (mergeable members merged in order, a prompt member last), an ``ensemble`` as
+   ``EnsembleLM`` (every member's prompt in one batch).
 3. ``merged`` (methods PEFT merges): PEFT's ``merge_and_unload`` on the unmerged model, in
-   place (timed: the merge time). This is the in-memory merge a server does at load, so the
+   place (timed: the merge time); AdapterHub's ungated LoRA / IA3 through adapters'
+   ``merge_adapter``, never a bottleneck (a non-linearity sits between its projections: the
+   record's ``merge_note`` says so). This is the in-memory merge a server does at load, so the
    merged model is the unmerged one's own weights and nothing else differs between the two
    runs; ``hub export`` writes the same merge to disk shard by shard, and is checked against
    PEFT's forward pass separately, so its time would measure disk writes rather than the merge.
@@ -98,11 +101,16 @@ def _kv_bytes_per_token(config: Any, element_size: int) -> int:
     return 2 * int(config.num_hidden_layers) * kv_heads * head_dim * element_size
 
 
-def _mergeable(card: AdapterCard) -> tuple[bool, str | None]:
+def _mergeable(card: AdapterCard, folder: Path) -> tuple[bool, str | None]:
     from schemas.methods import method_row
 
     if card.method == "composite":
         return False, None
+    if card.library == "adapters":
+        from hub.formats.adapterhub import unmerged_reason
+
+        why = unmerged_reason(folder)
+        return why is None, None if why is None else f"AdapterHub adapter: {why}; it runs unmerged"
     try:
         row = method_row(card.method, card.variant)
     except KeyError:
@@ -112,6 +120,14 @@ def _mergeable(card: AdapterCard) -> tuple[bool, str | None]:
     if row.merge == "none":
         return False, f"PEFT cannot merge {card.method}"
     return True, None
+
+
+def _merge_adapterhub(model: Any) -> Any:
+    """adapters' own in-place merge of the loaded LoRA / IA3 (``merge_adapter``): the merged
+    layers then skip the adapter's computation."""
+    for name in list(model.adapters_config.adapters):
+        model.merge_adapter(name)
+    return model
 
 
 def measure_cost(
@@ -154,8 +170,11 @@ def measure_cost(
     composite = (folder / COMPOSITE_FILE).is_file()
     kind = read_composite(folder)["kind"] if composite else None
     started = time.perf_counter()
+    adapterhub = not composite and card.library == "adapters"
     if composite:
         adapted = language_model(load_composed(model, folder))
+    elif adapterhub:  # through adapters' own load_adapter, onto the same base
+        adapted = load_composed(model, folder)
     else:
         adapted = PeftModel.from_pretrained(model, str(folder)).eval()
     _sync(device)
@@ -164,7 +183,7 @@ def measure_cost(
     modes[name] = _mode(adapted, tokenizer, options, device, start_bytes, pad)
 
     merge: dict[str, Any] | None = None
-    mergeable, note = _mergeable(card)
+    mergeable, note = _mergeable(card, folder)
     if composite:
         note = (
             "a stack's mergeable members are merged as it loads (its load time includes them)"
@@ -174,7 +193,7 @@ def measure_cost(
     if mergeable:
         before = cost.probe(adapted, probe_ids, probe_mask, options.new_tokens, pad)
         started = time.perf_counter()
-        merged = adapted.merge_and_unload()
+        merged = _merge_adapterhub(adapted) if adapterhub else adapted.merge_and_unload()
         _sync(device)
         merge_seconds = time.perf_counter() - started
         del adapted

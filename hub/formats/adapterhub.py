@@ -49,17 +49,20 @@ def refuse_pickle(folder: Path, config: dict[str, Any]) -> None:
             )
 
 
-def merge_refusal(folder: Path, label: str) -> IncompatibleAdapters:
-    """The one-line refusal of ``hub export`` for an AdapterHub save, with the reason and the
-    unmerged deployment: a bottleneck keeps a non-linearity between its projections, prefix
-    tuning adds key/value positions, and AdapterHub's LoRA / IA3 fold in only inside adapters
-    (``merge_adapter``), not in PEFT's format the export reads."""
+def _config(folder: Path) -> dict[str, Any]:
     try:
         config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        config = {}
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def unmerged_reason(folder: Path) -> str | None:
+    """Why the save at ``folder`` runs unmerged only, even inside adapters (a bottleneck's
+    non-linearity, prefix tuning's key/value positions, a gate); None when adapters'
+    ``merge_adapter`` can fold it into the base weights (an ungated LoRA or IA3)."""
     reasons = []
-    for block in method_configs(config if isinstance(config, dict) else {}):
+    for block in method_configs(_config(folder)):
         arch = architecture(block)
         if arch == "bottleneck":
             reasons.append(
@@ -68,12 +71,20 @@ def merge_refusal(folder: Path, label: str) -> IncompatibleAdapters:
             )
         elif arch == "prefix_tuning":
             reasons.append("its prefix tuning adds key/value positions at every layer")
-        else:
-            reasons.append(
-                "AdapterHub's LoRA/IA3 folds into the weights only inside adapters"
-                " (model.merge_adapter(NAME)), not in the PEFT format hub export merges"
-            )
-    why = "; ".join(dict.fromkeys(reasons)) or "it is not in PEFT's format"
+        elif block.get("use_gating"):
+            reasons.append("its LoRA is gated: the gate depends on the input")
+    return "; ".join(dict.fromkeys(reasons)) or None
+
+
+def merge_refusal(folder: Path, label: str) -> IncompatibleAdapters:
+    """The one-line refusal of ``hub export`` for an AdapterHub save, with the reason and the
+    unmerged deployment: a bottleneck keeps a non-linearity between its projections, prefix
+    tuning adds key/value positions, and AdapterHub's LoRA / IA3 fold in only inside adapters
+    (``merge_adapter``), not in PEFT's format the export reads."""
+    why = unmerged_reason(folder) or (
+        "AdapterHub's LoRA/IA3 folds into the weights only inside adapters"
+        " (model.merge_adapter(NAME)), not in the PEFT format hub export merges"
+    )
     return IncompatibleAdapters(
         f"adapter {label} is an AdapterHub adapter and cannot be exported merged: {why}."
         f" Deploy it unmerged: `hub pull REF -o DIR`, then adapters'"

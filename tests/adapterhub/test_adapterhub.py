@@ -142,9 +142,7 @@ def _check_ledger(card, saved: Saved, base: Path, kind: str) -> None:
     if not isinstance(model, adapters.ModelAdaptersMixin):
         adapters.init(model)
     pickled = not (saved.folder / "adapter.safetensors").is_file()  # prefix, MAM, UniPELT
-    model.load_adapter(
-        str(saved.folder), load_as="x", with_head=False, use_safetensors=not pickled
-    )
+    model.load_adapter(str(saved.folder), load_as="x", with_head=False, use_safetensors=not pickled)
     own = sum(p.numel() for n, p in model.named_parameters() if ".x." in f".{n}.")
     assert card.params_trained == card.params_stored == card.params_extra_at_inference == own
     base_params = sum(p.numel() for p in load_base(base).parameters())
