@@ -333,10 +333,10 @@ def test_cli_form_and_recipe_file_are_equivalent(reg, hub_home, tmp_path):
         " weights, rank, energy, factor, density, seed, variant, majority_sign, average, tasks,"
         " description)\n"
     )
-    unknown = runner.invoke(cli, ["compose", "average", "t/a", "--name", "t/x"])
+    unknown = runner.invoke(cli, ["compose", "mean", "t/a", "--name", "t/x"])
     assert unknown.stderr == (
-        "Error: unknown operator 'average' (choose one of cat, linear, svd, ties, dare,"
-        " magnitude-prune, stack, ensemble, or `run RECIPE.yaml`)\n"
+        "Error: unknown operator 'mean' (choose one of cat, linear, svd, ties, dare,"
+        " magnitude-prune, stack, average, ensemble, or `run RECIPE.yaml`)\n"
     )
     weights = runner.invoke(
         cli, ["compose", "cat", "t/a", "t/b", "--name", "t/x", "--weights", "1"]
