@@ -169,3 +169,32 @@ def test_compare_and_its_page_show_adapterhub_adapters(bases, tmp_path, hub_home
     )
     assert '<td class="method">lora</td>' in html  # the PEFT one: no library shown
     assert f'<p class="muted">{refs[0]}: {escape(sim["skipped"][refs[0]])}</p>' in html
+
+
+@pytest.mark.parametrize("kind", ["houlsby", "pfeiffer", "parallel", "compacter", "prefix", "lora",
+                                  "ia3", "mam", "unipelt"])  # fmt: skip
+def test_every_adapterhub_kind_gets_its_eval_and_cost_recorded(registry, eval_base, tmp_path, kind):
+    """Issue 15's "eval and cost recorded", kind by kind: the quality against the base (paired
+    delta) and the cost, merged where adapters can merge (an ungated LoRA or IA3), unmerged
+    with the reason otherwise."""
+    from hub.convert import convert_adapter
+    from tests.adapterhub.factories import SAFETENSORS_REFUSED
+
+    base, data = eval_base
+    folder = make_adapter(kind, base, tmp_path / kind).folder
+    if kind in SAFETENSORS_REFUSED:  # adapters 1.3.0 pickles these: hub convert first
+        folder = convert_adapter(folder).path
+    card = registry.push(folder, name=f"ah/{kind}").card
+    [record] = registry.evaluate(card.ref, data, base=str(base), cost=True, cost_options=TINY_COST)
+    assert record["commit"] == card.commit and record["dataset"]["rows"] > 0
+    adapter, plain = record["metrics"]["cross_entropy"], record["base"]["metrics"]["cross_entropy"]
+    assert record["delta"]["cross_entropy"]["value"] == pytest.approx(
+        adapter["value"] - plain["value"], abs=1e-9
+    )
+    cost = record["cost"]
+    mergeable = kind in ("lora", "ia3")
+    assert list(cost["modes"]) == ["base", "unmerged", "merged"][: 3 if mergeable else 2]
+    assert (cost["merge_note"] is None) == mergeable
+    for c in cost["modes"]["unmerged"]["configs"]:
+        assert c["prefill_ms"]["runs"] == 10 and c["decode_ms_per_step"]["median"] > 0
+    assert registry.evals(card.ref)[0]["id"] == record["id"]
