@@ -150,12 +150,12 @@ class ServerState:
         with file_lock(registry.lock_path, shared=True):
             active_token(registry, token_id)
             digest, size = blob.publish(expected=expected)
-            registry.index.record_upload(token_id, digest)
+            registry.catalog.record_upload(token_id, digest)
         return size
 
     def uploaded_by(self, token: Token, digest: str) -> bool:
         """Whether ``token`` uploaded ``digest`` within the upload grace period."""
-        return self.registry().index.uploaded_by(token.id, digest, since=grace_start())
+        return self.registry().catalog.uploaded_by(token.id, digest, since=grace_start())
 
     def may_reference(self, token: Token, digest: str) -> bool:
         """Whether a push by ``token`` may use the stored blob ``digest`` without uploading it.
@@ -230,12 +230,7 @@ def readable_namespaces(request: Request) -> list[str] | None:
 
 def blob_namespaces(registry: Registry, digest: str) -> list[str]:
     """The namespaces with a version that uses blob ``digest``."""
-    rows = registry.index.conn.execute(
-        "SELECT DISTINCT r.namespace FROM files f JOIN versions v ON v.id = f.version_id"
-        " JOIN repos r ON r.id = v.repo_id WHERE f.sha256 = ? ORDER BY r.namespace",
-        (digest,),
-    )
-    return [row[0] for row in rows]
+    return registry.catalog.blob_namespaces(digest)
 
 
 def check_digest(digest: str) -> str:
