@@ -132,7 +132,6 @@ class SqliteCatalog(Catalog):
             for number in range(self.schema_version() + 1, len(migrations) + 1):
                 migration = migrations[number - 1]
                 if migration in sqlite_migrations.WITH_STORE:
-                    assert self.store is not None, "open_sqlite gives the index its store"
                     migration(self.db, self.store)
                 else:
                     migration(self.db)

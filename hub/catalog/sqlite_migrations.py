@@ -199,7 +199,7 @@ def _migration_5(db: sqlite_utils.Database) -> None:
     db.table("remote_evals").create_index(["remote", "repo", "commit_id"])
 
 
-def _migration_6(db: sqlite_utils.Database, store: BlobStore) -> None:
+def _migration_6(db: sqlite_utils.Database, store: BlobStore | None) -> None:
     # The parameter ledger (params_trained, params_changed_when_merged, ...) for versions
     # pushed before cards had it: recomputed from their stored files (hub/reledger.py).
     from hub.reledger import recompute_ledgers
@@ -217,6 +217,10 @@ def _migration_6(db: sqlite_utils.Database, store: BlobStore) -> None:
         )
         return [(path, digest) for path, digest in rows.fetchall()]
 
+    if not versions:
+        return  # a new index: nothing to recompute, no store needed
+    # Opened without its store (``open_catalog`` without ``store=``) only a new index can be.
+    assert store is not None, "the ledger migration of an older index reads its blob store"
     for version_id, card in recompute_ledgers(versions, files, store):
         db.execute("UPDATE versions SET card = ? WHERE id = ?", (json.dumps(card), version_id))
 
