@@ -125,6 +125,8 @@ class ServerState:
     """Seconds a JSON body may take to arrive, and an upload may go without sending a byte."""
     max_anonymous: int = 64
     """Requests without a valid token handled at once; more are answered 429 at once."""
+    db: str | None = None
+    """The team catalog's URL (``--db``); None: the SQLite index in ``home``."""
     anonymous_in_flight: int = 0
     """Counted by ``BoundedBodies`` on the event loop's thread (so no lock)."""
 
@@ -132,7 +134,7 @@ class ServerState:
         # SQLite connections stay in the thread that opened them: one registry per worker.
         reg = getattr(self._local, "registry", None)
         if reg is None:
-            reg = self._local.registry = Registry(self.home)
+            reg = self._local.registry = Registry(self.home, db=self.db)
         return reg
 
     def repo_lock(self, repo: str) -> threading.Lock:
