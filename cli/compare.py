@@ -117,6 +117,7 @@ def compare_command(
         hub compare team/sql-lora team/sql-dora --plot plots --axes params_trained
     """
     from hub.compare import compare, write_plots
+
     registry = registry_of(ctx)
     ids = list(eval_ids)
     if data is not None:

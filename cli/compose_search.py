@@ -80,6 +80,7 @@ def search(ctx: click.Context, refs: tuple[str, ...], **options: Any) -> None:
             --budget 40 --seed 1
     """
     from cli.compose import _rank
+
     as_json = options.pop("as_json")
     options["bounds"] = _bounds(options["bounds"])
     options["rank"] = _rank(options["rank"])

@@ -623,8 +623,8 @@ def convert(
 
 
 from cli.compare import compare_command  # noqa: E402 (command modules register at the bottom)
-from cli.db import db  # noqa: E402
 from cli.compose import compose  # noqa: E402
+from cli.db import db  # noqa: E402
 from cli.eval import eval_command, metric  # noqa: E402
 from cli.export import export  # noqa: E402
 from cli.remote import serve, token  # noqa: E402

@@ -6,6 +6,7 @@ import click
 
 from cli.backends import registry_of
 
+
 @click.command(name="ui")
 @click.option("--port", default=8765, show_default=True, type=int, help="Port on 127.0.0.1.")
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in a web browser.")

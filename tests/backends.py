@@ -52,7 +52,7 @@ class PostgresServer:
         tail = self.base_url[query:] if query >= 0 else ""
         return f"{self.base_url[:path_start]}/{quote(database)}{tail}"
 
-    def admin(self):  # noqa: ANN201 (psycopg is imported lazily)
+    def admin(self):
         import psycopg
 
         return psycopg.connect(self.url("postgres"), autocommit=True)
@@ -148,7 +148,7 @@ def _embedded_server(root: Path) -> Iterator[PostgresServer]:
                 shutil.rmtree(pgdata.parent, ignore_errors=True)
 
 
-def _tune(server) -> None:  # noqa: ANN001
+def _tune(server) -> None:
     import psycopg
 
     with psycopg.connect(server.get_uri(), autocommit=True) as conn:
@@ -175,7 +175,7 @@ def postgres_server(tmp_path_factory) -> Iterator[PostgresServer]:
         yield server
 
 
-def _lock_dir(server: PostgresServer, tmp_path_factory) -> Path:  # noqa: ANN001
+def _lock_dir(server: PostgresServer, tmp_path_factory) -> Path:
     found = getattr(server, "lock_dir", None)
     return Path(found) if found else tmp_path_factory.getbasetemp()
 

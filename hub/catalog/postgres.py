@@ -42,8 +42,6 @@ from hub.catalog.rows import lineage_rows, load_card, metric_rows, utcnow
 from schemas.errors import IndexUnavailable
 
 if TYPE_CHECKING:
-    import psycopg
-
     from hub.search import SearchQuery
 
 
@@ -176,8 +174,7 @@ class PostgresCatalog(Catalog):
     def repo(self, repo: str) -> RepoRow | None:
         row = self._ready().read(
             lambda conn: conn.execute(
-                "SELECT repo, namespace, name, created_at, last_version FROM repos"
-                " WHERE repo = %s",
+                "SELECT repo, namespace, name, created_at, last_version FROM repos WHERE repo = %s",
                 (repo,),
             ).fetchone()
         )
@@ -247,8 +244,7 @@ class PostgresCatalog(Catalog):
                 (repo, namespace, short, utcnow()),
             )
             repo_id, last_version, counter = conn.execute(
-                "SELECT id, last_version, version_counter FROM repos WHERE repo = %s"
-                " FOR UPDATE",
+                "SELECT id, last_version, version_counter FROM repos WHERE repo = %s FOR UPDATE",
                 (repo,),
             ).fetchone()
             latest = conn.execute(
@@ -406,9 +402,7 @@ class PostgresCatalog(Catalog):
                 conn.execute("DELETE FROM aliases WHERE repo_id = %s", (repo_id,))
                 conn.execute("DELETE FROM repos WHERE id = %s", (repo_id,))
             else:
-                conn.execute(
-                    "UPDATE repos SET last_version = %s WHERE id = %s", (newest, repo_id)
-                )
+                conn.execute("UPDATE repos SET last_version = %s WHERE id = %s", (newest, repo_id))
             return True
 
         return self._ready().transaction(remove)
@@ -457,9 +451,7 @@ class PostgresCatalog(Catalog):
     def facet_counts(
         self, query: SearchQuery, *, top: int, only: Sequence[str]
     ) -> dict[str, list[tuple[Any, int]]]:
-        return self._ready().read(
-            lambda conn: postgres_search.facet_counts(conn, query, top, only)
-        )
+        return self._ready().read(lambda conn: postgres_search.facet_counts(conn, query, top, only))
 
     def metric_names(self, query: SearchQuery, *, top: int) -> list[str]:
         return self._ready().read(lambda conn: postgres_search.metric_names(conn, query, top))
@@ -468,9 +460,7 @@ class PostgresCatalog(Catalog):
         return self._ready().read(lambda conn: postgres_search.most_common_metric(conn, query))
 
     def built_from(self, commit: str, namespaces: list[str] | None) -> list[dict[str, Any]]:
-        return self._ready().read(
-            lambda conn: postgres_search.built_from(conn, commit, namespaces)
-        )
+        return self._ready().read(lambda conn: postgres_search.built_from(conn, commit, namespaces))
 
     # -- tokens -------------------------------------------------------------------------
     def add_token(self, token: TokenRow) -> None:
@@ -535,8 +525,7 @@ class PostgresCatalog(Catalog):
     def uploaded_by(self, token_id: str, digest: str, *, since: str) -> bool:
         row = self._ready().read(
             lambda conn: conn.execute(
-                "SELECT 1 FROM uploads WHERE token_id = %s AND sha256 = %s"
-                " AND uploaded_at >= %s",
+                "SELECT 1 FROM uploads WHERE token_id = %s AND sha256 = %s AND uploaded_at >= %s",
                 (token_id, digest, since),
             ).fetchone()
         )

@@ -39,9 +39,7 @@ def _words(text: str) -> list[str]:
     folded = "".join(
         c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn"
     )
-    return [
-        w for w in _WORD.findall(folded.lower()) if len(w.encode()) <= _MAX_LEXEME_BYTES
-    ]
+    return [w for w in _WORD.findall(folded.lower()) if len(w.encode()) <= _MAX_LEXEME_BYTES]
 
 
 def lexemes(repo: str, description: str | None, tasks: Sequence[str]) -> str:

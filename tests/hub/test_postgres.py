@@ -5,6 +5,7 @@ retryable error, and searches find what the SQLite index finds."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import subprocess
@@ -164,9 +165,7 @@ catalog.close()
 def test_commits_from_many_processes_give_dense_ordered_versions(pg_url, tmp_path):
     workers, each = 5, 4
     go = tmp_path / "go"
-    children = _children(
-        _COMMITS, [[pg_url, str(go), f"w{i}", str(each)] for i in range(workers)]
-    )
+    children = _children(_COMMITS, [[pg_url, str(go), f"w{i}", str(each)] for i in range(workers)])
     time.sleep(1.5)
     go.touch()
     got = [json.loads(out) for out in _outputs(children)]
@@ -177,10 +176,11 @@ def test_commits_from_many_processes_give_dense_ordered_versions(pg_url, tmp_pat
         stored = catalog.versions("team/shared")
         assert [s.card["version"] for s in stored] == list(range(1, workers * each + 1))
         # Each version builds on the one before it: no commit read a stale head.
-        for before, after in zip(stored, stored[1:]):
-            assert after.card["commit"] == card(
-                "team/shared", after.card["version"], before.card["commit"]
-            )["commit"]
+        for before, after in itertools.pairwise(stored):
+            assert (
+                after.card["commit"]
+                == card("team/shared", after.card["version"], before.card["commit"])["commit"]
+            )
         assert {(s.card["tags"]["worker"], s.card["tags"]["n"]) for s in stored} == {
             (f"w{i}", str(n)) for i in range(workers) for n in range(each)
         }
@@ -212,7 +212,7 @@ def test_an_unreachable_server_is_one_retryable_error_without_the_password(tmp_p
         open_catalog("postgresql://hub:s3cret@127.0.0.1:1/hub", tmp_path)
     message = str(raised.value)
     assert message.startswith(
-        'cannot reach the database postgresql://hub@127.0.0.1:1/hub: connection to server at'
+        "cannot reach the database postgresql://hub@127.0.0.1:1/hub: connection to server at"
         ' "127.0.0.1", port 1 failed: Connection refused'
     )
     assert message.endswith("check that the server is up and retry (nothing was changed)")
@@ -374,7 +374,7 @@ def test_every_search_finds_what_the_sqlite_index_finds(both):
 
 def test_pages_counts_facets_and_metric_names_match_the_sqlite_index(both):
     sqlite, postgres = both
-    for query in _QUERIES[:6] + [SearchQuery(sort="metric:accuracy", all_versions=True)]:
+    for query in [*_QUERIES[:6], SearchQuery(sort="metric:accuracy", all_versions=True)]:
         for offset in (0, 2):
             (a_rows, a_total), (b_rows, b_total) = (
                 c.search_page(query, offset=offset, limit=3) for c in both
