@@ -26,6 +26,14 @@ def _variant(src, dst, text):
     return dst
 
 
+
+@pytest.fixture
+def registry(hub_home, db_url):
+    """The registry over each catalog backend: the SQLite index, then a PostgreSQL database."""
+    with Registry(hub_home, db=db_url) as reg:
+        yield reg
+
+
 def test_push_records_card_and_dedups(registry, adapters):
     lora = adapters("lora")
     result = registry.push(
