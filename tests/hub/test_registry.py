@@ -26,7 +26,6 @@ def _variant(src, dst, text):
     return dst
 
 
-
 @pytest.fixture
 def registry(hub_home, db_url):
     """The registry over each catalog backend: the SQLite index, then a PostgreSQL database."""
