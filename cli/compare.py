@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from cli.backends import registry_of
 from cli.eval import eval_progress, format_estimate
 from cli.eval_format import MODES, format_forgetting_cell, format_overhead_cell
 from cli.output import human_size, ledger_count, method_label, print_json, print_table
@@ -116,9 +117,8 @@ def compare_command(
         hub compare team/sql-lora team/sql-dora --plot plots --axes params_trained
     """
     from hub.compare import compare, write_plots
-    from hub.registry import Registry
 
-    registry = Registry(ctx.obj["home"])
+    registry = registry_of(ctx)
     ids = list(eval_ids)
     if data is not None:
         records = registry.evaluate(list(refs), data, base=base, seed=seed, progress=eval_progress)

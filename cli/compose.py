@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from cli.backends import registry_of
 from cli.output import human_size, json_option, print_json
 from compose.operators import OPERATORS
 from schemas.errors import InvalidRecipe
@@ -113,8 +114,6 @@ def _operator_command(name: str) -> click.Command:
     spec = OPERATORS[name]
 
     def run(ctx: click.Context, refs: tuple[str, ...], **options: Any) -> None:
-        from hub.registry import Registry
-
         as_json = options.pop("as_json")
         device = options.pop("device", "auto")  # stack, ensemble, average: no --device
         if "rank" in options:
@@ -130,7 +129,7 @@ def _operator_command(name: str) -> click.Command:
         }
         from schemas.recipe import recipe_from_data
 
-        registry = Registry(ctx.find_root().obj["home"])
+        registry = registry_of(ctx)
         _report(registry.compose(recipe_from_data(recipe, "command line"), device=device), as_json)
 
     command = click.pass_context(run)
@@ -207,7 +206,6 @@ def run_recipe(ctx: click.Context, recipe: Path, device: str, as_json: bool) -> 
     """
     import yaml
 
-    from hub.registry import Registry
     from schemas.recipe import recipe_from_data
 
     try:
@@ -216,7 +214,7 @@ def run_recipe(ctx: click.Context, recipe: Path, device: str, as_json: bool) -> 
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise InvalidRecipe(f"{recipe}: not valid YAML{where}") from None
-    registry = Registry(ctx.find_root().obj["home"])
+    registry = registry_of(ctx)
     _report(registry.compose(recipe_from_data(data, str(recipe)), device=device), as_json)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from cli.backends import registry_of
 from cli.output import json_option, print_json
 from schemas.errors import InvalidArgument
 
@@ -79,7 +80,6 @@ def search(ctx: click.Context, refs: tuple[str, ...], **options: Any) -> None:
             --budget 40 --seed 1
     """
     from cli.compose import _rank
-    from hub.registry import Registry
 
     as_json = options.pop("as_json")
     options["bounds"] = _bounds(options["bounds"])
@@ -92,7 +92,7 @@ def search(ctx: click.Context, refs: tuple[str, ...], **options: Any) -> None:
         if not quiet:
             click.echo(f"candidate {step}/{budget}: loss {loss:.4f}", err=True)
 
-    registry = Registry(ctx.find_root().obj["home"])
+    registry = registry_of(ctx)
     result = registry.compose_search(list(refs), data, progress=progress, **options)
     card, outcome = result.push.card, result.outcome
     h = outcome.holdout

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from cli.backends import registry_of
 from cli.eval_format import extra_lines
 from cli.eval_lm_eval import NEEDS_DATA, lm_eval_options, lm_eval_records
 from cli.output import json_option, print_json, print_table
@@ -166,9 +167,7 @@ def eval_command(
         hub eval team/sql-lora --from http://hub.internal:8000 --data dev.jsonl --base models/llama
         hub eval team/sql-lora --lm-eval sql_choice --include-path tasks/
     """
-    from hub.registry import Registry
-
-    registry = Registry(ctx.obj["home"])
+    registry = registry_of(ctx)
     if rerun_id is not None:
         if refs or data is not None or remote:
             raise InvalidArgument(
@@ -194,7 +193,7 @@ def eval_command(
     if lm_eval_task is None and include_path is None and (not refs or data is None):
         raise InvalidArgument(NEEDS_DATA)
     records = lm_eval_records(
-        ctx.obj["home"], refs, lm_eval_task, include_path, data=data, metrics=metrics,
+        registry, refs, lm_eval_task, include_path, data=data, metrics=metrics,
         base=base, limit=limit, batch_size=batch_size, device=device, dtype=dtype,
         with_base=not no_base, seed=seed,
     )  # fmt: skip
@@ -327,7 +326,6 @@ def metric_add(
     Example:
         hub metric add team/sql-lora@v2 exact_match=0.71@spider --ci 0.66,0.76 --n 1034
     """
-    from hub.registry import Registry
 
     interval = None
     if ci is not None:
@@ -338,7 +336,7 @@ def metric_add(
             interval = None
         if not sep or interval is None:
             raise InvalidArgument(f"invalid --ci {ci!r}: expected LO,HI, e.g. 0.66,0.76")
-    record = Registry(ctx.obj["home"]).add_metric(
+    record = registry_of(ctx).add_metric(
         ref, spec, ci=interval, n=n, lower_is_better=lower_is_better
     )
     if as_json:

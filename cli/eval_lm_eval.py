@@ -41,7 +41,7 @@ NEEDS_DATA = (
 
 
 def lm_eval_records(
-    home: Any,
+    registry: Any,
     refs: tuple[str, ...],
     task: str | None,
     include_path: Path | None,
@@ -70,6 +70,4 @@ def lm_eval_records(
         raise InvalidArgument(
             "--metric does not apply to --lm-eval: the task's metric_list chooses the metrics"
         )
-    from hub.registry import Registry
-
-    return Registry(home).evaluate_lm_eval(list(refs), task, include_path, **options)
+    return registry.evaluate_lm_eval(list(refs), task, include_path, **options)

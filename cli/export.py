@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from cli.backends import registry_of
 from cli.output import human_size, json_option, print_json
 from schemas.formats import DTYPES, FORMATS, GGUF_QUANTS, K_QUANTS
 
@@ -69,9 +70,7 @@ def export(
         hub export team/sql-lora team/chat-lora --base models/llama -o deploy/bundle \\
             --format vllm-bundle
     """
-    from hub.registry import Registry
-
-    result = Registry(ctx.obj["home"]).export(
+    result = registry_of(ctx).export(
         list(refs),
         base=base,
         output=output,

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from cli.backends import db_option, registry_of, root_db_option
 from cli.errors import format_error
 from cli.output import (
     CARD_HEADERS,
@@ -39,10 +40,7 @@ class HubGroup(click.Group):
             ctx.exit(1)
 
 
-def _registry(ctx: click.Context) -> Any:
-    from hub.registry import Registry
-
-    return Registry(ctx.obj["home"])
+_registry = registry_of
 
 
 @click.group(cls=HubGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,9 +50,10 @@ def _registry(ctx: click.Context) -> Any:
     envvar="HUB_HOME",
     help="Registry folder (default: $HUB_HOME, else a per-user data directory).",
 )
+@root_db_option
 @click.version_option(package_name="hub-adapters", prog_name="hub")
 @click.pass_context
-def cli(ctx: click.Context, home: Path | None) -> None:
+def cli(ctx: click.Context, home: Path | None, db: str | None) -> None:
     """hub: find, share, combine and ship PEFT adapters.
 
     \b
@@ -63,10 +62,11 @@ def cli(ctx: click.Context, home: Path | None) -> None:
         hub ls --method lora --rank '<=16' --task sql --sort metric:exact_match
         hub pull team/sql-lora@v1 -o adapters/sql
     """
-    ctx.obj = {"home": home}
+    ctx.obj = {"home": home, "db": db}
 
 
 @cli.command()
+@db_option
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--name", help="Repository id NAMESPACE/NAME (default: <user>/<folder name>).")
 @click.option("--task", "tasks", multiple=True, help="Task label, e.g. sql (repeatable).")
@@ -234,6 +234,7 @@ def _echo_checkpoints(results: list[Any]) -> None:
 
 
 @cli.command()
+@db_option
 @click.argument("ref")
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), help="Folder to write (default: ./NAME)."
@@ -285,6 +286,7 @@ def pull(
 
 
 @cli.command(name="ls")
+@db_option
 @click.argument("query", required=False)
 @click.option("--base", help="Base model id (exact, or a glob such as 'meta-llama/*').")
 @click.option("--method", help="lora, dora, adalora, ia3, loha, lokr, oft, boft, vera, ...")
@@ -369,6 +371,7 @@ def ls(
 
 
 @cli.command()
+@db_option
 @click.argument("ref")
 @click.option("--versions", is_flag=True, help="List every version of the repository.")
 @click.option("--from", "remote", help="Show a version of a team hub at this URL (HUB_TOKEN).")
@@ -415,6 +418,7 @@ def show(ctx: click.Context, ref: str, versions: bool, remote: str | None, as_js
 
 
 @cli.command()
+@db_option
 @click.argument("ref")
 @click.pass_context
 def rm(ctx: click.Context, ref: str) -> None:
@@ -432,6 +436,7 @@ def rm(ctx: click.Context, ref: str) -> None:
 
 
 @cli.command()
+@db_option
 @click.argument("ref")
 @click.argument("alias")
 @click.pass_context
@@ -447,6 +452,7 @@ def tag(ctx: click.Context, ref: str, alias: str) -> None:
 
 
 @cli.command()
+@db_option
 @click.option(
     "--rebuild",
     "rebuild_ref",
@@ -537,6 +543,7 @@ def _rebuild_summary(rebuilt: Any) -> str:
 
 
 @cli.command()
+@db_option
 @json_option
 @click.pass_context
 def gc(ctx: click.Context, as_json: bool) -> None:
@@ -620,6 +627,7 @@ def convert(
 
 from cli.compare import compare_command  # noqa: E402 (command modules register at the bottom)
 from cli.compose import compose  # noqa: E402
+from cli.db import db  # noqa: E402
 from cli.eval import eval_command, metric  # noqa: E402
 from cli.export import export  # noqa: E402
 from cli.remote import serve, token  # noqa: E402
@@ -633,6 +641,7 @@ cli.add_command(export)
 cli.add_command(serve)
 cli.add_command(token)
 cli.add_command(ui)
+cli.add_command(db)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from cli.backends import db_option, db_url, registry_of
 from cli.output import json_option, print_json, print_table
 
 
@@ -45,6 +46,7 @@ def remote_registry(url: str) -> Any:
     type=click.IntRange(min=1),
     help="Requests without a valid token handled at once; more are answered 429.",
 )
+@db_option
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -69,14 +71,19 @@ def serve(
     """
     import uvicorn
 
-    from hub.registry import Registry
     from hub.server import create_app
     from hub.server.protocol import deadline_protocol
 
-    home = Registry(ctx.find_root().obj["home"]).home
-    click.echo(f"Serving {home} on http://{host}:{port}", err=True)
+    registry = registry_of(ctx)
+    home, db = registry.home, db_url(ctx)
+    # Opened once here: a wrong --db or a database that needs `hub db upgrade` fails now,
+    # with one Error: line, not at the first request.
+    where = registry.catalog.location
+    registry.close()
+    click.echo(f"Serving {where if db else home} on http://{host}:{port}", err=True)
     app = create_app(
         home,
+        db=db,
         anonymous_read=anonymous_read,
         base_dirs=base_dirs,
         client_timeout=client_timeout,
@@ -104,13 +111,11 @@ def token() -> None:
     """
 
 
-def _registry(ctx: click.Context) -> Any:
-    from hub.registry import Registry
-
-    return Registry(ctx.find_root().obj["home"])
+_registry = registry_of
 
 
 @token.command(name="create")
+@db_option
 @click.option("--name", required=True, help="A label for the token (who or what uses it).")
 @click.option("--write", "write", multiple=True, help="Namespace it may push to ('*': all).")
 @click.option("--read", "read", multiple=True, help="Namespace it may read ('*': all).")
@@ -130,6 +135,7 @@ def token_create(
 
 
 @token.command(name="ls")
+@db_option
 @json_option
 @click.pass_context
 def token_ls(ctx: click.Context, as_json: bool) -> None:
@@ -162,6 +168,7 @@ def token_ls(ctx: click.Context, as_json: bool) -> None:
 
 
 @token.command(name="revoke")
+@db_option
 @click.argument("token_id")
 @click.pass_context
 def token_revoke(ctx: click.Context, token_id: str) -> None:

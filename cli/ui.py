@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from cli.backends import registry_of
+
 
 @click.command(name="ui")
 @click.option("--port", default=8765, show_default=True, type=int, help="Port on 127.0.0.1.")
@@ -25,11 +27,10 @@ def ui(ctx: click.Context, port: int, open_browser: bool) -> None:
 
     import uvicorn
 
-    from hub.registry import Registry
     from hub.ui import create_ui_app
 
     _check_port(port)
-    home = Registry(ctx.find_root().obj["home"]).home
+    home = registry_of(ctx).home
     url = f"http://127.0.0.1:{port}/ui/"
     click.echo(f"Serving {home} on {url} (read-only; Ctrl-C to stop)", err=True)
     if open_browser:

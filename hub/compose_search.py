@@ -178,8 +178,8 @@ def _attach_eval(
     device: Any,
 ) -> dict[str, Any]:
     """The held-out comparison as an eval record on the new version (``hub show`` lists it)."""
+    from hub.catalog.rows import utcnow
     from hub.evals import _summaries, _versions, store_record
-    from hub.index import utcnow
     from hub.locks import file_lock
 
     metric = outcome.metric

@@ -38,17 +38,13 @@ def find_record(registry: Registry, eval_id: str) -> tuple[AdapterCard, dict[str
     Raises:
         InvalidArgument: no record has this id.
     """
-    row = registry.index.conn.execute(
-        "SELECT r.repo, v.commit_id, e.record FROM evals e JOIN versions v ON v.id = e.version_id"
-        " JOIN repos r ON r.id = v.repo_id WHERE e.id = ?",
-        (eval_id,),
-    ).fetchone()
+    row = registry.catalog.eval_record(eval_id)
     if row is None:
         raise InvalidArgument(
             f"no eval record {eval_id!r} in the registry at {registry.home}"
             " (`hub show REF` lists a version's eval ids)"
         )
-    return registry.show(f"{row[0]}@{row[1]}"), json.loads(row[2])
+    return registry.show(f"{row.repo}@{row.commit}"), row.record
 
 
 def rerun(

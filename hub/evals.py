@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hub.index import load_card, utcnow
+from hub.catalog.rows import utcnow
 from hub.locks import file_lock
 from schemas.errors import IncompatibleAdapters, InvalidArgument, InvalidData
 
@@ -470,21 +470,14 @@ def cached_base(registry: Registry, key_fields: dict[str, Any], compute: Callabl
     """``compute()``'s JSON result for the base, stored once per ``key_fields`` (base identity,
     data digest, scoring config, package versions) and reused by later evals."""
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()
-    row = registry.index.conn.execute(
-        "SELECT results_sha256 FROM base_scores WHERE key = ?", (key,)
-    ).fetchone()
-    if row is not None and registry.store.has(row[0]):
-        return json.loads(registry.store.path(row[0]).read_bytes())
+    digest = registry.catalog.base_scores(key)
+    if digest is not None and registry.store.has(digest):
+        return json.loads(registry.store.path(digest).read_bytes())
     scores = compute()
     payload = json.dumps(scores, sort_keys=True).encode()
     with file_lock(registry.lock_path, shared=True):
         digest, _ = registry.store.put_bytes(payload)
-        with registry.index.write() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO base_scores (key, results_sha256, created_at)"
-                " VALUES (?,?,?)",
-                (key, digest, utcnow()),
-            )
+        registry.catalog.set_base_scores(key, digest)
     return scores
 
 
@@ -609,83 +602,44 @@ def device_label(device: Any) -> str:
 def store_record(registry: Registry, card: AdapterCard, record: dict[str, Any]) -> None:
     """Attach ``record`` to ``card``'s version and add its metrics to the card, in one
     transaction (the caller holds the store lock shared if the record references blobs)."""
-    with registry.index.write() as conn:
-        row = conn.execute(
-            "SELECT v.id, v.card FROM versions v JOIN repos r ON r.id = v.repo_id"
-            " WHERE r.repo = ? AND v.commit_id = ?",
-            (card.repo, card.commit),
-        ).fetchone()
-        if row is None:
-            from schemas.errors import RevisionNotFound
+    dataset_name = record["dataset"].get("name")
+    metrics = [
+        {
+            "name": name,
+            "value": summary["value"],
+            "dataset": dataset_name,
+            "source": record["source"],
+            "n": summary.get("n"),
+            "stderr": summary.get("stderr"),
+            "ci95": summary.get("ci95"),
+            "higher_is_better": summary.get("higher_is_better"),
+            "eval_id": record["id"],
+        }
+        for name, summary in record["metrics"].items()
+    ]
+    if not registry.catalog.add_eval(card.repo, card.commit, record, metrics):
+        from schemas.errors import RevisionNotFound
 
-            raise RevisionNotFound(
-                f"{card.ref} was removed while it was being evaluated", repo=card.repo
-            )
-        version_id, stored = int(row[0]), load_card(row[1])
-        conn.execute(
-            "INSERT INTO evals (id, version_id, created_at, source, dataset_sha256,"
-            " results_sha256, record) VALUES (?,?,?,?,?,?,?)",
-            (
-                record["id"],
-                version_id,
-                record["created_at"],
-                record["source"],
-                record["dataset"].get("sha256"),
-                record.get("results_sha256"),
-                json.dumps(record, sort_keys=True),
-            ),
+        raise RevisionNotFound(
+            f"{card.ref} was removed while it was being evaluated", repo=card.repo
         )
-        dataset_name = record["dataset"].get("name")
-        for name, summary in record["metrics"].items():
-            stored["metrics"].append(
-                {
-                    "name": name,
-                    "value": summary["value"],
-                    "dataset": dataset_name,
-                    "source": record["source"],
-                    "n": summary.get("n"),
-                    "stderr": summary.get("stderr"),
-                    "ci95": summary.get("ci95"),
-                    "higher_is_better": summary.get("higher_is_better"),
-                    "eval_id": record["id"],
-                }
-            )
-        registry.index.replace_annotations(conn, version_id, stored)
 
 
-def insert_records(
-    conn: Any, version_id: int, card: dict[str, Any], records: Sequence[dict[str, Any]]
-) -> None:
-    """Store records imported at push (``hub.eval_import``) on the version ``version_id``,
-    inside the push's own transaction; their metrics are on the card already. A record
-    whose id is there (the same files pushed again) is not stored twice."""
+def prepare_imported(
+    card: dict[str, Any], records: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Records imported at push (``hub.eval_import``), made ready to be stored on the version
+    ``card`` in the push's own transaction (``Catalog.commit``): their ref, commit and time.
+    Their metrics are on the card already."""
     for record in records:
         record.update(ref=f"{card['repo']}@{card['commit']}", commit=card["commit"])
         record.setdefault("created_at", utcnow())
-        conn.execute(
-            "INSERT OR IGNORE INTO evals (id, version_id, created_at, source, dataset_sha256,"
-            " results_sha256, record) VALUES (?,?,?,?,?,?,?)",
-            (
-                record["id"],
-                version_id,
-                record["created_at"],
-                record["source"],
-                None,
-                None,
-                json.dumps(record, sort_keys=True),
-            ),
-        )
+    return list(records)
 
 
 def records_for(registry: Registry, card: AdapterCard) -> list[dict[str, Any]]:
     """Every eval record of ``card``'s version, oldest first."""
-    rows = registry.index.conn.execute(
-        "SELECT e.record FROM evals e JOIN versions v ON v.id = e.version_id"
-        " JOIN repos r ON r.id = v.repo_id WHERE r.repo = ? AND v.commit_id = ?"
-        " ORDER BY e.created_at, e.id",
-        (card.repo, card.commit),
-    ).fetchall()
-    return [json.loads(r[0]) for r in rows]
+    return registry.catalog.eval_records(card.repo, card.commit)
 
 
 def add_metric(

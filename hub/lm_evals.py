@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hub.index import utcnow
+from hub.catalog.rows import utcnow
 from hub.locks import file_lock
 from schemas.errors import IncompatibleAdapters, InvalidArgument, InvalidData
 

@@ -58,10 +58,10 @@ def verify_store(registry: Registry, *, upload_grace: timedelta = UPLOAD_GRACE) 
     """
     store = registry.store
     try:
-        index = registry.index
-        report = VerifyReport(database=index.integrity_check())
-        referenced = index.referenced_digests()
-        pending = index.pending_uploads(since=grace_start(upload_grace))
+        catalog = registry.catalog
+        report = VerifyReport(database=catalog.integrity_check())
+        referenced = catalog.referenced_digests()
+        pending = catalog.pending_uploads(since=grace_start(upload_grace))
     except IndexDamaged as error:
         return VerifyReport(database=str(error))
     bad: dict[str, str] = {}
@@ -80,7 +80,7 @@ def verify_store(registry: Registry, *, upload_grace: timedelta = UPLOAD_GRACE) 
                 report.pending_uploads += 1
             else:
                 report.orphan_blobs += 1
-    users = index.versions_using(set(bad))
+    users = catalog.versions_using(set(bad))
     report.problems = [BlobProblem(d, s, users[d]) for d, s in sorted(bad.items())]
     return report
 
@@ -96,8 +96,8 @@ def collect_garbage(registry: Registry, *, upload_grace: timedelta = UPLOAD_GRAC
     hub/uploads.py)."""
     report = GcReport()
     with file_lock(registry.lock_path, shared=False):
-        pending = registry.index.expire_uploads(before=grace_start(upload_grace))
-        referenced = registry.index.referenced_digests()
+        pending = registry.catalog.expire_uploads(before=grace_start(upload_grace))
+        referenced = registry.catalog.referenced_digests()
         for digest in list(registry.store.iter_digests()):
             if digest in pending and digest not in referenced:
                 report.uploads_kept += 1

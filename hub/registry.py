@@ -1,4 +1,4 @@
-"""The Registry: the Python API over the blob store and the index.
+"""The Registry: the Python API over the blob store and the catalog (``hub.catalog``).
 
 Example:
     >>> from hub import Registry
@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from typing_extensions import Unpack
 
+from hub.catalog import Catalog, Head, NewVersion, UpdateHead, open_catalog
+from hub.catalog.rows import utcnow
 from hub.folders import adapter_files, check_outside_registry
-from hub.index import Index, load_card, open_index, utcnow
 from hub.locks import file_lock
 from hub.maintenance import GcReport, VerifyReport, collect_garbage, verify_store
 from hub.search import SearchFilters, SearchQuery, run_search, run_search_json
@@ -32,6 +33,7 @@ from hub.store import BlobStore
 from schemas.errors import (
     AdapterNotFound,
     InvalidAdapter,
+    InvalidArgument,
     OutputExists,
     RevisionNotFound,
 )
@@ -115,27 +117,36 @@ def _merged_ledger(registry: Registry, inspected: Any, lineage: Lineage) -> Any:
 
 
 class Registry:
-    """Adapters stored in ``home``: ``index.db`` plus a content-addressed ``store/``."""
+    """Adapters stored in ``home``: the catalog (``index.db`` unless ``db`` names a
+    database: ``hub.catalog.open_catalog``) plus a content-addressed ``store/``."""
 
-    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, home: str | os.PathLike[str] | None = None, *, db: str | None = None
+    ) -> None:
         self.home = (Path(home) if home is not None else default_home()).expanduser().absolute()
         self.home.mkdir(parents=True, exist_ok=True)
         self.store = BlobStore(self.home / "store")
         self.lock_path = self.home / "locks" / "store.lock"
-        self._index: Index | None = None
+        self.db = db
+        self._catalog: Catalog | None = None
 
     @property
-    def index(self) -> Index:
-        """The index, opened on first use (``hub.index.open_index``: a lost or damaged
+    def catalog(self) -> Catalog:
+        """The catalog, opened on first use (``hub.catalog.open_catalog``: a lost or damaged
         ``index.db`` raises ``IndexDamaged``, an unopenable one ``IndexUnavailable``)."""
-        if self._index is None:
-            self._index = open_index(self.home / "index.db", self.store)
-        return self._index
+        if self._catalog is None:
+            self._catalog = open_catalog(self.db, self.home, store=self.store)
+        return self._catalog
+
+    @property
+    def index(self) -> Catalog:
+        """The catalog, by its name from before there were several backends."""
+        return self.catalog
 
     def close(self) -> None:
-        if self._index is not None:
-            self._index.close()
-            self._index = None
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
 
     def __enter__(self) -> Registry:
         return self
@@ -158,6 +169,7 @@ class Registry:
         details: dict[str, Any] | None = None,
         allow_nonfinite: bool = False,
         base_dirs: Sequence[Path] | None = None,
+        expected_head: str | None = None,
         _exclude: Sequence[str] = (),
     ) -> PushResult:
         """Register the adapter folder ``path`` as the next version of ``name``.
@@ -183,6 +195,9 @@ class Registry:
             allow_nonfinite: accept NaN/Inf tensors.
             base_dirs: where the base folder the adapter names may be read to count its
                 parameters; None: anywhere (a local push). The server passes its allow-list.
+            expected_head: the commit the caller built on (a Hugging Face commit's parent;
+                ``commit_id(None, [])`` for a repository without a version): checked inside
+                the commit's transaction, so a concurrent commit is never overwritten.
 
         A multi-adapter save (PEFT writes each adapter but ``default`` to a subfolder of its
         name) becomes one repository per adapter: ``name`` for ``default`` (the top-level
@@ -195,7 +210,8 @@ class Registry:
             ``others`` holds the results of a multi-adapter folder's other adapters.
 
         Raises:
-            InvalidName, InvalidAdapter, UnsafeFormat, AdapterNotFound (parent).
+            InvalidName, InvalidAdapter, UnsafeFormat, AdapterNotFound (parent),
+            InvalidArgument (412: the head is not ``expected_head``).
         """
         from hub.checkpoints import read_trainer_state
         from hub.eval_import import assign_ids, read_imports
@@ -210,7 +226,7 @@ class Registry:
         task_list = sorted({t.strip() for t in tasks if t.strip()})
         if not folder.is_dir():
             raise InvalidAdapter(f"{folder}: not a folder (give the folder save_pretrained wrote)")
-        self.index  # noqa: B018 (opened before any blob is stored: a lost index refuses here)
+        self.catalog  # noqa: B018 (opened before any blob is stored: a lost index refuses here)
         extras = [] if _exclude else extra_adapters(folder)
         if extras:
             return self._push_adapters(
@@ -263,6 +279,7 @@ class Registry:
                 description,
                 lineage,
                 [item.record for item in imports],
+                expected_head,
             )
         from hub.inspect.files import training_outputs
 
@@ -302,15 +319,7 @@ class Registry:
         from schemas.refs import validate_repo_id
 
         namespace, short = validate_repo_id(repo).split("/")
-        with self.index.write() as conn:
-            if conn.execute("SELECT 1 FROM repos WHERE repo = ?", (repo,)).fetchone():
-                return False
-            conn.execute(
-                "INSERT INTO repos (repo, namespace, name, created_at, last_version,"
-                " version_counter) VALUES (?,?,?,?,0,0)",
-                (repo, namespace, short, utcnow()),
-            )
-        return True
+        return self.catalog.create_repo(repo, namespace, short)
 
     def _default_name(self, folder: Path) -> str:
         from schemas.refs import validate_repo_id
@@ -329,33 +338,23 @@ class Registry:
         description: str | None,
         lineage: Lineage | None,
         records: Sequence[dict[str, Any]] = (),
+        expected_head: str | None = None,
     ) -> PushResult:
-        from hub.evals import insert_records
+        from hub.evals import prepare_imported
         from hub.reledger import refresh_ledger
         from schemas.card import AdapterCard
 
-        index = self.index
-        namespace, short = repo.split("/")
-        with index.write() as conn:
-            row = conn.execute(
-                "SELECT id, last_version, version_counter FROM repos WHERE repo = ?", (repo,)
-            ).fetchone()
-            if row is None:
-                cursor = conn.execute(
-                    "INSERT INTO repos (repo, namespace, name, created_at, last_version,"
-                    " version_counter) VALUES (?,?,?,?,0,0)",
-                    (repo, namespace, short, utcnow()),
-                )
-                repo_id, last_version, counter = int(cursor.lastrowid or 0), 0, 0
-            else:
-                repo_id, last_version, counter = row
-            latest = conn.execute(
-                "SELECT id, commit_id, card FROM versions WHERE repo_id = ? AND version = ?",
-                (repo_id, last_version),
-            ).fetchone()
-            parent_commit = latest[1] if latest else None
-            if latest is not None:
-                latest_card = load_card(latest[2])
+        def build(head: Head) -> NewVersion | UpdateHead:
+            if expected_head is not None:
+                found = head.commit or commit_id(None, [])
+                if found != expected_head:
+                    raise InvalidArgument(
+                        f"{repo} moved on: parent commit {expected_head[:12]} is not the head"
+                        f" {found[:12]} (fetch the latest revision and commit again)",
+                        status=412,
+                    )
+            if head.card is not None:
+                latest_card = head.card
                 same_files = sorted((f.path, f.sha256) for f in entries) == sorted(
                     (f["path"], f["sha256"]) for f in latest_card["files"]
                 )
@@ -371,15 +370,12 @@ class Registry:
                     if description:
                         latest_card["description"] = description
                     refresh_ledger(latest_card, inspected)
-                    index.replace_annotations(conn, latest[0], latest_card)
-                    insert_records(conn, latest[0], latest_card, records)
-                    return PushResult(self._card(latest_card, latest[0], conn), created=False)
-            version = counter + 1
+                    return UpdateHead(latest_card, prepare_imported(latest_card, records))
             card = AdapterCard(
                 **{**inspected, "description": description or inspected.get("description")},
                 repo=repo,
-                version=version,
-                commit=commit_id(parent_commit, entries),
+                version=head.next_version,
+                commit=commit_id(head.commit, entries),
                 tasks=tasks,
                 tags=tags,
                 metrics=metrics,
@@ -387,22 +383,21 @@ class Registry:
                 lineage=lineage,
                 created_at=utcnow(),
             )
+            built[:] = [card]
             card_dict = card.model_dump(mode="json", exclude={"aliases"})
-            version_id = index.insert_version(conn, repo_id, card_dict, parent_commit)
-            insert_records(conn, version_id, card_dict, records)
-            conn.execute(
-                "UPDATE repos SET last_version = ?, version_counter = ? WHERE id = ?",
-                (version, version, repo_id),
-            )
-        return PushResult(card, created=True)
+            return NewVersion(card_dict, head.commit, prepare_imported(card_dict, records))
 
-    def _card(self, card: dict[str, Any], version_id: int, conn: Any = None) -> AdapterCard:
+        built: list[AdapterCard] = []
+        committed = self.catalog.commit(repo, build)
+        if committed.created:
+            return PushResult(built[0], created=True)
+        card = {**committed.card, "aliases": committed.aliases}
+        return PushResult(AdapterCard.model_validate(card), created=False)
+
+    def _card(self, card: dict[str, Any], version_id: int) -> AdapterCard:
         from schemas.card import AdapterCard
 
-        aliases = (conn or self.index.conn).execute(
-            "SELECT alias FROM aliases WHERE version_id = ? ORDER BY alias", (version_id,)
-        )
-        return AdapterCard.model_validate({**card, "aliases": [a[0] for a in aliases]})
+        return AdapterCard.model_validate({**card, "aliases": self.catalog.aliases(version_id)})
 
     # -- lookups ------------------------------------------------------------------------
     def _resolve(self, ref: str | AdapterRef) -> tuple[int, dict[str, Any]]:
@@ -410,14 +405,14 @@ class Registry:
         from schemas.refs import AdapterRef
 
         parsed = ref if isinstance(ref, AdapterRef) else AdapterRef.parse(ref)
-        index = self.index
-        repo_row = index.repo_row(parsed.repo)
+        catalog = self.catalog
+        repo_row = catalog.repo(parsed.repo)
         if repo_row is None:
             raise AdapterNotFound(
                 f"no adapter named {parsed.repo!r} in the registry at {self.home}",
                 repo=parsed.repo,
             )
-        repo_id, last_version = repo_row["id"], repo_row["last_version"]
+        last_version = repo_row.last_version
         if not last_version:
             raise RevisionNotFound(
                 f"{parsed.repo} has no version yet (it was created empty, over the Hugging Face"
@@ -426,28 +421,14 @@ class Registry:
                 revision=parsed.revision,
             )
         kind = parsed.revision_kind
-        rows: list[Any]
         if kind == "latest":
-            rows = index.query(
-                "SELECT id, card FROM versions WHERE repo_id = ? AND version = ?",
-                (repo_id, last_version),
-            )
+            rows = catalog.find_versions(parsed.repo, number=last_version)
         elif kind == "version":
-            rows = index.query(
-                "SELECT id, card FROM versions WHERE repo_id = ? AND version = ?",
-                (repo_id, parsed.version),
-            )
+            rows = catalog.find_versions(parsed.repo, number=parsed.version)
         elif kind == "alias":
-            rows = index.query(
-                "SELECT v.id, v.card FROM aliases a JOIN versions v ON v.id = a.version_id"
-                " WHERE a.repo_id = ? AND a.alias = ?",
-                (repo_id, parsed.revision),
-            )
+            rows = catalog.find_versions(parsed.repo, alias=parsed.revision)
         else:
-            rows = index.query(
-                "SELECT id, card FROM versions WHERE repo_id = ? AND commit_id LIKE ?",
-                (repo_id, f"{parsed.revision}%"),
-            )
+            rows = catalog.find_versions(parsed.repo, commit_prefix=parsed.revision)
             if len(rows) > 1:
                 raise RevisionNotFound(
                     f"commit prefix {parsed.revision!r} is ambiguous in {parsed.repo}:"
@@ -462,7 +443,7 @@ class Registry:
                 repo=parsed.repo,
                 revision=parsed.revision,
             )
-        return int(rows[0]["id"]), load_card(rows[0]["card"])
+        return rows[0].version_id, rows[0].card
 
     def show(self, ref: str | AdapterRef) -> AdapterCard:
         """The card of ``ref`` (``ns/name``, ``ns/name@v3``, ``@prod``, ``@<commit>``)."""
@@ -474,17 +455,12 @@ class Registry:
         from schemas.refs import validate_repo_id
 
         validate_repo_id(repo)
-        if self.index.repo_row(repo) is None:
+        if self.catalog.repo(repo) is None:
             raise AdapterNotFound(
                 f"no adapter named {repo!r} in the registry at {self.home}",
                 repo=repo,
             )
-        rows = self.index.query(
-            "SELECT v.id, v.card FROM versions v JOIN repos r ON r.id = v.repo_id"
-            " WHERE r.repo = ? ORDER BY v.version",
-            (repo,),
-        )
-        return [self._card(load_card(row["card"]), row["id"]) for row in rows]
+        return [self._card(row.card, row.version_id) for row in self.catalog.versions(repo)]
 
     def search(
         self, query: str | None = None, **filters: Unpack[SearchFilters]
@@ -508,11 +484,11 @@ class Registry:
         self, query: str | None = None, **filters: Unpack[SearchFilters]
     ) -> list[dict[str, Any]]:
         """Like ``search`` but JSON-ready dicts, skipping model validation."""
-        return run_search(self.index, SearchQuery.of(query, **filters))
+        return run_search(self.catalog, SearchQuery.of(query, **filters))
 
     def search_json(self, query: str | None = None, **filters: Unpack[SearchFilters]) -> list[str]:
         """Like ``search`` but each card as JSON text (what ``hub ls --json`` prints)."""
-        return run_search_json(self.index, SearchQuery.of(query, **filters))
+        return run_search_json(self.catalog, SearchQuery.of(query, **filters))
 
     def blob_path(self, card: AdapterCard, path: str) -> Path:
         """Where the bytes of file ``path`` of ``card`` are stored (read-only use)."""
@@ -755,38 +731,14 @@ class Registry:
             removed = self.versions(parsed.repo)
         else:
             removed = [self.show(parsed)]
-        index = self.index
-        with index.write() as conn:
-            # Looked up again under the write lock: a concurrent `hub rm` may have removed
-            # the repository or some of these versions since they were read above.
-            repo_row = conn.execute("SELECT id FROM repos WHERE repo = ?", (parsed.repo,))
-            found = repo_row.fetchone()
-            gone = RevisionNotFound(
+        # Looked up again in the removal's transaction: a concurrent `hub rm` may have
+        # removed the repository or some of these versions since they were read above.
+        if not self.catalog.remove_versions(parsed.repo, [card.commit for card in removed]):
+            raise RevisionNotFound(
                 f"{parsed.repo}@{parsed.revision or 'main'} was removed meanwhile",
                 repo=parsed.repo,
                 revision=parsed.revision,
             )
-            if found is None:
-                raise gone
-            repo_id = found[0]
-            ids = []
-            for card in removed:
-                row = conn.execute(
-                    "SELECT id FROM versions WHERE repo_id = ? AND commit_id = ?",
-                    (repo_id, card.commit),
-                ).fetchone()
-                if row is None:
-                    raise gone
-                ids.append(row[0])
-            index.delete_versions(conn, ids)
-            newest = conn.execute(
-                "SELECT max(version) FROM versions WHERE repo_id = ?", (repo_id,)
-            ).fetchone()[0]
-            if newest is None:
-                conn.execute("DELETE FROM aliases WHERE repo_id = ?", (repo_id,))
-                conn.execute("DELETE FROM repos WHERE id = ?", (repo_id,))
-            else:
-                conn.execute("UPDATE repos SET last_version = ? WHERE id = ?", (newest, repo_id))
         return removed
 
     def tag(self, ref: str | AdapterRef, alias: str) -> AdapterCard:
@@ -800,29 +752,15 @@ class Registry:
         validate_alias(alias)
         parsed = ref if isinstance(ref, AdapterRef) else AdapterRef.parse(ref)
         version_id, card = self._resolve(parsed)
-        with self.index.write() as conn:
-            # The version may have been removed between the lookup and this transaction.
-            row = conn.execute(
-                "SELECT repo_id FROM versions WHERE id = ?", (version_id,)
-            ).fetchone()
-            if row is None:
-                raise RevisionNotFound(
-                    f"{parsed.repo}@v{card['version']} was removed while `hub tag` ran;"
-                    " nothing was tagged",
-                    repo=parsed.repo,
-                    revision=parsed.revision,
-                )
-            conn.execute(
-                "INSERT INTO aliases (repo_id, alias, version_id) VALUES (?,?,?)"
-                " ON CONFLICT (repo_id, alias) DO UPDATE SET version_id = excluded.version_id",
-                (row[0], alias, version_id),
+        # The version may have been removed between the lookup and the alias's transaction.
+        aliases = self.catalog.set_alias(version_id, alias)
+        if aliases is None:
+            raise RevisionNotFound(
+                f"{parsed.repo}@v{card['version']} was removed while `hub tag` ran;"
+                " nothing was tagged",
+                repo=parsed.repo,
+                revision=parsed.revision,
             )
-            aliases = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT alias FROM aliases WHERE version_id = ? ORDER BY alias", (version_id,)
-                )
-            ]
         from schemas.card import AdapterCard
 
         return AdapterCard.model_validate({**card, "aliases": aliases})

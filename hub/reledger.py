@@ -1,4 +1,4 @@
-"""Index migration 5: the parameter ledger for versions pushed before it existed.
+"""Catalog migration 6: the parameter ledger for versions pushed before it existed.
 
 Each such version's files are copied out of the blob store into a scratch folder and
 inspected again (``hub.inspect``), and the ledger fields of the fresh card are written into
@@ -11,9 +11,8 @@ reason, until the version is pushed again with the base readable.
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,30 +37,25 @@ def has_ledger(card: dict[str, Any]) -> bool:
     return all(key in card for key in LEDGER_KEYS)
 
 
-def recompute_ledgers(conn: sqlite3.Connection, store: BlobStore) -> int:
-    """Fill in the ledger of every version whose stored card lacks it; the count updated.
+def recompute_ledgers(
+    versions: Iterable[tuple[int, str, dict[str, Any]]],
+    files: Callable[[int], list[tuple[str, str]]],
+    store: BlobStore,
+) -> list[tuple[int, dict[str, Any]]]:
+    """The cards, with the ledger filled in, of the versions whose stored card lacks it.
 
-    Runs inside the migration's transaction. A version whose files cannot be read back (a
-    blob missing or damaged) keeps ``params_stored`` (its old ``params_trainable``) and gets
-    the other counts as None, with ``hub verify``'s finding as the reason.
+    ``versions`` are ``(version_id, commit, card)`` oldest first, ``files(version_id)`` a
+    version's ``(path, sha256)`` sorted by path; the catalog's migration writes the cards
+    back in its transaction. A version whose files cannot be read back (a blob missing or
+    damaged) keeps ``params_stored`` (its old ``params_trainable``) and gets the other counts
+    as None, with ``hub verify``'s finding as the reason.
     """
-    from hub.index import load_card
-
-    rows = conn.execute("SELECT id, commit_id, card FROM versions ORDER BY id").fetchall()
     cards: dict[str, dict[str, Any]] = {}  # commit -> card, for merge results' inputs
-    updated = 0
-    for version_id, commit, text in rows:
-        card = load_card(text)
+    updated = []
+    for version_id, commit, card in versions:
         if not has_ledger(card):
-            files = conn.execute(
-                "SELECT path, sha256 FROM files WHERE version_id = ? ORDER BY path",
-                (version_id,),
-            ).fetchall()
-            card.update(_ledger(card, files, store, cards))
-            conn.execute(
-                "UPDATE versions SET card = ? WHERE id = ?", (json.dumps(card), version_id)
-            )
-            updated += 1
+            card.update(_ledger(card, files(version_id), store, cards))
+            updated.append((version_id, card))
         cards[commit] = card
     return updated
 

@@ -12,14 +12,12 @@ commit, with its blobs (``gc`` keeps them), and the record's ``"remote"`` says w
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hub.evals import Sink, evaluate, store_blobs
-from hub.index import utcnow
 from hub.locks import file_lock
 from schemas.errors import AuthError
 
@@ -86,31 +84,12 @@ def keep_locally(
         store_blobs(registry, record, dataset, per_example)
         if forgetting is not None:
             forgetting.store(registry)
-        with registry.index.write() as conn:
-            conn.execute(
-                "INSERT INTO remote_evals (id, remote, repo, commit_id, created_at,"
-                " dataset_sha256, results_sha256, record) VALUES (?,?,?,?,?,?,?,?)",
-                (
-                    record["id"],
-                    url,
-                    card.repo,
-                    card.commit,
-                    record.get("created_at") or utcnow(),
-                    record["dataset"]["sha256"],
-                    record["results_sha256"],
-                    json.dumps(record, sort_keys=True),
-                ),
-            )
+        registry.catalog.add_remote_eval(url, card.repo, card.commit, record)
 
 
 def kept_records(registry: Registry, url: str, card: AdapterCard) -> list[dict[str, Any]]:
     """Records of the remote version ``card`` kept here (oldest first)."""
-    rows = registry.index.conn.execute(
-        "SELECT record FROM remote_evals WHERE remote = ? AND repo = ? AND commit_id = ?"
-        " ORDER BY created_at, id",
-        (url.rstrip("/"), card.repo, card.commit),
-    ).fetchall()
-    return [json.loads(row[0]) for row in rows]
+    return registry.catalog.remote_evals(url.rstrip("/"), card.repo, card.commit)
 
 
 def evaluate_remote(

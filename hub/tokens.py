@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from hub.index import utcnow
+from hub.catalog.base import TokenRow
+from hub.catalog.rows import utcnow
 from schemas.errors import AuthError, InvalidArgument
 
 if TYPE_CHECKING:
@@ -63,38 +63,24 @@ def create_token(registry: Registry, name: str, *, read: list[str], write: list[
     _check_scopes(read, "--read")
     _check_scopes(write, "--write")
     token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-    with registry.index.write() as conn:
-        conn.execute(
-            "INSERT INTO tokens (id, name, hash, read, write, created_at) VALUES (?,?,?,?,?,?)",
-            (
-                token_id,
-                name,
-                _digest(secret),
-                json.dumps(sorted(read)),
-                json.dumps(sorted(write)),
-                utcnow(),
-            ),
+    registry.catalog.add_token(
+        TokenRow(
+            token_id, name, _digest(secret), tuple(sorted(read)), tuple(sorted(write)), utcnow()
         )
+    )
     return f"hub_{token_id}_{secret}"
 
 
+def _token(row: TokenRow) -> Token:
+    return Token(row.id, row.name, row.read, row.write, row.created_at, row.revoked_at)
+
+
 def list_tokens(registry: Registry) -> list[Token]:
-    rows = registry.index.conn.execute(
-        "SELECT id, name, read, write, created_at, revoked_at FROM tokens ORDER BY created_at"
-    ).fetchall()
-    return [
-        Token(r[0], r[1], tuple(json.loads(r[2])), tuple(json.loads(r[3])), r[4], r[5])
-        for r in rows
-    ]
+    return [_token(row) for row in registry.catalog.tokens()]
 
 
 def revoke_token(registry: Registry, token_id: str) -> Token:
-    with registry.index.write() as conn:
-        updated = conn.execute(
-            "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-            (utcnow(), token_id),
-        ).rowcount
-    if not updated:
+    if not registry.catalog.revoke_token(token_id, utcnow()):
         raise InvalidArgument(f"no active token with id {token_id!r} (see `hub token ls`)")
     return next(t for t in list_tokens(registry) if t.id == token_id)
 
@@ -106,13 +92,10 @@ def active_token(registry: Registry, token_id: str) -> Token:
     Raises:
         AuthError: no such token, or it was revoked (403).
     """
-    row = registry.index.conn.execute(
-        "SELECT id, name, read, write, created_at, revoked_at FROM tokens WHERE id = ?",
-        (token_id,),
-    ).fetchone()
-    if row is None or row[5]:
+    row = registry.catalog.token(token_id)
+    if row is None or row.revoked_at:
         raise AuthError("the token this upload link was issued to is revoked", status=403)
-    return Token(row[0], row[1], tuple(json.loads(row[2])), tuple(json.loads(row[3])), row[4])
+    return _token(row)
 
 
 def authenticate(registry: Registry, presented: str) -> Token:
@@ -120,11 +103,8 @@ def authenticate(registry: Registry, presented: str) -> Token:
     parts = presented.split("_", 2)
     if len(parts) != 3 or parts[0] != "hub":
         raise AuthError("invalid token", status=401)
-    row = registry.index.conn.execute(
-        "SELECT id, name, hash, read, write, created_at, revoked_at FROM tokens WHERE id = ?",
-        (parts[1],),
-    ).fetchone()
-    expected = row[2] if row else _digest("no such token")
-    if not hmac.compare_digest(expected, _digest(parts[2])) or row is None or row[6]:
+    row = registry.catalog.token(parts[1])
+    expected = row.hash if row else _digest("no such token")
+    if not hmac.compare_digest(expected, _digest(parts[2])) or row is None or row.revoked_at:
         raise AuthError("invalid or revoked token", status=401)
-    return Token(row[0], row[1], tuple(json.loads(row[3])), tuple(json.loads(row[4])), row[5])
+    return _token(row)

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# The catalog backends (SQLite, a real PostgreSQL server): pg_url, db_url, postgres_server.
+pytest_plugins = ["tests.backends"]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HUB_DISABLE_PROGRESS", "1")

@@ -33,6 +33,7 @@ def _streams(method: str, path: str) -> bool:
 def create_app(
     home: str | os.PathLike[str],
     *,
+    db: str | None = None,
     anonymous_read: bool = False,
     inline_upload_max: int | None = None,
     max_upload_bytes: int | None = None,
@@ -45,6 +46,8 @@ def create_app(
 
     Args:
         home: the registry folder (``HUB_HOME``).
+        db: the team catalog, ``postgresql://USER@HOST/DB`` (``--db``); None: the SQLite
+            index in ``home``.
         anonymous_read: let requests without a token read every namespace.
         inline_upload_max: files up to this many bytes are sent inline in Hugging Face
             commits (the path clients with ``hf_xet`` installed can use); larger ones through
@@ -70,7 +73,7 @@ def create_app(
         'Errors are `{"error": {"code", "message"}}` with the code also in '
         "`X-Error-Code`; send `Authorization: Bearer TOKEN` (`hub token create`).",
     )
-    srv = ServerState(Path(home), anonymous_read=anonymous_read)
+    srv = ServerState(Path(home), anonymous_read=anonymous_read, db=db)
     if inline_upload_max is not None:
         srv.inline_upload_max = inline_upload_max
     if max_upload_bytes is not None:

@@ -98,6 +98,8 @@ class ServerState:
     """Seconds a JSON body may take to arrive, and an upload may go without sending a byte."""
     max_anonymous: int = 64
     """Requests without a valid token handled at once; more are answered 429 at once."""
+    db: str | None = None
+    """The team catalog's URL (``--db``); None: the SQLite index in ``home``."""
     anonymous_in_flight: int = 0
     """Counted by ``BoundedBodies`` on the event loop's thread (so no lock)."""
     lfs_secret: bytes = field(default_factory=lambda: os.urandom(32))
@@ -107,7 +109,7 @@ class ServerState:
         # SQLite connections stay in the thread that opened them: one registry per worker.
         reg = getattr(self._local, "registry", None)
         if reg is None:
-            reg = self._local.registry = Registry(self.home)
+            reg = self._local.registry = Registry(self.home, db=self.db)
         return reg
 
     def repo_lock(self, repo: str) -> threading.Lock:
@@ -125,12 +127,12 @@ class ServerState:
         with file_lock(registry.lock_path, shared=True):
             active_token(registry, token_id)
             digest, size = blob.publish(expected=expected)
-            registry.index.record_upload(token_id, digest)
+            registry.catalog.record_upload(token_id, digest)
         return size
 
     def uploaded_by(self, token: Token, digest: str) -> bool:
         """Whether ``token`` uploaded ``digest`` within the upload grace period."""
-        return self.registry().index.uploaded_by(token.id, digest, since=grace_start())
+        return self.registry().catalog.uploaded_by(token.id, digest, since=grace_start())
 
     def may_reference(self, token: Token, digest: str) -> bool:
         """Whether a push by ``token`` may use the stored blob ``digest`` without uploading it.
@@ -205,12 +207,7 @@ def readable_namespaces(request: Request) -> list[str] | None:
 
 def blob_namespaces(registry: Registry, digest: str) -> list[str]:
     """The namespaces with a version that uses blob ``digest``."""
-    rows = registry.index.conn.execute(
-        "SELECT DISTINCT r.namespace FROM files f JOIN versions v ON v.id = f.version_id"
-        " JOIN repos r ON r.id = v.repo_id WHERE f.sha256 = ? ORDER BY r.namespace",
-        (digest,),
-    )
-    return [row[0] for row in rows]
+    return registry.catalog.blob_namespaces(digest)
 
 
 def check_digest(digest: str) -> str:

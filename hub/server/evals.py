@@ -57,10 +57,7 @@ def post_eval(request: Request, namespace: str, name: str, body: NewEval) -> Res
     card = registry.show(f"{repo}@{record['commit']}")
     if card.commit != record["commit"]:
         raise InvalidArgument(f"eval record {record['id']}: commit {record['commit']} is not exact")
-    exists = registry.index.conn.execute(
-        "SELECT 1 FROM evals WHERE id = ?", (record["id"],)
-    ).fetchone()
-    if exists:
+    if registry.catalog.eval_record(record["id"]) is not None:
         raise InvalidArgument(f"eval record {record['id']} exists already", status=409)
     record["ref"] = card.ref
     # Shared store lock from the blob check until the record references them: gc waits.

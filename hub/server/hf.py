@@ -65,8 +65,8 @@ def _empty_repo_info(request: Request, repo: str, revision: str | None) -> dict[
     """A repository created over the HF API before its first commit: its initial, empty state."""
     if revision not in (None, "main"):
         return None
-    row = state(request).registry().index.repo_row(repo)
-    if row is None or row["last_version"]:
+    row = state(request).registry().catalog.repo(repo)
+    if row is None or row.last_version:
         return None
     return {
         "_id": repo,

@@ -273,4 +273,6 @@ def apply_commit(
         )
     with tempfile.TemporaryDirectory(dir=registry.home / "tmp") as tmp:
         folder = stage_files(registry, Path(tmp) / repo.split("/")[1], files)
-        return registry.push(folder, name=repo, base_dirs=base_dirs)
+        # The head is checked again in the commit's transaction: a push from outside this
+        # server (another worker, the CLI) meanwhile gets 412, not its files overwritten.
+        return registry.push(folder, name=repo, base_dirs=base_dirs, expected_head=head)

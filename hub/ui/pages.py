@@ -96,9 +96,9 @@ def search_page(registry: Registry, viewer: Viewer, form: SearchForm) -> dict[st
     ``InvalidArgument`` with the same message as ``hub ls``."""
     if form.page < 1:
         raise InvalidArgument(f"invalid page {form.page}: pages are numbered from 1")
-    index = registry.index
-    query = narrowed(index, form.query(viewer))
-    results = run_search_page(index, query, offset=(form.page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
+    catalog = registry.catalog
+    query = narrowed(catalog, form.query(viewer))
+    results = run_search_page(catalog, query, offset=(form.page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
     spec = (query.sort or "").lstrip("+-")
     shown_metric = spec.removeprefix("metric:") if spec.startswith("metric:") else None
     for card in results.cards:
@@ -108,8 +108,8 @@ def search_page(registry: Registry, viewer: Viewer, form: SearchForm) -> dict[st
         "form": form,
         "results": results,
         "pages": pages,
-        "facets": facet_counts(index, query),
-        "metrics": metric_names(index, query),
+        "facets": facet_counts(catalog, query),
+        "metrics": metric_names(catalog, query),
         "shown_metric": shown_metric,
     }
 
@@ -133,7 +133,7 @@ def adapter_page(registry: Registry, viewer: Viewer, repo: str, rev: str | None)
     if readme is not None and readme.size <= README_MAX_BYTES:
         raw = registry.blob_path(card, readme.path).read_bytes()
         readme_text = readme_html(raw.decode("utf-8", "replace"))
-    derived = built_from(registry.index, card.commit, viewer.namespaces())
+    derived = built_from(registry.catalog, card.commit, viewer.namespaces())
     return {
         "card": card,
         "data": data,
@@ -307,13 +307,13 @@ def base_page(registry: Registry, viewer: Viewer, base: str, page: int) -> dict[
     the metric most of them carry."""
     if page < 1:
         raise InvalidArgument(f"invalid page {page}: pages are numbered from 1")
-    index = registry.index
+    catalog = registry.catalog
     query = SearchQuery(base=base, sort="rank", first="method", namespaces=viewer.namespaces())
-    top = most_common_metric(index, query)
+    top = most_common_metric(catalog, query)
     if top is not None:
         query.sort = f"metric:{top}"
     size = 100
-    results = run_search_page(index, query, offset=(page - 1) * size, limit=size)
+    results = run_search_page(catalog, query, offset=(page - 1) * size, limit=size)
     groups: dict[str, list[dict[str, Any]]] = {}
     for card in results.cards:
         card["shown_metric"] = _metric_value(card, top) if top else None
@@ -322,7 +322,7 @@ def base_page(registry: Registry, viewer: Viewer, base: str, page: int) -> dict[
         "base": base,
         "metric": top,
         "groups": groups,
-        "methods": facet_counts(index, query, only=["method"])["method"],
+        "methods": facet_counts(catalog, query, only=["method"])["method"],
         "total": results.total,
         "page": page,
         "pages": max(1, -(-results.total // size)),

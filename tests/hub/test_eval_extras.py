@@ -93,9 +93,9 @@ def test_forgetting_equals_a_direct_peft_computation(registry, trained, tmp_path
     assert registry.store.has(f["results_sha256"]) and registry.verify().healthy
 
     # The base's losses are cached: a second eval does not score the base again.
-    cached = registry.index.conn.execute("SELECT count(*) FROM base_scores").fetchone()[0]
+    cached = registry.catalog.conn.execute("SELECT count(*) FROM base_scores").fetchone()[0]
     registry.evaluate("team/forget", data, base=str(base), forgetting=general, with_base=False)
-    assert registry.index.conn.execute("SELECT count(*) FROM base_scores").fetchone()[0] == cached
+    assert registry.catalog.conn.execute("SELECT count(*) FROM base_scores").fetchone()[0] == cached
 
 
 def test_forgetting_windows_score_every_token_once(trained, tmp_path):

@@ -87,7 +87,7 @@ def test_base_is_scored_once_for_many_adapters(registry, trained):
     registry.push(lora, name="team/a")
     registry.push(lora2, name="team/b")
     first = registry.evaluate(["team/a", "team/b"], data, base=str(base), metrics=["perplexity"])
-    cached = registry.index.conn.execute("SELECT count(*) FROM base_scores").fetchone()[0]
+    cached = registry.catalog.conn.execute("SELECT count(*) FROM base_scores").fetchone()[0]
     assert cached == 1
     assert first[0]["base"] == first[1]["base"]
     assert first[0]["metrics"] != first[1]["metrics"]

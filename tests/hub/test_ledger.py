@@ -9,9 +9,9 @@ import warnings
 import pytest
 from click.testing import CliRunner
 
-import hub.index
 from cli.main import cli
 from hub import Registry
+from hub.catalog import sqlite_migrations
 from hub.inspect import inspect_adapter
 from schemas.card import LEDGER
 from tests.factories import METHODS, load_base, make_adapter
@@ -207,7 +207,7 @@ def test_composites_ledger(registry, adapters, base_dir, tmp_path):
     assert merged.params_notes["params_trained"].startswith("a cat merge of 2 adapters")
 
 
-_LEDGER_MIGRATION = hub.index.MIGRATIONS.index(hub.index._migration_6) + 1
+_LEDGER_MIGRATION = sqlite_migrations.MIGRATIONS.index(sqlite_migrations._migration_6) + 1
 
 
 def _strip_ledger(home):
@@ -231,24 +231,22 @@ def _strip_ledger(home):
 
 
 def test_migration_recomputes_the_ledger_of_older_versions(hub_home, adapters, monkeypatch):
-    import hub.index
-
-    all_migrations = list(hub.index.MIGRATIONS)
+    all_migrations = list(sqlite_migrations.MIGRATIONS)
     with Registry(hub_home) as old:
         for method in ("lora", "ia3", "vera", "p_tuning"):
             old.push(adapters(method), name=f"t/{method}")
         old.compose({"operator": "stack", "name": "t/stack", "inputs": ["t/lora", "t/p_tuning"]})
         old.compose({"operator": "cat", "name": "t/cat", "inputs": ["t/lora", "t/lora"]})
     _strip_ledger(hub_home)
-    monkeypatch.setattr(hub.index, "MIGRATIONS", all_migrations[: _LEDGER_MIGRATION - 1])
+    monkeypatch.setattr(sqlite_migrations, "MIGRATIONS", all_migrations[: _LEDGER_MIGRATION - 1])
     with Registry(hub_home) as old:
         before = old.show("t/lora")
         assert (before.params_trained, before.params_stored) == (None, 3584)
-        stored = json.loads(old.index.conn.execute("SELECT card FROM versions").fetchone()[0])
+        stored = json.loads(old.catalog.conn.execute("SELECT card FROM versions").fetchone()[0])
         assert "params_trained" not in stored and stored["params_trainable"] == 3584
-    monkeypatch.setattr(hub.index, "MIGRATIONS", all_migrations)
+    monkeypatch.setattr(sqlite_migrations, "MIGRATIONS", all_migrations)
     with Registry(hub_home) as new:
-        assert new.index.schema_version() == len(all_migrations)
+        assert new.catalog.schema_version() == len(all_migrations)
         assert _ledger(new.show("t/lora")) == LEDGERS["lora"]
         assert _ledger(new.show("t/p_tuning")) == LEDGERS["p_tuning"]
         for method in ("ia3", "vera"):  # one side of the weights: the base's shapes tell
@@ -324,16 +322,14 @@ def test_lora_extras_in_the_ledger(overrides, ledger, base_dir, tmp_path):
 
 
 def test_migration_keeps_what_it_cannot_recompute(hub_home, adapters, monkeypatch):
-    import hub.index
-
-    all_migrations = list(hub.index.MIGRATIONS)
+    all_migrations = list(sqlite_migrations.MIGRATIONS)
     with Registry(hub_home) as old:
         card = old.push(adapters("lora"), name="t/lost").card
     _strip_ledger(hub_home)
     weights = next(f for f in card.files if f.path == "adapter_model.safetensors")
     blob = next(p for p in (hub_home / "store").rglob(weights.sha256) if p.is_file())
     blob.unlink()  # the file is gone from the store: `hub verify` would say so
-    monkeypatch.setattr(hub.index, "MIGRATIONS", all_migrations)
+    monkeypatch.setattr(sqlite_migrations, "MIGRATIONS", all_migrations)
     with Registry(hub_home) as new:
         lost = new.show("t/lost")
     assert (lost.params_stored, lost.params_trained, lost.params_changed_when_merged) == (

@@ -123,8 +123,8 @@ def _has_open(pid: int, path: Path) -> bool:
 def test_tag_racing_rm_is_a_clear_error(hub_home, adapters):
     with Registry(hub_home) as reg:
         reg.push(adapters("lora"), name="team/sql")
-        index = reg.index
-        with index.write() as conn:
+        catalog = reg.catalog
+        with catalog.write() as conn:
             # `hub tag` reads the version, then waits here for the write lock we hold ...
             proc = _cli(hub_home, "tag", "team/sql@v1", "prod")
             deadline = time.monotonic() + 60
@@ -134,7 +134,7 @@ def test_tag_racing_rm_is_a_clear_error(hub_home, adapters):
             time.sleep(1.0)  # it has opened the index; let it resolve v1 and block on the lock
             # ... while a remover commits first (what `hub rm team/sql` writes).
             ids = [row[0] for row in conn.execute("SELECT id FROM versions")]
-            index.delete_versions(conn, ids)
+            catalog._delete_versions(conn, ids)
             conn.execute("DELETE FROM repos")
         out, err = proc.communicate(timeout=120)
     assert (proc.returncode, out, err) == (
@@ -143,4 +143,4 @@ def test_tag_racing_rm_is_a_clear_error(hub_home, adapters):
         "Error: team/sql@v1 was removed while `hub tag` ran; nothing was tagged\n",
     )
     with Registry(hub_home) as reg:
-        assert reg.index.query("SELECT * FROM aliases") == []
+        assert reg.catalog.conn.execute("SELECT * FROM aliases").fetchall() == []

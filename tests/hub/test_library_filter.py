@@ -15,7 +15,7 @@ def test_peft_cards_say_peft_and_filter_by_library(registry, adapters):
 
 def test_cards_indexed_before_the_field_count_as_peft(registry, adapters):
     registry.push(adapters("lora"), name="a/old")
-    with registry.index.write() as conn:
+    with registry.catalog.write() as conn:
         (text,) = conn.execute("SELECT card FROM versions").fetchone()
         old = {k: v for k, v in json.loads(text).items() if k != "library"}
         conn.execute("UPDATE versions SET card = ?", (json.dumps(old),))

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from hub import Registry
-from hub.index import MIGRATIONS
+from hub.catalog.sqlite_migrations import MIGRATIONS
 from schemas import (
     AdapterNotFound,
     InvalidAdapter,
@@ -24,6 +24,13 @@ def _variant(src, dst, text):
     shutil.copytree(src, dst)
     (dst / "README.md").write_text(text)
     return dst
+
+
+@pytest.fixture
+def registry(hub_home, db_url):
+    """The registry over each catalog backend: the SQLite index, then a PostgreSQL database."""
+    with Registry(hub_home, db=db_url) as reg:
+        yield reg
 
 
 def test_push_records_card_and_dedups(registry, adapters):
@@ -234,38 +241,39 @@ def test_registry_survives_reopen(hub_home, adapters):
         reg.push(adapters("lora"), name="a/b")
     with Registry(hub_home) as reg:
         assert reg.show("a/b").version == 1
-        assert reg.index.schema_version() == len(MIGRATIONS)
-        mode = reg.index.conn.execute("PRAGMA journal_mode").fetchone()[0]
+        assert reg.catalog.schema_version() == len(MIGRATIONS)
+        mode = reg.catalog.conn.execute("PRAGMA journal_mode").fetchone()[0]
         assert mode == "wal"
 
 
 def test_an_index_from_an_older_schema_is_migrated_in_place(hub_home, adapters, monkeypatch):
-    import hub.index
+    import hub.catalog.sqlite
+    import hub.catalog.sqlite_migrations
 
     # Write a registry as the first release did (schema 1 only: no tokens table, metric rows
     # of name, value and dataset only).
-    monkeypatch.setattr(hub.index, "MIGRATIONS", MIGRATIONS[:1])
+    monkeypatch.setattr(hub.catalog.sqlite_migrations, "MIGRATIONS", MIGRATIONS[:1])
     monkeypatch.setattr(
-        hub.index,
-        "_INSERT_METRIC",
+        hub.catalog.sqlite_migrations,
+        "INSERT_METRIC",
         "INSERT INTO metrics (version_id, name, value, dataset) VALUES (?,?,?,?)",
     )
     monkeypatch.setattr(
-        hub.index,
+        hub.catalog.sqlite,
         "metric_rows",
         lambda vid, ms: [(vid, m["name"], m["value"], m.get("dataset")) for m in ms],
     )
     with Registry(hub_home) as old:
         old.push(adapters("lora"), name="a/b", tasks=["sql"], metrics=["acc=0.5", "acc=0.7"])
-        assert old.index.schema_version() == 1
+        assert old.catalog.schema_version() == 1
     monkeypatch.undo()
     with Registry(hub_home) as new:
-        assert new.index.schema_version() == len(MIGRATIONS)
+        assert new.catalog.schema_version() == len(MIGRATIONS)
         assert new.show("a/b").tasks == ["sql"]
-        tables = {r[0] for r in new.index.conn.execute("SELECT name FROM sqlite_master")}
+        tables = {r[0] for r in new.catalog.conn.execute("SELECT name FROM sqlite_master")}
         assert {"tokens", "evals", "remote_evals"} <= tables
         # Migration 5 gave the old metric rows their source, priority and position.
-        rows = new.index.conn.execute(
+        rows = new.catalog.conn.execute(
             "SELECT name, value, source, priority, position, higher_is_better FROM metrics"
             " ORDER BY position"
         ).fetchall()

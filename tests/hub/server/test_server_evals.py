@@ -98,7 +98,7 @@ def test_eval_records_through_the_server(hub_home, trained, tmp_path):
                 "Error: token 'other' may not read namespace 'team'\n",
             )
         with Registry(hub_home) as local:
-            count = local.index.conn.execute("SELECT count(*) FROM remote_evals").fetchone()[0]
+            count = local.catalog.conn.execute("SELECT count(*) FROM remote_evals").fetchone()[0]
             assert count == 1
 
         # The results travel with a pull as model-index.

@@ -30,7 +30,7 @@ TEAM = [
 @pytest.fixture(scope="module")
 def index(ui_hub):
     with Registry(ui_hub.home) as reg:
-        yield reg.index
+        yield reg.catalog
 
 
 def _repos(cards):
@@ -124,7 +124,7 @@ def test_most_common_metric_and_first_sort(index):
 def test_lineage_table_is_filled_for_older_indexes_and_follows_removals(ui_hub, tmp_path):
     import shutil
 
-    from hub.index import MIGRATIONS, _migration_7
+    from hub.catalog.sqlite_migrations import MIGRATIONS, _migration_7
 
     lineage = MIGRATIONS.index(_migration_7) + 1
     home = tmp_path / "home"
@@ -132,20 +132,20 @@ def test_lineage_table_is_filled_for_older_indexes_and_follows_removals(ui_hub, 
     with Registry(home) as reg:
         v1 = reg.show("team/sql-lora@v1")
         # As an index written before the lineage migration: no lineage table.
-        with reg.index.write() as conn:
+        with reg.catalog.write() as conn:
             conn.execute("DROP TABLE lineage")
             conn.execute("DELETE FROM schema_migrations WHERE version >= ?", (lineage,))
-        assert reg.index.schema_version() == lineage - 1
+        assert reg.catalog.schema_version() == lineage - 1
     with Registry(home) as reg:
-        assert reg.index.schema_version() == len(MIGRATIONS) == lineage
-        rows = reg.index.conn.execute(
+        assert reg.catalog.schema_version() == len(MIGRATIONS) == lineage
+        rows = reg.catalog.conn.execute(
             "SELECT r.repo, l.kind FROM lineage l JOIN versions v ON v.id = l.version_id"
             " JOIN repos r ON r.id = v.repo_id WHERE l.commit_id = ? ORDER BY 1",
             (v1.commit,),
         ).fetchall()
         assert rows == [("team/merged", "input"), ("team/stacked", "input")]
         reg.remove("team/merged")
-        derived = built_from(reg.index, v1.commit, None)
+        derived = built_from(reg.catalog, v1.commit, None)
         assert [d["repo"] for d in derived] == ["team/stacked"]
         # A training parent is lineage too.
         folder = reg.pull("team/ia3", tmp_path / "ia3")
@@ -153,7 +153,7 @@ def test_lineage_table_is_filled_for_older_indexes_and_follows_removals(ui_hub, 
         chat = reg.show("team/chat-lora")
         assert child.parent == chat.ref
         # (team/merged, also built from chat-lora, was removed above.)
-        derived = built_from(reg.index, chat.commit, ["team"])
+        derived = built_from(reg.catalog, chat.commit, ["team"])
         assert [d["repo"] for d in derived] == ["team/ia3-on-chat"]
 
 
