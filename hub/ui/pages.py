@@ -54,6 +54,8 @@ class SearchForm:
     tags: list[str] = field(default_factory=list)
     sort: str = ""
     page: int = 1
+    where: list[str] = field(default_factory=list)
+    """``hub ls --where`` conditions: a card field (``reduction_factor>=8``) or a metric."""
 
     def query(self, viewer: Viewer) -> SearchQuery:
         return SearchQuery(
@@ -63,13 +65,14 @@ class SearchForm:
             rank=self.rank or None,
             tasks=list(self.tasks),
             tags=list(self.tags),
+            where=list(self.where),
             sort=self.sort or "-created",
             namespaces=viewer.namespaces(),
         )
 
     def params(self, **changes: Any) -> list[tuple[str, str]]:
         """The query string of this search with ``changes`` (a value of None drops a key,
-        ``tasks``/``tags`` replace the lists); page 1 unless ``page`` is given."""
+        ``tasks``/``tags``/``where`` replace the lists); page 1 unless ``page`` is given."""
         values: dict[str, Any] = {
             "q": self.q,
             "base": self.base,
@@ -78,6 +81,7 @@ class SearchForm:
             "sort": self.sort,
             "task": list(self.tasks),
             "tag": list(self.tags),
+            "where": list(self.where),
             "page": None,
         }
         for key, value in changes.items():

@@ -74,11 +74,13 @@ def search(
     tag: list[str] = Query(default=[]),  # noqa: B008
     sort: str = "",
     page: str = "1",
+    where: list[str] = Query(default=[]),  # noqa: B008
 ) -> Response:
     from hub.ui.pages import SearchForm, search_page
 
     def build(viewer: Viewer) -> tuple[str, dict[str, Any]]:
-        form = SearchForm(q, base, method, rank, task, tag, sort, _page_number(page))
+        conditions = [w.strip() for w in where if w.strip()]  # the form's box may be empty
+        form = SearchForm(q, base, method, rank, task, tag, sort, _page_number(page), conditions)
         return "search.html", search_page(state(request).registry(), viewer, form)
 
     return _render(request, build)

@@ -286,3 +286,22 @@ def test_static_files_come_from_the_package(ui_hub, name):
     assert status == 200 and body == expected
     assert request(ui_hub.url, "/ui/static/../app.py")[0] == 404
     assert request(ui_hub.url, "/ui/static/other.js")[0] == 404
+
+
+def test_search_filters_by_card_field_conditions_like_hub_ls_where(ui_hub):
+    """``where`` in the URL: `hub ls --where` conditions (card fields, list fields as
+    "contains", metrics), each shown as a removable chip; an empty box is ignored and a bad
+    condition answers 400 with `hub ls`'s message."""
+    team = ui_hub.tokens["team"]
+    path = "/ui/?sort=name&where=method%3Dia3&where="
+    status, _, html = request(ui_hub.url, path, cookie=team)
+    assert status == 200 and repos_listed(html) == ["team/ia3"]
+    assert 'data-filter="where">method=ia3 ×</a>' in html
+    _, _, html = request(ui_hub.url, "/ui/?sort=name&where=tasks%3Dsql&where=method!%3Dia3",
+                         cookie=team)  # fmt: skip
+    assert repos_listed(html) == ["team/sql-dora", "team/sql-lora"]
+    # The chip for one condition links to the page with the other one alone.
+    assert '<a class="chip" href="/ui/?sort=name&amp;where=method%21%3Dia3"' in html
+    status, _, html = request(ui_hub.url, "/ui/?where=rank", cookie=team)
+    assert status == 400
+    assert "invalid --where &#39;rank&#39;: expected FIELD OP VALUE" in html
