@@ -20,28 +20,29 @@ from cli.main import cli
 from hub.ui.routes import create_ui_app
 from schemas.errors import AdapterNotFound, SearchRejected
 
-TASK_A = [
-    "the quick brown fox jumps over the lazy dog",
-    "a quick brown fox jumps over a lazy dog",
-    "the lazy dog sleeps while the quick fox jumps",
-] * 4
-TASK_B = [
-    "vllm serves many loras on one base model",
-    "one base model serves many merged loras",
-    "many loras ship to llama cpp with tokens",
-] * 4
-FEW = [
-    "the quick brown fox jumps over the lazy dog",
-    "a quick brown fox jumps over a lazy dog",
-    "the lazy dog sleeps while the quick fox jumps",
-    "the quick fox jumps over the dog",
-    "a lazy dog and a quick brown fox",
-    "vllm serves many loras on one base model",
-    "one base model serves many merged loras",
-    "many loras ship to llama cpp with tokens",
-    "vllm serves one base model",
-    "merged loras ship with tokens",
-]
+
+def walk(alphabet, rows, seed, length=16):
+    """Rows of a noisy walk over ``alphabet``: after each symbol comes the next one (p 0.8) or
+    the one after it. Letters and digits are single tokens of the tiny BPE, so two walks are two
+    tasks on disjoint tokens, each with a known floor (the walk's entropy)."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(rows):
+        i, row = rng.randrange(len(alphabet)), []
+        for _ in range(length):
+            row.append(alphabet[i])
+            i = (i + (1 if rng.random() < 0.8 else 2)) % len(alphabet)
+        out.append("".join(row))
+    return out
+
+
+LETTERS, DIGITS = "ABCDEFGHJK", "0123456789"
+TASK_A, TASK_B = walk(LETTERS, 24, 0), walk(DIGITS, 24, 1)
+# The few examples: new rows, each half of one task and half of the other, so every held-out
+# row needs both adapters.
+FEW = [a[:8] + b[:8] for a, b in zip(walk(LETTERS, 20, 2), walk(DIGITS, 20, 3), strict=True)]
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,13 @@ def tasks(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("search")
     base = make_base(root / "base", tokenizer="bpe")
-    a = train_lora(base, root / "a", steps=30, seed=0, texts=TASK_A)
-    b = train_lora(base, root / "b", steps=30, seed=1, texts=TASK_B)
+    # LoRAs on the LM head only, each kept off the other task (KL to the base there), so each
+    # helps its own half of a row and leaves the other half mostly alone: the best mixture
+    # weighs both, and neither baseline does (one adapter leaves half of every row at the
+    # base's loss; uniform weights are not the best balance). The grid below finds it.
+    kw = {"steps": 10, "targets": ["lm_head"], "rank": 8, "lr": 5e-2}
+    a = train_lora(base, root / "a", seed=0, texts=TASK_A, keep=TASK_B, **kw)
+    b = train_lora(base, root / "b", seed=1, texts=TASK_B, keep=TASK_A, **kw)
     data = root / "few.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in FEW))
     return base, a, b, data
@@ -99,28 +105,31 @@ def _grid_best(reg, tasks, l1):
 @pytest.mark.slow
 def test_search_reaches_the_known_best_mixture_and_is_recorded(reg, tasks):
     _, _, _, data = tasks
-    # On this tiny model the two adapters interfere (each is best on its own task, any mix is
-    # worse on it), so the held-out comparison may go either way: keep it to check the record.
-    result = reg.compose_search(
-        ["t/a", "t/b"], data, name="t/mix", budget=40, seed=0, device="cpu", keep_anyway=True
-    )
+    result = reg.compose_search(["t/a", "t/b"], data, name="t/mix", budget=40, device="cpu")
     outcome, card = result.outcome, result.push.card
     best_objective = min(s.objective for s in outcome.trace)
     assert best_objective <= 1.05 * _grid_best(reg, tasks, 0.05)  # the issue's 5% criterion
     assert len(outcome.trace) == 40
     h = outcome.holdout
-    assert outcome.beats_baselines == (h["found"] < h["best_single"] and h["found"] < h["uniform"])
-    search = card.lineage.recipe["search"]
-    assert card.lineage.recipe["weights"] == outcome.weights
+    # Kept without --keep-anyway: better than both baselines on the held-out rows, by a margin
+    # (measured: found 2.23, uniform 2.92, best single 4.30 nats per row).
+    assert outcome.beats_baselines
+    assert h["found"] < 0.9 * h["uniform"] and h["found"] < 0.9 * h["best_single"]
+    assert h["best_single"] == min(h["singles"])
+    stored = reg.show("t/mix")  # read back from the registry, not the push result
+    assert stored.commit == card.commit
+    search = stored.lineage.recipe["search"]
+    assert stored.lineage.recipe["weights"] == outcome.weights
     assert search["weights"] == outcome.weights
     assert search["data_sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
     assert (search["budget"], search["seed"], search["optimizer"]) == (40, 0, "cma-es")
+    assert search["kept_anyway"] is False
     assert [s["loss"] for s in search["trace"]] == [s.loss for s in outcome.trace]
     assert search["held_out"]["found"] == h["found"]
     evals = reg.evals(card.ref)
     assert [e["source"] for e in evals] == ["hub-compose-search"]
     assert evals[0]["metrics"]["cross_entropy"]["value"] == pytest.approx(h["found"], rel=1e-9)
-    assert evals[0]["comparison"]["beats_both"] is outcome.beats_baselines
+    assert evals[0]["comparison"]["beats_both"] is True
     report = reg.rebuild(card.ref)
     assert report.matches, report.differing
     _page_shows_the_search(reg, card, outcome)
@@ -156,7 +165,7 @@ def test_a_losing_result_is_refused_with_the_three_scores(reg, tasks):
         reg.compose_search(["t/a", "t/b"], data, name="t/mix", budget=1, device="cpu")
     message = str(info.value)
     assert message.startswith(
-        "the weights found (0.5, 0.5) do not beat the baselines on the 2 held-out rows"
+        "the weights found (0.5, 0.5) do not beat the baselines on the 4 held-out rows"
         " (cross_entropy loss, lower is better): found "
     )
     assert f"uniform {info.value.uniform:.4f}" in message
