@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from hub.blobstore.base import CHUNK, BlobStore, BlobWriter, sha256_file
 from schemas.errors import InvalidArgument
 
-__all__ = ["CHUNK", "BACKENDS", "BlobStore", "BlobWriter", "open_store", "sha256_file"]
+__all__ = ["BACKENDS", "CHUNK", "BlobStore", "BlobWriter", "open_store", "sha256_file"]
 
 
 def _local(url: str, home: Path) -> BlobStore:

@@ -296,9 +296,7 @@ class LocalBlobStore(BlobStore):
 
     # -- files on disk ---------------------------------------------------------------------
     @contextlib.contextmanager
-    def materialize(
-        self, files: Mapping[str, str], folder: Path | None = None
-    ) -> Iterator[Path]:
+    def materialize(self, files: Mapping[str, str], folder: Path | None = None) -> Iterator[Path]:
         """Symlinks to the blobs (nothing is copied); see ``BlobStore.materialize``."""
         if folder is not None:
             yield self._link(files, folder)
