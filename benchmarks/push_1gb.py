@@ -36,8 +36,9 @@ SHAPES = {  # module: (in_features, out_features)
 }
 
 
-def build_adapter(folder: Path) -> Path:
-    """Write the safetensors file tensor by tensor (no 1 GB buffer in memory)."""
+def build_adapter(folder: Path, layers: int = LAYERS) -> Path:
+    """Write the safetensors file tensor by tensor (no 1 GB buffer in memory): ``layers``
+    Llama-7B decoder layers' worth of LoRA factors (31 MB each)."""
     weights = folder / "adapter_model.safetensors"
     if weights.exists():
         return folder
@@ -46,7 +47,7 @@ def build_adapter(folder: Path) -> Path:
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     order = []
     offset = 0
-    for layer in range(LAYERS):
+    for layer in range(layers):
         for module, (fan_in, fan_out) in SHAPES.items():
             prefix = f"base_model.model.model.layers.{layer}.{module}"
             for key, shape in (

@@ -177,7 +177,7 @@ def staged_folder(target: Path, *, force: bool) -> Iterator[Path]:
         raise
 
 
-WORK_PREFIXES = ("compose-", "export-", "load-", "eval-")
+WORK_PREFIXES = ("compose-", "export-", "load-", "eval-", "materialize-")
 """The scratch folders ``work_folder`` makes (and ``sweep_work`` removes once abandoned)."""
 
 
@@ -185,8 +185,9 @@ WORK_PREFIXES = ("compose-", "export-", "load-", "eval-")
 def work_folder(root: Path, purpose: str) -> Iterator[Path]:
     """A scratch folder ``root/<purpose>-XXXXXXXX``, removed at the end of the block.
 
-    ``purpose`` is one of ``compose``, ``export``, ``load``, ``eval``; a SIGKILLed process
-    leaves the folder behind, unlocked, for ``sweep_work`` to remove.
+    ``purpose`` is one of ``compose``, ``export``, ``load``, ``eval``, ``materialize`` (the
+    local blob store's own); a SIGKILLed process leaves the folder behind, unlocked, for
+    ``sweep_work`` to remove.
     """
     if f"{purpose}-" not in WORK_PREFIXES:
         raise ValueError(f"unknown scratch purpose {purpose!r}")

@@ -138,7 +138,7 @@ def _per_example(registry: Registry, record: dict[str, Any]) -> list[dict[str, A
     digest = record.get("results_sha256")
     if not digest or not registry.store.has(digest):
         return None
-    lines = registry.store.path(digest).read_text().splitlines()
+    lines = registry.store.read_bytes(digest).decode().splitlines()
     return [json.loads(line) for line in lines]
 
 

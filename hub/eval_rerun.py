@@ -136,7 +136,7 @@ def _per_example(registry: Registry, record: dict[str, Any]) -> list[dict[str, A
     digest = record.get("results_sha256")
     if not digest:
         return []
-    text = registry.store.path(digest).read_text(encoding="utf-8")
+    text = registry.store.read_bytes(digest).decode("utf-8")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 

@@ -472,7 +472,7 @@ def cached_base(registry: Registry, key_fields: dict[str, Any], compute: Callabl
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()
     digest = registry.catalog.base_scores(key)
     if digest is not None and registry.store.has(digest):
-        return json.loads(registry.store.path(digest).read_bytes())
+        return json.loads(registry.store.read_bytes(digest))
     scores = compute()
     payload = json.dumps(scores, sort_keys=True).encode()
     with file_lock(registry.lock_path, shared=True):

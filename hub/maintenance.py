@@ -70,7 +70,7 @@ def verify_store(registry: Registry, *, upload_grace: timedelta = UPLOAD_GRACE) 
             report.blobs_checked += 1
             status = store.check(digest)
             if status is None:
-                report.bytes_checked += store.path(digest).stat().st_size
+                report.bytes_checked += store.size(digest)
             else:
                 bad[digest] = status
         for digest in store.iter_digests():

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from typing_extensions import Unpack
 
+from hub.blobstore import BlobStore, open_store
 from hub.catalog import Catalog, Head, NewVersion, UpdateHead, open_catalog
 from hub.catalog.rows import utcnow
 from hub.folders import adapter_files, check_outside_registry
 from hub.locks import file_lock
 from hub.maintenance import GcReport, VerifyReport, collect_garbage, verify_store
 from hub.search import SearchFilters, SearchQuery, run_search, run_search_json
-from hub.store import BlobStore
 from schemas.errors import (
     AdapterNotFound,
     InvalidAdapter,
@@ -121,11 +121,15 @@ class Registry:
     database: ``hub.catalog.open_catalog``) plus a content-addressed ``store/``."""
 
     def __init__(
-        self, home: str | os.PathLike[str] | None = None, *, db: str | None = None
+        self,
+        home: str | os.PathLike[str] | None = None,
+        *,
+        db: str | None = None,
+        store: BlobStore | None = None,
     ) -> None:
         self.home = (Path(home) if home is not None else default_home()).expanduser().absolute()
         self.home.mkdir(parents=True, exist_ok=True)
-        self.store = BlobStore(self.home / "store")
+        self.store = store if store is not None else open_store(None, self.home)
         self.lock_path = self.home / "locks" / "store.lock"
         self.db = db
         self._catalog: Catalog | None = None
@@ -236,7 +240,7 @@ class Registry:
             )  # fmt: skip
         # Walked first: a link out of the folder or a FIFO is refused before inspection reads
         # anything through it. Links into our own store are the server's staged pushes.
-        files_on_disk = adapter_files(folder, trusted=[self.store.blobs])
+        files_on_disk = adapter_files(folder, trusted=self.store.materialized_roots())
         if _exclude:  # the top adapter of a multi-adapter folder: its own files only
             files_on_disk = [f for f in files_on_disk if f[0].split("/")[0] not in _exclude]
         inspected = inspect_adapter(
@@ -490,23 +494,57 @@ class Registry:
         """Like ``search`` but each card as JSON text (what ``hub ls --json`` prints)."""
         return run_search_json(self.catalog, SearchQuery.of(query, **filters))
 
-    def blob_path(self, card: AdapterCard, path: str) -> Path:
-        """Where the bytes of file ``path`` of ``card`` are stored (read-only use)."""
+    def file_entry(self, card: AdapterCard, path: str) -> FileEntry:
+        """The entry (path, sha256, size) of file ``path`` of ``card``.
+
+        Raises:
+            InvalidAdapter: ``card`` has no such file.
+        """
         for entry in card.files:
             if entry.path == path:
-                return self.store.path(entry.sha256)
+                return entry
         raise InvalidAdapter(f"{card.repo}@v{card.version} has no file {path!r}", repo=card.repo)
 
+    def read_file(self, card: AdapterCard, path: str) -> bytes:
+        """The bytes of file ``path`` of ``card`` (small files: configs, READMEs)."""
+        return self.store.read_bytes(self.file_entry(card, path).sha256)
+
+    def blob_path(self, card: AdapterCard, path: str) -> Path:
+        """A file on this machine with the bytes of ``path`` of ``card`` (read-only use), for
+        code that hands a path to a library. Only stores with local files have one.
+
+        Raises:
+            InvalidAdapter: ``card`` has no such file. StoreCorrupted: its blob is missing, or
+                the store keeps no local files (read it with ``read_file`` / ``store.open``).
+        """
+        from hub.blobstore.base import missing
+        from schemas.errors import StoreCorrupted
+
+        digest = self.file_entry(card, path).sha256
+        local = self.store.local_path(digest)
+        if local is not None:
+            return local
+        if not self.store.has(digest):
+            raise missing(digest)
+        raise StoreCorrupted(
+            f"the store {self.store.location} keeps no local files: read {path!r} of"
+            f" {card.repo}@v{card.version} with Registry.read_file",
+            digest=digest,
+        )
+
     def link_files(self, card: AdapterCard, folder: Path) -> Path:
-        """Lay out ``card``'s files in ``folder`` as symlinks to the stored blobs (read-only
-        use by compose and export: nothing is copied). Returns ``folder``."""
-        for entry in card.files:
-            link = (folder / entry.path).resolve()
-            if not link.is_relative_to(folder.resolve()):
-                raise InvalidAdapter(f"{card.repo}: file path {entry.path!r} escapes the folder")
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(self.store.path(entry.sha256))
-        return folder
+        """Lay out ``card``'s files in ``folder`` for read-only use by compose, export, load
+        and evaluation (``BlobStore.materialize``: links to the stored blobs, nothing is
+        copied). The files stay for the caller's scratch folder to remove. Returns ``folder``.
+
+        Raises:
+            InvalidAdapter: a file path of the card escapes ``folder``.
+        """
+        try:
+            with self.store.materialize({e.path: e.sha256 for e in card.files}, folder):
+                return folder
+        except InvalidAdapter as error:
+            raise InvalidAdapter(f"{card.repo}: {error}", repo=card.repo) from None
 
     def load(self, base_model: Any, ref: str) -> Any:
         """A ready model: ``base_model`` with adapter, stack or ensemble ``ref`` applied.

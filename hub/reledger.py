@@ -20,7 +20,7 @@ from schemas.card import LEDGER
 from schemas.errors import HubError
 
 if TYPE_CHECKING:
-    from hub.store import BlobStore
+    from hub.blobstore import BlobStore
 
 LEDGER_KEYS = (
     *LEDGER,

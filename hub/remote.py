@@ -18,9 +18,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hub.blobstore import CHUNK, sha256_file
 from hub.errors_http import error_from_http
 from hub.progress import byte_progress
-from hub.store import CHUNK, sha256_file
 from schemas.api import MAX_JSON_BYTES, MAX_PUSH_FILES
 from schemas.errors import (
     AuthError,

@@ -36,8 +36,8 @@ from schemas.errors import IndexDamaged
 if TYPE_CHECKING:
     import sqlite_utils
 
+    from hub.blobstore import BlobStore
     from hub.search import SearchQuery
-    from hub.store import BlobStore
 
 
 def open_sqlite(path: Path, store: BlobStore | None) -> SqliteCatalog:
@@ -54,10 +54,10 @@ def open_sqlite(path: Path, store: BlobStore | None) -> SqliteCatalog:
         if blobs:
             raise IndexDamaged(
                 f"the index {path} is {'empty' if path.exists() else 'missing'} but the store"
-                f" {store.root} holds {blobs} blobs: which versions they belong to is lost."
+                f" {store.location} holds {blobs} blobs: which versions they belong to is lost."
                 " Restore index.db from a backup (blobs are named by content, not by adapter,"
                 " so the index cannot be rebuilt from them); to start an empty registry here"
-                f" instead, move {store.root} aside first. Until then every command, gc"
+                f" instead, move {store.location} aside first. Until then every command, gc"
                 " included, refuses",
                 path=str(path),
             )

@@ -20,7 +20,7 @@ from hub.catalog.rows import lineage_rows, load_card, metric_rows
 if TYPE_CHECKING:
     import sqlite_utils
 
-    from hub.store import BlobStore
+    from hub.blobstore import BlobStore
 
 INSERT_METRIC = (
     "INSERT INTO metrics (version_id, name, value, dataset, source, priority, position,"

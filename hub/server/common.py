@@ -4,8 +4,6 @@ bounded request bodies, verified blob writes and the staging of a commit's files
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import os
 import re
 import threading
@@ -20,10 +18,10 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from hub.blobstore import BlobWriter
 from hub.errors_http import encode_error, encode_hf_error
 from hub.locks import file_lock
 from hub.registry import Registry, adapter_files
-from hub.store import BlobStore
 from hub.tokens import Token, active_token, authenticate
 from hub.uploads import grace_start
 from schemas.errors import AuthError, HubError, InvalidArgument
@@ -118,7 +116,7 @@ class ServerState:
         with self._guard:
             return self._repo_locks.setdefault(repo, threading.Lock())
 
-    def keep_upload(self, blob: BlobWriter, expected: str, token_id: str) -> int:
+    def keep_upload(self, blob: BlobWriter, token_id: str) -> int:
         """Publish a received blob and record that ``token_id`` uploaded it, under the store
         lock (shared), so ``gc`` spares it until its commit (hub/uploads.py). Refused when
         the token was revoked meanwhile. Returns the blob's size. Blocks while ``gc`` runs:
@@ -126,7 +124,7 @@ class ServerState:
         registry = self.registry()
         with file_lock(registry.lock_path, shared=True):
             active_token(registry, token_id)
-            digest, size = blob.publish(expected=expected)
+            digest, size = blob.publish()
             registry.catalog.record_upload(token_id, digest)
         return size
 
@@ -216,77 +214,23 @@ def check_digest(digest: str) -> str:
     return digest
 
 
-class BlobWriter:
-    """A blob being received: bytes are hashed as they are written to the store's temp area,
-    and the blob becomes visible only through ``publish``, when its bytes hash to the sha256
-    they claim and stay within ``limit``. Leaving the ``with`` block without publishing (an
-    error, a client that hung up) removes the temp file: nothing half-written is ever seen.
-
-    Example:
-        >>> with BlobWriter(store, limit=1 << 30) as blob:           # doctest: +SKIP
-        ...     for chunk in chunks:
-        ...         blob.write(chunk)
-        ...     digest, size = blob.publish(expected=claimed_sha256)
-    """
-
-    def __init__(self, store: BlobStore, *, limit: int) -> None:
-        self.store, self.limit = store, limit
-        # Locked while open, so that `gc` leaves it alone: closed in publish / __exit__.
-        self.tmp, self._fh = store.open_temp()
-        self.hasher = hashlib.sha256()
-        self.size = 0
-
-    def write(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.size > self.limit:
-            raise InvalidArgument(f"upload over {self.limit} bytes", status=413)
-        self.hasher.update(chunk)
-        self._fh.write(chunk)
-
-    def publish(self, expected: str | None = None) -> tuple[str, int]:
-        """Make the blob visible; returns ``(sha256, size)``. Refused (InvalidArgument) when
-        ``expected`` is given and the bytes hash to something else."""
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        digest = self.hasher.hexdigest()
-        if expected is not None and digest != expected:
-            raise InvalidArgument(
-                f"uploaded bytes hash to {digest[:12]}, not {expected[:12]}: refused"
-            )
-        if self.store.has(digest):
-            self.tmp.unlink()
-        else:
-            self.store.publish(self.tmp, digest)
-        self._fh.close()  # only now: the open file is what keeps `gc` off the temp file
-        return digest, self.size
-
-    def __enter__(self) -> BlobWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._fh.close()
-        with contextlib.suppress(OSError):
-            self.tmp.unlink()  # gone already when published
-
-
 def stage_files(registry: Registry, folder: Path, files: dict[str, str]) -> Path:
-    """Lay out a commit's ``files`` (path -> sha256) in ``folder`` as links to their blobs,
-    for ``Registry.push``, and check that the push will store every one of them: a version
-    never has fewer files than the client sent. Call it holding the store lock (shared)
-    until the push is done, so that no blob goes away meanwhile (hub/uploads.py).
+    """Lay out a commit's ``files`` (path -> sha256) in ``folder`` for ``Registry.push``
+    (``BlobStore.materialize``), and check that the push will store every one of them: a
+    version never has fewer files than the client sent. Call it holding the store lock
+    (shared) until the push is done, so that no blob goes away meanwhile (hub/uploads.py).
 
     Raises:
         InvalidArgument: a blob is not stored, or a path is one an adapter folder leaves out.
     """
+    store = registry.store
     for path, digest in files.items():
-        if not registry.store.has(digest):
+        if not store.has(digest):
             raise InvalidArgument(
                 f"{path!r}: blob {digest[:12]} is not stored (upload it and commit again)"
             )
-        target = folder / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(registry.store.path(digest), target)
-    stored = adapter_files(folder, trusted=[registry.store.blobs])
+    with store.materialize(files, folder):
+        stored = adapter_files(folder, trusted=store.materialized_roots())
     left_out = sorted(set(files) - {rel for rel, _ in stored})
     if left_out:
         raise InvalidArgument(

@@ -16,6 +16,7 @@ from urllib.parse import unquote
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from hub.blobstore.base import missing
 from hub.registry import commit_id
 from hub.server.common import hf_error_response, require_read, state
 from schemas.card import AdapterCard
@@ -148,7 +149,9 @@ def resolve(request: Request, namespace: str, name: str, revision: str, path: st
             RevisionNotFound(f"{card.repo}@v{card.version} has no file {path!r}"),
             code="EntryNotFound",
         )
-    blob = state(request).registry().store.path(entry.sha256)
+    blob = state(request).registry().store.local_path(entry.sha256)
+    if blob is None:
+        return hf_error_response(missing(entry.sha256))
     headers = {
         "X-Repo-Commit": card.commit,
         "ETag": f'"{entry.sha256}"',

@@ -26,10 +26,10 @@ from typing import IO, Any, Literal
 
 from fastapi import Request
 
+from hub.blobstore import BlobStore
 from hub.registry import PushResult, Registry, commit_id
-from hub.server.common import DIGEST, BlobWriter, MiB, stage_files
+from hub.server.common import DIGEST, MiB, stage_files
 from hub.server.shared import check_file_tree, safe_relative_path
-from hub.store import BlobStore
 from schemas.errors import AdapterNotFound, InvalidAdapter, InvalidArgument, RevisionNotFound
 from schemas.inputs import check_text
 
@@ -172,7 +172,7 @@ def _decode_span(
 ) -> str:
     fh.seek(begin)
     left = end - begin
-    with BlobWriter(store, limit=limit) as blob:
+    with store.writer(limit=limit) as blob:
         while left > 0:
             text = fh.read(min(_B64_CHUNK, left))
             left -= len(text)
@@ -194,7 +194,7 @@ def _store_inline(value: dict[str, Any], store: BlobStore, limit: int) -> str:
             raise InvalidArgument(f"file {value['path']!r}: bad base64 ({error})") from None
     else:
         data = check_text(content, f"content of {value['path']!r}").encode()
-    with BlobWriter(store, limit=limit) as blob:
+    with store.writer(limit=limit) as blob:
         blob.write(data)
         return blob.publish()[0]
 

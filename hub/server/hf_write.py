@@ -217,7 +217,7 @@ def lfs_verify(request: Request, namespace: str, name: str, body: HfLfsVerify) -
         srv = state(request)
         store = srv.registry().store
         ok = DIGEST.fullmatch(body.oid) and srv.may_reference(token, body.oid)
-        if not ok or store.path(body.oid).stat().st_size != body.size:
+        if not ok or store.size(body.oid) != body.size:
             raise InvalidArgument(f"object {body.oid[:12]!r} was not uploaded", status=404)
     except HubError as error:
         return hf_error_response(error)

@@ -121,7 +121,7 @@ def push(request: Request, namespace: str, name: str, body: NewVersion) -> Respo
             )
         for spec in body.files:
             safe_relative_path(spec.path)
-            if registry.store.path(spec.sha256).stat().st_size != spec.size:
+            if registry.store.size(spec.sha256) != spec.size:
                 raise InvalidArgument(f"blob {spec.sha256[:12]} is not {spec.size} bytes")
         folder = stage_files(
             registry, Path(tmp) / name, {spec.path: spec.sha256 for spec in body.files}

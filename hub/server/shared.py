@@ -11,7 +11,7 @@ from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 
 from hub.folders import refuse_ignored
-from hub.server.common import BlobWriter, blob_namespaces, caller, state
+from hub.server.common import blob_namespaces, caller, state
 from schemas.card import AdapterCard
 from schemas.errors import AdapterNotFound, AuthError, InvalidArgument
 from schemas.inputs import check_text
@@ -92,9 +92,9 @@ def readable_blob(request: Request, digest: str) -> Path | None:
         allowed = bool(namespaces)  # anonymous read: every version, nothing pending
     else:
         allowed = any(token.can_read(ns) for ns in namespaces) or srv.uploaded_by(token, digest)
-    if not allowed or not registry.store.has(digest):
+    if not allowed:
         return None
-    return registry.store.path(digest)
+    return registry.store.local_path(digest)  # FileResponse streams it (Range, sendfile)
 
 
 async def receive_blob(
@@ -108,9 +108,9 @@ async def receive_blob(
     srv = state(request)
     store = srv.registry().store
     if skip:
-        return {"sha256": digest, "size": store.path(digest).stat().st_size, "stored": False}
-    with BlobWriter(store, limit=srv.max_upload_bytes) as blob:
+        return {"sha256": digest, "size": store.size(digest), "stored": False}
+    with store.writer(expected=digest, limit=srv.max_upload_bytes) as blob:
         async for chunk in request.stream():
             blob.write(chunk)
-        size = await run_in_threadpool(srv.keep_upload, blob, digest, uploader)
+        size = await run_in_threadpool(srv.keep_upload, blob, uploader)
     return {"sha256": digest, "size": size, "stored": True}

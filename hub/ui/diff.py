@@ -54,11 +54,19 @@ def diff_versions(registry: Registry, a: AdapterCard, b: AdapterCard) -> dict[st
     changed = sorted(p for p in files_a.keys() & files_b.keys() if files_a[p] != files_b[p])
     both = files_a.keys() & files_b.keys()
     tensors = {}
-    for path in sorted(files_a.keys() | files_b.keys()):
-        if path.endswith(".safetensors") and (path in changed or path not in both):
+    compared = [
+        p
+        for p in sorted(files_a.keys() | files_b.keys())
+        if p.endswith(".safetensors") and (p in changed or p not in both)
+    ]
+    # The files to read, on disk (links to the blobs in the local store): a/PATH, b/PATH.
+    layout = {f"a/{p}": files_a[p].sha256 for p in compared if p in files_a}
+    layout |= {f"b/{p}": files_b[p].sha256 for p in compared if p in files_b}
+    with registry.store.materialize(layout) as folder:
+        for path in compared:
             tensors[path] = _tensor_diff(
-                registry.blob_path(a, path) if path in files_a else None,
-                registry.blob_path(b, path) if path in files_b else None,
+                folder / "a" / path if path in files_a else None,
+                folder / "b" / path if path in files_b else None,
             )
     return {
         "fields": fields,
@@ -76,7 +84,7 @@ def _config(registry: Registry, card: AdapterCard) -> dict[str, Any]:
     if not any(f.path == "adapter_config.json" for f in card.files):
         return {}
     try:
-        config = json.loads(registry.blob_path(card, "adapter_config.json").read_bytes())
+        config = json.loads(registry.read_file(card, "adapter_config.json"))
     except ValueError:
         return {}
     return config if isinstance(config, dict) else {}

@@ -135,7 +135,7 @@ def adapter_page(registry: Registry, viewer: Viewer, repo: str, rev: str | None)
     readme = next((f for f in card.files if f.path == "README.md"), None)
     readme_text = None
     if readme is not None and readme.size <= README_MAX_BYTES:
-        raw = registry.blob_path(card, readme.path).read_bytes()
+        raw = registry.read_file(card, readme.path)
         readme_text = readme_html(raw.decode("utf-8", "replace"))
     derived = built_from(registry.catalog, card.commit, viewer.namespaces())
     return {
@@ -266,7 +266,7 @@ def config_items(registry: Registry, card: AdapterCard) -> list[tuple[str, str]]
     if entry is None or entry.size > README_MAX_BYTES:
         return []
     try:
-        config = json.loads(registry.blob_path(card, entry.path).read_bytes())
+        config = json.loads(registry.read_file(card, entry.path))
     except ValueError:
         return []
     if not isinstance(config, dict):
@@ -285,7 +285,9 @@ def header_page(
     card = registry.show(f"{repo}@{rev}" if rev else repo)
     if not path.endswith(".safetensors"):
         raise InvalidArgument(f"{path!r} is not a .safetensors file: it has no header to show")
-    tensors, metadata = read_safetensors_header(registry.blob_path(card, path))
+    entry = registry.file_entry(card, path)
+    with registry.store.materialize({path: entry.sha256}) as folder:
+        tensors, metadata = read_safetensors_header(folder / path)
     rows = [
         {
             "key": key,
