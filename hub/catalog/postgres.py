@@ -37,6 +37,7 @@ from hub.catalog.base import (
     TokenRow,
     UpdateHead,
 )
+from hub.catalog.commit_plan import apply_plan
 from hub.catalog.postgres_db import Database, connect_once, location
 from hub.catalog.rows import lineage_rows, load_card, metric_rows, utcnow
 from schemas.errors import IndexUnavailable
@@ -247,30 +248,7 @@ class PostgresCatalog(Catalog):
                 "SELECT id, last_version, version_counter FROM repos WHERE repo = %s FOR UPDATE",
                 (repo,),
             ).fetchone()
-            latest = conn.execute(
-                "SELECT id, commit_id, card FROM versions WHERE repo_id = %s AND version = %s",
-                (repo_id, last_version),
-            ).fetchone()
-            head = Head(repo, counter + 1)
-            if latest is not None:
-                head = Head(repo, counter + 1, int(latest[0]), latest[1], load_card(latest[2]))
-            plan = build(head)
-            if isinstance(plan, UpdateHead):
-                assert head.version_id is not None, "only a head can be updated"
-                self._replace_annotations(conn, head.version_id, plan.card)
-                self._insert_records(conn, head.version_id, plan.records)
-                return Committed(
-                    head.version_id, plan.card, self._aliases(conn, head.version_id), False
-                )
-            version = plan.card["version"]
-            assert version == head.next_version, "a new version takes head.next_version"
-            version_id = self._insert_version(conn, repo_id, plan.card, plan.parent)
-            self._insert_records(conn, version_id, plan.records)
-            conn.execute(
-                "UPDATE repos SET last_version = %s, version_counter = %s WHERE id = %s",
-                (version, version, repo_id),
-            )
-            return Committed(version_id, plan.card, [], True)
+            return apply_plan(self, conn, repo, (repo_id, last_version, counter), build, "%s")
 
         return self._ready().transaction(commit)
 

@@ -29,6 +29,7 @@ from hub.catalog.base import (
     TokenRow,
     UpdateHead,
 )
+from hub.catalog.commit_plan import apply_plan
 from hub.catalog.rows import lineage_rows, load_card, metric_rows, utcnow
 from hub.catalog.sqlite_connection import BUSY_TIMEOUT_MS, Connection, storage_error
 from schemas.errors import IndexDamaged
@@ -231,30 +232,7 @@ class SqliteCatalog(Catalog):
                 repo_id, last_version, counter = int(cursor.lastrowid or 0), 0, 0
             else:
                 repo_id, last_version, counter = row
-            latest = conn.execute(
-                "SELECT id, commit_id, card FROM versions WHERE repo_id = ? AND version = ?",
-                (repo_id, last_version),
-            ).fetchone()
-            head = Head(repo, counter + 1)
-            if latest is not None:
-                head = Head(repo, counter + 1, int(latest[0]), latest[1], load_card(latest[2]))
-            plan = build(head)
-            if isinstance(plan, UpdateHead):
-                assert head.version_id is not None, "only a head can be updated"
-                self._replace_annotations(conn, head.version_id, plan.card)
-                self._insert_records(conn, head.version_id, plan.records)
-                return Committed(
-                    head.version_id, plan.card, self._aliases(conn, head.version_id), False
-                )
-            version = plan.card["version"]
-            assert version == head.next_version, "a new version takes head.next_version"
-            version_id = self._insert_version(conn, repo_id, plan.card, plan.parent)
-            self._insert_records(conn, version_id, plan.records)
-            conn.execute(
-                "UPDATE repos SET last_version = ?, version_counter = ? WHERE id = ?",
-                (version, version, repo_id),
-            )
-        return Committed(version_id, plan.card, [], True)
+            return apply_plan(self, conn, repo, (repo_id, last_version, counter), build, "?")
 
     def _insert_version(
         self, conn: sqlite3.Connection, repo_id: int, card: dict[str, Any], parent: str | None
