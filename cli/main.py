@@ -53,7 +53,7 @@ _registry = registry_of
 @root_db_option
 @click.version_option(package_name="hub-adapters", prog_name="hub")
 @click.pass_context
-def cli(ctx: click.Context, home: Path | None, db: str | None) -> None:
+def cli(ctx: click.Context, home: Path | None, db: str | None, store: str | None) -> None:
     """hub: find, share, combine and ship PEFT adapters.
 
     \b
@@ -62,7 +62,7 @@ def cli(ctx: click.Context, home: Path | None, db: str | None) -> None:
         hub ls --method lora --rank '<=16' --task sql --sort metric:exact_match
         hub pull team/sql-lora@v1 -o adapters/sql
     """
-    ctx.obj = {"home": home, "db": db}
+    ctx.obj = {"home": home, "db": db, "store": store}
 
 
 @cli.command()

@@ -118,18 +118,20 @@ def _merged_ledger(registry: Registry, inspected: Any, lineage: Lineage) -> Any:
 
 class Registry:
     """Adapters stored in ``home``: the catalog (``index.db`` unless ``db`` names a
-    database: ``hub.catalog.open_catalog``) plus a content-addressed ``store/``."""
+    database: ``hub.catalog.open_catalog``) plus a content-addressed blob store (the folder
+    ``home/store`` unless ``store`` is a ``BlobStore`` or a store URL: ``hub.blobstore``)."""
 
     def __init__(
         self,
         home: str | os.PathLike[str] | None = None,
         *,
         db: str | None = None,
-        store: BlobStore | None = None,
+        store: BlobStore | str | None = None,
     ) -> None:
         self.home = (Path(home) if home is not None else default_home()).expanduser().absolute()
         self.home.mkdir(parents=True, exist_ok=True)
-        self.store = store if store is not None else open_store(None, self.home)
+        # A URL (``--store`` / ``HUB_STORE_URL``) or None opens the backend it names.
+        self.store = store if isinstance(store, BlobStore) else open_store(store, self.home)
         self.lock_path = self.home / "locks" / "store.lock"
         self.db = db
         self._catalog: Catalog | None = None
