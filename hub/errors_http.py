@@ -38,6 +38,7 @@ from schemas.errors import (
     RevisionNotFound,
     SearchRejected,
     StoreCorrupted,
+    StoreUnavailable,
     UnsafeFormat,
 )
 
@@ -73,6 +74,8 @@ HTTP: dict[type[HubError], Wire] = {
     # first (a lock held too long, a full disk), an operator must restore the second.
     IndexUnavailable: Wire(503),
     IndexDamaged: Wire(500),
+    # The object store down or refusing: retryable, as the index's own trouble is.
+    StoreUnavailable: Wire(503),
     AliasConflict: Wire(400),
     InvalidData: Wire(400),
     SearchRejected: Wire(400),

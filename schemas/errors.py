@@ -115,6 +115,13 @@ class StoreCorrupted(HubError, RuntimeError):
     code = "store_corrupted"
 
 
+class StoreUnavailable(HubError, OSError):
+    """The blob store cannot be reached or refuses us: an S3 endpoint down, a bucket that does
+    not exist, credentials missing or refused. Nothing was changed; retry once it is back."""
+
+    code = "store_unavailable"
+
+
 class IndexUnavailable(HubError, OSError):
     """The index file cannot be opened, read or written: permissions, a full disk, an I/O
     error or a lock held too long. Nothing was changed."""

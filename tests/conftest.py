@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-# The catalog backends (SQLite, a real PostgreSQL server): pg_url, db_url, postgres_server.
-pytest_plugins = ["tests.backends"]
+# The catalog backends (SQLite, a real PostgreSQL server): pg_url, db_url, postgres_server;
+# the blob stores (a folder, a real S3 server): s3_store_url, store_url, s3_server.
+pytest_plugins = ["tests.backends", "tests.s3"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

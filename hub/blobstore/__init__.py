@@ -34,7 +34,13 @@ def _local(url: str, home: Path) -> BlobStore:
     return LocalBlobStore(Path(parts.path))
 
 
-BACKENDS: dict[str, Callable[[str, Path], BlobStore]] = {"file": _local}
+def _s3(url: str, home: Path) -> BlobStore:
+    from hub.blobstore.s3 import open_s3
+
+    return open_s3(url, home)
+
+
+BACKENDS: dict[str, Callable[[str, Path], BlobStore]] = {"file": _local, "s3": _s3}
 """URL scheme -> the function that opens a store of that kind (``url``, registry ``home``);
 each backend module is imported only when its scheme is used."""
 

@@ -1,6 +1,6 @@
 """The blob store interface: every file stored once, by its sha256.
 
-A backend (``hub.blobstore.local`` today; an S3-compatible store next) implements the abstract
+A backend (``hub.blobstore.local``, ``hub.blobstore.s3``) implements the abstract
 methods below; everything else in the hub reads and writes blobs only through them, never
 through a path into the store. The rules every backend keeps:
 
@@ -204,6 +204,13 @@ class BlobStore(abc.ABC):
         """A file on this machine holding blob ``digest``, for callers that hand a path to a
         library (the server's ``FileResponse``); None when the store keeps no such file (a
         remote store) or the blob is not stored. Read-only. Prefer ``open`` / ``size``."""
+        return None
+
+    def download_url(self, digest: str, expires: int) -> str | None:
+        """A URL from which any client may GET blob ``digest`` (HTTP Range included) for the
+        next ``expires`` seconds, without going through the hub: a presigned URL of an
+        object store. None when the store has no such thing (the local store: the server
+        sends the bytes itself). Not checked for existence (``has`` is)."""
         return None
 
     def read_bytes(self, digest: str) -> bytes:
