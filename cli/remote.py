@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from cli.backends import db_option, db_url, registry_of
+from cli.backends import db_option, db_url, registry_of, store_url
 from cli.output import json_option, print_json, print_table
 
 
@@ -46,6 +46,22 @@ def remote_registry(url: str) -> Any:
     type=click.IntRange(min=1),
     help="Requests without a valid token handled at once; more are answered 429.",
 )
+@click.option(
+    "--store-downloads",
+    type=click.Choice(["redirect", "proxy"]),
+    default="redirect",
+    show_default=True,
+    help="With an object store (--store s3://...): answer downloads with a 302 to a"
+    " short-lived presigned URL, or stream the bytes through the server (for a store clients"
+    " cannot reach).",
+)
+@click.option(
+    "--presign-expires",
+    default=300,
+    show_default=True,
+    type=click.IntRange(min=1, max=7 * 24 * 3600),
+    help="Seconds a presigned download URL stays valid.",
+)
 @db_option
 @click.pass_context
 def serve(
@@ -56,6 +72,8 @@ def serve(
     base_dirs: tuple[str, ...],
     client_timeout: float,
     max_anonymous: int,
+    store_downloads: str,
+    presign_expires: int,
 ) -> None:
     """Serve the registry over HTTP: the native API and the Hugging Face Hub protocol.
 
@@ -68,6 +86,7 @@ def serve(
     Example:
         hub token create --name ci --write team
         hub serve --host 0.0.0.0 --port 8000 --base-dir /models
+        hub serve --db postgresql://hub@db/hub --store s3://team-hub/blobs
     """
     import uvicorn
 
@@ -75,15 +94,20 @@ def serve(
     from hub.server.protocol import deadline_protocol
 
     registry = registry_of(ctx)
-    home, db = registry.home, db_url(ctx)
-    # Opened once here: a wrong --db or a database that needs `hub db upgrade` fails now,
-    # with one Error: line, not at the first request.
+    home, db, store = registry.home, db_url(ctx), store_url(ctx)
+    # Opened once here: a wrong --db or --store, a database that needs `hub db upgrade` or
+    # a bucket that does not exist fails now, with one Error: line, not at the first request.
     where = registry.catalog.location
+    registry.store.has("0" * 64)
+    blobs = f" (blobs in {registry.store.location})" if store else ""
     registry.close()
-    click.echo(f"Serving {where if db else home} on http://{host}:{port}", err=True)
+    click.echo(f"Serving {where if db else home}{blobs} on http://{host}:{port}", err=True)
     app = create_app(
         home,
         db=db,
+        store=store,
+        store_downloads=store_downloads,
+        presign_expires=presign_expires,
         anonymous_read=anonymous_read,
         base_dirs=base_dirs,
         client_timeout=client_timeout,

@@ -67,15 +67,16 @@ class RemoteRegistry:
         headers: dict[str, str] | None = None,
         stream: Any = None,
     ) -> Any:
-        all_headers = dict(headers or {})
-        if self.token:
-            all_headers["Authorization"] = f"Bearer {self.token}"
         request = urllib.request.Request(
             self.url + path,
             data=stream if stream is not None else body,
             method=method,
-            headers=all_headers,
+            headers=dict(headers or {}),
         )
+        if self.token:
+            # Not carried along a redirect: a download redirected to an object store's
+            # presigned URL must not show it our token (and S3 refuses a second credential).
+            request.add_unredirected_header("Authorization", f"Bearer {self.token}")
         try:
             return urllib.request.urlopen(request, timeout=self.timeout)
         except urllib.error.HTTPError as error:

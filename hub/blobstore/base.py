@@ -176,6 +176,9 @@ class BlobStore(abc.ABC):
 
     location: str
     """Where the blobs are, for messages (a folder, ``s3://bucket/prefix``)."""
+    remote: bool = False
+    """Whether reads and writes go over the network (slow calls: keep them off an event
+    loop, and batch them)."""
 
     # -- reading ---------------------------------------------------------------------------
     @abc.abstractmethod

@@ -288,6 +288,8 @@ class S3BlobStore(BlobStore):
         'https://team-hub.s3.amazonaws.com/blobs/sha256/...&X-Amz-Signature=...'
     """
 
+    remote = True
+
     def __init__(self, bucket: str, prefix: str, cache_root: Path) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 
 from hub.server import evals, hf, hf_write, routes_api, routes_blobs
 from hub.server.common import API, BoundedBodies, ServerState, error_response
+from hub.server.downloads import DOWNLOAD_MODES
 from schemas.api import MAX_JSON_BYTES
 from schemas.errors import HubError, InvalidArgument
 
@@ -34,6 +35,9 @@ def create_app(
     home: str | os.PathLike[str],
     *,
     db: str | None = None,
+    store: str | None = None,
+    store_downloads: str = "redirect",
+    presign_expires: int = 300,
     anonymous_read: bool = False,
     inline_upload_max: int | None = None,
     max_upload_bytes: int | None = None,
@@ -48,6 +52,12 @@ def create_app(
         home: the registry folder (``HUB_HOME``).
         db: the team catalog, ``postgresql://USER@HOST/DB`` (``--db``); None: the SQLite
             index in ``home``.
+        store: where blobs live, ``s3://BUCKET/PREFIX`` or ``file:///DIR`` (``--store``);
+            None: the folder ``store/`` in ``home``.
+        store_downloads: ``redirect`` (downloads from an object store answer 302 to a
+            presigned URL) or ``proxy`` (the server streams them: a store clients cannot
+            reach). Ignored for a local store, whose files the server sends itself.
+        presign_expires: seconds a presigned download URL stays valid (1 to 7 days).
         anonymous_read: let requests without a token read every namespace.
         inline_upload_max: files up to this many bytes are sent inline in Hugging Face
             commits (the path clients with ``hf_xet`` installed can use); larger ones through
@@ -73,7 +83,23 @@ def create_app(
         'Errors are `{"error": {"code", "message"}}` with the code also in '
         "`X-Error-Code`; send `Authorization: Bearer TOKEN` (`hub token create`).",
     )
-    srv = ServerState(Path(home), anonymous_read=anonymous_read, db=db)
+    if store_downloads not in DOWNLOAD_MODES:
+        raise InvalidArgument(
+            f"--store-downloads {store_downloads!r}: one of {', '.join(DOWNLOAD_MODES)}"
+        )
+    if not 1 <= presign_expires <= 7 * 24 * 3600:
+        raise InvalidArgument(
+            f"--presign-expires {presign_expires}: between 1 and 604800 seconds (7 days, the"
+            " longest S3 signs for)"
+        )
+    srv = ServerState(
+        Path(home),
+        anonymous_read=anonymous_read,
+        db=db,
+        store=store,
+        store_downloads=store_downloads,
+        presign_expires=presign_expires,
+    )
     if inline_upload_max is not None:
         srv.inline_upload_max = inline_upload_max
     if max_upload_bytes is not None:

@@ -98,6 +98,13 @@ class ServerState:
     """Requests without a valid token handled at once; more are answered 429 at once."""
     db: str | None = None
     """The team catalog's URL (``--db``); None: the SQLite index in ``home``."""
+    store: str | None = None
+    """The blob store's URL (``--store``); None: the folder ``store/`` in ``home``."""
+    store_downloads: str = "redirect"
+    """``redirect``: downloads from an object store answer 302 to a presigned URL;
+    ``proxy``: the server streams the bytes (``hub.server.downloads``)."""
+    presign_expires: int = 300
+    """Seconds a presigned download URL stays valid."""
     anonymous_in_flight: int = 0
     """Counted by ``BoundedBodies`` on the event loop's thread (so no lock)."""
     lfs_secret: bytes = field(default_factory=lambda: os.urandom(32))
@@ -107,7 +114,7 @@ class ServerState:
         # SQLite connections stay in the thread that opened them: one registry per worker.
         reg = getattr(self._local, "registry", None)
         if reg is None:
-            reg = self._local.registry = Registry(self.home, db=self.db)
+            reg = self._local.registry = Registry(self.home, db=self.db, store=self.store)
         return reg
 
     def repo_lock(self, repo: str) -> threading.Lock:

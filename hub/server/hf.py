@@ -14,11 +14,11 @@ from typing import Any
 from urllib.parse import unquote
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 
-from hub.blobstore.base import missing
 from hub.registry import commit_id
 from hub.server.common import hf_error_response, require_read, state
+from hub.server.downloads import blob_response
 from schemas.card import AdapterCard
 from schemas.errors import HubError, RevisionNotFound
 
@@ -149,9 +149,8 @@ def resolve(request: Request, namespace: str, name: str, revision: str, path: st
             RevisionNotFound(f"{card.repo}@v{card.version} has no file {path!r}"),
             code="EntryNotFound",
         )
-    blob = state(request).registry().store.local_path(entry.sha256)
-    if blob is None:
-        return hf_error_response(missing(entry.sha256))
+    srv = state(request)
+    store = srv.registry().store
     headers = {
         "X-Repo-Commit": card.commit,
         "ETag": f'"{entry.sha256}"',
@@ -159,4 +158,14 @@ def resolve(request: Request, namespace: str, name: str, revision: str, path: st
         "X-Linked-Size": str(entry.size),
         "Accept-Ranges": "bytes",
     }
-    return FileResponse(blob, headers=headers, media_type="application/octet-stream")
+    try:
+        return blob_response(
+            request,
+            store,
+            entry.sha256,
+            headers,
+            mode=srv.store_downloads,
+            expires=srv.presign_expires,
+        )
+    except HubError as error:  # missing from the store (StoreCorrupted), store down
+        return hf_error_response(error)

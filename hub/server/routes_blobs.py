@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from hub.server.common import API, READ_ERRORS, WRITE_ERRORS, check_digest, require_write, state
+from hub.server.downloads import blob_response
 from hub.server.shared import readable_blob, receive_blob
 from schemas.api import BlobStored
 
@@ -25,12 +26,18 @@ router = APIRouter()
 )
 def get_blob(request: Request, digest: str) -> Response:
     """A stored file by sha256, if a version the caller may read uses it, or the caller
-    uploaded it (for a push not yet made). HTTP Range supported, for resuming."""
-    path = readable_blob(request, check_digest(digest))
-    if path is None:
+    uploaded it (for a push not yet made). HTTP Range supported, for resuming. On an object
+    store: 302 to a short-lived presigned URL (unless the server proxies downloads)."""
+    if not readable_blob(request, check_digest(digest)):
         return Response(status_code=404, headers={"X-Error-Code": "EntryNotFound"})
-    return FileResponse(
-        path, headers={"ETag": f'"{digest}"'}, media_type="application/octet-stream"
+    srv = state(request)
+    return blob_response(
+        request,
+        srv.registry().store,
+        digest,
+        {"ETag": f'"{digest}"'},
+        mode=srv.store_downloads,
+        expires=srv.presign_expires,
     )
 
 

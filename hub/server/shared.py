@@ -4,7 +4,6 @@ cards a request refers to, and the blobs a caller may read or is sending."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from fastapi import Request
@@ -16,6 +15,9 @@ from schemas.card import AdapterCard
 from schemas.errors import AdapterNotFound, AuthError, InvalidArgument
 from schemas.inputs import check_text
 from schemas.refs import AdapterRef, validate_repo_id
+
+UPLOAD_BATCH = 1024 * 1024
+"""Bytes of an upload handed to the store's writer at a time."""
 
 
 def safe_relative_path(path: str) -> str:
@@ -77,9 +79,10 @@ def repo_ref(namespace: str, name: str, revision: str | None) -> str:
     return f"{repo}@{revision}" if revision else repo
 
 
-def readable_blob(request: Request, digest: str) -> Path | None:
-    """The blob's path if the caller may read it: a version it may read uses the blob, or
-    the caller uploaded it. Otherwise None, as for a blob that does not exist, so that
+def readable_blob(request: Request, digest: str) -> bool:
+    """Whether the caller may read the blob and the store holds it: a version it may read
+    uses the blob, or the caller uploaded it. Otherwise False, as for a blob that does not
+    exist, so that
     digests of other namespaces' files cannot be probed, nor a blob `hub rm` took down or
     another token's pending upload be read."""
     srv = state(request)
@@ -92,9 +95,7 @@ def readable_blob(request: Request, digest: str) -> Path | None:
         allowed = bool(namespaces)  # anonymous read: every version, nothing pending
     else:
         allowed = any(token.can_read(ns) for ns in namespaces) or srv.uploaded_by(token, digest)
-    if not allowed:
-        return None
-    return registry.store.local_path(digest)  # FileResponse streams it (Range, sendfile)
+    return allowed and registry.store.has(digest)
 
 
 async def receive_blob(
@@ -110,7 +111,18 @@ async def receive_blob(
     if skip:
         return {"sha256": digest, "size": store.size(digest), "stored": False}
     with store.writer(expected=digest, limit=srv.max_upload_bytes) as blob:
+        # A local file takes each chunk at once; a remote store's writer sends parts over the
+        # network, so it gets a MiB at a time in a worker thread, off the event loop.
+        pending = bytearray()
         async for chunk in request.stream():
-            blob.write(chunk)
+            if not store.remote:
+                blob.write(chunk)
+                continue
+            pending += chunk
+            if len(pending) >= UPLOAD_BATCH:
+                await run_in_threadpool(blob.write, bytes(pending))
+                pending.clear()
+        if pending:
+            await run_in_threadpool(blob.write, bytes(pending))
         size = await run_in_threadpool(srv.keep_upload, blob, uploader)
     return {"sha256": digest, "size": size, "stored": True}

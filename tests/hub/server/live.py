@@ -24,6 +24,14 @@ class LiveServer:
     url: str
     home: Path
     server: Any
+    db: str | None = None
+    store: str | None = None
+
+    def registry(self) -> Any:
+        """The registry this server serves (its catalog and store), for a test's own use."""
+        from hub import Registry
+
+        return Registry(self.home, db=self.db, store=self.store)
 
 
 def free_port() -> int:
@@ -39,7 +47,7 @@ def start_server(home: Path, **options: Any) -> Iterator[LiveServer]:
     from hub import Registry
     from hub.server import create_app
 
-    Registry(home).close()
+    Registry(home, db=options.get("db"), store=options.get("store")).close()
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
@@ -53,10 +61,37 @@ def start_server(home: Path, **options: Any) -> Iterator[LiveServer]:
         assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.02)
     try:
-        yield LiveServer(f"http://127.0.0.1:{port}", home, server)
+        yield LiveServer(
+            f"http://127.0.0.1:{port}", home, server, options.get("db"), options.get("store")
+        )
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+DEPLOYMENTS = ("embedded", "team")
+"""The two ways a hub is deployed: SQLite + a local folder (``--home``), and PostgreSQL + S3
+(``--db postgresql://... --store s3://...``), each on a real server (tests/backends.py,
+tests/s3.py)."""
+
+
+@pytest.fixture(params=DEPLOYMENTS)
+def deployment(request) -> dict[str, str]:
+    """``create_app`` options of the test's deployment: none (embedded), or a fresh
+    PostgreSQL database and S3 bucket (team). Tests that take it run once with each."""
+    if request.param == "embedded":
+        return {}
+    return {
+        "db": request.getfixturevalue("pg_url"),
+        "store": request.getfixturevalue("s3_store_url"),
+    }
+
+
+@pytest.fixture
+def team_server(hub_home, pg_url, s3_store_url):
+    """A server over PostgreSQL + S3 (downloads redirected to presigned URLs)."""
+    with start_server(hub_home, db=pg_url, store=s3_store_url) as server:
+        yield server
 
 
 @pytest.fixture
@@ -68,10 +103,9 @@ def live_server(hub_home):
 @pytest.fixture
 def tokens(live_server):
     """A writer of `team`, a reader of `team`, and a reader of another namespace."""
-    from hub import Registry
     from hub.tokens import create_token
 
-    with Registry(live_server.home) as reg:
+    with live_server.registry() as reg:
         return {
             "writer": create_token(reg, "writer", read=[], write=["team"]),
             "reader": create_token(reg, "reader", read=["team"], write=[]),
