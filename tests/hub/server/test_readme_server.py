@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def _block() -> list[str]:
     section = ROOT.joinpath("README.md").read_text().split("## Team server", 1)[1]
-    (block,) = re.findall(r"```bash\n(.*?)```", section.split("\n## ", 1)[0], flags=re.S)
+    own = re.split(r"\n##+ ", section, maxsplit=1)[0]  # up to the next (sub)section
+    (block,) = re.findall(r"```bash\n(.*?)```", own, flags=re.S)
     return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
 
 
