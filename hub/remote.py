@@ -8,6 +8,7 @@ lacks, and the server checks each against its sha256 before it becomes visible.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -83,6 +84,13 @@ class RemoteRegistry:
             raise_for_error(error)
         except urllib.error.URLError as error:
             raise HubError(f"cannot reach the hub at {self.url}: {error.reason}") from None
+        except (http.client.HTTPException, ConnectionError) as error:
+            # The server went away mid-request (a worker killed, restarted): retrying is safe,
+            # a push of content already committed stores nothing new.
+            raise HubError(
+                f"cannot reach the hub at {self.url}: the connection was lost"
+                f" ({type(error).__name__}); retry"
+            ) from None
 
     def _json(self, method: str, path: str, payload: Any = None) -> Any:
         body = json.dumps(payload).encode() if payload is not None else None

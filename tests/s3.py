@@ -59,8 +59,13 @@ def _weed() -> str:
 class S3Server:
     """A running ``weed server -s3``; ``client()`` is a boto3 client for it."""
 
-    def __init__(self, endpoint: str, process: subprocess.Popen[bytes] | None) -> None:
-        self.endpoint, self.process = endpoint, process
+    def __init__(
+        self,
+        endpoint: str,
+        process: subprocess.Popen[bytes] | None,
+        ports: list[int] | None = None,
+    ) -> None:
+        self.endpoint, self.process, self.ports = endpoint, process, ports
 
     def client(self):
         import boto3
@@ -92,10 +97,11 @@ class S3Server:
                 self.process.kill()
 
 
-def start_weed(root: Path, *, timeout: float = 60.0) -> S3Server:
-    """Start ``weed server`` with its data in ``root``; return once S3 answers."""
+def start_weed(root: Path, *, ports: list[int] | None = None, timeout: float = 60.0) -> S3Server:
+    """Start ``weed server`` with its data in ``root``; return once S3 answers. ``ports``:
+    those of an earlier server on ``root`` (a restart: same endpoint, same data)."""
     root.mkdir(parents=True, exist_ok=True)
-    ports = _free_ports(9)
+    ports = list(ports) if ports else _free_ports(9)
     (master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, iam) = ports
     command = [
         _weed(),
@@ -119,9 +125,9 @@ def start_weed(root: Path, *, timeout: float = 60.0) -> S3Server:
         "-s3.port.lance=0",
         f"-iam.port={iam}",
     ]
-    log = open(root / "weed.log", "wb")  # noqa: SIM115 (kept open for the server's life)
+    log = open(root / "weed.log", "ab")  # noqa: SIM115 (kept open for the server's life)
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    server = S3Server(f"http://127.0.0.1:{s3}", process)
+    server = S3Server(f"http://127.0.0.1:{s3}", process, ports)
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
@@ -129,7 +135,8 @@ def start_weed(root: Path, *, timeout: float = 60.0) -> S3Server:
         try:
             client = server.client()
             probe = f"hub-probe-{os.getpid()}"
-            client.create_bucket(Bucket=probe)
+            with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                client.create_bucket(Bucket=probe)  # there already after a restart
             client.put_object(Bucket=probe, Key="probe", Body=b"ok")
             if client.get_object(Bucket=probe, Key="probe")["Body"].read() == b"ok":
                 return server
