@@ -34,6 +34,13 @@ def store_url(tmp_path) -> str:
     return (tmp_path / "team-blobs").as_uri()
 
 
+def _team_store(store_url: str, tmp_path: Path):
+    """The team store, opened as the hub opens it (any backend ``store_url`` names)."""
+    from hub.blobstore import open_store
+
+    return open_store(store_url, tmp_path / "store-home")
+
+
 def _variant(src: Path, dst: Path, text: str) -> Path:
     shutil.copytree(src, dst)
     (dst / "README.md").write_text(text)
@@ -168,8 +175,9 @@ def test_embedded_to_postgres_and_back_to_a_folder_is_the_same_registry(
 
     again = run(*team, "migrate", "--to", back)
     assert again.exit_code == 0, again.output
+    team_store = _team_store(store_url, tmp_path).location
     assert again.output == (
-        f"Migrated {where},{Path(store_url[7:])} to {back}: 6 repos, 6 versions, 1 aliases,"
+        f"Migrated {where},{team_store} to {back}: 6 repos, 6 versions, 1 aliases,"
         f" 2 tokens, 3 eval records, 1 remote eval records, 1 cached base scores, {blobs} blobs"
         f" ({human_size(report['bytes'])}; {blobs} copied, 0 already there)\n"
     )
@@ -322,7 +330,7 @@ def test_a_non_empty_target_is_refused_before_any_work(
         " registry only into an empty one; give a new database or folder (nothing was"
         " written)\n"
     )
-    assert not Path(store_url[7:]).exists()  # not one blob copied
+    assert list(_team_store(store_url, tmp_path).iter_digests()) == []  # not one blob copied
 
     other = tmp_path / "other"
     with Registry(other) as reg:
@@ -339,7 +347,7 @@ def test_a_non_empty_target_is_refused_before_any_work(
     assert _state(other) == before
 
 
-def test_an_unreachable_database_names_to_and_writes_nothing(small, store_url):
+def test_an_unreachable_database_names_to_and_writes_nothing(small, store_url, tmp_path):
     home, _ = small
     before = _state(home)
     result = run(
@@ -352,7 +360,8 @@ def test_an_unreachable_database_names_to_and_writes_nothing(small, store_url):
     ), result.output
     assert result.output.endswith("; check that the server is up and retry (nothing was changed)\n")
     assert len(result.output.splitlines()) == 1 and "s3cret" not in result.output
-    assert not Path(store_url[7:]).exists() and _state(home) == before
+    assert list(_team_store(store_url, tmp_path).iter_digests()) == []
+    assert _state(home) == before
 
 
 def _weights(home: Path, card) -> tuple[str, Path]:
@@ -365,7 +374,7 @@ def _weights(home: Path, card) -> tuple[str, Path]:
 
 
 def test_a_source_with_a_missing_or_truncated_blob_is_refused_before_any_write(
-    small, pg_empty_url, store_url
+    small, pg_empty_url, store_url, tmp_path
 ):
     home, card = small
     digest, path = _weights(home, card)
@@ -388,7 +397,7 @@ def test_a_source_with_a_missing_or_truncated_blob_is_refused_before_any_write(
             " before migrating (nothing was written)\n"
         )
         # Nothing written: no blob, and the database has not even been given the schema.
-        assert not Path(store_url[7:]).exists()
+        assert list(_team_store(store_url, tmp_path).iter_digests()) == []
         with Registry(home, db=pg_empty_url) as team:
             assert team.catalog.schema_version() == 0
         path.unlink(missing_ok=True)
@@ -458,3 +467,16 @@ def test_import_snapshot_is_one_transaction_on_each_backend(small, backend, requ
         with pytest.raises(OutputExists, match=r"is not empty \(1 repos, 1 versions, 1 evals\)"):
             target.catalog.import_snapshot(snap)
         assert target.catalog.export_snapshot() == snap
+
+
+def test_the_readme_commands_run_as_written(small, pg_empty_url, store_url, tmp_path):
+    """README's "Move an existing embedded registry" block, with this test's database and
+    store in place of the example's."""
+    from tests.test_readme import _blocks, _run_block, _workspace_bin
+
+    home, _ = small
+    (block,) = _blocks("bash", "### Move an existing embedded registry onto the team hub")
+    block = block.replace("postgresql://hub@db.internal/hub", f"'{pg_empty_url}'")
+    block = block.replace("s3://team-hub/blobs", f"'{store_url}'")
+    _run_block(block, tmp_path, _workspace_bin(tmp_path))
+    assert _state(tmp_path / "hub-copy") == _state(home)
