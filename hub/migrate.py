@@ -31,7 +31,8 @@ The order of the work is what makes it safe:
 3. The catalog is written in one transaction, read back and compared with the source before
    it commits.
 
-The source is never written. A failure before step 3 commits (a damaged blob found while
+The source is never written (an embedded index of an older schema is upgraded in place when
+it is opened, as by every command). A failure before step 3 commits (a damaged blob found while
 copying, the network, a full disk, a kill) leaves the target's catalog as it was; blobs
 copied before it stay in the target store, unreferenced: running the same ``hub migrate``
 again resumes (they are not copied twice), and ``hub gc`` on the target removes them if you
@@ -48,9 +49,10 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hub.blobstore.base import CHUNK
 from hub.catalog.snapshot import not_empty
@@ -63,6 +65,7 @@ if TYPE_CHECKING:
     from hub.catalog.snapshot import Snapshot
     from hub.registry import Registry
 
+T = TypeVar("T")
 _URL_PAIR = re.compile(
     r"(?P<db>[A-Za-z][A-Za-z0-9+.-]*://.+?),(?P<store>[A-Za-z][A-Za-z0-9+.-]*://.+)"
 )
@@ -289,7 +292,7 @@ def _open_target(target: Target, scratch: Path) -> Registry:
     return registry
 
 
-def _target_call(target: Target, work: Any) -> Any:
+def _target_call(target: Target, work: Callable[[], T]) -> T:
     """``work()``, with a storage fault of the target (unreachable, refused, full) named as
     the target's: ``--to ...: cannot reach the database ...``."""
     try:

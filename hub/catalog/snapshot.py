@@ -98,9 +98,13 @@ class Snapshot:
         when they are equal."""
         for part in fields(self):
             mine, theirs = getattr(self, part.name), getattr(other, part.name)
-            if mine != theirs:
+            if not _same(mine, theirs):
                 first = next(
-                    (i for i, (a, b) in enumerate(zip(mine, theirs, strict=False)) if a != b),
+                    (
+                        i
+                        for i, (a, b) in enumerate(zip(mine, theirs, strict=False))
+                        if not _same(a, b)
+                    ),
                     min(len(mine), len(theirs)),
                 )
                 return (
@@ -108,6 +112,11 @@ class Snapshot:
                     f" first differing at {first}"
                 )
         return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    # A NaN in a record (a stderr of one example) is never == itself; its repr is.
+    return bool(a == b) or repr(a) == repr(b)
 
 
 COUNTED = ("repos", "versions", "aliases", "tokens", "evals", "base_scores", "remote_evals")
