@@ -486,3 +486,18 @@ def test_the_readme_commands_run_as_written(small, pg_empty_url, store_url, tmp_
     block = block.replace("s3://team-hub/blobs", f"'{store_url}'")
     _run_block(block, tmp_path, _workspace_bin(tmp_path))
     assert _state(tmp_path / "hub-copy") == _state(home)
+
+
+def test_a_store_shared_with_the_target_copies_no_blob(small, pg_empty_url, tmp_path):
+    """Moving only the catalog (the team hub keeps using the same blob folder): every blob is
+    there already, nothing is copied and the source's store is not written."""
+    home, _ = small
+    before = _state(home)
+    shared = (home / "store").as_uri()
+    result = run("--home", home, "migrate", "--to", f"{pg_empty_url},{shared}", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert (report["blobs"], report["blobs_copied"], report["bytes_copied"]) == (7, 0, 0)
+    assert _state(home) == before
+    with Registry(tmp_path / "team-home", db=pg_empty_url, store=shared) as team:
+        assert team.catalog.export_snapshot() == before[0] and team.verify().healthy
