@@ -310,10 +310,10 @@ def _check_source_blobs(source: Registry, snap: Snapshot) -> dict[str, int]:
     Raises:
         StoreCorrupted: one is missing or has another size (nothing was written).
     """
-    catalog, store = source.catalog, source.store
+    store = source.store
     expected = {digest: size for *_, digest, size in snap.files}
     sizes: dict[str, int] = {}
-    for digest in sorted(catalog.referenced_digests()):
+    for digest in sorted(snap.digests()):
         if not store.has(digest):
             raise _damaged(source, digest, f"is missing from {store.location}")
         size = store.size(digest)

@@ -93,6 +93,18 @@ class Snapshot:
     lineage: list[tuple[str, int, str, str]] = field(default_factory=list)
     """Derived, for the comparison: ``(repo, version, commit, kind)``."""
 
+    def digests(self) -> set[str]:
+        """Every blob the rows reference: what ``Catalog.referenced_digests`` answers for the
+        catalog they were read from, taken from the snapshot itself so that it holds for
+        the same moment (a version removed since still has its blobs copied)."""
+        found: set[Any] = {digest for *_, digest, _ in self.files}
+        found |= {digest for _, digest, _ in self.base_scores}
+        for record in self.evals:
+            found |= {record.dataset_sha256, record.results_sha256, *_forgetting(record.record)}
+        for kept in self.remote_evals:
+            found |= {kept.dataset_sha256, kept.results_sha256, *_forgetting(kept.record)}
+        return {digest for digest in found if isinstance(digest, str)}
+
     def difference(self, other: Snapshot) -> str | None:
         """The first kind of row in which ``other`` differs from this one, described; None
         when they are equal."""
@@ -112,6 +124,17 @@ class Snapshot:
                     f" first differing at {first}"
                 )
         return None
+
+
+def _forgetting(record: dict[str, Any]) -> tuple[Any, Any]:
+    """A ``--forgetting`` record's text and per-document sums (their blobs)."""
+    forgetting = record.get("forgetting")
+    if not isinstance(forgetting, dict):
+        return None, None
+    dataset = forgetting.get("dataset")
+    return (dataset.get("sha256") if isinstance(dataset, dict) else None), forgetting.get(
+        "results_sha256"
+    )
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -169,6 +169,7 @@ def test_embedded_to_postgres_and_back_to_a_folder_is_the_same_registry(
     }
     with Registry(home) as reg:
         referenced = reg.catalog.referenced_digests()
+        assert reg.catalog.export_snapshot().digests() == referenced
         assert blobs == len(referenced) and report["bytes"] == sum(map(reg.store.size, referenced))
         # The removed version's own README is not referenced: it stays behind (`hub gc`).
         assert len(list(reg.store.iter_digests())) == blobs + 1
@@ -462,17 +463,24 @@ def test_import_snapshot_is_one_transaction_on_each_backend(small, backend, requ
         with pytest.raises(KeyError):
             target.catalog.import_snapshot(broken)
         assert set(target.catalog.row_counts().values()) == {0}
-        # A NaN in a record (never == itself) reads back as the same record.
-        record = dict(snap.evals[0].record, config={"stderr": float("nan")})
-        snap = replace(snap, evals=[replace(snap.evals[0], record=record)])
         target.catalog.import_snapshot(snap)
-        assert snap.difference(target.catalog.export_snapshot()) is None
+        assert target.catalog.export_snapshot() == snap
+        assert target.catalog.referenced_digests() == snap.digests() and len(snap.digests()) == 7
         with pytest.raises(OutputExists, match=r"is not empty \(1 repos, 1 versions, 1 evals\)"):
             target.catalog.import_snapshot(snap)
-        assert snap.difference(target.catalog.export_snapshot()) is None
+        assert target.catalog.export_snapshot() == snap
     assert snap.difference(replace(snap, evals=[])) == (
         "evals: 1 rows against 0, first differing at 0"
     )
+    # A NaN in a record (never == itself) reads back as the same record.
+    record = dict(snap.evals[0].record, config={"stderr": float("nan")})
+    odd = replace(snap, evals=[replace(snap.evals[0], record=record)])
+    with Registry(
+        tmp_path / "nan", db=request.getfixturevalue("pg_empty_url") if db else None
+    ) as nan:
+        nan.catalog.upgrade()
+        nan.catalog.import_snapshot(odd)
+        assert odd.difference(nan.catalog.export_snapshot()) is None
 
 
 def test_the_readme_commands_run_as_written(small, pg_empty_url, store_url, tmp_path):
