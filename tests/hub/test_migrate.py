@@ -2,8 +2,8 @@
 folder is the same registry on all three (commits, numbers, cards, aliases, tokens, eval
 records, bytes); bad input is one ``Error:`` line and nothing written.
 
-The team store is the ``store_url`` fixture (a ``file://`` folder), so the same tests run
-over any store backend once it is parametrized there.
+The team store is the ``team_store`` fixture: each test that moves blobs runs once into a
+``file://`` folder and once into a bucket of a real S3 server.
 """
 
 from __future__ import annotations
@@ -28,17 +28,20 @@ def run(*args: str):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-@pytest.fixture
-def store_url(tmp_path) -> str:
-    """The team hub's blob store the registry moves into."""
+@pytest.fixture(params=["file", "s3"])
+def team_store(request, tmp_path) -> str:
+    """The team hub's blob store the registry moves into: a ``file://`` folder, then a bucket
+    of a real S3 server (tests/s3.py)."""
+    if request.param == "s3":
+        return str(request.getfixturevalue("s3_store_url"))
     return (tmp_path / "team-blobs").as_uri()
 
 
-def _team_store(store_url: str, tmp_path: Path):
-    """The team store, opened as the hub opens it (any backend ``store_url`` names)."""
+def _open_team_store(url: str, tmp_path: Path):
+    """The team store, opened as the hub opens it (any backend ``team_store`` names)."""
     from hub.blobstore import open_store
 
-    return open_store(store_url, tmp_path / "store-home")
+    return open_store(url, tmp_path / "store-home")
 
 
 def _variant(src: Path, dst: Path, text: str) -> Path:
@@ -140,20 +143,20 @@ def _view(home_args: list[str], pulls: Path) -> dict:
 
 
 def test_embedded_to_postgres_and_back_to_a_folder_is_the_same_registry(
-    source, adapters, pg_empty_url, store_url, tmp_path
+    source, adapters, pg_empty_url, team_store, tmp_path
 ):
     home, secrets = source
     where = location(pg_empty_url)
-    team = ["--db", pg_empty_url, "--store", store_url, "--home", tmp_path / "team-home"]
+    team = ["--db", pg_empty_url, "--store", team_store, "--home", tmp_path / "team-home"]
     back = tmp_path / "back"
 
-    moved = run("--home", home, "migrate", "--to", f"{pg_empty_url},{store_url}", "--json")
+    moved = run("--home", home, "migrate", "--to", f"{pg_empty_url},{team_store}", "--json")
     assert moved.exit_code == 0, moved.output
     report = json.loads(moved.output)
     blobs = report["blobs"]
     assert report == {
         "source": str(home),
-        "target": f"{where},{store_url}",
+        "target": f"{where},{team_store}",
         "repos": 6,
         "versions": 6,
         "aliases": 1,
@@ -176,9 +179,9 @@ def test_embedded_to_postgres_and_back_to_a_folder_is_the_same_registry(
 
     again = run(*team, "migrate", "--to", back)
     assert again.exit_code == 0, again.output
-    team_store = _team_store(store_url, tmp_path).location
+    team_location = _open_team_store(team_store, tmp_path).location
     assert again.output == (
-        f"Migrated {where},{team_store} to {back}: 6 repos, 6 versions, 1 aliases,"
+        f"Migrated {where},{team_location} to {back}: 6 repos, 6 versions, 1 aliases,"
         f" 2 tokens, 3 eval records, 1 remote eval records, 1 cached base scores, {blobs} blobs"
         f" ({human_size(report['bytes'])}; {blobs} copied, 0 already there)\n"
     )
@@ -204,7 +207,7 @@ def test_embedded_to_postgres_and_back_to_a_folder_is_the_same_registry(
     fourth = _variant(adapters("lora"), tmp_path / "v4", "fourth")
     registries = [
         Registry(home),
-        Registry(tmp_path / "team-home", db=pg_empty_url, store=store_url),
+        Registry(tmp_path / "team-home", db=pg_empty_url, store=team_store),
     ]
     registries.append(Registry(back))
     try:
@@ -273,7 +276,7 @@ FORM = (
         (
             "postgresql://hub@db/hub,ftp://blobs/x",
             "invalid --to 'postgresql://hub@db/hub,ftp://blobs/x': unknown store scheme"
-            f" 'ftp://' after the comma (known: file://); {FORM}",
+            f" 'ftp://' after the comma (known: file://, s3://); {FORM}",
         ),
         (
             "postgresql://hub:s3cret@db:port/hub,file:///srv/blobs",
@@ -318,20 +321,20 @@ def test_a_target_that_is_the_source_a_file_or_someone_s_folder_is_refused(small
 
 
 def test_a_non_empty_target_is_refused_before_any_work(
-    small, adapters, pg_url, store_url, tmp_path
+    small, adapters, pg_url, team_store, tmp_path
 ):
     home, _ = small
     where = location(pg_url)
-    with Registry(tmp_path / "team-home", db=pg_url, store=store_url) as team:
+    with Registry(tmp_path / "team-home", db=pg_url, store=team_store) as team:
         create_token(team, "ci", read=["team"], write=[])
-    result = run("--home", home, "migrate", "--to", f"{pg_url},{store_url}")
+    result = run("--home", home, "migrate", "--to", f"{pg_url},{team_store}")
     assert result.exit_code == 1
     assert result.output == (
-        f"Error: the target {where},{store_url} is not empty (1 tokens): `hub migrate` moves a"
+        f"Error: the target {where},{team_store} is not empty (1 tokens): `hub migrate` moves a"
         " registry only into an empty one; give a new database or folder (nothing was"
         " written)\n"
     )
-    assert list(_team_store(store_url, tmp_path).iter_digests()) == []  # not one blob copied
+    assert list(_open_team_store(team_store, tmp_path).iter_digests()) == []  # not one blob copied
 
     other = tmp_path / "other"
     with Registry(other) as reg:
@@ -348,20 +351,20 @@ def test_a_non_empty_target_is_refused_before_any_work(
     assert _state(other) == before
 
 
-def test_an_unreachable_database_names_to_and_writes_nothing(small, store_url, tmp_path):
+def test_an_unreachable_database_names_to_and_writes_nothing(small, team_store, tmp_path):
     home, _ = small
     before = _state(home)
     result = run(
-        "--home", home, "migrate", "--to", f"postgresql://hub:s3cret@127.0.0.1:1/hub,{store_url}"
+        "--home", home, "migrate", "--to", f"postgresql://hub:s3cret@127.0.0.1:1/hub,{team_store}"
     )
     assert result.exit_code == 1
     assert result.output.startswith(
-        f"Error: --to postgresql://hub@127.0.0.1:1/hub,{store_url}: cannot reach the database"
+        f"Error: --to postgresql://hub@127.0.0.1:1/hub,{team_store}: cannot reach the database"
         " postgresql://hub@127.0.0.1:1/hub: "
     ), result.output
     assert result.output.endswith("; check that the server is up and retry (nothing was changed)\n")
     assert len(result.output.splitlines()) == 1 and "s3cret" not in result.output
-    assert list(_team_store(store_url, tmp_path).iter_digests()) == []
+    assert list(_open_team_store(team_store, tmp_path).iter_digests()) == []
     assert _state(home) == before
 
 
@@ -375,12 +378,12 @@ def _weights(home: Path, card) -> tuple[str, Path]:
 
 
 def test_a_source_with_a_missing_or_truncated_blob_is_refused_before_any_write(
-    small, pg_empty_url, store_url, tmp_path
+    small, pg_empty_url, team_store, tmp_path
 ):
     home, card = small
     digest, path = _weights(home, card)
     data = path.read_bytes()
-    to = f"{pg_empty_url},{store_url}"
+    to = f"{pg_empty_url},{team_store}"
     store = home / "store"
     for damage, what in [
         (lambda: path.unlink(), f"is missing from {store}"),
@@ -398,7 +401,7 @@ def test_a_source_with_a_missing_or_truncated_blob_is_refused_before_any_write(
             " before migrating (nothing was written)\n"
         )
         # Nothing written: no blob, and the database has not even been given the schema.
-        assert list(_team_store(store_url, tmp_path).iter_digests()) == []
+        assert list(_open_team_store(team_store, tmp_path).iter_digests()) == []
         with Registry(home, db=pg_empty_url) as team:
             assert team.catalog.schema_version() == 0
         path.unlink(missing_ok=True)
@@ -483,7 +486,7 @@ def test_import_snapshot_is_one_transaction_on_each_backend(small, backend, requ
         assert odd.difference(nan.catalog.export_snapshot()) is None
 
 
-def test_the_readme_commands_run_as_written(small, pg_empty_url, store_url, tmp_path):
+def test_the_readme_commands_run_as_written(small, pg_empty_url, team_store, tmp_path):
     """README's "Move an existing embedded registry" block, with this test's database and
     store in place of the example's."""
     from tests.test_readme import _blocks, _run_block, _workspace_bin
@@ -491,7 +494,7 @@ def test_the_readme_commands_run_as_written(small, pg_empty_url, store_url, tmp_
     home, _ = small
     (block,) = _blocks("bash", "### Move an existing embedded registry onto the team hub")
     block = block.replace("postgresql://hub@db.internal/hub", f"'{pg_empty_url}'")
-    block = block.replace("s3://team-hub/blobs", f"'{store_url}'")
+    block = block.replace("s3://team-hub/blobs", f"'{team_store}'")
     _run_block(block, tmp_path, _workspace_bin(tmp_path))
     assert _state(tmp_path / "hub-copy") == _state(home)
 
