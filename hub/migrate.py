@@ -222,6 +222,9 @@ def _fill(
     counts = _target_call(target, dest.catalog.row_counts)
     if any(counts.values()):
         raise not_empty(report.target, counts)
+    # The store reached once (a listing: a missing bucket or refused credentials fail here,
+    # where a HEAD of a blob would only say "absent") before the database is given a schema.
+    _target_call(target, lambda: next(iter(dest.store.iter_digests()), None))
     report.schema_migrations = _target_call(target, dest.catalog.upgrade)
     # The target's own lock, shared: a `hub gc` there must not take the blobs copied for a
     # catalog that is not committed yet for orphans.
@@ -298,7 +301,7 @@ def _target_call(target: Target, work: Callable[[], T]) -> T:
     try:
         return work()
     except HubError as error:
-        if error.code not in ("index_unavailable", "index_damaged"):
+        if error.code not in ("index_unavailable", "index_damaged", "store_unavailable"):
             raise
         raise type(error)(f"--to {target.describe()}: {error}", **error.context) from None
 

@@ -512,3 +512,19 @@ def test_a_store_shared_with_the_target_copies_no_blob(small, pg_empty_url, tmp_
     assert _state(home) == before
     with Registry(tmp_path / "team-home", db=pg_empty_url, store=shared) as team:
         assert team.catalog.export_snapshot() == before[0] and team.verify().healthy
+
+
+def test_a_bucket_that_does_not_exist_names_to_before_the_schema_is_written(
+    small, pg_empty_url, s3_store_url, tmp_path
+):
+    home, _ = small
+    missing = "s3://no-such-bucket/hub"
+    result = run("--home", home, "migrate", "--to", f"{pg_empty_url},{missing}")
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        f"Error: --to {location(pg_empty_url)},{missing}: blob store {missing} is unavailable"
+        " (NoSuchBucket: "
+    ), result.output
+    assert len(result.output.splitlines()) == 1
+    with Registry(tmp_path / "team-home", db=pg_empty_url) as team:
+        assert team.catalog.schema_version() == 0
