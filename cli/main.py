@@ -630,6 +630,7 @@ from cli.compose import compose  # noqa: E402
 from cli.db import db  # noqa: E402
 from cli.eval import eval_command, metric  # noqa: E402
 from cli.export import export  # noqa: E402
+from cli.migrate import migrate  # noqa: E402
 from cli.remote import serve, token  # noqa: E402
 from cli.ui import ui  # noqa: E402
 
@@ -642,6 +643,7 @@ cli.add_command(serve)
 cli.add_command(token)
 cli.add_command(ui)
 cli.add_command(db)
+cli.add_command(migrate)
 
 
 def main() -> None:

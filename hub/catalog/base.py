@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from hub.catalog.snapshot import Snapshot
     from hub.search import SearchQuery
 
 
@@ -347,3 +348,27 @@ class Catalog(abc.ABC):
     @abc.abstractmethod
     def blob_namespaces(self, digest: str) -> list[str]:
         """The namespaces with a version that uses blob ``digest``, sorted."""
+
+    # -- moving a registry (hub migrate; the rows in hub.catalog.snapshot) ---------------
+    @abc.abstractmethod
+    def row_counts(self) -> dict[str, int]:
+        """Rows per table a move fills (``snapshot.COUNTED``); all 0 in a database that has
+        no schema yet (readable before ``upgrade``, so a move can refuse a non-empty target
+        before it changes anything)."""
+
+    @abc.abstractmethod
+    def export_snapshot(self) -> Snapshot:
+        """Every row a move copies (``hub.catalog.snapshot.Snapshot``), read in one
+        consistent read transaction: a commit made meanwhile is either all in or not at all."""
+
+    @abc.abstractmethod
+    def import_snapshot(self, snapshot: Snapshot) -> None:
+        """Write ``snapshot`` into this empty catalog in one transaction, versions rebuilt by
+        the backend as a push writes them, and compare what reads back with ``snapshot``
+        before it commits (``hub.catalog.snapshot.write_snapshot``).
+
+        Raises:
+            OutputExists: the catalog is not empty (checked inside the transaction).
+            IndexDamaged: the copy does not read back equal to ``snapshot``.
+            In either case nothing is written.
+        """

@@ -24,7 +24,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from hub.catalog import postgres_schema, postgres_search
+from hub.catalog import postgres_schema, postgres_search, snapshot
 from hub.catalog.base import (
     CardText,
     Catalog,
@@ -40,6 +40,7 @@ from hub.catalog.base import (
 from hub.catalog.commit_plan import apply_plan
 from hub.catalog.postgres_db import Database, connect_once, location
 from hub.catalog.rows import lineage_rows, load_card, metric_rows, utcnow
+from hub.catalog.snapshot import Snapshot
 from schemas.errors import IndexUnavailable
 
 if TYPE_CHECKING:
@@ -660,6 +661,31 @@ class PostgresCatalog(Catalog):
             ).fetchall()
         )
         return [row[0] for row in rows]
+
+    # -- moving a registry (hub.catalog.snapshot) ---------------------------------------
+    def row_counts(self) -> dict[str, int]:
+        def count(conn: Any) -> dict[str, int]:
+            if postgres_schema.schema_version(conn) == 0:
+                return dict.fromkeys(snapshot.COUNTED, 0)  # no schema yet: nothing in it
+            return snapshot.row_counts(conn)
+
+        return self._db.read(count)
+
+    def export_snapshot(self) -> Snapshot:
+        def read(conn: Any) -> Snapshot:
+            # One snapshot for every statement (READ COMMITTED would take one per statement).
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            return snapshot.read_snapshot(conn)
+
+        return self._ready().read(read)
+
+    def import_snapshot(self, snap: Snapshot) -> None:
+        self._ready().transaction(lambda conn: snapshot.write_snapshot(self, conn, snap, "%s"))
+
+    @staticmethod
+    def _eval_columns(record: dict[str, Any]) -> dict[str, Any]:
+        dataset, results = _forgetting(record)
+        return {"forgetting_dataset_sha256": dataset, "forgetting_results_sha256": results}
 
 
 def _parses(text: str) -> bool:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hub.catalog import sqlite_migrations, sqlite_search
+from hub.catalog import snapshot, sqlite_migrations, sqlite_search
 from hub.catalog.base import (
     CardText,
     Catalog,
@@ -31,6 +31,7 @@ from hub.catalog.base import (
 )
 from hub.catalog.commit_plan import apply_plan
 from hub.catalog.rows import lineage_rows, load_card, metric_rows, utcnow
+from hub.catalog.snapshot import Snapshot
 from hub.catalog.sqlite_connection import BUSY_TIMEOUT_MS, Connection, storage_error
 from schemas.errors import IndexDamaged
 
@@ -608,3 +609,23 @@ class SqliteCatalog(Catalog):
             (digest,),
         )
         return [row[0] for row in rows]
+
+    # -- moving a registry (hub.catalog.snapshot) ---------------------------------------
+    def row_counts(self) -> dict[str, int]:
+        return snapshot.row_counts(self.conn)
+
+    def export_snapshot(self) -> Snapshot:
+        self.conn.execute("BEGIN")  # one read transaction: the rows of one moment
+        try:
+            return snapshot.read_snapshot(self.conn)
+        finally:
+            with contextlib.suppress(Exception):  # never hide the read's own error
+                self.conn.execute("COMMIT")
+
+    def import_snapshot(self, snap: Snapshot) -> None:
+        with self.write() as conn:
+            snapshot.write_snapshot(self, conn, snap, "?")
+
+    @staticmethod
+    def _eval_columns(record: dict[str, Any]) -> dict[str, Any]:
+        return {}  # the --forgetting blobs are read from the record itself (json_extract)
