@@ -39,7 +39,7 @@ from hub.catalog.base import (
 )
 from hub.catalog.commit_plan import apply_plan
 from hub.catalog.postgres_db import Database, connect_once, location
-from hub.catalog.rows import lineage_rows, load_card, metric_rows, utcnow
+from hub.catalog.rows import forgetting_digests, lineage_rows, load_card, metric_rows, utcnow
 from hub.catalog.snapshot import Snapshot
 from schemas.errors import IndexUnavailable
 
@@ -83,16 +83,6 @@ def _version_row(version_id: int, card: dict[str, Any]) -> tuple[Any, ...]:
         _text(card.get("library")),
         postgres_search.lexemes(card["repo"], card.get("description"), card["tasks"]),
         version_id,
-    )
-
-
-def _forgetting(record: dict[str, Any]) -> tuple[str | None, str | None]:
-    forgetting = record.get("forgetting") or {}
-    if not isinstance(forgetting, dict):
-        return None, None
-    dataset = forgetting.get("dataset") or {}
-    return (dataset.get("sha256") if isinstance(dataset, dict) else None), forgetting.get(
-        "results_sha256"
     )
 
 
@@ -309,7 +299,7 @@ class PostgresCatalog(Catalog):
         with_blobs: bool,
         skip_existing: bool = False,
     ) -> None:
-        dataset, results = _forgetting(record)
+        dataset, results = forgetting_digests(record)
         conn.execute(
             "INSERT INTO evals (id, version_id, created_at, source, dataset_sha256,"
             " results_sha256, forgetting_dataset_sha256, forgetting_results_sha256, record)"
@@ -587,7 +577,7 @@ class PostgresCatalog(Catalog):
         )
 
     def add_remote_eval(self, remote: str, repo: str, commit: str, record: dict[str, Any]) -> None:
-        dataset, results = _forgetting(record)
+        dataset, results = forgetting_digests(record)
         self._ready().transaction(
             lambda conn: conn.execute(
                 "INSERT INTO remote_evals (id, remote, repo, commit_id, created_at,"
@@ -684,7 +674,7 @@ class PostgresCatalog(Catalog):
 
     @staticmethod
     def _eval_columns(record: dict[str, Any]) -> dict[str, Any]:
-        dataset, results = _forgetting(record)
+        dataset, results = forgetting_digests(record)
         return {"forgetting_dataset_sha256": dataset, "forgetting_results_sha256": results}
 
 

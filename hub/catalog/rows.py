@@ -87,3 +87,15 @@ def card_json(text: str) -> str:
     if "Infinity" in text or "NaN" in text:
         return json.dumps(load_card(text))
     return text
+
+
+def forgetting_digests(record: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The blobs an eval record's ``--forgetting`` result keeps (its text, its per-document
+    sums): ``(dataset sha256, results sha256)``, None where absent."""
+    forgetting = record.get("forgetting") or {}
+    if not isinstance(forgetting, dict):
+        return None, None
+    dataset = forgetting.get("dataset") or {}
+    return (dataset.get("sha256") if isinstance(dataset, dict) else None), forgetting.get(
+        "results_sha256"
+    )

@@ -30,7 +30,7 @@ from hub.catalog.base import (
     UpdateHead,
 )
 from hub.catalog.commit_plan import apply_plan
-from hub.catalog.rows import lineage_rows, load_card, metric_rows, utcnow
+from hub.catalog.rows import forgetting_digests, lineage_rows, load_card, metric_rows, utcnow
 from hub.catalog.snapshot import Snapshot
 from hub.catalog.sqlite_connection import BUSY_TIMEOUT_MS, Connection, storage_error
 from schemas.errors import IndexDamaged
@@ -572,23 +572,24 @@ class SqliteCatalog(Catalog):
 
     # -- blobs --------------------------------------------------------------------------
     def referenced_digests(self) -> set[str]:
-        return {
+        found = {
             row[0]
             for row in self.conn.execute(
                 "SELECT sha256 FROM files UNION SELECT dataset_sha256 FROM evals"
                 " UNION SELECT results_sha256 FROM evals UNION SELECT results_sha256"
                 " FROM base_scores UNION SELECT dataset_sha256 FROM remote_evals"
                 " UNION SELECT results_sha256 FROM remote_evals"
-                # --forgetting: its text and per-document sums, kept in the record itself
-                " UNION SELECT json_extract(record, '$.forgetting.dataset.sha256') FROM evals"
-                " UNION SELECT json_extract(record, '$.forgetting.results_sha256') FROM evals"
-                " UNION SELECT json_extract(record, '$.forgetting.dataset.sha256')"
-                " FROM remote_evals"
-                " UNION SELECT json_extract(record, '$.forgetting.results_sha256')"
-                " FROM remote_evals"
             )
-            if row[0] is not None
         }
+        # --forgetting: its text and per-document sums, kept in the record itself. Read in
+        # Python: SQLite's json_extract refuses the whole query over one NaN in a record.
+        for (text,) in self.conn.execute(
+            "SELECT record FROM evals WHERE record LIKE '%forgetting%'"
+            " UNION ALL SELECT record FROM remote_evals WHERE record LIKE '%forgetting%'"
+        ):
+            found.update(forgetting_digests(json.loads(text)))
+        found.discard(None)
+        return found
 
     def versions_using(self, digests: set[str]) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
