@@ -411,25 +411,25 @@ class S3BlobStore(BlobStore):
             raise self._unavailable(error) from error
         return io.BufferedReader(_Body(response["Body"]), buffer_size=CHUNK)
 
-    def iter_digests(self) -> Iterator[str]:
-        for _digest, _modified in self.iter_objects():
-            yield _digest
-
-    def iter_objects(self) -> Iterator[tuple[str, datetime]]:
-        """Every blob stored with the time it was written."""
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self._listing_prefix()
-        )
+    def _pages(self, operation: str) -> Iterator[dict[str, Any]]:
+        """The pages of a listing under this store's prefix (store trouble raised as
+        ``StoreUnavailable``, as for every other call)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
+        pages = self.client.get_paginator(operation).paginate(
+            Bucket=self.bucket, Prefix=self._listing_prefix()
+        )
         try:
-            for page in pages:
-                for entry in page.get("Contents", ()):
-                    name = str(entry["Key"]).rsplit("/", 1)[-1]
-                    if DIGEST.fullmatch(name) and entry["Key"] == self.key(name):
-                        yield name, entry["LastModified"]
+            yield from pages
         except (BotoCoreError, ClientError) as error:
             raise self._unavailable(error) from error
+
+    def iter_digests(self) -> Iterator[str]:
+        for page in self._pages("list_objects_v2"):
+            for entry in page.get("Contents", ()):
+                name = str(entry["Key"]).rsplit("/", 1)[-1]
+                if DIGEST.fullmatch(name) and entry["Key"] == self.key(name):
+                    yield name
 
     # -- writing ---------------------------------------------------------------------------
     def writer(self, expected: str | None = None, limit: int | None = None) -> S3BlobWriter:
@@ -467,10 +467,7 @@ class S3BlobStore(BlobStore):
 
         freed = self.cache.clear_tmp()
         cutoff = datetime.now(timezone.utc) - UPLOAD_GRACE
-        pages = self.client.get_paginator("list_multipart_uploads").paginate(
-            Bucket=self.bucket, Prefix=self._listing_prefix()
-        )
-        for page in pages:
+        for page in self._pages("list_multipart_uploads"):
             for upload in page.get("Uploads", ()):
                 if upload["Initiated"] < cutoff:
                     with contextlib.suppress(Exception):
