@@ -145,6 +145,8 @@ def _next_item(
             or value.get("encoding") != "base64"
         ):
             raise InvalidArgument(f"commit line {number}: a large value must be a base64 file")
+        if isinstance(value.get("path"), str):
+            safe_relative_path(value["path"])  # refused before anything is stored
         after = fh.tell()
         stored = _decode_span(fh, begin, end, store, limit, number)
         fh.seek(after)
@@ -217,8 +219,8 @@ def _apply_item(
     if not isinstance(path, str):
         raise TypeError("'path' must be a string")
     if key == "file":
-        digest = stored or _store_inline(value, store, limit)
-        commit.operations.append(("add", safe_relative_path(path), digest))
+        safe = safe_relative_path(path)  # refused before anything is stored
+        commit.operations.append(("add", safe, stored or _store_inline(value, store, limit)))
     elif key == "lfsFile":
         oid = str(value["oid"])
         if not DIGEST.fullmatch(oid) or not usable(oid):

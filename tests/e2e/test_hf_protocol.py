@@ -1,7 +1,8 @@
 """The Hugging Face Hub protocol, driven by the unmodified huggingface_hub client and PEFT.
 
 Each client runs in its own process with ``HF_ENDPOINT`` pointed at a real `hub serve` on
-127.0.0.1, once with hf_xet installed (the client's default) and once with Xet disabled.
+127.0.0.1, once with hf_xet installed (the client's default) and once with Xet disabled, on
+both deployments (SQLite + a folder, PostgreSQL + S3: ``deployment``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hub.remote import RemoteRegistry
 from hub.tokens import create_token
 from tests.hub.server.live import hf_env, start_server
 
+pytestmark = pytest.mark.usefixtures("deployment")
 XET = [pytest.param(False, id="xet-disabled"), pytest.param(True, id="xet-installed")]
 
 
@@ -118,7 +120,7 @@ def test_upload_folder_and_push_to_hub_are_indexed(
     result = _client(WRITER, lora, base_dir, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    with Registry(live_server.home) as reg:
+    with live_server.registry() as reg:
         v1, v2 = reg.versions("team/uploaded")  # the refused commits left nothing
         assert lines[:3] == [
             v1.commit,
@@ -127,8 +129,8 @@ def test_upload_folder_and_push_to_hub_are_indexed(
         ]
         assert (v1.method, v1.rank, v1.target_modules) == ("lora", 8, ["q_proj", "v_proj"])
         for entry in v1.files:
-            assert reg.blob_path(v1, entry.path).read_bytes() == (lora / entry.path).read_bytes()
-        assert reg.blob_path(v2, "extra/big.bin").read_bytes() == bytes(range(256)) * 12_000
+            assert reg.read_file(v1, entry.path) == (lora / entry.path).read_bytes()
+        assert reg.read_file(v2, "extra/big.bin") == bytes(range(256)) * 12_000
         from_peft = reg.show("team/from-peft")
         assert (from_peft.method, from_peft.rank, from_peft.base_model) == (
             "lora",
@@ -166,13 +168,13 @@ def test_concurrent_commits_lose_nothing(live_server, tokens, adapters, tmp_path
     result = _client(CONCURRENT, adapters("lora"), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["8"]
-    with Registry(live_server.home) as reg:
+    with live_server.registry() as reg:
         versions = reg.versions("team/busy")
         assert [v.version for v in versions] == list(range(1, 10))
         last = versions[-1]
         assert {f.path for f in last.files} >= {f"notes/{i}.txt" for i in range(8)}
         for i in range(8):
-            assert reg.blob_path(last, f"notes/{i}.txt").read_text() == str(i)
+            assert reg.read_file(last, f"notes/{i}.txt") == str(i).encode()
 
 
 UPLOADER = """
@@ -184,17 +186,17 @@ print(api.upload_folder(folder_path=sys.argv[1], repo_id=sys.argv[2]).oid)
 """
 
 
-def test_git_lfs_batch_upload_and_verify(tmp_path, adapters):
+def test_git_lfs_batch_upload_and_verify(tmp_path, adapters, deployment):
     """Files over the inline limit go through Git LFS (Xet disabled); a client with hf_xet
     installed is told the hub has no Xet instead of uploading anywhere else."""
     _need_xet(True)
     lora = adapters("lora")
-    with start_server(tmp_path / "home", inline_upload_max=0) as server:
-        with Registry(server.home) as reg:
+    with start_server(tmp_path / "home", inline_upload_max=0, **deployment) as server:
+        with server.registry() as reg:
             token = create_token(reg, "ci", read=[], write=["team"])
         done = _client(UPLOADER, lora, "team/lfs", env=hf_env(server, token, tmp_path, xet=False))
         assert done.returncode == 0, done.stderr[-3000:]
-        with Registry(server.home) as reg:
+        with server.registry() as reg:
             card = reg.show("team/lfs")
             assert done.stdout.strip() == card.commit
             assert {f.path: f.sha256 for f in card.files} == {
@@ -204,7 +206,7 @@ def test_git_lfs_batch_upload_and_verify(tmp_path, adapters):
         assert refused.returncode == 1
         assert "501 Not Implemented" in refused.stderr
         assert "/api/models/team/xet/xet-write-token/main" in refused.stderr
-        with Registry(server.home) as reg:
+        with server.registry() as reg:
             assert reg.versions("team/xet") == []  # created, never committed to
 
         # The signed upload URL takes only bytes that hash to the announced oid.
@@ -232,7 +234,7 @@ def test_git_lfs_batch_upload_and_verify(tmp_path, adapters):
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(verify)
         assert info.value.code == 404
-        with Registry(server.home) as reg:
+        with server.registry() as reg:
             assert not reg.store.has(oid)
         forged = urllib.request.Request(
             actions["upload"]["href"].replace("ticket=", "ticket=0"), data=data, method="PUT"
@@ -244,8 +246,8 @@ def test_git_lfs_batch_upload_and_verify(tmp_path, adapters):
             urllib.request.Request(actions["upload"]["href"], data=data, method="PUT")
         ).close()
         urllib.request.urlopen(verify).close()
-        with Registry(server.home) as reg:
-            assert reg.store.path(oid).read_bytes() == data
+        with server.registry() as reg:
+            assert reg.store.read_bytes(oid) == data
 
 
 def test_hf_interop_push_and_pull_against_our_server_as_the_hub(
@@ -269,7 +271,7 @@ def test_hf_interop_push_and_pull_against_our_server_as_the_hub(
 
     pushed = hub("push", "mine/sql@v1", "--to", "hf://team/mirror")
     assert pushed.returncode == 0, pushed.stderr[-2000:]
-    with Registry(live_server.home) as served:
+    with live_server.registry() as served:
         mirror = served.show("team/mirror")
         assert (
             pushed.stdout

@@ -1,5 +1,6 @@
 """Hugging Face uploads with `hub gc` running: the unmodified huggingface_hub client's commits
-keep every file, whether the files went through Git LFS before the commit or inline in it."""
+keep every file, whether the files went through Git LFS before the commit or inline in it,
+on both deployments (SQLite + a folder, PostgreSQL + S3: ``deployment``)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import subprocess
 import sys
 import threading
 
-from hub import Registry
+import pytest
+
 from hub.tokens import create_token
 from tests.hub.server.live import hf_env, start_server
 from tests.hub.server.test_upload_lifecycle import hub_gc, with_notes
+
+pytestmark = pytest.mark.usefixtures("deployment")
 
 PREUPLOAD_THEN_COMMIT = """
 import sys
@@ -28,13 +32,13 @@ print(api.create_commit("team/lfs", operations=ops, commit_message="after gc").o
 """
 
 
-def test_gc_between_lfs_upload_and_commit_keeps_every_file(tmp_path, adapters):
+def test_gc_between_lfs_upload_and_commit_keeps_every_file(tmp_path, adapters, deployment):
     """Every file through Git LFS (inline limit 0, Xet off), `hub gc` after the uploads and
     before the commit: the commit holds all of them."""
     folder = with_notes(adapters("lora"), tmp_path / "a", "through LFS")
     paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    with start_server(tmp_path / "home", inline_upload_max=0) as server:
-        with Registry(server.home) as reg:
+    with start_server(tmp_path / "home", inline_upload_max=0, **deployment) as server:
+        with server.registry() as reg:
             token = create_token(reg, "ci", read=[], write=["team"])
         client = subprocess.Popen(
             [sys.executable, "-c", PREUPLOAD_THEN_COMMIT, str(folder), *paths],
@@ -47,13 +51,13 @@ def test_gc_between_lfs_upload_and_commit_keeps_every_file(tmp_path, adapters):
         try:
             assert client.stdout is not None and client.stdin is not None
             assert client.stdout.readline() == "uploaded\n", client.stderr
-            report = hub_gc(server.home)
+            report = hub_gc(server)
             assert (report["blobs_removed"], report["uploads_kept"]) == (0, len(paths))
             out, err = client.communicate("go\n", timeout=120)
         finally:
             client.kill()
         assert client.returncode == 0, err[-3000:]
-        with Registry(server.home) as reg:
+        with server.registry() as reg:
             card = reg.show("team/lfs")
             assert out.strip() == card.commit
             assert {f.path: f.sha256 for f in card.files} == {
@@ -87,7 +91,7 @@ def test_upload_folder_racing_a_gc_loop_loses_nothing(live_server, tokens, adapt
 
     def gc_loop() -> None:
         while not stop.is_set():
-            runs.append(hub_gc(live_server.home))
+            runs.append(hub_gc(live_server))
             if len(runs) >= 3:
                 enough.touch()
 
@@ -106,11 +110,11 @@ def test_upload_folder_racing_a_gc_loop_loses_nothing(live_server, tokens, adapt
         looper.join(timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(runs) >= 3
-    with Registry(live_server.home) as reg:
+    with live_server.registry() as reg:
         versions = reg.versions("team/busy")
         assert [v.commit for v in versions] == done.stdout.split()
         for i, card in enumerate(versions):
             assert len(card.files) == 4, card.files
-            assert reg.blob_path(card, "notes/extra.txt").read_text() == f"commit {i}"
+            assert reg.read_file(card, "notes/extra.txt") == f"commit {i}".encode()
         assert reg.verify().healthy
     shutil.rmtree(folder)

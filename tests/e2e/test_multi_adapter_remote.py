@@ -3,7 +3,8 @@ subfolder per adapter besides ``default``) pushed to a real `hub serve` on 127.0
 our client (``hub push --to URL``) and through the Hugging Face protocol (the unmodified
 ``huggingface_hub`` ``upload_folder`` and PEFT's ``push_to_hub``): each adapter is carded and
 indexed exactly as a local ``hub push`` does it, one repository ``NAME`` / ``NAME-<adapter>``
-per adapter, each loadable alone by ``PeftModel.from_pretrained``.
+per adapter, each loadable alone by ``PeftModel.from_pretrained``; on both deployments
+(SQLite + a folder, PostgreSQL + S3: ``deployment``).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from hub import Registry
 from hub.remote import RemoteRegistry
 from schemas.errors import InvalidAdapter
 from tests.factories import load_base, make_adapter
-from tests.hub.server.live import hf_env, live_server, tokens
+from tests.hub.server.live import LiveServer, hf_env
 
-__all__ = ["live_server", "tokens"]  # the fixtures, used by name
+pytestmark = pytest.mark.usefixtures("deployment")
 
 IDS = torch.tensor([[1, 5, 9, 42, 7, 3]])
 _SAME = ("version", "commit", "method", "rank", "alpha", "target_modules", "params_trainable")
@@ -58,8 +59,8 @@ def _fields(card) -> dict:
     return {"files": files, **{key: getattr(card, key) for key in _SAME}}
 
 
-def _server_cards(home: Path, repos) -> dict[str, dict]:
-    with Registry(home) as reg:
+def _server_cards(server: LiveServer, repos) -> dict[str, dict]:
+    with server.registry() as reg:
         return {repo: _fields(reg.show(repo)) for repo in repos}
 
 
@@ -81,7 +82,7 @@ def test_remote_push_is_one_repository_per_adapter(live_server, tokens, multi, b
     ]
     assert (result.created, [o.created for o in result.others]) == (True, [True])
     local = _local_cards(multi, "team/multi", tmp_path / "local-home")
-    assert _server_cards(live_server.home, local) == local
+    assert _server_cards(live_server, local) == local
     assert {c["repo"] for c in remote.search_raw(tasks=["demo"])} == set(local)
     for repo, original in (("team/multi", multi), ("team/multi-chat", multi / "chat")):
         pulled = remote.pull(repo, tmp_path / "pulled" / repo.split("/")[1])
@@ -114,7 +115,7 @@ def test_remote_push_checks_every_adapter_before_uploading(live_server, tokens, 
     remote = RemoteRegistry(live_server.url, tokens["writer"])
     with pytest.raises(InvalidAdapter, match="field 'peft_type' is missing"):
         remote.push_result(multi, name="team/multi")
-    with Registry(live_server.home) as reg:
+    with live_server.registry() as reg:
         assert reg.search() == []
         assert list(reg.store.iter_digests()) == []  # nothing was uploaded
 
@@ -161,8 +162,8 @@ def test_hf_uploads_are_one_repository_per_adapter(live_server, tokens, multi, b
     for diff in diffs.values():  # the same bytes, loaded by the same PEFT
         assert float(diff) <= 1e-6, diffs
     uploaded = _local_cards(multi, "team/uploaded", tmp_path / "local-uploaded")
-    assert _server_cards(live_server.home, uploaded) == uploaded
-    with Registry(live_server.home) as reg:
+    assert _server_cards(live_server, uploaded) == uploaded
+    with live_server.registry() as reg:
         pushed = reg.show("team/from-peft-chat")
         chat = reg.show("team/uploaded-chat")
         # PEFT's push_to_hub writes its own README; the adapter's files are the same bytes.

@@ -2,6 +2,14 @@
 
 Shared by tests/hub/server and tests/e2e: ``start_server(home, **create_app_options)``
 yields a running server; the ``live_server`` fixture is one over the test's ``hub_home``.
+
+A test module runs its server tests on both deployments (SQLite + a folder, PostgreSQL + S3)
+by opting in: ``pytestmark = pytest.mark.usefixtures("deployment")``. ``live_server`` then
+serves the deployment's catalog and store, and a test that starts its own server passes
+``**deployment``. What the tests check of the server's registry goes through
+``LiveServer.registry()``, ``LiveServer.hub_args()`` (a `hub` process's options) and the
+backend-neutral store probes below (``store_leftovers``, ``in_flight_bytes``,
+``crashed_write``), never through the folder in ``home``.
 """
 
 from __future__ import annotations
@@ -32,6 +40,17 @@ class LiveServer:
         from hub import Registry
 
         return Registry(self.home, db=self.db, store=self.store)
+
+    def hub_args(self) -> list[str]:
+        """The options that point a `hub` process at this server's registry (``--home``,
+        and ``--db`` / ``--store`` on the team deployment); the AWS settings it needs are in
+        the environment (``s3_env``)."""
+        args = ["--home", str(self.home)]
+        if self.db:
+            args += ["--db", self.db]
+        if self.store:
+            args += ["--store", self.store]
+        return args
 
 
 def free_port() -> int:
@@ -95,9 +114,55 @@ def team_server(hub_home, pg_url, s3_store_url):
 
 
 @pytest.fixture
-def live_server(hub_home):
-    with start_server(hub_home) as server:
+def live_server(request, hub_home):
+    """A server over the test's ``hub_home``: embedded, or the ``deployment`` of a test that
+    uses that fixture (a module opts in with ``pytest.mark.usefixtures("deployment")``)."""
+    options = request.getfixturevalue("deployment") if "deployment" in request.fixturenames else {}
+    with start_server(hub_home, **options) as server:
         yield server
+
+
+def _local_tmp(store: Any) -> Any:
+    """The folder of in-flight writes on this machine: the local store's ``tmp/``, or the
+    cache's of a remote store (its spooled writes and materialized folders)."""
+    return getattr(store, "cache", store).tmp
+
+
+def _multipart_uploads(store: Any) -> list[dict[str, Any]]:
+    if not hasattr(store, "client"):
+        return []
+    pages = store.client.get_paginator("list_multipart_uploads").paginate(Bucket=store.bucket)
+    return [upload for page in pages for upload in page.get("Uploads", ())]
+
+
+def store_leftovers(store: Any) -> list[str]:
+    """What writes under way or interrupted hold in ``store`` besides its blobs: the names in
+    the local ``tmp/`` (the cache's for S3) and, for S3, the keys of multipart uploads not
+    completed nor aborted. ``[]`` when every write has finished one way or the other."""
+    tmp = _local_tmp(store)
+    found = sorted(p.name for p in tmp.iterdir()) if tmp.is_dir() else []
+    return found + sorted(f"multipart:{u['Key']}" for u in _multipart_uploads(store))
+
+
+def in_flight_bytes(store: Any) -> int:
+    """The bytes ``store`` has received of writes not yet published: temp files in the local
+    ``tmp/`` (the cache's for S3), plus for S3 the parts of multipart uploads under way."""
+    tmp = _local_tmp(store)
+    total = sum(p.stat().st_size for p in tmp.iterdir() if p.is_file()) if tmp.is_dir() else 0
+    for upload in _multipart_uploads(store):
+        parts = store.client.list_parts(
+            Bucket=store.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+        )
+        total += sum(int(part["Size"]) for part in parts.get("Parts", ()))
+    return total
+
+
+def crashed_write(store: Any, size: int) -> None:
+    """What a writer killed mid-write leaves behind and nobody holds: ``size`` bytes in a
+    temp file of the local ``tmp/`` (the cache's for S3), for ``gc`` to remove."""
+    tmp = _local_tmp(store)
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "0123abcd.incomplete").write_bytes(b"x" * size)
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
-"""The team hub's native API, driven by our CLI and our client over a real server.
+"""The team hub's native API, driven by our CLI and our client over a real server, on both
+deployments (SQLite + a folder, PostgreSQL + S3: ``deployment``).
 
 The Hugging Face protocol is tested in tests/e2e/test_hf_protocol.py."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -16,10 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from hub import Registry
+from hub.blobstore.s3 import PART
 from hub.remote import RemoteRegistry
-from hub.server.hf_commit import read_commit
-from hub.store import BlobStore
 from hub.tokens import create_token, revoke_token
 from schemas import (
     AdapterNotFound,
@@ -29,7 +27,9 @@ from schemas import (
     InvalidArgument,
     InvalidName,
 )
-from tests.hub.server.live import start_server
+from tests.hub.server.live import in_flight_bytes, start_server, store_leftovers
+
+pytestmark = pytest.mark.usefixtures("deployment")
 
 
 def _run(*args, token=None, ok=True):
@@ -56,7 +56,7 @@ def test_push_ls_pull_through_the_server(live_server, tokens, adapters, tmp_path
     )
     card = json.loads(pushed.stdout)
     assert (card["method"], card["rank"], card["created"]) == ("lora", 8, True)
-    with Registry(live_server.home) as reg:  # indexed like a local push
+    with live_server.registry() as reg:  # indexed like a local push
         assert reg.show("team/sql").target_modules == ["q_proj", "v_proj"]
     listed = json.loads(
         _run("ls", "--from", live_server.url, "--json", token=tokens["reader"]).stdout
@@ -107,7 +107,7 @@ def test_scopes_are_enforced(live_server, tokens, adapters):
     assert RemoteRegistry(live_server.url, tokens["other"]).search_raw() == []
     with pytest.raises(AuthError):
         RemoteRegistry(live_server.url, tokens["other"]).pull("team/sql")
-    with Registry(live_server.home) as reg:
+    with live_server.registry() as reg:
         revoke_token(reg, tokens["reader"].split("_")[1])
     with pytest.raises(AuthError) as info:
         RemoteRegistry(live_server.url, tokens["reader"]).show("team/sql")
@@ -119,7 +119,7 @@ def test_scopes_are_enforced(live_server, tokens, adapters):
 
 def test_typed_errors_map_back(live_server, tokens):
     remote = RemoteRegistry(live_server.url, tokens["reader"])
-    with Registry(live_server.home) as reg, pytest.raises(AdapterNotFound) as local:
+    with live_server.registry() as reg, pytest.raises(AdapterNotFound) as local:
         reg.show("team/nope")
     with pytest.raises(AdapterNotFound) as info:
         remote.show("team/nope")
@@ -142,9 +142,9 @@ def test_uploads_are_verified_and_paths_never_escape(live_server, tokens):
     with pytest.raises(urllib.error.HTTPError) as info:
         _put(f"{live_server.url}/api/hub/v1/blobs/{claimed}", tokens["writer"], b"other bytes")
     assert info.value.code == 400
-    with Registry(live_server.home) as reg:
+    with live_server.registry() as reg:
         assert not reg.store.has(claimed)
-        assert not reg.store.tmp.exists() or not any(reg.store.tmp.iterdir())
+        assert store_leftovers(reg.store) == []
     _put(f"{live_server.url}/api/hub/v1/blobs/{claimed}", tokens["writer"], b"the real bytes")
     remote = RemoteRegistry(live_server.url, tokens["writer"])
     for bad in ("../escape.txt", "/etc/passwd", "a/../../b", "a//b"):
@@ -189,20 +189,26 @@ def test_client_disconnect_mid_upload_leaves_nothing(live_server, tokens):
     import socket
     import time
 
-    data = os.urandom(200_000)
+    # Over one S3 part: on S3 the upload under way is a multipart upload, which must go too.
+    data = os.urandom(PART + 4 * 1024 * 1024)
     digest = hashlib.sha256(data).hexdigest()
     host, port = live_server.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(
-            f"PUT /api/hub/v1/blobs/{digest} HTTP/1.1\r\nHost: {host}\r\n"
-            f"Authorization: Bearer {tokens['writer']}\r\nContent-Length: {len(data)}\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n".encode()
-        )
-        sock.sendall(data[:50_000])  # then hang up mid-body
-    with Registry(live_server.home) as reg:
+    with live_server.registry() as reg:
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(
+                f"PUT /api/hub/v1/blobs/{digest} HTTP/1.1\r\nHost: {host}\r\n"
+                f"Authorization: Bearer {tokens['writer']}\r\nContent-Length: {len(data)}\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n".encode()
+            )
+            sock.sendall(data[: PART + 2 * 1024 * 1024])  # a part reaches the store
+            deadline = time.monotonic() + 20
+            while in_flight_bytes(reg.store) == 0:
+                assert time.monotonic() < deadline, "the upload never reached the store"
+                time.sleep(0.05)
+        # ... then hung up mid-body.
         deadline = time.monotonic() + 10
-        while reg.store.tmp.exists() and any(reg.store.tmp.iterdir()):
-            assert time.monotonic() < deadline, "partial upload left behind"
+        while left := store_leftovers(reg.store):
+            assert time.monotonic() < deadline, f"partial upload left behind: {left}"
             time.sleep(0.05)
         assert not reg.store.has(digest)
 
@@ -232,9 +238,10 @@ def test_compose_request_over_the_native_api(live_server, tokens, adapters):
         )
 
 
-def test_request_bodies_and_uploads_are_bounded(tmp_path):
-    with start_server(tmp_path / "home", max_upload_bytes=1000, max_commit_bytes=5000) as server:
-        with Registry(server.home) as reg:
+def test_request_bodies_and_uploads_are_bounded(tmp_path, deployment):
+    limits = {"max_upload_bytes": 1000, "max_commit_bytes": 5000}
+    with start_server(tmp_path / "home", **limits, **deployment) as server:
+        with server.registry() as reg:
             token = create_token(reg, "w", read=[], write=["team"])
         remote = RemoteRegistry(server.url, token)
 
@@ -270,107 +277,10 @@ def test_request_bodies_and_uploads_are_bounded(tmp_path):
             413,
             "commit payload over 5000 bytes",
         )
-        with Registry(server.home) as reg:
+        with server.registry() as reg:
             assert not reg.store.has(digest)
-            assert not any(reg.store.tmp.iterdir())
+            assert store_leftovers(reg.store) == []
             assert not any((server.home / "tmp").iterdir())
-
-
-def _ndjson(path, *lines):
-    path.write_bytes(b"".join(line.encode() + b"\n" for line in lines))
-    return path
-
-
-def test_commit_lines_are_streamed_into_the_store(tmp_path):
-    store = BlobStore(tmp_path / "store")
-    data = os.urandom(3 * 1024 * 1024)
-    digest, b64 = hashlib.sha256(data).hexdigest(), base64.b64encode(data).decode()
-    small = base64.b64encode(b"small").decode()
-    commit = read_commit(
-        _ndjson(
-            tmp_path / "commit.ndjson",
-            json.dumps({"key": "header", "value": {"summary": "s", "parentCommit": "ab"}}),
-            json.dumps(
-                {"key": "file", "value": {"content": b64, "path": "w.bin", "encoding": "base64"}}
-            ),
-            '{"value": {"path": "odd \\"name\\"", "encoding": "base64", "content" : "'
-            + b64
-            + '"}, "key": "file"}',
-            json.dumps(
-                {"key": "file", "value": {"content": small, "path": "s.txt", "encoding": "base64"}}
-            ),
-            json.dumps({"key": "deletedFile", "value": {"path": "old.txt"}}),
-            json.dumps({"key": "deletedFolder", "value": {"path": "logs"}}),
-        ),
-        store,
-        upload_limit=10 * 1024 * 1024,
-    )
-    assert commit.header == {"summary": "s", "parentCommit": "ab"}
-    assert commit.operations == [
-        ("add", "w.bin", digest),
-        ("add", 'odd "name"', digest),
-        ("add", "s.txt", hashlib.sha256(b"small").hexdigest()),
-        ("delete", "old.txt", ""),
-        ("delete_folder", "logs/", ""),
-    ]
-    assert store.path(digest).read_bytes() == data
-
-
-@pytest.mark.parametrize(
-    ("line", "message"),
-    [
-        (
-            json.dumps({"key": "header", "value": {"description": "x" * 2_000_000}}),
-            "commit line 1 is over 1048576 bytes and is not an inline file",
-        ),
-        (
-            '{"key": "file", "value": {"content": "' + "QUFB" * 500_000 + '\\u0041"}}',
-            "commit line 1: inline content is not base64",
-        ),
-        ('{"key": "file", "value": {"content": "' + "QUFB" * 500_000, "commit line 1 is truncated"),
-        (
-            '{"key": "file", "value": {"content": "' + "QUFB" * 500_000 + '", "path": "a"}}',
-            "commit line 1: a large value must be a base64 file",
-        ),
-        (
-            '{"key": "file", "value": {"content": "'
-            + "QUFB" * 500_000
-            + '$", "path": "a", "encoding": "base64"}}',
-            "commit line 1: bad base64 (Only base64 data is allowed)",
-        ),
-        (
-            '{"key": "file", "value": {"content": "'
-            + "QUFB" * 5_000_000
-            + '", "path": "a", "encoding": "base64"}}',
-            "upload over 10485760 bytes",
-        ),
-        (
-            json.dumps({"key": "file", "value": {"content": "eA==", "path": "../x"}}),
-            "invalid file path '../x': must stay inside the adapter folder",
-        ),
-        (
-            json.dumps({"key": "lfsFile", "value": {"path": "a"}}),
-            "malformed commit operation on line 1: no 'oid' field",
-        ),
-    ],
-    ids=[
-        "long-header",
-        "escapes",
-        "truncated",
-        "no-encoding",
-        "bad-base64",
-        "too-big",
-        "escape",
-        "no-oid",
-    ],
-)
-def test_bad_commit_lines_are_refused_and_leave_nothing(tmp_path, line, message):
-    store = BlobStore(tmp_path / "store")
-    with pytest.raises(InvalidArgument) as info:
-        read_commit(_ndjson(tmp_path / "c.ndjson", line), store, upload_limit=10 * 1024 * 1024)
-    assert str(info.value) == message
-    assert not store.blobs.exists() or not any(store.blobs.rglob("*.*"))
-    assert not store.tmp.exists() or not any(store.tmp.iterdir())
 
 
 def test_versions_aliases_and_removal_over_the_api(live_server, tokens, adapters, tmp_path):
@@ -383,7 +293,7 @@ def test_versions_aliases_and_removal_over_the_api(live_server, tokens, adapters
     assert [c.version for c in remote.versions("team/sql")] == [1, 2]
     assert remote.tag("team/sql@v1", "prod").aliases == ["prod"]
     assert RemoteRegistry(live_server.url, tokens["reader"]).show("team/sql@prod").version == 1
-    with Registry(live_server.home) as reg, pytest.raises(InvalidName) as local:
+    with live_server.registry() as reg, pytest.raises(InvalidName) as local:
         reg.tag("team/sql@v1", "v7")
     with pytest.raises(InvalidName) as info:
         remote.tag("team/sql@v1", "v7")
@@ -403,7 +313,7 @@ def test_knowing_a_digest_is_not_enough_to_copy_a_file(live_server, tokens, adap
     lora = adapters("lora")
     card, _ = RemoteRegistry(live_server.url, tokens["writer"]).push(lora, name="team/sql")
     weights = next(f for f in card.files if f.path == "adapter_model.safetensors")
-    with Registry(live_server.home) as reg:
+    with live_server.registry() as reg:
         intruder = create_token(reg, "intruder", read=[], write=["evil"])
     remote = RemoteRegistry(live_server.url, intruder)
     with pytest.raises(HubError) as info:  # the same answer as for a blob that does not exist

@@ -2,7 +2,8 @@
 
 Uploads wait for their commit without `hub gc` taking them (hub/uploads.py states the rule),
 stay private to their uploader, die with their token, and a commit carries every file it
-lists or is refused. `hub gc` is the real CLI in its own process, against a real server."""
+lists or is refused. `hub gc` is the real CLI in its own process, against a real server, on
+both deployments (SQLite + a folder, PostgreSQL + S3: ``deployment``)."""
 
 from __future__ import annotations
 
@@ -21,20 +22,38 @@ from pathlib import Path
 
 import pytest
 
-from hub import Registry
+from hub.blobstore.s3 import PART
 from hub.maintenance import collect_garbage
 from hub.remote import RemoteRegistry
 from hub.tokens import create_token, revoke_token
 from schemas import AdapterNotFound, HubError, InvalidArgument, RevisionNotFound
-from tests.hub.server.live import start_server
+from tests.hub.server.live import (
+    LiveServer,
+    crashed_write,
+    in_flight_bytes,
+    start_server,
+    store_leftovers,
+)
 
+pytestmark = pytest.mark.usefixtures("deployment")
 API = "/api/hub/v1"
+MiB = 1024 * 1024
 
 
-def hub_gc(home: Path) -> dict[str, int]:
+def hub(server: LiveServer, *args: object) -> subprocess.CompletedProcess[str]:
+    """The `hub` CLI in its own process, on ``server``'s registry."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *server.hub_args(), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def hub_gc(server: LiveServer) -> dict[str, int]:
     """`hub gc --json` in its own process, as an operator's cron job runs it."""
     done = subprocess.run(
-        [sys.executable, "-m", "cli.main", "--home", str(home), "gc", "--json"],
+        [sys.executable, "-m", "cli.main", *server.hub_args(), "gc", "--json"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -85,7 +104,7 @@ def test_gc_between_upload_and_commit_keeps_the_uploads(live_server, tokens, ada
     folder = with_notes(adapters("lora"), tmp_path / "a", "kept")
     remote = RemoteRegistry(live_server.url, tokens["writer"])
     files = upload_all(remote, folder)
-    report = hub_gc(live_server.home)
+    report = hub_gc(live_server)
     assert (report["blobs_removed"], report["uploads_kept"]) == (0, 4)
     card = remote._json("POST", f"{API}/adapters/team/a/versions", {"files": files})
     assert sorted(f["path"] for f in card["files"]) == [
@@ -94,8 +113,8 @@ def test_gc_between_upload_and_commit_keeps_the_uploads(live_server, tokens, ada
         "adapter_model.safetensors",
         "notes/extra.txt",
     ]
-    with Registry(live_server.home) as reg:
-        assert reg.blob_path(reg.show("team/a"), "notes/extra.txt").read_text() == "kept"
+    with live_server.registry() as reg:
+        assert reg.read_file(reg.show("team/a"), "notes/extra.txt") == b"kept"
         assert reg.verify().healthy
 
 
@@ -105,7 +124,7 @@ def test_uploads_past_the_grace_period_are_collected_and_the_commit_refused(
     folder = with_notes(adapters("lora"), tmp_path / "a", "late")
     remote = RemoteRegistry(live_server.url, tokens["writer"])
     files = upload_all(remote, folder)
-    with Registry(live_server.home) as reg:
+    with live_server.registry() as reg:
         report = collect_garbage(reg, upload_grace=timedelta(0))
         assert (report.blobs_removed, report.uploads_kept) == (4, 0)
     with pytest.raises(InvalidArgument) as info:
@@ -115,14 +134,15 @@ def test_uploads_past_the_grace_period_are_collected_and_the_commit_refused(
         + ", ".join(str(f["sha256"])[:12] for f in files)
         + " (send them with PUT /blobs/SHA256, then push again)"
     )
-    with Registry(live_server.home) as reg, pytest.raises(AdapterNotFound):
+    with live_server.registry() as reg, pytest.raises(AdapterNotFound):
         reg.show("team/a")
     card, created = remote.push(folder, name="team/a")  # the client simply sends them again
     assert created and len(card.files) == 4
 
 
 def test_gc_leaves_an_upload_in_flight_alone(live_server, tokens):
-    data = bytes(range(256)) * 4000
+    # Over one S3 part: on S3 the upload under way is a multipart upload gc must not abort.
+    data = bytes(range(256)) * ((PART + 4 * MiB) // 256)
     digest = hashlib.sha256(data).hexdigest()
     host, port = live_server.url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=60)
@@ -130,24 +150,23 @@ def test_gc_leaves_an_upload_in_flight_alone(live_server, tokens):
     conn.putheader("Authorization", f"Bearer {tokens['writer']}")
     conn.putheader("Content-Length", str(len(data)))
     conn.endheaders()
-    conn.send(data[:500_000])
-    tmp = live_server.home / "store" / "tmp"
-    deadline = time.monotonic() + 20
-    while not (tmp.is_dir() and any(p.stat().st_size >= 500_000 for p in tmp.iterdir())):
-        assert time.monotonic() < deadline, "the first half never reached the server"
-        time.sleep(0.02)
-    leftover = tmp / "0123abcd.incomplete"  # a crashed writer's: nobody holds it
-    leftover.write_bytes(b"x" * 1000)
-    report = hub_gc(live_server.home)
-    assert (report["blobs_removed"], report["bytes_freed"]) == (0, 1000)
-    conn.send(data[500_000:])
-    response = conn.getresponse()
-    assert response.status == 200, response.read()
-    assert json.loads(response.read()) == {"sha256": digest, "size": len(data), "stored": True}
-    conn.close()
-    with Registry(live_server.home) as reg:
-        assert reg.store.path(digest).read_bytes() == data
-        assert sorted(p.name for p in tmp.iterdir()) == []
+    conn.send(data[: PART + 2 * MiB])
+    with live_server.registry() as reg:
+        deadline = time.monotonic() + 20
+        while in_flight_bytes(reg.store) < PART:
+            assert time.monotonic() < deadline, "the first part never reached the store"
+            time.sleep(0.02)
+        crashed_write(reg.store, 1000)  # a crashed writer's: nobody holds it
+        report = hub_gc(live_server)
+        assert (report["blobs_removed"], report["bytes_freed"]) == (0, 1000)
+        assert in_flight_bytes(reg.store) >= PART  # the live upload untouched
+        conn.send(data[PART + 2 * MiB :])
+        response = conn.getresponse()
+        assert response.status == 200, response.read()
+        assert json.loads(response.read()) == {"sha256": digest, "size": len(data), "stored": True}
+        conn.close()
+        assert reg.store.read_bytes(digest) == data
+        assert store_leftovers(reg.store) == []
 
 
 def test_a_commit_never_drops_a_file_it_lists(live_server, tokens, adapters, tmp_path):
@@ -163,7 +182,7 @@ def test_a_commit_never_drops_a_file_it_lists(live_server, tokens, adapters, tmp
         "file '.hidden.txt' is hidden (or under __pycache__): hub never stores such files;"
         " leave it out of the upload"
     )
-    with Registry(live_server.home) as reg, pytest.raises(AdapterNotFound):
+    with live_server.registry() as reg, pytest.raises(AdapterNotFound):
         reg.show("team/a")
 
 
@@ -175,7 +194,7 @@ def test_pushes_racing_a_gc_loop_lose_nothing(live_server, tokens, adapters, tmp
 
     def gc_loop() -> None:
         while not stop.is_set():
-            runs.append(hub_gc(live_server.home))
+            runs.append(hub_gc(live_server))
 
     remote = RemoteRegistry(live_server.url, tokens["writer"])
     looper = threading.Thread(target=gc_loop)
@@ -191,11 +210,11 @@ def test_pushes_racing_a_gc_loop_lose_nothing(live_server, tokens, adapters, tmp
         stop.set()
         looper.join(timeout=120)
     assert len(runs) >= 3
-    with Registry(live_server.home) as reg:
+    with live_server.registry() as reg:
         versions = reg.versions("team/busy")
         assert [v.version for v in versions] == list(range(1, pushes + 1))
         for i, card in enumerate(versions):
-            assert reg.blob_path(card, "notes/extra.txt").read_text() == f"push {i}"
+            assert reg.read_file(card, "notes/extra.txt") == f"push {i}".encode()
         assert reg.verify().healthy
 
 
@@ -205,7 +224,7 @@ def test_rm_takes_blobs_down_for_everyone_but_their_uploader(
     folder = with_notes(adapters("lora"), tmp_path / "a", "secret notes")
     card, _ = RemoteRegistry(live_server.url, tokens["writer"]).push(folder, name="team/sql")
     notes = next(f for f in card.files if f.path == "notes/extra.txt")
-    with Registry(live_server.home) as reg:
+    with live_server.registry() as reg:
         intruder = create_token(reg, "intruder", read=[], write=["evil"])
     blob_url = f"{live_server.url}{API}/blobs/{notes.sha256}"
     assert http_status(blob_url, tokens["reader"]) == 200
@@ -247,7 +266,7 @@ def test_a_pending_upload_is_private_to_its_uploader(live_server, tokens, adapte
     uploader = RemoteRegistry(live_server.url, tokens["writer"])
     files = upload_all(uploader, folder)
     notes = next(f for f in files if f["path"] == "notes/extra.txt")
-    with Registry(live_server.home) as reg:
+    with live_server.registry() as reg:
         colleague = create_token(reg, "colleague", read=[], write=["team"])
         intruder = create_token(reg, "intruder", read=[], write=["evil"])
     blob_url = f"{live_server.url}{API}/blobs/{notes['sha256']}"
@@ -277,12 +296,13 @@ def _lfs_ticket(url: str, token: str, data: bytes) -> str:
         return str(json.loads(response.read())["objects"][0]["actions"]["upload"]["href"])
 
 
-def test_lfs_upload_links_die_with_their_token(tmp_path):
-    with start_server(tmp_path / "home", inline_upload_max=0) as server:
-        with Registry(server.home) as reg:
+def test_lfs_upload_links_die_with_their_token(tmp_path, deployment):
+    with start_server(tmp_path / "home", inline_upload_max=0, **deployment) as server:
+        with server.registry() as reg:
             token = create_token(reg, "ci", read=[], write=["team"])
             token_id = token.split("_")[1]
-        before, during = b"issued before the revocation", b"revoked mid-upload" * 10_000
+        before = b"issued before the revocation"
+        during = b"revoked mid-upload" * ((PART + 4 * MiB) // 18)  # over one S3 part
         early = _lfs_ticket(server.url, token, before)
         late = _lfs_ticket(server.url, token, during)
         # An upload under way when the token is revoked is not kept either.
@@ -291,15 +311,16 @@ def test_lfs_upload_links_die_with_their_token(tmp_path):
         conn.putrequest("PUT", late.removeprefix(server.url))
         conn.putheader("Content-Length", str(len(during)))
         conn.endheaders()
-        conn.send(during[:50_000])  # more than the server's write buffer: it reaches the disk
-        tmp = server.home / "store" / "tmp"
-        deadline = time.monotonic() + 20
-        while not (tmp.is_dir() and any(p.stat().st_size > 0 for p in tmp.iterdir())):
-            assert time.monotonic() < deadline, "the upload never started"
-            time.sleep(0.02)
-        with Registry(server.home) as reg:
+        # More than the server's write buffer and one S3 part (the server hands the store's
+        # writer a MiB or more at a time): it reaches the store.
+        conn.send(during[: PART + 2 * MiB])
+        with server.registry() as reg:
+            deadline = time.monotonic() + 20
+            while in_flight_bytes(reg.store) == 0:
+                assert time.monotonic() < deadline, "the upload never started"
+                time.sleep(0.02)
             revoke_token(reg, token_id)
-        conn.send(during[50_000:])
+        conn.send(during[PART + 2 * MiB :])
         response = conn.getresponse()
         assert (response.status, response.getheader("X-Error-Message")) == (
             403,
@@ -312,10 +333,10 @@ def test_lfs_upload_links_die_with_their_token(tmp_path):
         assert info.value.headers["X-Error-Message"] == (
             "the token this upload link was issued to is revoked"
         )
-        with Registry(server.home) as reg:
+        with server.registry() as reg:
             for data in (before, during):
                 assert not reg.store.has(hashlib.sha256(data).hexdigest())
-            assert not reg.store.tmp.exists() or not any(reg.store.tmp.iterdir())
+            assert store_leftovers(reg.store) == []
 
 
 def test_a_repo_created_empty_can_be_shown_pulled_and_removed(live_server, tokens, tmp_path):
@@ -325,23 +346,13 @@ def test_a_repo_created_empty_can_be_shown_pulled_and_removed(live_server, token
         headers={"Authorization": f"Bearer {tokens['writer']}", "Content-Type": "application/json"},
     )
     urllib.request.urlopen(request).close()
-    home = str(live_server.home)
-
-    def hub(*args: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "cli.main", "--home", home, *map(str, args)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
     no_version = (
         "Error: team/empty has no version yet (it was created empty, over the Hugging Face"
         " API): push to it first, or remove it with `hub rm team/empty`\n"
     )
-    shown = hub("show", "team/empty")
+    shown = hub(live_server, "show", "team/empty")
     assert (shown.returncode, shown.stderr) == (1, no_version)
-    pulled = hub("pull", "team/empty", "-o", tmp_path / "out")
+    pulled = hub(live_server, "pull", "team/empty", "-o", tmp_path / "out")
     assert (pulled.returncode, pulled.stderr) == (1, no_version)
     assert not (tmp_path / "out").exists()
     remote = RemoteRegistry(live_server.url, tokens["writer"])
@@ -349,7 +360,7 @@ def test_a_repo_created_empty_can_be_shown_pulled_and_removed(live_server, token
         remote.show("team/empty")
     assert f"Error: {info.value}\n" == no_version
     assert remote.versions("team/empty") == []
-    removed = hub("rm", "team/empty")
+    removed = hub(live_server, "rm", "team/empty")
     assert (removed.returncode, removed.stdout) == (
         0,
         "Removed team/empty (it had no version yet)\n",
@@ -377,7 +388,7 @@ def test_a_push_too_large_for_one_request_is_refused_before_uploading(
         " does not need, or use shorter file names)"
     )
     assert int(message.split(" takes ")[1].split()[0]) > 1048576
-    with Registry(live_server.home) as reg:
+    with live_server.registry() as reg:
         assert list(reg.store.iter_digests()) == []  # nothing was uploaded
 
 
@@ -428,12 +439,7 @@ def test_gc_report_counts_kept_uploads(live_server, tokens):
         headers={"Authorization": f"Bearer {tokens['writer']}"},
     )
     urllib.request.urlopen(request).close()
-    done = subprocess.run(
-        [sys.executable, "-m", "cli.main", "--home", str(live_server.home), "gc"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = hub(live_server, "gc")
     assert (done.returncode, done.stdout) == (
         0,
         "Removed 0 blobs, freed 0 B; kept 1 upload awaiting its commit\n",
@@ -452,18 +458,13 @@ def test_verify_counts_a_pending_upload_apart_from_orphans(live_server, tokens):
         headers={"Authorization": f"Bearer {tokens['writer']}"},
     )
     urllib.request.urlopen(request).close()
-    with Registry(live_server.home) as reg:
+    with live_server.registry() as reg:
         reg.store.put_bytes(b"a blob nothing references")
-    done = subprocess.run(
-        [sys.executable, "-m", "cli.main", "--home", str(live_server.home), "verify"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = hub(live_server, "verify")
     assert (done.returncode, done.stdout) == (
         0,
         "Checked 0 blobs (0 B), database: ok, orphan blobs: 1 (remove with `hub gc`),"
         " uploads awaiting their commit: 1\nRegistry is healthy.\n",
     )
-    report = hub_gc(live_server.home)
+    report = hub_gc(live_server)
     assert (report["blobs_removed"], report["uploads_kept"]) == (1, 1)
