@@ -180,7 +180,6 @@ def _attach_eval(
     """The held-out comparison as an eval record on the new version (``hub show`` lists it)."""
     from hub.catalog.rows import utcnow
     from hub.evals import _summaries, _versions, store_record
-    from hub.locks import file_lock
 
     metric = outcome.metric
     scores = outcome.holdout["scores"]
@@ -221,6 +220,6 @@ def _attach_eval(
         "seconds": round(outcome.seconds, 3),
         "created_at": utcnow(),
     }
-    with file_lock(registry.lock_path, shared=True):
+    with registry.store_lock(shared=True):
         store_record(registry, card, record)
     return record

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hub.catalog.rows import utcnow
-from hub.locks import file_lock
 from schemas.errors import IncompatibleAdapters, InvalidArgument, InvalidData
 
 if TYPE_CHECKING:
@@ -233,7 +232,7 @@ class LocalSink(Sink):
         forgetting: Forgetting | None = None,
     ) -> None:
         registry = self.registry
-        with file_lock(registry.lock_path, shared=True):
+        with registry.store_lock(shared=True):
             record["results_sha256"] = store_blobs(registry, record, dataset, per_example)
             if forgetting:
                 forgetting.store(registry)
@@ -475,7 +474,7 @@ def cached_base(registry: Registry, key_fields: dict[str, Any], compute: Callabl
         return json.loads(registry.store.read_bytes(digest))
     scores = compute()
     payload = json.dumps(scores, sort_keys=True).encode()
-    with file_lock(registry.lock_path, shared=True):
+    with registry.store_lock(shared=True):
         digest, _ = registry.store.put_bytes(payload)
         registry.catalog.set_base_scores(key, digest)
     return scores

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hub.catalog.rows import utcnow
-from hub.locks import file_lock
 from schemas.errors import IncompatibleAdapters, InvalidArgument, InvalidData
 
 if TYPE_CHECKING:
@@ -296,7 +295,7 @@ def _record(
         "seconds": round(seconds, 3),
         "created_at": utcnow(),
     }
-    with file_lock(registry.lock_path, shared=True):
+    with registry.store_lock(shared=True):
         digest, _ = registry.store.put_file(data.path)
         if digest != data.sha256:
             raise InvalidData(f"{data.path}: changed while it was being evaluated")

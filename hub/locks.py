@@ -1,10 +1,11 @@
-"""Inter-process locks that die with their holder.
+"""Inter-process file locks that die with their holder.
 
-Pushes hold the store lock *shared* while they write blobs and commit metadata; ``gc`` holds
-it *exclusive*, so it never deletes a blob a live push is about to reference. Server uploads
-arrive before their commit: hub/uploads.py states how they are kept (a lock on each temp file
-while it is written, then an upload record). ``flock`` locks are released by the kernel when a
-process dies, so a SIGKILLed push never wedges the store, and its temp files become fair game.
+The store lock (``Registry.store_lock``: pushes hold it *shared* while they write blobs and
+commit metadata, ``gc`` *exclusive*) is the catalog's (``hub.catalog.coordination``); on the
+embedded index it is ``file_lock`` on ``home/locks/store.lock``. Server uploads arrive before
+their commit: hub/uploads.py states how they are kept (a lock on each temp file while it is
+written, then an upload record). ``flock`` locks are released by the kernel when a process
+dies, so a SIGKILLed push never wedges the store, and its temp files become fair game.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from compose.staging import sweep_work
-from hub.locks import file_lock
 from hub.uploads import UPLOAD_GRACE, grace_start
 from schemas.errors import IndexDamaged
 
@@ -65,7 +64,7 @@ def verify_store(registry: Registry, *, upload_grace: timedelta = UPLOAD_GRACE) 
     except IndexDamaged as error:
         return VerifyReport(database=str(error))
     bad: dict[str, str] = {}
-    with file_lock(registry.lock_path, shared=True):
+    with registry.store_lock(shared=True):
         for digest in sorted(referenced):
             report.blobs_checked += 1
             status = store.check(digest)
@@ -95,7 +94,7 @@ def collect_garbage(registry: Registry, *, upload_grace: timedelta = UPLOAD_GRAC
     reference them, and temp files a live writer holds are left alone (the rule is in
     hub/uploads.py)."""
     report = GcReport()
-    with file_lock(registry.lock_path, shared=False):
+    with registry.store_lock(shared=False):
         pending = registry.catalog.expire_uploads(before=grace_start(upload_grace))
         referenced = registry.catalog.referenced_digests()
         for digest in list(registry.store.iter_digests()):

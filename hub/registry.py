@@ -27,7 +27,6 @@ from hub.blobstore import BlobStore, open_store
 from hub.catalog import Catalog, Head, NewVersion, UpdateHead, open_catalog
 from hub.catalog.rows import utcnow
 from hub.folders import adapter_files, check_outside_registry
-from hub.locks import file_lock
 from hub.maintenance import GcReport, VerifyReport, collect_garbage, verify_store
 from hub.search import SearchFilters, SearchQuery, run_search, run_search_json
 from schemas.errors import (
@@ -132,7 +131,6 @@ class Registry:
         self.home.mkdir(parents=True, exist_ok=True)
         # A URL (``--store`` / ``HUB_STORE_URL``) or None opens the backend it names.
         self.store = store if isinstance(store, BlobStore) else open_store(store, self.home)
-        self.lock_path = self.home / "locks" / "store.lock"
         self.db = db
         self._catalog: Catalog | None = None
 
@@ -143,6 +141,12 @@ class Registry:
         if self._catalog is None:
             self._catalog = open_catalog(self.db, self.home, store=self.store)
         return self._catalog
+
+    def store_lock(self, *, shared: bool) -> contextlib.AbstractContextManager[None]:
+        """The store lock, held for a ``with`` block by every process on this catalog
+        (``Catalog.store_lock``; the rule is in hub/uploads.py): ``shared`` while writing
+        blobs and the metadata that references them, exclusive for ``gc``."""
+        return self.catalog.store_lock(shared=shared)
 
     @property
     def index(self) -> Catalog:
@@ -268,7 +272,7 @@ class Registry:
             lineage = (lineage or Lineage()).model_copy(update={"parent": parent_card.ref})
             inspected.parent = parent_card.ref
 
-        with file_lock(self.lock_path, shared=True):
+        with self.store_lock(shared=True):
             entries = []
             for rel, abs_path in files_on_disk:
                 digest, size = self.store.put_file(abs_path, description=f"push {rel}")
@@ -602,7 +606,7 @@ class Registry:
                 f"{target} already exists and is not empty (choose another -o or pass --force)",
                 path=str(target),
             )
-        with staged_folder(target, force=force) as staging, file_lock(self.lock_path, shared=True):
+        with staged_folder(target, force=force) as staging, self.store_lock(shared=True):
             for entry in card.files:
                 out = (staging / entry.path).resolve()
                 if not out.is_relative_to(staging.resolve()):

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hub.evals import Sink, evaluate, store_blobs
-from hub.locks import file_lock
 from schemas.errors import AuthError
 
 if TYPE_CHECKING:
@@ -80,7 +79,7 @@ def keep_locally(
 ) -> None:
     """Store a record of the remote version ``card`` in the local registry (with the blobs
     of its ``forgetting``, which ``gc`` keeps while the record references them)."""
-    with file_lock(registry.lock_path, shared=True):
+    with registry.store_lock(shared=True):
         store_blobs(registry, record, dataset, per_example)
         if forgetting is not None:
             forgetting.store(registry)

@@ -21,11 +21,12 @@ The rule that makes the two safe to run at the same time:
 5. **Access.** A blob no version references is readable, and usable in a commit, only by the
    token that uploaded it (within the grace). After ``hub rm``, other tokens see it as absent.
 
-Team backends (issue 12: PostgreSQL + S3, many workers): the ``uploads`` table lives in the
-catalog, the store lock becomes a PostgreSQL advisory lock (``pg_advisory_lock_shared`` for 2
-and 3, ``pg_advisory_lock`` for 4), and in-flight uploads are S3 multipart uploads, which
-``gc`` aborts only once they are older than ``UPLOAD_GRACE``. Nothing of it is kept in a
-worker's memory.
+The store lock is the catalog's (``Registry.store_lock``, ``hub.catalog.coordination``): an
+``flock`` on ``home/locks/store.lock`` for the embedded index, a PostgreSQL advisory lock
+for a team database (``pg_advisory_lock_shared`` for 2 and 3, ``pg_advisory_lock`` for 4), so
+it binds every worker of every host. The ``uploads`` table lives in the catalog too, and
+in-flight uploads to an object store are S3 multipart uploads, which ``gc`` aborts only once
+they are older than ``UPLOAD_GRACE``. Nothing of it is kept in a worker's memory.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ Storage faults surface as ``IndexUnavailable`` (retryable: unreachable, locked, 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -135,6 +136,9 @@ class Catalog(abc.ABC):
     location: str
     """Where the catalog lives, for messages (a file path, or a URL without password)."""
 
+    _store_lock_held: tuple[bool, int] | None = None
+    """(shared, depth) while this catalog holds the store lock (``store_lock``)."""
+
     # -- lifecycle and schema -----------------------------------------------------------
     @abc.abstractmethod
     def close(self) -> None:
@@ -157,6 +161,51 @@ class Catalog(abc.ABC):
     @abc.abstractmethod
     def integrity_check(self) -> str:
         """``"ok"`` when the database is sound, else the backend's description of the damage."""
+
+    # -- what every process of one hub shares (hub/uploads.py states the lock's rule) ----
+    @contextlib.contextmanager
+    def store_lock(self, *, shared: bool) -> Iterator[None]:
+        """Hold the store lock for the ``with`` block: ``shared`` for whatever writes blobs
+        and then references them (pushes, commits, uploads, eval records), exclusive for
+        ``gc``. It binds every process and host on this catalog, and dies with its holder.
+
+        Re-entrant on one catalog object: a shared hold inside a hold is free (a server
+        commit holds it around ``Registry.push``, which takes it too). A second hold from
+        the same thread through a new connection would queue behind a waiting ``gc`` and
+        never be granted.
+
+        Raises:
+            AssertionError: an exclusive hold asked for inside a shared one (never granted).
+            IndexUnavailable: the database holding the lock cannot be reached.
+        """
+        held = self._store_lock_held
+        if held is not None:
+            assert shared or not held[0], "the store lock is held shared: not upgradable"
+            self._store_lock_held = (held[0], held[1] + 1)
+            try:
+                yield
+            finally:
+                self._store_lock_held = held
+            return
+        with self._hold_store_lock(shared=shared):
+            self._store_lock_held = (shared, 1)
+            try:
+                yield
+            finally:
+                self._store_lock_held = None
+
+    @abc.abstractmethod
+    def _hold_store_lock(self, *, shared: bool) -> contextlib.AbstractContextManager[None]:
+        """The backend's lock under ``store_lock``: taken on entry (waiting for it),
+        released on exit, and released by the system when the holding process dies."""
+
+    @abc.abstractmethod
+    def setting(self, key: str, default: str) -> str:
+        """The value stored under ``key``, storing ``default`` first if there is none.
+
+        Insert-if-absent then read, in one transaction: processes that start at once and
+        each bring their own ``default`` (a random signing key) all get the one stored first.
+        """
 
     # -- repositories and versions ------------------------------------------------------
     @abc.abstractmethod

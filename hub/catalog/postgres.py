@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ from hub.catalog.base import (
     UpdateHead,
 )
 from hub.catalog.commit_plan import apply_plan
+from hub.catalog.coordination import advisory_store_lock, stored_setting
 from hub.catalog.postgres_db import Database, connect_once, location
 from hub.catalog.rows import forgetting_digests, lineage_rows, load_card, metric_rows, utcnow
 from hub.catalog.snapshot import Snapshot
@@ -161,6 +163,13 @@ class PostgresCatalog(Catalog):
             return "; ".join(bad) or "ok"
 
         return self._ready().read(check)
+
+    # -- shared by every worker on this database (hub.catalog.coordination) -------------
+    def _hold_store_lock(self, *, shared: bool) -> contextlib.AbstractContextManager[None]:
+        return advisory_store_lock(self._url, self.location, shared=shared)
+
+    def setting(self, key: str, default: str) -> str:
+        return self._ready().transaction(lambda conn: stored_setting(conn, key, default, "%s"))
 
     # -- repositories and versions ------------------------------------------------------
     def repo(self, repo: str) -> RepoRow | None:

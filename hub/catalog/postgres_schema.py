@@ -165,6 +165,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX remote_evals_version ON remote_evals (remote, repo, commit_id);
     """,
+    # 2: values every worker must read alike (SQLite migration 8).
+    """
+    CREATE TABLE settings (
+        key text PRIMARY KEY,
+        value text NOT NULL
+    );
+    """,
 ]
 """Numbered from 1; append only. Each runs once, in one transaction with its record."""
 

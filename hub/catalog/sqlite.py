@@ -30,9 +30,11 @@ from hub.catalog.base import (
     UpdateHead,
 )
 from hub.catalog.commit_plan import apply_plan
+from hub.catalog.coordination import stored_setting
 from hub.catalog.rows import forgetting_digests, lineage_rows, load_card, metric_rows, utcnow
 from hub.catalog.snapshot import Snapshot
 from hub.catalog.sqlite_connection import BUSY_TIMEOUT_MS, Connection, storage_error
+from hub.locks import file_lock
 from schemas.errors import IndexDamaged
 
 if TYPE_CHECKING:
@@ -160,6 +162,14 @@ class SqliteCatalog(Catalog):
             raise
         else:
             self.conn.execute("COMMIT")
+
+    # -- shared by the processes on this index (hub.catalog.coordination) ---------------
+    def _hold_store_lock(self, *, shared: bool) -> contextlib.AbstractContextManager[None]:
+        return file_lock(self.path.parent / "locks" / "store.lock", shared=shared)
+
+    def setting(self, key: str, default: str) -> str:
+        with self.write() as conn:
+            return stored_setting(conn, key, default, "?")
 
     # -- repositories and versions ------------------------------------------------------
     def repo(self, repo: str) -> RepoRow | None:

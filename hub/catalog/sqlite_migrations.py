@@ -5,7 +5,7 @@ opens an older file).
 Tables: ``repos``, ``versions`` (one row per pushed version, the card as JSON plus the columns
 searches filter on), ``files``, ``tasks``, ``tags``, ``metrics``, ``aliases``, ``lineage``
 (the exact commits each version was built from), ``tokens``, ``uploads``, ``evals``,
-``base_scores``, ``remote_evals`` and the FTS5 table ``versions_fts`` over repo name,
+``base_scores``, ``remote_evals``, ``settings`` and the FTS5 table ``versions_fts`` over repo name,
 description and tasks.
 """
 
@@ -241,6 +241,12 @@ def _migration_7(db: sqlite_utils.Database) -> None:
             db.conn.executemany(INSERT_LINEAGE, rows)
 
 
+def _migration_8(db: sqlite_utils.Database) -> None:
+    # Values every server worker must read alike (the key signing Git LFS upload links),
+    # inserted if absent by the first worker that needs one (hub/catalog/coordination.py).
+    db.table("settings").create({"key": str, "value": str}, pk="key", not_null={"value"})
+
+
 MIGRATIONS: list[Callable[..., None]] = [
     _migration_1,
     _migration_2,
@@ -249,6 +255,7 @@ MIGRATIONS: list[Callable[..., None]] = [
     _migration_5,
     _migration_6,
     _migration_7,
+    _migration_8,
 ]
 """Numbered from 1; append only. Each runs once, in one transaction with its record; those in
 ``WITH_STORE`` rewrite rows from the stored files and are given the blob store too."""

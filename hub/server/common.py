@@ -20,7 +20,6 @@ from starlette.concurrency import run_in_threadpool
 
 from hub.blobstore import BlobWriter
 from hub.errors_http import encode_error, encode_hf_error
-from hub.locks import file_lock
 from hub.registry import Registry, adapter_files
 from hub.tokens import Token, active_token, authenticate
 from hub.uploads import grace_start
@@ -33,6 +32,8 @@ DRAIN_BYTES = 64 * MiB
 DIGEST = re.compile(r"[0-9a-f]{64}")
 API = "/api/hub/v1"
 """Where the native JSON API's routes live."""
+LFS_KEY_SETTING = "lfs_upload_key"
+"""The catalog setting holding the hex key that signs LFS upload links."""
 
 _PUBLIC_HOME: ContextVar[tuple[str, ...]] = ContextVar("hub_public_home", default=())
 """The spellings of the registry folder of the app answering the current request."""
@@ -107,8 +108,7 @@ class ServerState:
     """Seconds a presigned download URL stays valid."""
     anonymous_in_flight: int = 0
     """Counted by ``BoundedBodies`` on the event loop's thread (so no lock)."""
-    lfs_secret: bytes = field(default_factory=lambda: os.urandom(32))
-    """The key that signs this app's Git LFS upload links (``hub.server.hf_write``)."""
+    _lfs_key: bytes | None = None
 
     def registry(self) -> Registry:
         # SQLite connections stay in the thread that opened them: one registry per worker.
@@ -123,13 +123,22 @@ class ServerState:
         with self._guard:
             return self._repo_locks.setdefault(repo, threading.Lock())
 
+    def lfs_key(self) -> bytes:
+        """The key that signs Git LFS upload links (``hub.server.hf_write``): one per
+        catalog, stored there by the first worker that needs it, so a link one worker
+        signed is accepted by every other (and by this one after a restart)."""
+        if self._lfs_key is None:
+            stored = self.registry().catalog.setting(LFS_KEY_SETTING, os.urandom(32).hex())
+            self._lfs_key = bytes.fromhex(stored)
+        return self._lfs_key
+
     def keep_upload(self, blob: BlobWriter, token_id: str) -> int:
         """Publish a received blob and record that ``token_id`` uploaded it, under the store
         lock (shared), so ``gc`` spares it until its commit (hub/uploads.py). Refused when
         the token was revoked meanwhile. Returns the blob's size. Blocks while ``gc`` runs:
         call it from a worker thread."""
         registry = self.registry()
-        with file_lock(registry.lock_path, shared=True):
+        with registry.store_lock(shared=True):
             active_token(registry, token_id)
             digest, size = blob.publish()
             registry.catalog.record_upload(token_id, digest)

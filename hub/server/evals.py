@@ -15,7 +15,6 @@ import re
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from hub.locks import file_lock
 from hub.server.common import API, READ_ERRORS, WRITE_ERRORS, require_read, require_write, state
 from schemas.api import NewEval
 from schemas.errors import InvalidArgument
@@ -61,7 +60,7 @@ def post_eval(request: Request, namespace: str, name: str, body: NewEval) -> Res
         raise InvalidArgument(f"eval record {record['id']} exists already", status=409)
     record["ref"] = card.ref
     # Shared store lock from the blob check until the record references them: gc waits.
-    with file_lock(registry.lock_path, shared=True):
+    with registry.store_lock(shared=True):
         for digest in (
             record["dataset"]["sha256"],
             record["results_sha256"],

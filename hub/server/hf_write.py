@@ -24,7 +24,6 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from hub.locks import file_lock
 from hub.registry import PushResult
 from hub.server.common import (
     API,
@@ -168,7 +167,7 @@ def lfs_batch(request: Request, namespace: str, name: str, body: HfLfsBatch) -> 
             message = f"object over this hub's limit of {srv.max_upload_bytes} bytes"
             entry["error"] = {"code": 422, "message": message}
         elif not srv.may_reference(token, obj.oid):
-            ticket = _ticket(srv.lfs_secret, obj.oid, expires, token.id)
+            ticket = _ticket(srv.lfs_key(), obj.oid, expires, token.id)
             query = f"expires={expires}&who={token.id}&ticket={ticket}"
             href = f"{base}{API}/lfs/{obj.oid}?{query}"
             entry["actions"] = {
@@ -198,7 +197,7 @@ async def lfs_upload(request: Request, oid: str, expires: int, who: str, ticket:
             not DIGEST.fullmatch(oid)
             or expires < time.time()
             or not hmac.compare_digest(
-                _ticket(srv.lfs_secret, oid, expires, who).encode(), ticket.encode()
+                _ticket(srv.lfs_key(), oid, expires, who).encode(), ticket.encode()
             )
         ):
             raise AuthError("upload link expired or invalid", status=403)
@@ -270,7 +269,7 @@ def _commit(srv: ServerState, token: Token, repo: str, spooled: Path) -> PushRes
     # (shared) from storing the inline files and checking the LFS ones until the version is
     # indexed, so `gc` cannot take a blob of this commit meanwhile (hub/uploads.py).
     registry = srv.registry()
-    with file_lock(registry.lock_path, shared=True):
+    with registry.store_lock(shared=True):
         parsed = read_commit(
             spooled,
             registry.store,

@@ -9,7 +9,6 @@ from pathlib import Path
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from hub.locks import file_lock
 from hub.server.common import (
     API,
     READ_ERRORS,
@@ -110,7 +109,7 @@ def push(request: Request, namespace: str, name: str, body: NewVersion) -> Respo
     # Shared store lock from the check that every blob is there until the version is
     # indexed: `gc` cannot take one of them meanwhile (hub/uploads.py).
     with (
-        file_lock(registry.lock_path, shared=True),
+        registry.store_lock(shared=True),
         tempfile.TemporaryDirectory(dir=srv.scratch()) as tmp,
     ):
         missing = [f.sha256 for f in body.files if not srv.may_reference(token, f.sha256)]

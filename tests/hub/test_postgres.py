@@ -66,7 +66,7 @@ def test_a_database_without_the_schema_is_refused_until_hub_db_upgrade(pg_empty_
             " (workers never migrate at start), then retry"
         )
         assert catalog.schema_version() == 0
-        assert catalog.upgrade() == catalog.latest_schema() == 1
+        assert catalog.upgrade() == catalog.latest_schema() == 2
         assert catalog.upgrade() == 0
         assert catalog.repo("team/a") is None
         assert push(catalog, "team/a") == 1
@@ -130,10 +130,10 @@ def test_two_processes_racing_hub_db_upgrade_apply_each_migration_once(pg_empty_
     time.sleep(1.0)  # both connected and spinning on the start line
     go.touch()
     applied = sorted(json.loads(out) for out in _outputs(children))
-    assert applied == [0, 1]
+    assert applied == [0, 2]
     with psycopg.connect(pg_empty_url) as conn:
         rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
-    assert rows == [(1,)]
+    assert rows == [(1,), (2,)]
 
 
 # -- concurrent commits ----------------------------------------------------------------------
