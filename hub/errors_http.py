@@ -24,6 +24,7 @@ from schemas.errors import (
     AliasConflict,
     AuthError,
     ForeignFormat,
+    HeadMoved,
     HubError,
     IncompatibleAdapters,
     IndexDamaged,
@@ -66,6 +67,8 @@ HTTP: dict[type[HubError], Wire] = {
     IncompatibleAdapters: Wire(400),
     InvalidRecipe: Wire(400),
     InvalidArgument: Wire(400),
+    # What the Hub answers a commit whose parentCommit is no longer the head.
+    HeadMoved: Wire(412),
     OutputExists: Wire(409),
     InsufficientDiskSpace: Wire(400),
     AuthError: Wire(401),

@@ -31,8 +31,8 @@ from hub.maintenance import GcReport, VerifyReport, collect_garbage, verify_stor
 from hub.search import SearchFilters, SearchQuery, run_search, run_search_json
 from schemas.errors import (
     AdapterNotFound,
+    HeadMoved,
     InvalidAdapter,
-    InvalidArgument,
     OutputExists,
     RevisionNotFound,
 )
@@ -221,7 +221,7 @@ class Registry:
 
         Raises:
             InvalidName, InvalidAdapter, UnsafeFormat, AdapterNotFound (parent),
-            InvalidArgument (412: the head is not ``expected_head``).
+            HeadMoved (412: the head is not ``expected_head``).
         """
         from hub.checkpoints import read_trainer_state
         from hub.eval_import import assign_ids, read_imports
@@ -358,9 +358,12 @@ class Registry:
             if expected_head is not None:
                 found = head.commit or commit_id(None, [])
                 if found != expected_head:
-                    raise InvalidArgument(
+                    raise HeadMoved(
                         f"{repo} moved on: parent commit {expected_head[:12]} is not the head"
                         f" {found[:12]} (fetch the latest revision and commit again)",
+                        repo=repo,
+                        expected=expected_head,
+                        head=found,
                         status=412,
                     )
             if head.card is not None:

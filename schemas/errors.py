@@ -91,6 +91,13 @@ class InvalidArgument(HubError, ValueError):
     code = "invalid_argument"
 
 
+class HeadMoved(InvalidArgument):
+    """A commit built on a parent that is no longer the repository's head (another commit
+    came first). Carries ``repo``, ``expected`` (the parent it named) and ``head``."""
+
+    code = "head_moved"
+
+
 class OutputExists(HubError, FileExistsError):
     """An output folder that already exists (refused unless forced)."""
 

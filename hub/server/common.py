@@ -88,8 +88,6 @@ class ServerState:
     max_commit_bytes: int = 4 * 1024 * MiB
     """Largest NDJSON commit body (spooled to disk, never held in memory)."""
     _local: threading.local = field(default_factory=threading.local)
-    _repo_locks: dict[str, threading.Lock] = field(default_factory=dict)
-    _guard: threading.Lock = field(default_factory=threading.Lock)
     base_dirs: tuple[Path, ...] = ()
     """Folders under which a pushed adapter's ``base_model_name_or_path`` may be read to count
     the base's parameters (the operator's allow-list); nothing else on disk is ever read."""
@@ -116,12 +114,6 @@ class ServerState:
         if reg is None:
             reg = self._local.registry = Registry(self.home, db=self.db, store=self.store)
         return reg
-
-    def repo_lock(self, repo: str) -> threading.Lock:
-        """Held while a Hugging Face commit is applied on top of ``repo``'s latest files, so
-        two concurrent commits never build on the same head and lose one another's files."""
-        with self._guard:
-            return self._repo_locks.setdefault(repo, threading.Lock())
 
     def lfs_key(self) -> bytes:
         """The key that signs Git LFS upload links (``hub.server.hf_write``): one per

@@ -8,7 +8,8 @@ straight into the blob store in chunks, so a large adapter never sits in memory.
 
 The operations are applied to the repository's latest files and the resulting folder is
 pushed through ``Registry.push``: inspected and indexed exactly like ``hub push``, or refused
-with the same error.
+with the same error. Concurrent commits to one repository, from any worker, are ordered by
+the catalog's commit transaction (``apply_commit``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,13 @@ from hub.blobstore import BlobStore
 from hub.registry import PushResult, Registry, commit_id
 from hub.server.common import DIGEST, MiB, stage_files
 from hub.server.shared import check_file_tree, safe_relative_path
-from schemas.errors import AdapterNotFound, InvalidAdapter, InvalidArgument, RevisionNotFound
+from schemas.errors import (
+    AdapterNotFound,
+    HeadMoved,
+    InvalidAdapter,
+    InvalidArgument,
+    RevisionNotFound,
+)
 from schemas.inputs import check_text
 
 SHORT_LINE = MiB
@@ -38,6 +45,9 @@ SHORT_LINE = MiB
 _CONTENT_KEY = re.compile(rb'"content"\s*:\s*"')
 _STRING_END = re.compile(rb'["\\\n]')
 _B64_CHUNK = 4 * MiB  # a multiple of 4: each chunk of base64 text decodes on its own
+COMMIT_ATTEMPTS = 16
+"""How often a commit without ``parentCommit`` is built again on a newer head before the
+client is asked to send it again (each time, another commit to the repository came first)."""
 
 
 @dataclass
@@ -241,26 +251,69 @@ def apply_commit(
     (``base_dirs``: the server's allow-list for base folders, see ``Registry.push``). Call it
     holding the store lock (shared), as ``stage_files`` says.
 
+    Nothing in the process serializes commits (another worker or host may commit at the
+    same moment): the catalog's commit transaction checks that the head this commit was
+    built on is still the head. A commit that names its ``parentCommit`` is applied on
+    that head only, as the Hub does. One that names none is applied on whatever the head
+    is: when another commit got in first, it is built again on the new head, so neither
+    commit's files are lost.
+
     Raises:
-        InvalidArgument: the commit names a parent that is not the repository's head (412).
+        HeadMoved: the commit names a parent that is not the head (412), or
+            ``COMMIT_ATTEMPTS`` other commits got in first (409: send it again).
         InvalidAdapter: the resulting files are not a valid adapter.
     """
-    files: dict[str, str] = {}
+    parent = commit.header.get("parentCommit")
+    for _ in range(COMMIT_ATTEMPTS):
+        files, head = _head_files(registry, repo)
+        if parent and parent != head:
+            raise HeadMoved(
+                f"{repo} moved on: parent commit {str(parent)[:12]} is not the head {head[:12]}"
+                " (fetch the latest revision and commit again)",
+                repo=repo,
+                expected=str(parent),
+                head=head,
+                status=412,
+            )
+        try:
+            return _push_on(registry, repo, commit, files, head, base_dirs)
+        except HeadMoved:
+            if parent:
+                raise
+    raise HeadMoved(
+        f"{repo} is busy: {COMMIT_ATTEMPTS} other commits got in while this one was applied;"
+        " send it again",
+        repo=repo,
+        expected=head,
+        head=None,
+        status=409,
+    )
+
+
+def _head_files(registry: Registry, repo: str) -> tuple[dict[str, str], str]:
+    """The head's files (path -> sha256) and commit; for a repository with no version, none
+    and the commit of no files (created here if missing)."""
     try:
         latest = registry.show(repo)
-        files, head = {f.path: f.sha256 for f in latest.files}, latest.commit
     except AdapterNotFound:
         registry.create_repo(repo)
-        head = commit_id(None, [])
+        return {}, commit_id(None, [])
     except RevisionNotFound:  # created, not yet committed to
-        head = commit_id(None, [])
-    parent = commit.header.get("parentCommit")
-    if parent and parent != head:
-        raise InvalidArgument(
-            f"{repo} moved on: parent commit {str(parent)[:12]} is not the head {head[:12]}"
-            " (fetch the latest revision and commit again)",
-            status=412,
-        )
+        return {}, commit_id(None, [])
+    return {f.path: f.sha256 for f in latest.files}, latest.commit
+
+
+def _push_on(
+    registry: Registry,
+    repo: str,
+    commit: Commit,
+    files: dict[str, str],
+    head: str,
+    base_dirs: Sequence[Path],
+) -> PushResult:
+    """Apply the operations to ``files`` (the head ``head``'s) and push the result, expecting
+    ``head`` still to be the head (else ``HeadMoved``, from the commit's transaction)."""
+    files = dict(files)
     for kind, path, digest in commit.operations:
         if kind == "add":
             files[path] = digest
@@ -275,6 +328,4 @@ def apply_commit(
         )
     with tempfile.TemporaryDirectory(dir=registry.home / "tmp") as tmp:
         folder = stage_files(registry, Path(tmp) / repo.split("/")[1], files)
-        # The head is checked again in the commit's transaction: a push from outside this
-        # server (another worker, the CLI) meanwhile gets 412, not its files overwritten.
         return registry.push(folder, name=repo, base_dirs=base_dirs, expected_head=head)

@@ -276,5 +276,4 @@ def _commit(srv: ServerState, token: Token, repo: str, spooled: Path) -> PushRes
             upload_limit=srv.max_upload_bytes,
             may_reference=lambda oid: srv.may_reference(token, oid),
         )
-        with srv.repo_lock(repo):
-            return apply_commit(registry, repo, parsed, srv.base_dirs)
+        return apply_commit(registry, repo, parsed, srv.base_dirs)
