@@ -62,6 +62,15 @@ def remote_registry(url: str) -> Any:
     type=click.IntRange(min=1, max=7 * 24 * 3600),
     help="Seconds a presigned download URL stays valid.",
 )
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Worker processes sharing the port. They keep no state of their own (locks,"
+    " uploads, signing keys and commits are the catalog's), so any N works, with the SQLite"
+    " index in --home or with --db on one host or many.",
+)
 @db_option
 @click.pass_context
 def serve(
@@ -74,6 +83,7 @@ def serve(
     max_anonymous: int,
     store_downloads: str,
     presign_expires: int,
+    workers: int,
 ) -> None:
     """Serve the registry over HTTP: the native API and the Hugging Face Hub protocol.
 
@@ -87,40 +97,35 @@ def serve(
         hub token create --name ci --write team
         hub serve --host 0.0.0.0 --port 8000 --base-dir /models
         hub serve --db postgresql://hub@db/hub --store s3://team-hub/blobs
+        hub serve --db postgresql://hub@db/hub --host 0.0.0.0 --workers 4
     """
-    import uvicorn
-
-    from hub.server import create_app
-    from hub.server.protocol import deadline_protocol
+    from hub.server.workers import serve as serve_app
 
     registry = registry_of(ctx)
     home, db, store = registry.home, db_url(ctx), store_url(ctx)
     # Opened once here: a wrong --db or --store, a database that needs `hub db upgrade` or
-    # a bucket that does not exist fails now, with one Error: line, not at the first request.
+    # a bucket that does not exist fails now, with one Error: line, not at the first request
+    # (nor once per worker).
     where = registry.catalog.location
     registry.store.has("0" * 64)
     blobs = f" (blobs in {registry.store.location})" if store else ""
     registry.close()
-    click.echo(f"Serving {where if db else home}{blobs} on http://{host}:{port}", err=True)
-    app = create_app(
-        home,
-        db=db,
-        store=store,
-        store_downloads=store_downloads,
-        presign_expires=presign_expires,
-        anonymous_read=anonymous_read,
-        base_dirs=base_dirs,
-        client_timeout=client_timeout,
-        max_anonymous=max_anonymous,
+    processes = f" ({workers} workers)" if workers > 1 else ""
+    click.echo(
+        f"Serving {where if db else home}{blobs} on http://{host}:{port}{processes}", err=True
     )
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        http=deadline_protocol(client_timeout),
-        timeout_keep_alive=5,
-    )
+    options = {
+        "home": str(home),
+        "db": db,
+        "store": store,
+        "store_downloads": store_downloads,
+        "presign_expires": presign_expires,
+        "anonymous_read": anonymous_read,
+        "base_dirs": list(base_dirs),
+        "client_timeout": client_timeout,
+        "max_anonymous": max_anonymous,
+    }
+    serve_app(options, host=host, port=port, workers=workers)
 
 
 @click.group()
