@@ -56,7 +56,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from hub.blobstore.base import CHUNK
 from hub.catalog.snapshot import not_empty
-from hub.locks import file_lock
 from hub.progress import byte_progress
 from schemas.errors import HubError, IndexDamaged, InvalidArgument, StoreCorrupted
 
@@ -191,7 +190,7 @@ def migrate(source: Registry, to: str) -> MigrateReport:
     report = MigrateReport(source=_describe_source(source), target=target.describe())
     # Shared, as a push holds it: `hub gc` on the source waits rather than delete a blob
     # between the snapshot and its copy.
-    with file_lock(source.lock_path, shared=True):
+    with source.store_lock(shared=True):
         state = catalog.integrity_check()
         if state != "ok":
             raise IndexDamaged(
@@ -228,7 +227,7 @@ def _fill(
     report.schema_migrations = _target_call(target, dest.catalog.upgrade)
     # The target's own lock, shared: a `hub gc` there must not take the blobs copied for a
     # catalog that is not committed yet for orphans.
-    with file_lock(dest.lock_path, shared=True):
+    with dest.store_lock(shared=True):
         todo = [digest for digest in sorted(sizes) if not dest.store.has(digest)]
         bar = byte_progress(f"migrate to {report.target}", sum(sizes[d] for d in todo))
         try:

@@ -168,7 +168,7 @@ def test_embedded_to_postgres_and_back_to_a_folder_is_the_same_registry(
         "bytes": report["bytes"],
         "blobs_copied": blobs,
         "bytes_copied": report["bytes"],
-        "schema_migrations": 1,
+        "schema_migrations": 2,
     }
     with Registry(home) as reg:
         referenced = reg.catalog.referenced_digests()
