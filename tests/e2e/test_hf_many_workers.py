@@ -9,27 +9,19 @@ every commit in the head, no error. A commit naming a stale ``parent_commit`` ge
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-
-import psutil
 
 from hub import Registry
 from hub.folders import adapter_files
 from hub.maintenance import verify_store
 from hub.tokens import create_token
-from tests.hub.server.live import free_port
+from tests.hub.server.live import serve_process
 
-ROOT = Path(__file__).resolve().parents[2]
 WORKERS = 2
 PROCESSES, THREADS = 4, 2
 REPO = "team/raced"
@@ -83,53 +75,6 @@ def _env(url: str, token: str, home: Path) -> dict[str, str]:
     return env
 
 
-@contextlib.contextmanager
-def hub_serve(home: Path, db: str | None, log: Path) -> Iterator[str]:
-    """`hub serve --workers 2` on a free port, until every worker process is up."""
-    port = free_port()
-    command = [sys.executable, "-m", "cli.main", "--home", str(home), "serve"]
-    command += ["--port", str(port), "--workers", str(WORKERS)]
-    command += ["--db", db] if db else []
-    with open(log, "wb") as out:
-        server = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_up(server, url, log)
-        yield url
-    finally:
-        server.send_signal(signal.SIGTERM)  # uvicorn's parent stops its workers
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(10)
-
-
-def _wait_until_up(server: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    deadline = time.monotonic() + 90
-    answered = 0
-    while answered < 10:
-        assert server.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, f"hub serve did not start:\n{log.read_text()}"
-        try:
-            urllib.request.urlopen(f"{url}/api/models/team/none", timeout=5)
-        except urllib.error.HTTPError:
-            answered += 1  # any answer: a worker is serving
-        except OSError:
-            time.sleep(0.1)
-    # Both workers imported and serving (the first answer may come from either).
-    workers = psutil.Process(server.pid).children()
-    assert len([w for w in workers if "resource_tracker" not in " ".join(w.cmdline())]) >= 2
-    time.sleep(2.0)
-
-
 def _range(n: int) -> list[str]:
     """The first client number and the count of the ``n``-th racing process."""
     return [str(n * THREADS), str(THREADS)]
@@ -163,7 +108,8 @@ def test_clients_racing_two_workers_leave_one_consistent_history(db_url, adapter
     files = sorted(rel for rel, _ in adapter_files(folder))
     with Registry(home, db=db_url) as reg:
         token = create_token(reg, "racers", read=[], write=["team"])
-    with hub_serve(home, db_url, tmp_path / "serve.log") as url:
+    db_option = ["--db", db_url] if db_url else []
+    with serve_process(home, *db_option, log=tmp_path / "serve.log", workers=WORKERS) as url:
         results = _race(url, token, home, folder, files)
         commits = {i: oid for result in results for i, oid in result["commits"]}
         assert [e for result in results for e in result["errors"]] == []

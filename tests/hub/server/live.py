@@ -9,7 +9,9 @@ serves the deployment's catalog and store, and a test that starts its own server
 ``**deployment``. What the tests check of the server's registry goes through
 ``LiveServer.registry()``, ``LiveServer.hub_args()`` (a `hub` process's options) and the
 backend-neutral store probes below (``store_leftovers``, ``in_flight_bytes``,
-``crashed_write``), never through the folder in ``home``.
+``crashed_write``), never through the folder in ``home``. ``serve_process(home, *options)``
+runs the command itself, ``hub serve``, as a process of its own (its workers too, with
+``--workers N``).
 """
 
 from __future__ import annotations
@@ -92,6 +94,60 @@ DEPLOYMENTS = ("embedded", "team")
 """The two ways a hub is deployed: SQLite + a local folder (``--home``), and PostgreSQL + S3
 (``--db postgresql://... --store s3://...``), each on a real server (tests/backends.py,
 tests/s3.py)."""
+
+
+@contextlib.contextmanager
+def serve_process(home: Path, *options: str, log: Path, workers: int = 1) -> Iterator[str]:
+    """`hub --home HOME serve --port PORT --workers N OPTIONS...` on a free port, until each
+    of its ``workers`` processes is up; yields its URL. Stopped with SIGTERM (uvicorn's
+    parent then stops its workers), killed with its process group if that does not do."""
+    import signal
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    import psutil
+
+    root = Path(__file__).resolve().parents[3]
+    port = free_port()
+    command = [sys.executable, "-m", "cli.main", "--home", str(home), "serve"]
+    command += ["--port", str(port), "--workers", str(workers), *options]
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            command,
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"hub serve did not start:\n{log.read_text()}"
+            try:
+                urllib.request.urlopen(f"{url}/api/models/team/none", timeout=5)
+            except urllib.error.HTTPError:
+                break  # any answer: a worker is serving
+            except OSError:
+                time.sleep(0.1)
+        if workers > 1:
+            # Every worker spawned; the others import the app a little later than the first.
+            children = psutil.Process(server.pid).children()
+            spawned = [c for c in children if "resource_tracker" not in " ".join(c.cmdline())]
+            assert len(spawned) == workers, log.read_text()
+            time.sleep(2.0)
+        yield url
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(10)
 
 
 @pytest.fixture(params=DEPLOYMENTS)

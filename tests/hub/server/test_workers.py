@@ -1,5 +1,6 @@
-"""Workers keep no state of their own: two apps (``ServerState``s) on one catalog accept
-each other's Git LFS upload links, whose signing key lives in the catalog's settings."""
+"""Workers keep no state of their own: two apps (``ServerState``s) on one catalog, and two
+`hub serve` processes, accept each other's Git LFS upload links, whose signing key lives in
+the catalog's settings."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from hub import Registry
 from hub.server.common import LFS_KEY_SETTING
 from hub.tokens import create_token
-from tests.hub.server.live import start_server
+from tests.hub.server.live import serve_process, start_server
 
 
 def _upload_href(url: str, token: str, data: bytes) -> str:
@@ -58,3 +59,20 @@ def test_two_apps_on_one_catalog_accept_each_others_upload_links(db_url, tmp_pat
     with Registry(home, db=db_url) as reg:
         key = reg.catalog.setting(LFS_KEY_SETTING, "unused")
     assert len(bytes.fromhex(key)) == 32
+
+
+def test_two_hub_serve_processes_accept_each_others_upload_links(db_url, tmp_path):
+    home = tmp_path / "home"
+    with Registry(home, db=db_url) as reg:
+        token = create_token(reg, "ci", read=[], write=["team"])
+    db = ["--db", db_url] if db_url else []
+    with (
+        serve_process(home, *db, log=tmp_path / "one.log") as one,
+        serve_process(home, *db, log=tmp_path / "two.log") as two,
+    ):
+        for signer, receiver in ((one, two), (two, one)):
+            data = f"signed by {signer}".encode()
+            href = _upload_href(signer, token, data)
+            assert _put(href.replace(signer, receiver), data) == 200
+            with Registry(home, db=db_url) as reg:
+                assert reg.store.has(hashlib.sha256(data).hexdigest())
