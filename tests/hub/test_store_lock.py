@@ -131,6 +131,40 @@ def test_an_exclusive_hold_in_another_process_keeps_a_shared_one_waiting(db_url,
         process.join(WAIT_S)
 
 
+def _wait_exclusive(home: str, db: str | None, asked: Any, granted: Any) -> None:
+    from hub import Registry
+
+    with Registry(home, db=db) as reg:
+        asked.set()
+        with reg.store_lock(shared=False):
+            granted.set()
+
+
+def test_a_second_shared_hold_in_a_process_never_queues_behind_a_waiting_gc(db_url, tmp_path):
+    # A server commit holds the lock while its push takes it again, in the same process; if
+    # the second hold queued behind a gc waiting for the first, neither would ever end.
+    from hub import Registry
+
+    home = tmp_path / "home"
+    with Registry(home, db=db_url) as first, first.store_lock(shared=True):
+        asked, granted = SPAWN.Event(), SPAWN.Event()
+        gc = SPAWN.Process(
+            target=_wait_exclusive, args=(_another_host(home, db_url), db_url, asked, granted)
+        )
+        gc.start()
+        assert asked.wait(WAIT_S)
+        time.sleep(1.0)  # the other process now waits for the exclusive lock
+        with Registry(home, db=db_url) as second:
+            joined, _ = _in_thread(lambda: _acquire(home, db_url, shared=True))
+            assert joined.wait(10), "a shared hold queued behind the waiting exclusive one"
+            with second.store_lock(shared=True):
+                pass
+        assert not granted.is_set()
+    assert granted.wait(WAIT_S)
+    gc.join(WAIT_S)
+    assert gc.exitcode == 0
+
+
 def test_a_killed_holder_releases_the_lock(db_url, tmp_path):
     home = tmp_path / "home"
     process, _ = _child(_hold, _another_host(home, db_url), db_url, False)
