@@ -1,6 +1,7 @@
 """The catalog interface: every statement about versions, aliases, tokens, uploads and eval
-records goes through one ``Catalog``; each backend (``hub.catalog.sqlite`` embedded, a team
-database) is one subclass.
+records goes through one ``Catalog``, and so do the store lock and the settings every server
+worker shares; each backend (``hub.catalog.sqlite`` embedded, a team database) is one
+subclass.
 
 Callers pass plain Python values and get plain values back: cards as the dicts (or, for
 searches, the JSON text) the index stores, rows as the dataclasses below. No SQL, no driver
@@ -169,10 +170,11 @@ class Catalog(abc.ABC):
         and then references them (pushes, commits, uploads, eval records), exclusive for
         ``gc``. It binds every process and host on this catalog, and dies with its holder.
 
-        Re-entrant on one catalog object: a shared hold inside a hold is free (a server
-        commit holds it around ``Registry.push``, which takes it too). A second hold from
-        the same thread through a new connection would queue behind a waiting ``gc`` and
-        never be granted.
+        Re-entrant on one catalog object: a hold inside a hold is free (a server commit
+        holds it around ``Registry.push``, which takes it too); on a team database every
+        shared hold of a process shares one session (``hub.catalog.coordination``). A second
+        hold through a session of its own would queue behind a waiting ``gc``, which waits
+        for the first hold: neither would ever end.
 
         Raises:
             AssertionError: an exclusive hold asked for inside a shared one (never granted).

@@ -107,6 +107,7 @@ class ServerState:
     anonymous_in_flight: int = 0
     """Counted by ``BoundedBodies`` on the event loop's thread (so no lock)."""
     _lfs_key: bytes | None = None
+    """The catalog's LFS signing key once read (``lfs_key``): it never changes."""
 
     def registry(self) -> Registry:
         # SQLite connections stay in the thread that opened them: one registry per worker.
