@@ -37,9 +37,9 @@ def test_hub_db_upgrade_then_every_command_uses_the_database(pg_empty_url, hub_h
     )
     first = run("db", "upgrade", "--db", pg_empty_url)
     assert first.exit_code == 0, first.output
-    assert first.output == f"Upgraded {where} to schema 1 (1 migration(s) applied)\n"
+    assert first.output == f"Upgraded {where} to schema 2 (2 migration(s) applied)\n"
     again = run("db", "upgrade", env={"HUB_DATABASE_URL": pg_empty_url})
-    assert again.output == f"{where} is up to date (schema 1)\n"
+    assert again.output == f"{where} is up to date (schema 2)\n"
     created = run("token", "create", "--db", pg_empty_url, "--name", "ci", "--write", "team")
     assert created.exit_code == 0, created.output
     listed = run("--db", pg_empty_url, "token", "ls", "--json")

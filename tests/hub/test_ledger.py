@@ -221,6 +221,7 @@ def _strip_ledger(home):
     conn = sqlite3.connect(home / "index.db")
     conn.execute("DELETE FROM schema_migrations WHERE version >= ?", (_LEDGER_MIGRATION,))
     conn.execute("DROP TABLE IF EXISTS lineage")  # migration 7, after the ledger
+    conn.execute("DROP TABLE IF EXISTS settings")  # migration 8
     for version_id, text in conn.execute("SELECT id, card FROM versions").fetchall():
         card = json.loads(text)
         old = {k: v for k, v in card.items() if k not in LEDGER_KEYS}
