@@ -35,11 +35,11 @@ from hub.catalog.base import (
     NewVersion,
     RepoRow,
     StoredVersion,
-    TokenRow,
     UpdateHead,
 )
 from hub.catalog.commit_plan import apply_plan
 from hub.catalog.coordination import advisory_store_lock, stored_setting
+from hub.catalog.postgres_access import PostgresAccess
 from hub.catalog.postgres_db import Database, connect_once, location
 from hub.catalog.rows import forgetting_digests, lineage_rows, load_card, metric_rows, utcnow
 from hub.catalog.snapshot import Snapshot
@@ -53,7 +53,6 @@ _INSERT_METRIC = (
     "INSERT INTO metrics (version_id, name, value, dataset, source, priority, position,"
     " higher_is_better) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)"
 )
-_TOKEN_COLUMNS = "id, name, hash, read, write, created_at, revoked_at"
 
 
 def open_postgres(url: str) -> PostgresCatalog:
@@ -88,7 +87,7 @@ def _version_row(version_id: int, card: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-class PostgresCatalog(Catalog):
+class PostgresCatalog(PostgresAccess, Catalog):
     """The catalog in one PostgreSQL database. Cheap to open (the pool is the process's);
     one thread at a time, like every catalog."""
 
@@ -440,90 +439,6 @@ class PostgresCatalog(Catalog):
     def built_from(self, commit: str, namespaces: list[str] | None) -> list[dict[str, Any]]:
         return self._ready().read(lambda conn: postgres_search.built_from(conn, commit, namespaces))
 
-    # -- tokens -------------------------------------------------------------------------
-    def add_token(self, token: TokenRow) -> None:
-        self._ready().transaction(
-            lambda conn: conn.execute(
-                f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                (
-                    token.id,
-                    token.name,
-                    token.hash,
-                    json.dumps(list(token.read)),
-                    json.dumps(list(token.write)),
-                    token.created_at,
-                    token.revoked_at,
-                ),
-            )
-        )
-
-    @staticmethod
-    def _token(row: Any) -> TokenRow:
-        return TokenRow(
-            row[0], row[1], row[2], tuple(json.loads(row[3])), tuple(json.loads(row[4])),
-            row[5], row[6],
-        )  # fmt: skip
-
-    def tokens(self) -> list[TokenRow]:
-        rows = self._ready().read(
-            lambda conn: conn.execute(
-                f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created_at, id"
-            ).fetchall()
-        )
-        return [self._token(row) for row in rows]
-
-    def token(self, token_id: str) -> TokenRow | None:
-        row = self._ready().read(
-            lambda conn: conn.execute(
-                f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE id = %s", (token_id,)
-            ).fetchone()
-        )
-        return self._token(row) if row else None
-
-    def revoke_token(self, token_id: str, at: str) -> bool:
-        return self._ready().transaction(
-            lambda conn: bool(
-                conn.execute(
-                    "UPDATE tokens SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL",
-                    (at, token_id),
-                ).rowcount
-            )
-        )
-
-    # -- pending uploads ----------------------------------------------------------------
-    def record_upload(self, token_id: str, digest: str) -> None:
-        self._ready().transaction(
-            lambda conn: conn.execute(
-                "INSERT INTO uploads (token_id, sha256, uploaded_at) VALUES (%s,%s,%s)"
-                " ON CONFLICT (token_id, sha256) DO UPDATE SET uploaded_at = excluded.uploaded_at",
-                (token_id, digest, utcnow()),
-            )
-        )
-
-    def uploaded_by(self, token_id: str, digest: str, *, since: str) -> bool:
-        row = self._ready().read(
-            lambda conn: conn.execute(
-                "SELECT 1 FROM uploads WHERE token_id = %s AND sha256 = %s AND uploaded_at >= %s",
-                (token_id, digest, since),
-            ).fetchone()
-        )
-        return row is not None
-
-    def expire_uploads(self, before: str) -> set[str]:
-        def expire(conn: Any) -> set[str]:
-            conn.execute("DELETE FROM uploads WHERE uploaded_at < %s", (before,))
-            return {row[0] for row in conn.execute("SELECT DISTINCT sha256 FROM uploads")}
-
-        return self._ready().transaction(expire)
-
-    def pending_uploads(self, since: str) -> set[str]:
-        rows = self._ready().read(
-            lambda conn: conn.execute(
-                "SELECT DISTINCT sha256 FROM uploads WHERE uploaded_at >= %s", (since,)
-            ).fetchall()
-        )
-        return {row[0] for row in rows}
-
     # -- eval records -------------------------------------------------------------------
     def add_eval(
         self, repo: str, commit: str, record: dict[str, Any], metrics: Sequence[dict[str, Any]]
@@ -616,50 +531,6 @@ class PostgresCatalog(Catalog):
             ).fetchall()
         )
         return [json.loads(row[0]) for row in rows]
-
-    # -- blobs --------------------------------------------------------------------------
-    def referenced_digests(self) -> set[str]:
-        rows = self._ready().read(
-            lambda conn: conn.execute(
-                "SELECT sha256 FROM files UNION SELECT results_sha256 FROM base_scores"
-                + "".join(
-                    f" UNION SELECT {column} FROM {table}"
-                    for table in ("evals", "remote_evals")
-                    for column in (
-                        "dataset_sha256",
-                        "results_sha256",
-                        # --forgetting: its text and per-document sums
-                        "forgetting_dataset_sha256",
-                        "forgetting_results_sha256",
-                    )
-                )
-            ).fetchall()
-        )
-        return {row[0] for row in rows if row[0] is not None}
-
-    def versions_using(self, digests: set[str]) -> dict[str, list[str]]:
-        rows = self._ready().read(
-            lambda conn: conn.execute(
-                "SELECT f.sha256, r.repo, v.version, f.path FROM files f"
-                " JOIN versions v ON v.id = f.version_id JOIN repos r ON r.id = v.repo_id"
-                " WHERE f.sha256 = ANY(%s) ORDER BY r.repo, v.version",
-                (sorted(digests),),
-            ).fetchall()
-        )
-        out: dict[str, list[str]] = {digest: [] for digest in digests}
-        for digest, repo, version, path in rows:
-            out[digest].append(f"{repo}@v{version} ({path})")
-        return out
-
-    def blob_namespaces(self, digest: str) -> list[str]:
-        rows = self._ready().read(
-            lambda conn: conn.execute(
-                "SELECT DISTINCT r.namespace FROM files f JOIN versions v ON v.id = f.version_id"
-                " JOIN repos r ON r.id = v.repo_id WHERE f.sha256 = %s ORDER BY r.namespace",
-                (digest,),
-            ).fetchall()
-        )
-        return [row[0] for row in rows]
 
     # -- moving a registry (hub.catalog.snapshot) ---------------------------------------
     def row_counts(self) -> dict[str, int]:
