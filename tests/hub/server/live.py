@@ -221,6 +221,33 @@ def crashed_write(store: Any, size: int) -> None:
     (tmp / "0123abcd.incomplete").write_bytes(b"x" * size)
 
 
+def count_rows(reg: Any, table: str) -> int:
+    """How many rows ``table`` of ``reg``'s catalog holds, SQLite index or PostgreSQL."""
+    sql = f"SELECT count(*) FROM {table}"
+    if reg.db:
+        import psycopg
+
+        with psycopg.connect(reg.db) as conn:
+            found = conn.execute(sql).fetchone()
+    else:
+        found = reg.catalog.conn.execute(sql).fetchone()
+    return int(found[0])
+
+
+def overwrite_blob(store: Any, digest: str, data: bytes) -> None:
+    """Replace the bytes stored under ``digest`` with ``data`` behind the store's back (a
+    disk's or a bucket's rot, for ``verify`` to find): the file in the folder, or the S3
+    object (and its copy in the local cache, if any)."""
+    if hasattr(store, "client"):
+        store.client.put_object(Bucket=store.bucket, Key=store.key(digest), Body=data)
+        store = store.cache
+        if not store.has(digest):
+            return
+    blob = store.path(digest)
+    blob.chmod(0o644)
+    blob.write_bytes(data)
+
+
 @pytest.fixture
 def tokens(live_server):
     """A writer of `team`, a reader of `team`, and a reader of another namespace."""
