@@ -41,12 +41,20 @@ def deployment_of(request) -> dict[str, str]:
     return dict(request.getfixturevalue("deployment"))
 
 
+_SERVER_TESTS = (Path(__file__).parent / "hub" / "server", Path(__file__).parent / "e2e")
+"""Where a test's team deployment is a server's (tests/hub/server/live.py), not the env's."""
+
+
 @pytest.fixture
 def hub_home(request, tmp_path, monkeypatch) -> Path:
     """The test's own HUB_HOME. On the team deployment, HUB_DATABASE_URL and HUB_STORE_URL
     too: every `hub` the test runs (CliRunner or a process) then uses PostgreSQL and S3."""
     home = tmp_path / "hub-home"
     monkeypatch.setenv("HUB_HOME", str(home))
+    if any(folder in Path(request.node.path).parents for folder in _SERVER_TESTS):
+        # There the server is the deployment (live_server, LiveServer.hub_args), and a `hub`
+        # client a test runs keeps a local registry of its own: nothing in the environment.
+        return home
     team = deployment_of(request)
     for name, key in (("HUB_DATABASE_URL", "db"), ("HUB_STORE_URL", "store")):
         if key in team:

@@ -3,15 +3,17 @@
 Shared by tests/hub/server and tests/e2e: ``start_server(home, **create_app_options)``
 yields a running server; the ``live_server`` fixture is one over the test's ``hub_home``.
 
-A test module runs its server tests on both deployments (SQLite + a folder, PostgreSQL + S3)
-by opting in: ``pytestmark = pytest.mark.usefixtures("deployment")``. ``live_server`` then
-serves the deployment's catalog and store, and a test that starts its own server passes
-``**deployment``. What the tests check of the server's registry goes through
-``LiveServer.registry()``, ``LiveServer.hub_args()`` (a `hub` process's options) and the
-backend-neutral store probes below (``store_leftovers``, ``in_flight_bytes``,
-``crashed_write``), never through the folder in ``home``. ``serve_process(home, *options)``
-runs the command itself, ``hub serve``, as a process of its own (its workers too, with
-``--workers N``).
+A test module (a server test or any other: tests/conftest.py offers ``deployment`` to all)
+runs on both deployments (SQLite + a folder, PostgreSQL + S3) by opting in:
+``pytestmark = pytest.mark.usefixtures("deployment")``. ``hub_home`` then sets
+``HUB_DATABASE_URL`` / ``HUB_STORE_URL`` on team, the ``registry`` fixture opens it, and
+``live_server`` serves the deployment's catalog and store; a test that starts its own server
+passes ``**deployment``. What the tests check of the registry goes through the ``registry``
+fixture, ``LiveServer.registry()``, ``LiveServer.hub_args()`` (a `hub` process's options) and
+the backend-neutral probes below (``store_leftovers``, ``in_flight_bytes``, ``crashed_write``,
+``overwrite_blob``, ``count_rows``), never through the folder in ``home``.
+``serve_process(home, *options)`` runs the command itself, ``hub serve``, as a process of its
+own (its workers too, with ``--workers N``).
 """
 
 from __future__ import annotations
