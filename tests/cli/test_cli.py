@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from hub import Registry
+from tests.hub.server.live import overwrite_blob
 
 
 @pytest.fixture
@@ -25,7 +25,8 @@ def run(hub_home):
     return invoke
 
 
-def test_push_ls_show_pull_round_trip(run, adapters, tmp_path, hub_home):
+@pytest.mark.usefixtures("deployment")  # embedded, then team (PostgreSQL + S3)
+def test_push_ls_show_pull_round_trip(run, adapters, tmp_path, registry):
     lora = adapters("lora")
     out = run(
         "push",
@@ -39,7 +40,7 @@ def test_push_ls_show_pull_round_trip(run, adapters, tmp_path, hub_home):
         "--metric",
         "exact_match=0.71@spider",
     )
-    card = Registry(hub_home).show("team/sql")
+    card = registry.show("team/sql")
     assert out.stdout == (
         f"Pushed team/sql@v1 ({card.commit[:10]}): lora, rank 8, {card.size_bytes / 1024:.1f} KB\n"
     )
@@ -124,6 +125,7 @@ def test_push_ls_show_pull_round_trip(run, adapters, tmp_path, hub_home):
         ),
     ],
 )
+@pytest.mark.usefixtures("deployment")  # embedded, then team (PostgreSQL + S3)
 def test_errors_are_one_line_and_change_nothing(run, adapters, hub_home, args, message):
     lora = adapters("lora")
     run("push", lora, "--name", "team/sql")
@@ -135,6 +137,7 @@ def test_errors_are_one_line_and_change_nothing(run, adapters, hub_home, args, m
     assert json.loads(run("ls", "--json", "--all-versions").stdout) == before
 
 
+@pytest.mark.usefixtures("deployment")  # embedded, then team (PostgreSQL + S3)
 def test_pull_into_existing_folder_is_refused(run, adapters, tmp_path):
     run("push", adapters("lora"), "--name", "team/sql")
     dest = tmp_path / "taken"
@@ -147,15 +150,14 @@ def test_pull_into_existing_folder_is_refused(run, adapters, tmp_path):
     assert [p.name for p in dest.iterdir()] == ["keep.txt"]
 
 
-def test_verify_reports_corruption_and_gc_cleans(run, adapters, hub_home, tmp_path):
+@pytest.mark.usefixtures("deployment")  # embedded, then team (PostgreSQL + S3)
+def test_verify_reports_corruption_and_gc_cleans(run, adapters, registry, tmp_path):
     lora = adapters("lora")
     run("push", lora, "--name", "team/sql")
-    reg = Registry(hub_home)
-    weights = {f.path: f for f in reg.show("team/sql").files}["adapter_model.safetensors"]
-    blob = reg.store.path(weights.sha256)
-    data = bytearray(blob.read_bytes())
+    weights = {f.path: f for f in registry.show("team/sql").files}["adapter_model.safetensors"]
+    data = bytearray(registry.store.read_bytes(weights.sha256))
     data[-1] ^= 0xFF
-    blob.write_bytes(bytes(data))
+    overwrite_blob(registry.store, weights.sha256, bytes(data))
     result = run("verify", ok=False)
     assert result.exit_code == 1
     assert result.stderr == (

@@ -13,6 +13,16 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from hub import Registry
+from tests.hub.server.live import store_leftovers
+
+# Every test on both deployments; the one that edits the SQLite file itself is embedded_only.
+pytestmark = pytest.mark.usefixtures("deployment")
+
+
+def _nothing_stored(hub_home, deployment):
+    """No blob, and no write begun, in the deployment's store."""
+    with Registry(hub_home, **deployment) as reg:
+        return list(reg.store.iter_digests()) == [] and store_leftovers(reg.store) == []
 
 
 @pytest.fixture
@@ -34,7 +44,7 @@ def _strict_json(text):
 
 
 @pytest.mark.parametrize("value", ["inf", "-inf", "1e400", "Infinity"])
-def test_non_finite_metrics_are_refused(run, adapters, hub_home, value):
+def test_non_finite_metrics_are_refused(run, adapters, hub_home, deployment, value):
     result = run(
         "push", adapters("lora"), "--name", "team/sql", "--metric", f"acc={value}", ok=False
     )
@@ -44,8 +54,10 @@ def test_non_finite_metrics_are_refused(run, adapters, hub_home, value):
         " (inf and values beyond 1.8e308 are not)\n",
     )
     assert not (hub_home / "store").exists()
+    assert _nothing_stored(hub_home, deployment)
 
 
+@pytest.mark.embedded_only("writes what an older version left in the SQLite index's rows")
 def test_a_non_finite_metric_already_stored_does_not_break_readers(run, adapters, hub_home):
     run("push", adapters("lora"), "--name", "team/sql", "--metric", "acc=0.5", "--metric", "f1=0.7")
     # What an older version wrote for `--metric acc=inf`: the card's JSON holds `Infinity`.
@@ -97,7 +109,9 @@ def test_out_of_range_search_bounds_are_one_line(run, registry, adapters, args, 
     )
 
 
-def test_non_utf8_file_name_is_refused_before_anything_is_stored(run, adapters, hub_home, tmp_path):
+def test_non_utf8_file_name_is_refused_before_anything_is_stored(
+    run, adapters, hub_home, deployment, tmp_path
+):
     folder = tmp_path / "odd"
     shutil.copytree(adapters("lora"), folder)
     with open(os.path.join(os.fsencode(folder), b"notes-\xff.txt"), "wb") as fh:
@@ -108,6 +122,7 @@ def test_non_utf8_file_name_is_refused_before_anything_is_stored(run, adapters, 
         f"Error: {folder}: the file name b'notes-\\xff.txt' is not valid UTF-8; rename it\n",
     )
     assert not (hub_home / "store" / "blobs").exists()  # no orphan blobs
+    assert _nothing_stored(hub_home, deployment)
 
 
 @pytest.mark.parametrize("where", ["registry", "parent", "inside"])

@@ -19,6 +19,10 @@ from tests.factories import load_base, make_adapter, make_base, peft_logits
 IDS = torch.tensor([[1, 5, 9, 42, 7, 3, 11]])
 
 
+# Compose reads its inputs from the store and writes the result back: on both deployments.
+pytestmark = pytest.mark.usefixtures("deployment")
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, base_dir):
     root = tmp_path_factory.mktemp("compose-inputs")

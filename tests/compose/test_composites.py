@@ -10,6 +10,10 @@ from compose import EnsembleModel
 from schemas import IncompatibleAdapters
 from tests.factories import load_base, make_adapter
 
+# Stacks and ensembles are versions of the registry, read back from its store: on both
+# deployments.
+pytestmark = pytest.mark.usefixtures("deployment")
+
 IDS = torch.tensor([[1, 5, 9, 42, 7, 3, 11]])
 
 

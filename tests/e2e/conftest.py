@@ -1,5 +1,5 @@
 """Fixtures of the end-to-end tests: a real `hub serve` on 127.0.0.1 and scoped tokens."""
 
-from tests.hub.server.live import deployment, live_server, team_server, tokens
+from tests.hub.server.live import live_server, team_server, tokens
 
-__all__ = ["deployment", "live_server", "team_server", "tokens"]
+__all__ = ["live_server", "team_server", "tokens"]

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from cli.main import cli
 from schemas.errors import InvalidArgument, InvalidData
 from tests.compose.deploy.models import make_adapter
+from tests.hub.server.live import count_rows
 
 GENERAL = [
     "many loras on the dog and a fox",
@@ -58,6 +59,7 @@ def _token_logprobs(model, ids):
     return [float(logp[t - 1, ids[t]]) for t in range(1, len(ids))]
 
 
+@pytest.mark.usefixtures("deployment")  # embedded, then team (PostgreSQL + S3)
 def test_forgetting_equals_a_direct_peft_computation(registry, trained, tmp_path):
     base, lora, _, data = trained
     general = _jsonl(tmp_path / "general.jsonl", [{"text": t} for t in GENERAL])
@@ -86,16 +88,16 @@ def test_forgetting_equals_a_direct_peft_computation(registry, trained, tmp_path
         "sha256": f["dataset"]["sha256"],
     }
     # The text and the per-document sums are blobs that gc keeps and verify checks.
-    rows = registry.store.path(f["results_sha256"]).read_text().splitlines()
+    rows = registry.store.read_bytes(f["results_sha256"]).decode().splitlines()
     assert [json.loads(r)["tokens"] for r in rows] == counts
-    assert registry.store.path(f["dataset"]["sha256"]).read_bytes() == general.read_bytes()
+    assert registry.store.read_bytes(f["dataset"]["sha256"]) == general.read_bytes()
     assert registry.gc().blobs_removed == 0
     assert registry.store.has(f["results_sha256"]) and registry.verify().healthy
 
     # The base's losses are cached: a second eval does not score the base again.
-    cached = registry.catalog.conn.execute("SELECT count(*) FROM base_scores").fetchone()[0]
+    cached = count_rows(registry, "base_scores")
     registry.evaluate("team/forget", data, base=str(base), forgetting=general, with_base=False)
-    assert registry.catalog.conn.execute("SELECT count(*) FROM base_scores").fetchone()[0] == cached
+    assert count_rows(registry, "base_scores") == cached
 
 
 def test_forgetting_windows_score_every_token_once(trained, tmp_path):

@@ -7,10 +7,13 @@ import hashlib
 import json
 import shutil
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
 from cli.main import cli
+
+pytestmark = pytest.mark.usefixtures("deployment")
 
 MODEL_INDEX = """---
 library_name: peft

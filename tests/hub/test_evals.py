@@ -4,6 +4,7 @@ gc and verify, the base is scored once, bad input records nothing."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -13,7 +14,10 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from tests.compose.deploy.models import make_base
+from tests.hub.server.live import count_rows
 from tests.hub.trained import HELD_OUT
+
+pytestmark = pytest.mark.usefixtures("deployment")
 
 
 def _direct_cross_entropy(base, adapter, texts):
@@ -56,13 +60,13 @@ def test_trained_adapter_beats_the_base_and_matches_peft(registry, trained):
 
     assert record["commit"] == card.commit
     assert record["dataset"] == {
-        "sha256": registry.store.path(record["dataset"]["sha256"]).name,
+        "sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
         "rows": len(HELD_OUT),
         "kind": "text",
         "name": "held-out.jsonl",
     }
-    assert registry.store.path(record["dataset"]["sha256"]).read_bytes() == data.read_bytes()
-    results = registry.store.path(record["results_sha256"]).read_text().splitlines()
+    assert registry.store.read_bytes(record["dataset"]["sha256"]) == data.read_bytes()
+    results = registry.store.read_bytes(record["results_sha256"]).decode().splitlines()
     rows = [json.loads(line) for line in results]
     assert [r["row"] for r in rows] == list(range(len(HELD_OUT)))
     assert [r["cross_entropy"] for r in rows] == pytest.approx(expected, abs=1e-5)
@@ -87,8 +91,7 @@ def test_base_is_scored_once_for_many_adapters(registry, trained):
     registry.push(lora, name="team/a")
     registry.push(lora2, name="team/b")
     first = registry.evaluate(["team/a", "team/b"], data, base=str(base), metrics=["perplexity"])
-    cached = registry.catalog.conn.execute("SELECT count(*) FROM base_scores").fetchone()[0]
-    assert cached == 1
+    assert count_rows(registry, "base_scores") == 1
     assert first[0]["base"] == first[1]["base"]
     assert first[0]["metrics"] != first[1]["metrics"]
     assert list(first[0]["metrics"]) == ["perplexity"]

@@ -56,14 +56,17 @@ def big_adapter(adapters, tmp_path_factory):
     return folder
 
 
-def test_killed_pull_leftover_is_removed_by_the_next_pull(hub_home, big_adapter, tmp_path):
-    with Registry(hub_home) as reg:
+@pytest.mark.usefixtures("deployment")  # embedded, then team (PostgreSQL + S3)
+def test_killed_pull_leftover_is_removed_by_the_next_pull(
+    registry, hub_home, big_adapter, tmp_path
+):
+    with registry as reg:
         reg.push(big_adapter, name="team/big")
     dest = tmp_path / "out" / "big"
     proc = _cli(hub_home, "pull", "team/big", "-o", dest)
     (leftover,) = _kill_when(proc, lambda: list(dest.parent.glob(".big.hub-*.incomplete")))
     assert leftover.is_dir() and not dest.exists()
-    with Registry(hub_home) as reg:
+    with registry as reg:
         reg.pull("team/big", dest)  # a young leftover is not touched: its writer may be alive
         assert leftover.is_dir()
         _age(leftover)
@@ -84,10 +87,11 @@ def test_a_staging_folder_in_use_is_never_swept(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["compose", "export"])
+@pytest.mark.usefixtures("deployment")  # embedded, then team (PostgreSQL + S3)
 def test_killed_compose_or_export_scratch_is_removed_by_gc(
-    hub_home, adapters, base_dir, tmp_path, command
+    registry, hub_home, adapters, base_dir, tmp_path, command
 ):
-    with Registry(hub_home) as reg:
+    with registry as reg:
         reg.push(adapters("lora"), name="team/a")
         reg.push(adapters("lora"), name="team/b")
     args = {
@@ -107,7 +111,7 @@ def test_killed_compose_or_export_scratch_is_removed_by_gc(
         "Removed 0 blobs, freed 0 B; removed 1 abandoned scratch folders\n"
     )
     assert not scratch.exists()
-    with Registry(hub_home) as reg:
+    with registry as reg:
         assert reg.verify().healthy
         assert [r["repo"] for r in reg.search_raw()] == ["team/a", "team/b"]
 

@@ -17,6 +17,7 @@ def _push(registry, adapters, name, metrics, tag):
     return registry.push(adapters("lora"), name=name, metrics=metrics, tags=[f"k={tag}"]).card
 
 
+@pytest.mark.usefixtures("deployment")  # embedded, then team (PostgreSQL + S3)
 def test_card_metric_and_sort_agree_on_the_latest_most_trusted_value(registry, adapters):
     # a: typed 0.5 at push, then a manual 0.9 (later, same priority): 0.9.
     _push(registry, adapters, "team/a", ["acc=0.5@d"], "a")
@@ -46,6 +47,7 @@ def test_card_metric_and_sort_agree_on_the_latest_most_trusted_value(registry, a
     ]
 
 
+@pytest.mark.usefixtures("deployment")  # embedded, then team (PostgreSQL + S3)
 def test_measured_beats_reported_and_lower_is_better_sorts_first(registry, trained):
     base, lora, lora2, data = trained
     registry.push(lora, name="team/long", metrics=["cross_entropy=0.01@held-out.jsonl"])
@@ -90,6 +92,7 @@ def test_rule_in_python_matches_the_docs():
     ]
 
 
+@pytest.mark.usefixtures("deployment")  # embedded, then team (PostgreSQL + S3)
 def test_cli_where_and_its_errors(hub_home, adapters):
     runner = CliRunner()
     for name, value in (("team/x", "0.3"), ("team/y", "0.8")):

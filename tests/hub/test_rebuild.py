@@ -19,6 +19,9 @@ from cli.main import cli
 from compose.reproduce import TOLERANCE
 from tests.factories import make_adapter
 
+# Rebuilds read the composite's inputs from the store: on both deployments.
+pytestmark = pytest.mark.usefixtures("deployment")
+
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = "model.layers.0.self_attn.q_proj"
 B_KEY = f"base_model.model.{MODULE}.lora_B.weight"
@@ -97,8 +100,10 @@ def test_a_rebuild_with_other_kernels_and_threads_verifies(reg, hub_home, env):
     # numerical reproducibility mode: other roundings, the same adapters within the bound.
     code = (
         "import json, sys, torch\n"
+        "import os\n"
         "from hub import Registry\n"
-        "reg = Registry(sys.argv[1])\n"
+        "env = os.environ.get\n"
+        "reg = Registry(sys.argv[1], db=env('HUB_DATABASE_URL'), store=env('HUB_STORE_URL'))\n"
         "out = {'capability': torch.backends.cpu.get_cpu_capability(),"
         " 'threads': torch.get_num_threads()}\n"
         "for ref in sys.argv[2:]:\n"

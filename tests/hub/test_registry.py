@@ -1,4 +1,5 @@
-"""The Registry API on a real SQLite file and blob folder."""
+"""The Registry API on both deployments: a real SQLite file and blob folder, then a real
+PostgreSQL database and S3 bucket."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from schemas import (
     OutputExists,
     RevisionNotFound,
 )
+from tests.hub.server.live import overwrite_blob
 
 
 def _variant(src, dst, text):
@@ -26,11 +28,7 @@ def _variant(src, dst, text):
     return dst
 
 
-@pytest.fixture
-def registry(hub_home, db_url):
-    """The registry over each catalog backend: the SQLite index, then a PostgreSQL database."""
-    with Registry(hub_home, db=db_url) as reg:
-        yield reg
+pytestmark = pytest.mark.usefixtures("deployment")
 
 
 def test_push_records_card_and_dedups(registry, adapters):
@@ -220,11 +218,9 @@ def test_verify_names_versions_of_a_flipped_byte(registry, adapters, tmp_path):
     registry.push(lora, name="c/d")
     assert registry.verify().healthy
     weights = next(f for f in card.files if f.path == "adapter_model.safetensors")
-    blob = registry.store.path(weights.sha256)
-    data = bytearray(blob.read_bytes())
+    data = bytearray(registry.store.read_bytes(weights.sha256))
     data[len(data) // 2] ^= 0x01
-    blob.chmod(0o644)
-    blob.write_bytes(bytes(data))
+    overwrite_blob(registry.store, weights.sha256, bytes(data))
     report = registry.verify()
     assert not report.healthy
     assert [(p.digest, p.status, p.versions) for p in report.problems] == [
@@ -236,6 +232,7 @@ def test_verify_names_versions_of_a_flipped_byte(registry, adapters, tmp_path):
     ]
 
 
+@pytest.mark.embedded_only("the SQLite index's own file (schema version, WAL journal)")
 def test_registry_survives_reopen(hub_home, adapters):
     with Registry(hub_home) as reg:
         reg.push(adapters("lora"), name="a/b")
@@ -246,6 +243,7 @@ def test_registry_survives_reopen(hub_home, adapters):
         assert mode == "wal"
 
 
+@pytest.mark.embedded_only("the SQLite index's own migrations (PostgreSQL's: test_postgres.py)")
 def test_an_index_from_an_older_schema_is_migrated_in_place(hub_home, adapters, monkeypatch):
     import hub.catalog.sqlite
     import hub.catalog.sqlite_migrations

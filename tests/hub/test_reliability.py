@@ -15,10 +15,11 @@ import pytest
 from hub import Registry
 
 PUSH_SCRIPT = """
-import sys
+import os, sys
 from hub import Registry
 home, name = sys.argv[1], sys.argv[2]
-with Registry(home) as reg:
+env = os.environ.get
+with Registry(home, db=env("HUB_DATABASE_URL"), store=env("HUB_STORE_URL")) as reg:
     for folder in sys.argv[3:]:
         reg.push(folder, name=name)
 """
@@ -35,7 +36,8 @@ def _variants(src, root, count, prefix):
 
 
 @pytest.mark.parametrize("processes", [2, 8])
-def test_concurrent_pushes_lose_nothing(hub_home, adapters, tmp_path, processes):
+@pytest.mark.usefixtures("deployment")  # embedded, then team (PostgreSQL + S3)
+def test_concurrent_pushes_lose_nothing(registry, hub_home, adapters, tmp_path, processes):
     lora = adapters("lora")
     per_process = 3
     jobs = []
@@ -52,7 +54,7 @@ def test_concurrent_pushes_lose_nothing(hub_home, adapters, tmp_path, processes)
     ]
     assert [proc.wait(timeout=240) for proc in procs] == [0] * processes
 
-    with Registry(hub_home) as reg:
+    with registry as reg:
         for name in {name for name, _ in jobs}:
             expected_readmes = sorted(
                 (folder / "README.md").read_text()
@@ -62,7 +64,7 @@ def test_concurrent_pushes_lose_nothing(hub_home, adapters, tmp_path, processes)
             )
             versions = reg.versions(name)
             assert [c.version for c in versions] == list(range(1, len(expected_readmes) + 1))
-            readmes = sorted(reg.blob_path(card, "README.md").read_text() for card in versions)
+            readmes = sorted(reg.read_file(card, "README.md").decode() for card in versions)
             assert readmes == expected_readmes
             # Each version's parent is the one before it: the history is a line.
             commits = [c.commit for c in versions]

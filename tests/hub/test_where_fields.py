@@ -25,6 +25,7 @@ def _repos(registry, *where):
     return [c.repo for c in registry.search(where=list(where), sort="name")]
 
 
+@pytest.mark.usefixtures("deployment")  # embedded, then team (PostgreSQL + S3)
 def test_top_level_fields(registry, pushed):
     lora, dora = pushed["team/lora"], pushed["team/dora"]
     assert dora.variant == "dora" and lora.rank is not None
@@ -54,6 +55,7 @@ def test_top_level_fields(registry, pushed):
     assert _repos(registry, f"params_stored<{lora.params_stored}") == smaller
 
 
+@pytest.mark.usefixtures("deployment")  # embedded, then team (PostgreSQL + S3)
 def test_details_keys_by_their_name(registry, pushed):
     ia3 = pushed["team/ia3"]
     key, value = next((k, v) for k, v in ia3.details.items() if isinstance(v, list) and v)
@@ -64,6 +66,7 @@ def test_details_keys_by_their_name(registry, pushed):
     assert _repos(registry, "no_such_field=1") == []
 
 
+@pytest.mark.usefixtures("deployment")  # embedded, then team (PostgreSQL + S3)
 def test_cli_and_errors(hub_home, pushed):
     runner = CliRunner()
     result = runner.invoke(cli, ["ls", "--where", "variant=dora", "--json"])

@@ -53,6 +53,7 @@ def test_existing_output_is_one_error_line(v_lora, llama_base, tmp_path, hub_hom
     )
 
 
+@pytest.mark.usefixtures("deployment")  # embedded, then team (PostgreSQL + S3)
 def test_registry_references_record_commits(v_lora, llama_base, tmp_path, registry):
     pytest.importorskip("hub.inspect")
     card = registry.push(v_lora, name="team/v-lora").card

@@ -3,15 +3,17 @@
 Shared by tests/hub/server and tests/e2e: ``start_server(home, **create_app_options)``
 yields a running server; the ``live_server`` fixture is one over the test's ``hub_home``.
 
-A test module runs its server tests on both deployments (SQLite + a folder, PostgreSQL + S3)
-by opting in: ``pytestmark = pytest.mark.usefixtures("deployment")``. ``live_server`` then
-serves the deployment's catalog and store, and a test that starts its own server passes
-``**deployment``. What the tests check of the server's registry goes through
-``LiveServer.registry()``, ``LiveServer.hub_args()`` (a `hub` process's options) and the
-backend-neutral store probes below (``store_leftovers``, ``in_flight_bytes``,
-``crashed_write``), never through the folder in ``home``. ``serve_process(home, *options)``
-runs the command itself, ``hub serve``, as a process of its own (its workers too, with
-``--workers N``).
+A test module (a server test or any other: tests/conftest.py offers ``deployment`` to all)
+runs on both deployments (SQLite + a folder, PostgreSQL + S3) by opting in:
+``pytestmark = pytest.mark.usefixtures("deployment")``. ``hub_home`` then sets
+``HUB_DATABASE_URL`` / ``HUB_STORE_URL`` on team, the ``registry`` fixture opens it, and
+``live_server`` serves the deployment's catalog and store; a test that starts its own server
+passes ``**deployment``. What the tests check of the registry goes through the ``registry``
+fixture, ``LiveServer.registry()``, ``LiveServer.hub_args()`` (a `hub` process's options) and
+the backend-neutral probes below (``store_leftovers``, ``in_flight_bytes``, ``crashed_write``,
+``overwrite_blob``, ``count_rows``), never through the folder in ``home``.
+``serve_process(home, *options)`` runs the command itself, ``hub serve``, as a process of its
+own (its workers too, with ``--workers N``).
 """
 
 from __future__ import annotations
@@ -219,6 +221,33 @@ def crashed_write(store: Any, size: int) -> None:
     tmp = _local_tmp(store)
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "0123abcd.incomplete").write_bytes(b"x" * size)
+
+
+def count_rows(reg: Any, table: str) -> int:
+    """How many rows ``table`` of ``reg``'s catalog holds, SQLite index or PostgreSQL."""
+    sql = f"SELECT count(*) FROM {table}"
+    if reg.db:
+        import psycopg
+
+        with psycopg.connect(reg.db) as conn:
+            found = conn.execute(sql).fetchone()
+    else:
+        found = reg.catalog.conn.execute(sql).fetchone()
+    return int(found[0])
+
+
+def overwrite_blob(store: Any, digest: str, data: bytes) -> None:
+    """Replace the bytes stored under ``digest`` with ``data`` behind the store's back (a
+    disk's or a bucket's rot, for ``verify`` to find): the file in the folder, or the S3
+    object (and its copy in the local cache, if any)."""
+    if hasattr(store, "client"):
+        store.client.put_object(Bucket=store.bucket, Key=store.key(digest), Body=data)
+        store = store.cache
+        if not store.has(digest):
+            return
+    blob = store.path(digest)
+    blob.chmod(0o644)
+    blob.write_bytes(data)
 
 
 @pytest.fixture
