@@ -4,8 +4,9 @@ serving S3 on 127.0.0.1.
 
 One server per test process (with ``pytest -n N``, one per worker: a few seconds to start,
 about 100 MB of memory each), started on first use, stopped at the end of the session. Every
-test that asks gets a bucket of its own: ``s3_store_url`` is ``s3://BUCKET/PREFIX`` with the
-AWS settings pointing boto3 (and any ``hub serve`` the test starts) at the server.
+test that asks gets a store of its own: ``s3_store_url`` is ``s3://BUCKET/tN/blobs``, a fresh
+prefix of the process's one bucket, with the AWS settings pointing boto3 (and any ``hub
+serve`` the test starts) at the server.
 
 ``store_url`` is the seam for parametrized tests: None (the embedded default, ``--store``
 unset) or such an ``s3://`` URL, once for each kind of store.
@@ -35,6 +36,7 @@ CREDENTIALS = {
     "AWS_REGION": "us-east-1",
 }
 _buckets = itertools.count()
+_prefixes = itertools.count()
 
 
 def _free_ports(n: int) -> list[int]:
@@ -172,10 +174,18 @@ def s3_env(s3_server, monkeypatch) -> S3Server:
     return s3_server
 
 
+@pytest.fixture(scope="session")
+def s3_bucket(s3_server) -> str:
+    """This test process's bucket (one per server: every new bucket is a SeaweedFS
+    collection with volumes of its own, and a few dozen of them exhaust the server)."""
+    return s3_server.create_bucket()
+
+
 @pytest.fixture
-def s3_store_url(s3_env) -> str:
-    """``s3://BUCKET/blobs`` in a fresh bucket of the test server."""
-    return f"s3://{s3_env.create_bucket()}/blobs"
+def s3_store_url(s3_env, s3_bucket) -> str:
+    """``s3://BUCKET/tN/blobs``: a store of the test's own, under a fresh prefix of the
+    process's bucket (the store lists, counts and collects only under its prefix)."""
+    return f"s3://{s3_bucket}/t{next(_prefixes)}/blobs"
 
 
 @pytest.fixture(params=STORES)

@@ -424,6 +424,13 @@ class S3BlobStore(BlobStore):
         except (BotoCoreError, ClientError) as error:
             raise self._unavailable(error) from error
 
+    def uploads_in_progress(self) -> list[dict[str, Any]]:
+        """The multipart uploads begun under this store's prefix and neither completed nor
+        aborted (``Key``, ``UploadId``, ``Initiated``): live writers' and crashed ones'."""
+        return [
+            u for page in self._pages("list_multipart_uploads") for u in page.get("Uploads", ())
+        ]
+
     def iter_digests(self) -> Iterator[str]:
         for page in self._pages("list_objects_v2"):
             for entry in page.get("Contents", ()):
@@ -467,13 +474,12 @@ class S3BlobStore(BlobStore):
 
         freed = self.cache.clear_tmp()
         cutoff = datetime.now(timezone.utc) - UPLOAD_GRACE
-        for page in self._pages("list_multipart_uploads"):
-            for upload in page.get("Uploads", ()):
-                if upload["Initiated"] < cutoff:
-                    with contextlib.suppress(Exception):
-                        self.client.abort_multipart_upload(
-                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                        )
+        for upload in self.uploads_in_progress():
+            if upload["Initiated"] < cutoff:
+                with contextlib.suppress(Exception):
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
         return freed
 
     # -- files on disk ---------------------------------------------------------------------

@@ -27,7 +27,7 @@ def _leftovers(store):
     local = store.cache if isinstance(store, S3BlobStore) else store
     names = sorted(p.name for p in local.tmp.iterdir()) if local.tmp.exists() else []
     if isinstance(store, S3BlobStore):
-        uploads = store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
+        uploads = store.uploads_in_progress()
         names += sorted(upload["Key"] for upload in uploads)
     return names
 

@@ -20,7 +20,7 @@ BIG = os.urandom(1024) * (2 * PART // 1024 + 300)  # two whole parts and a bit
 
 
 def _uploads(store):
-    return store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
+    return store.uploads_in_progress()
 
 
 def test_a_large_blob_goes_up_in_parts_and_appears_only_when_verified(tmp_path, s3_store_url):
@@ -59,7 +59,8 @@ def test_a_file_is_hashed_then_sent_once(tmp_path, s3_store_url):
     again = store.client.head_object(Bucket=store.bucket, Key=store.key(digest))
     assert again["ETag"] == written["ETag"]
     key = store.key(digest)
-    assert key == f"blobs/sha256/{digest[:2]}/{digest}"
+    assert key == f"{s3_store_url.split('/', 3)[3]}/sha256/{digest[:2]}/{digest}"
+    assert key.endswith(f"/blobs/sha256/{digest[:2]}/{digest}")
 
 
 def test_presigned_urls_serve_the_blob_and_its_ranges(tmp_path, s3_store_url):
@@ -155,7 +156,9 @@ def test_the_registry_runs_on_s3(tmp_path, s3_store_url, adapters):
             assert (out / f.path).read_bytes() == (lora / f.path).read_bytes()
         keys = {
             o["Key"]
-            for o in registry.store.client.list_objects_v2(Bucket=registry.store.bucket)["Contents"]
+            for o in registry.store.client.list_objects_v2(
+                Bucket=registry.store.bucket, Prefix=registry.store.prefix
+            )["Contents"]
         }
         assert {registry.store.key(f.sha256) for f in card.files} <= keys
     # Nothing of the blobs under --home but the cache.

@@ -189,8 +189,7 @@ def _local_tmp(store: Any) -> Any:
 def _multipart_uploads(store: Any) -> list[dict[str, Any]]:
     if not hasattr(store, "client"):
         return []
-    pages = store.client.get_paginator("list_multipart_uploads").paginate(Bucket=store.bucket)
-    return [upload for page in pages for upload in page.get("Uploads", ())]
+    return list(store.uploads_in_progress())
 
 
 def store_leftovers(store: Any) -> list[str]:
