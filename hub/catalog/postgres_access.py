@@ -9,12 +9,10 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from hub.catalog.base import TokenRow
-from hub.catalog.rows import utcnow
+from hub.catalog.rows import TOKEN_COLUMNS, token_row, utcnow
 
 if TYPE_CHECKING:
     from hub.catalog.postgres_db import Database
-
-_TOKEN_COLUMNS = "id, name, hash, read, write, created_at, revoked_at"
 
 
 class PostgresAccess:
@@ -28,7 +26,7 @@ class PostgresAccess:
     def add_token(self, token: TokenRow) -> None:
         self._ready().transaction(
             lambda conn: conn.execute(
-                f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s)",
+                f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s)",
                 (
                     token.id,
                     token.name,
@@ -41,28 +39,21 @@ class PostgresAccess:
             )
         )
 
-    @staticmethod
-    def _token(row: Any) -> TokenRow:
-        return TokenRow(
-            row[0], row[1], row[2], tuple(json.loads(row[3])), tuple(json.loads(row[4])),
-            row[5], row[6],
-        )  # fmt: skip
-
     def tokens(self) -> list[TokenRow]:
         rows = self._ready().read(
             lambda conn: conn.execute(
-                f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created_at, id"
+                f"SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, id"
             ).fetchall()
         )
-        return [self._token(row) for row in rows]
+        return [token_row(row) for row in rows]
 
     def token(self, token_id: str) -> TokenRow | None:
         row = self._ready().read(
             lambda conn: conn.execute(
-                f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE id = %s", (token_id,)
+                f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = %s", (token_id,)
             ).fetchone()
         )
-        return self._token(row) if row else None
+        return token_row(row) if row else None
 
     def revoke_token(self, token_id: str, at: str) -> bool:
         return self._ready().transaction(

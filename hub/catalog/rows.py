@@ -8,6 +8,8 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
+from hub.catalog.base import TokenRow
+
 
 def metric_rows(version_id: int, metrics: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """The ``metrics`` table's rows for a card's metric list (``schemas.metrics`` rule)."""
@@ -99,3 +101,15 @@ def forgetting_digests(record: dict[str, Any]) -> tuple[str | None, str | None]:
     return (dataset.get("sha256") if isinstance(dataset, dict) else None), forgetting.get(
         "results_sha256"
     )
+
+
+TOKEN_COLUMNS = "id, name, hash, read, write, created_at, revoked_at"
+"""The ``tokens`` table's columns, in the order ``token_row`` reads them."""
+
+
+def token_row(row: Any) -> TokenRow:
+    """A ``TokenRow`` from a ``SELECT TOKEN_COLUMNS`` row (scopes stored as JSON lists)."""
+    return TokenRow(
+        row[0], row[1], row[2], tuple(json.loads(row[3])), tuple(json.loads(row[4])),
+        row[5], row[6],
+    )  # fmt: skip

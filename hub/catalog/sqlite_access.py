@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hub.catalog.base import TokenRow
-from hub.catalog.rows import forgetting_digests, utcnow
+from hub.catalog.rows import TOKEN_COLUMNS, forgetting_digests, token_row, utcnow
 
 
 class SqliteAccess:
@@ -26,8 +26,7 @@ class SqliteAccess:
     def add_token(self, token: TokenRow) -> None:
         with self.write() as conn:
             conn.execute(
-                "INSERT INTO tokens (id, name, hash, read, write, created_at, revoked_at)"
-                " VALUES (?,?,?,?,?,?,?)",
+                f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
                 (
                     token.id,
                     token.name,
@@ -39,26 +38,17 @@ class SqliteAccess:
                 ),
             )
 
-    _TOKEN_COLUMNS = "id, name, hash, read, write, created_at, revoked_at"
-
-    @staticmethod
-    def _token(row: Any) -> TokenRow:
-        return TokenRow(
-            row[0], row[1], row[2], tuple(json.loads(row[3])), tuple(json.loads(row[4])),
-            row[5], row[6],
-        )  # fmt: skip
-
     def tokens(self) -> list[TokenRow]:
         rows = self.conn.execute(
-            f"SELECT {self._TOKEN_COLUMNS} FROM tokens ORDER BY created_at"
+            f"SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at"
         ).fetchall()
-        return [self._token(row) for row in rows]
+        return [token_row(row) for row in rows]
 
     def token(self, token_id: str) -> TokenRow | None:
         row = self.conn.execute(
-            f"SELECT {self._TOKEN_COLUMNS} FROM tokens WHERE id = ?", (token_id,)
+            f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?", (token_id,)
         ).fetchone()
-        return self._token(row) if row else None
+        return token_row(row) if row else None
 
     def revoke_token(self, token_id: str, at: str) -> bool:
         with self.write() as conn:

@@ -269,3 +269,21 @@ def hf_env(server: LiveServer, token: str, tmp_path: Path, *, xet: bool) -> dict
     if not xet:
         env["HF_HUB_DISABLE_XET"] = "1"
     return env
+
+
+def lfs_upload_href(url: str, token: str, data: bytes) -> str:
+    """The signed upload URL a Git LFS batch answer of the server ``url`` gives for ``data``."""
+    import hashlib
+    import json
+    import urllib.request
+
+    oid = hashlib.sha256(data).hexdigest()
+    batch = urllib.request.Request(
+        f"{url}/team/lfs.git/info/lfs/objects/batch",
+        data=json.dumps(
+            {"operation": "upload", "objects": [{"oid": oid, "size": len(data)}]}
+        ).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(batch) as response:
+        return str(json.loads(response.read())["objects"][0]["actions"]["upload"]["href"])

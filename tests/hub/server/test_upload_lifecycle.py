@@ -31,6 +31,7 @@ from tests.hub.server.live import (
     LiveServer,
     crashed_write,
     in_flight_bytes,
+    lfs_upload_href,
     start_server,
     store_leftovers,
 )
@@ -283,19 +284,6 @@ def test_a_pending_upload_is_private_to_its_uploader(live_server, tokens, adapte
     assert http_status(blob_url, tokens["reader"]) == 200  # committed: readers of team see it
 
 
-def _lfs_ticket(url: str, token: str, data: bytes) -> str:
-    oid = hashlib.sha256(data).hexdigest()
-    batch = urllib.request.Request(
-        f"{url}/team/lfs.git/info/lfs/objects/batch",
-        data=json.dumps(
-            {"operation": "upload", "objects": [{"oid": oid, "size": len(data)}]}
-        ).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(batch) as response:
-        return str(json.loads(response.read())["objects"][0]["actions"]["upload"]["href"])
-
-
 def test_lfs_upload_links_die_with_their_token(tmp_path, deployment):
     with start_server(tmp_path / "home", inline_upload_max=0, **deployment) as server:
         with server.registry() as reg:
@@ -303,8 +291,8 @@ def test_lfs_upload_links_die_with_their_token(tmp_path, deployment):
             token_id = token.split("_")[1]
         before = b"issued before the revocation"
         during = b"revoked mid-upload" * ((PART + 4 * MiB) // 18)  # over one S3 part
-        early = _lfs_ticket(server.url, token, before)
-        late = _lfs_ticket(server.url, token, during)
+        early = lfs_upload_href(server.url, token, before)
+        late = lfs_upload_href(server.url, token, during)
         # An upload under way when the token is revoked is not kept either.
         host, port = server.url.removeprefix("http://").split(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=60)

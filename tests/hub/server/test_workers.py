@@ -5,7 +5,6 @@ the catalog's settings."""
 from __future__ import annotations
 
 import hashlib
-import json
 import urllib.error
 import urllib.request
 
@@ -14,21 +13,7 @@ import pytest
 from hub import Registry
 from hub.server.common import LFS_KEY_SETTING
 from hub.tokens import create_token
-from tests.hub.server.live import serve_process, start_server
-
-
-def _upload_href(url: str, token: str, data: bytes) -> str:
-    """The signed upload URL a Git LFS batch answer of the server ``url`` gives for ``data``."""
-    oid = hashlib.sha256(data).hexdigest()
-    batch = urllib.request.Request(
-        f"{url}/team/lfs.git/info/lfs/objects/batch",
-        data=json.dumps(
-            {"operation": "upload", "objects": [{"oid": oid, "size": len(data)}]}
-        ).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(batch) as response:
-        return str(json.loads(response.read())["objects"][0]["actions"]["upload"]["href"])
+from tests.hub.server.live import lfs_upload_href, serve_process, start_server
 
 
 def _put(href: str, data: bytes) -> int:
@@ -43,13 +28,13 @@ def test_two_apps_on_one_catalog_accept_each_others_upload_links(db_url, tmp_pat
     with start_server(home, db=db_url) as one, start_server(home, db=db_url) as two:
         for signer, receiver in ((one, two), (two, one)):
             data = f"signed by {signer.url}".encode()
-            href = _upload_href(signer.url, token, data)
+            href = lfs_upload_href(signer.url, token, data)
             assert _put(href.replace(signer.url, receiver.url), data) == 200
             with Registry(home, db=db_url) as reg:
                 assert reg.store.has(hashlib.sha256(data).hexdigest())
         # A link signed with any other key is refused by both.
         data = b"forged"
-        href = _upload_href(one.url, token, data)
+        href = lfs_upload_href(one.url, token, data)
         forged = href[: href.index("ticket=") + len("ticket=")] + "0" * 64
         for server in (one, two):
             with pytest.raises(urllib.error.HTTPError) as refused:
@@ -72,7 +57,7 @@ def test_two_hub_serve_processes_accept_each_others_upload_links(db_url, tmp_pat
     ):
         for signer, receiver in ((one, two), (two, one)):
             data = f"signed by {signer}".encode()
-            href = _upload_href(signer, token, data)
+            href = lfs_upload_href(signer, token, data)
             assert _put(href.replace(signer, receiver), data) == 200
             with Registry(home, db=db_url) as reg:
                 assert reg.store.has(hashlib.sha256(data).hexdigest())
