@@ -41,7 +41,7 @@ from schemas.formats import DEVICES, DTYPES, FORMATS, GGUF_QUANTS, K_QUANTS
     "--device",
     type=click.Choice(DEVICES),
     help="Where the merge runs for safetensors, gguf and fp8 (default auto: CUDA when"
-    " available); refused for gguf-lora and vllm-bundle, which merge nothing.",
+    " available); cpu and cuda are refused for gguf-lora and vllm-bundle, which merge nothing.",
 )
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @json_option
@@ -72,7 +72,8 @@ def export(
 
     With --device cuda (or auto on a machine with a GPU) each tensor an adapter changes is
     merged on the GPU in fp32 and rounded there; reading and writing stream on the CPU as
-    before, and untouched tensors are copied as they are. The result equals the CPU's
+    before, and untouched tensors are copied as they are (fp8 and gguf quantize them on the
+    GPU too). The result equals the CPU's
     within the float bound: a value may differ by one step of the output dtype where the
     fp32 sums differ in their last bits. PEFT-merged methods move the whole fp32 model to
     the GPU, which must hold it (use --device cpu otherwise).

@@ -28,7 +28,8 @@ class ExportSpec(BaseModel):
     quant: str | None = None
     """GGUF tensor type: f16, bf16, q8_0, q4_0, or a K-quant such as q4_k_m (gguf only)."""
     device: Literal["auto", "cpu", "cuda"] | None = None
-    """Where the merge runs (the formats that merge only; unset means ``auto``)."""
+    """Where the merge runs (the formats that merge only; unset means ``auto``: CUDA when
+    available)."""
 
     @classmethod
     def of(
@@ -66,10 +67,13 @@ class ExportSpec(BaseModel):
             raise InvalidArgument(
                 f"unknown --device {device!r}: choose one of {', '.join(DEVICES)}"
             )
+        if device == "auto":
+            device = None  # the default, also where nothing is merged
         if device is not None and format not in MERGING_FORMATS:
             raise InvalidArgument(
-                f"--device does not apply to --format {format}: it merges nothing (the adapters"
-                f" are written as they are); --device applies to {', '.join(MERGING_FORMATS)}"
+                f"--device {device} does not apply to --format {format}: it merges nothing (the"
+                f" adapters are written as they are); --device applies to"
+                f" {', '.join(MERGING_FORMATS)}"
             )
         return cls.model_validate(
             {"format": format, "dtype": dtype, "quant": quant, "device": device}

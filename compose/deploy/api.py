@@ -90,8 +90,8 @@ def export_model(
             ``auto`` (the default: CUDA when available), ``cpu`` or ``cuda``. Reading and
             writing stream on the CPU either way. A GPU result is the CPU's within the float
             bound (fp32 on both, rounded once), so its bytes may differ by one step of the
-            output dtype where the fp32 values differ in their last bits. Refused for
-            gguf-lora and vllm-bundle, which merge nothing.
+            output dtype where the fp32 values differ in their last bits. ``cpu`` and
+            ``cuda`` are refused for gguf-lora and vllm-bundle, which merge nothing.
         force: replace an existing output folder.
         base_label: how to name the base in the model card (default: its folder).
         recipe: the composite recipe to record in the model card, if any.

@@ -125,19 +125,24 @@ def test_peft_merged_methods_record_the_device(adapters, base_dir, tmp_path):
     assert result.details["merge"].startswith("merged by PEFT's merge_and_unload")
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("fmt", ["gguf-lora", "vllm-bundle"])
-def test_device_is_refused_where_nothing_is_merged(fmt, stack, llama_base, tmp_path):
+def test_a_device_is_refused_where_nothing_is_merged(fmt, device, stack, llama_base, tmp_path):
     with pytest.raises(InvalidArgument) as refused:
-        export_model(stack[:1], llama_base, tmp_path / "out", format=fmt, device="cpu")
+        export_model(stack[:1], llama_base, tmp_path / "out", format=fmt, device=device)
     assert str(refused.value) == (
-        f"--device does not apply to --format {fmt}: it merges nothing (the adapters are written"
-        " as they are); --device applies to safetensors, gguf, fp8"
+        f"--device {device} does not apply to --format {fmt}: it merges nothing (the adapters"
+        " are written as they are); --device applies to safetensors, gguf, fp8"
     )
     assert not list(tmp_path.iterdir())
 
 
-def test_bundles_record_no_device(stack, llama_base, tmp_path):
-    result = export_model(stack[:1], llama_base, tmp_path / "out", format="vllm-bundle")
+def test_auto_is_the_default_where_nothing_is_merged_and_records_no_device(
+    stack, llama_base, tmp_path
+):
+    result = export_model(
+        stack[:1], llama_base, tmp_path / "out", format="vllm-bundle", device="auto"
+    )
     assert "device" not in result.details
 
 
