@@ -183,14 +183,13 @@ def check_safetensors(adapters: list[Path], base: Path, tmp_path: Path, dtype: s
             assert_one_step(on_gpu[name], value, name)
 
 
-def test_fp8_on_the_gpu_is_the_cpus_within_one_step(folders, fp32_base, tmp_path):
+@pytest.mark.parametrize("case", ["stack", "ia3"])  # ia3 leaves q, o, gate and up untouched
+def test_fp8_on_the_gpu_is_the_cpus_within_one_step(case, folders, fp32_base, tmp_path):
     pytest.importorskip("compressed_tensors")
-    cpu, gpu = export_both(folders("stack"), fp32_base, tmp_path, format="fp8")
+    cpu, gpu = export_both(folders(case), fp32_base, tmp_path, format="fp8")
 
     touched = {
-        e.target
-        for f in folders("stack")
-        for e in load_adapter(f, BaseFolder.open(fp32_base)).edits
+        e.target for f in folders(case) for e in load_adapter(f, BaseFolder.open(fp32_base)).edits
     }
     on_cpu, on_gpu = tensors(cpu.path), tensors(gpu.path)
     assert sorted(on_gpu) == sorted(on_cpu)
