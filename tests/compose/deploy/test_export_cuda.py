@@ -185,7 +185,6 @@ def check_safetensors(adapters: list[Path], base: Path, tmp_path: Path, dtype: s
 
 @pytest.mark.parametrize("case", ["stack", "ia3"])  # ia3 leaves q, o, gate and up untouched
 def test_fp8_on_the_gpu_is_the_cpus_within_one_step(case, folders, fp32_base, tmp_path):
-    pytest.importorskip("compressed_tensors")
     cpu, gpu = export_both(folders(case), fp32_base, tmp_path, format="fp8")
 
     touched = {
