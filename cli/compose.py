@@ -11,6 +11,7 @@ from cli.backends import registry_of
 from cli.output import human_size, json_option, print_json
 from compose.operators import OPERATORS
 from schemas.errors import InvalidRecipe
+from schemas.formats import DEVICES
 
 _EXAMPLES = {
     "cat": "hub compose cat team/sql-lora team/chat-lora --name team/sql-chat --weights 1,1",
@@ -68,7 +69,7 @@ def _rank(text: str | None) -> int | str | None:
 
 device_option = click.option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
+    type=click.Choice(DEVICES),
     default="auto",
     show_default=True,
     help="Where the merge math runs (auto: CUDA when available).",

@@ -8,7 +8,7 @@ import click
 
 from cli.backends import registry_of
 from cli.output import human_size, json_option, print_json
-from schemas.formats import DTYPES, FORMATS, GGUF_QUANTS, K_QUANTS
+from schemas.formats import DEVICES, DTYPES, FORMATS, GGUF_QUANTS, K_QUANTS
 
 
 @click.command()
@@ -37,6 +37,12 @@ from schemas.formats import DTYPES, FORMATS, GGUF_QUANTS, K_QUANTS
     type=click.Choice(GGUF_QUANTS + K_QUANTS, case_sensitive=False),
     help="GGUF type (default f16); K-quants need llama-cpp-python.",
 )
+@click.option(
+    "--device",
+    type=click.Choice(DEVICES),
+    help="Where the merge runs for safetensors, gguf and fp8 (default auto: CUDA when"
+    " available); cpu and cuda are refused for gguf-lora and vllm-bundle, which merge nothing.",
+)
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @json_option
 @click.pass_context
@@ -48,6 +54,7 @@ def export(
     fmt: str,
     dtype: str | None,
     quant: str | None,
+    device: str | None,
     force: bool,
     as_json: bool,
 ) -> None:
@@ -63,12 +70,22 @@ def export(
     method table) go through PEFT's merge_and_unload, which holds the whole model in memory
     and writes safetensors only.
 
+    With --device cuda (or auto on a machine with a GPU) each tensor an adapter changes is
+    merged on the GPU in fp32 and rounded there; reading and writing stream on the CPU as
+    before, and untouched tensors are copied as they are (fp8 and gguf quantize them on the
+    GPU too). The result equals the CPU's
+    within the float bound: a value may differ by one step of the output dtype where the
+    fp32 sums differ in their last bits. PEFT-merged methods move the whole fp32 model to
+    the GPU, which must hold it (use --device cpu otherwise).
+
     \b
     Example:
         hub export team/sql-lora@prod --base models/llama -o deploy/sql
         hub export team/sql-lora --base models/llama -o deploy/sql-gguf --format gguf --quant q8_0
         hub export team/sql-lora team/chat-lora --base models/llama -o deploy/bundle \\
             --format vllm-bundle
+        hub export team/sql-lora --base models/llama -o deploy/sql-fp8 --format fp8 \\
+            --device cuda
     """
     result = registry_of(ctx).export(
         list(refs),
@@ -77,6 +94,7 @@ def export(
         format=fmt,
         dtype=dtype,
         quant=quant,
+        device=device,
         force=force,
     )
     if as_json:

@@ -35,6 +35,7 @@ def export(
     format: str = "safetensors",
     dtype: str | None = None,
     quant: str | None = None,
+    device: str | None = None,
     force: bool = False,
     progress: bool = True,
 ) -> ExportResult:
@@ -71,6 +72,7 @@ def export(
                 format=format,
                 dtype=dtype,
                 quant=quant,
+                device=device,
                 force=force,
                 base_label=base_label,
                 recipe=recipe,

@@ -729,6 +729,7 @@ class Registry:
         format: str = "safetensors",
         dtype: str | None = None,
         quant: str | None = None,
+        device: str | None = None,
         force: bool = False,
         progress: bool = True,
     ) -> Any:
@@ -736,7 +737,9 @@ class Registry:
 
         ``refs`` are references (``ns/name@rev``) or adapter folders; ``base`` is a model folder
         or a reference. Formats: ``safetensors``, ``gguf``, ``gguf-lora``, ``fp8``,
-        ``vllm-bundle``. The output folder appears whole or not at all.
+        ``vllm-bundle``. ``device`` (``auto``, ``cpu``, ``cuda``; unset: ``auto``) is where
+        the merge runs, for the formats that merge. The output folder appears whole or not at
+        all.
 
         Returns:
             ``compose.deploy.ExportResult`` (path, files, sizes, format details).
@@ -760,6 +763,7 @@ class Registry:
             format=format,
             dtype=dtype,
             quant=quant,
+            device=device,
             force=force,
             progress=progress,
         )

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from schemas.errors import InvalidArgument
-from schemas.formats import DTYPES, FORMATS, GGUF_QUANTS, K_QUANTS
+from schemas.formats import DEVICES, DTYPES, FORMATS, GGUF_QUANTS, K_QUANTS, MERGING_FORMATS
 
 ExportFormat = Literal["safetensors", "gguf", "gguf-lora", "fp8", "vllm-bundle"]
 
@@ -27,10 +27,17 @@ class ExportSpec(BaseModel):
     """Output dtype of merged weights (default: the base's own dtype)."""
     quant: str | None = None
     """GGUF tensor type: f16, bf16, q8_0, q4_0, or a K-quant such as q4_k_m (gguf only)."""
+    device: Literal["auto", "cpu", "cuda"] | None = None
+    """Where the merge runs (the formats that merge only; unset means ``auto``: CUDA when
+    available)."""
 
     @classmethod
     def of(
-        cls, format: str = "safetensors", dtype: str | None = None, quant: str | None = None
+        cls,
+        format: str = "safetensors",
+        dtype: str | None = None,
+        quant: str | None = None,
+        device: str | None = None,
     ) -> ExportSpec:
         """Check the combination first, with one-line messages that name the option.
 
@@ -56,4 +63,18 @@ class ExportSpec(BaseModel):
                 raise InvalidArgument(
                     f"unknown --quant {quant!r} for {format}: choose one of {', '.join(allowed)}"
                 )
-        return cls.model_validate({"format": format, "dtype": dtype, "quant": quant})
+        if device is not None and device not in DEVICES:
+            raise InvalidArgument(
+                f"unknown --device {device!r}: choose one of {', '.join(DEVICES)}"
+            )
+        if device == "auto":
+            device = None  # the default, also where nothing is merged
+        if device is not None and format not in MERGING_FORMATS:
+            raise InvalidArgument(
+                f"--device {device} does not apply to --format {format}: it merges nothing (the"
+                f" adapters are written as they are); --device applies to"
+                f" {', '.join(MERGING_FORMATS)}"
+            )
+        return cls.model_validate(
+            {"format": format, "dtype": dtype, "quant": quant, "device": device}
+        )

@@ -8,3 +8,8 @@ GGUF_QUANTS: tuple[str, ...] = ("f16", "bf16", "q8_0", "q4_0")
 """Written by the ``gguf`` package itself."""
 K_QUANTS: tuple[str, ...] = ("q2_k", "q3_k_m", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
 """Through llama.cpp's quantizer (llama-cpp-python), when it is installed."""
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+"""Where merge math runs (``hub compose``, ``hub export``); ``auto`` is CUDA when available
+(``compose.evaluate.device_for`` resolves it)."""
+MERGING_FORMATS: tuple[str, ...] = ("safetensors", "gguf", "fp8")
+"""The export formats that merge adapters into the base's weights (the others ship them)."""

@@ -181,8 +181,13 @@ def _group(tensors: dict[str, Tensor], method: str, modules_to_save: Any = None)
     return out
 
 
-def load_adapter(folder: str | Path, base: BaseFolder, label: str | None = None) -> Adapter:
+def load_adapter(
+    folder: str | Path, base: BaseFolder, label: str | None = None, *, device: str = "cpu"
+) -> Adapter:
     """Read an adapter folder and turn it into shape-checked edits on ``base``.
+
+    The factors are widened to fp32 and moved to ``device`` once, here, so every edit's
+    closure holds tensors where the merge runs (``MergePlan.device``).
 
     Raises:
         InvalidAdapter: missing/malformed config or weights.
@@ -221,7 +226,10 @@ def load_adapter(folder: str | Path, base: BaseFolder, label: str | None = None)
     _check_architecture(config, base, label)
     _check_layer_replication(config, base, label)
     headers, _ = read_header(weights)
-    tensors = {name: read_tensor(info).to(torch.float32) for name, info in headers.items()}
+    tensors = {
+        name: read_tensor(info).to(device=device, dtype=torch.float32)
+        for name, info in headers.items()
+    }
     adapter = Adapter(path, label, config, method)
     grouped = _group(tensors, method, config.get("modules_to_save"))
     if grouped.copies:
@@ -318,7 +326,7 @@ def _token_edits(
             f"adapter {label}: trainable_token_indices {indices} for {module} are not all token"
             f" ids below the vocabulary size {shape[0]}"
         )
-    ids = torch.tensor(indices)
+    ids = torch.tensor(indices, device=rows.device)
     edit = Edit(
         target,
         module,

@@ -31,6 +31,7 @@ from compose.deploy.writers import ShardCopier
 from compose.staging import check_output, staged_folder
 from schemas.errors import InvalidArgument
 from schemas.export import ExportSpec
+from schemas.formats import MERGING_FORMATS
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ class ExportResult:
     adapters: list[str]
     untied: bool = False
     details: dict[str, Any] = field(default_factory=dict)
-    """Format facts: GGUF tensor type, the vLLM serve command, FP8 scheme..."""
+    """Format facts: GGUF tensor type, the vLLM serve command, FP8 scheme, the ``device``
+    the merge ran on (``cpu``/``cuda``, for the formats that merge)..."""
 
 
 def export_model(
@@ -68,6 +70,7 @@ def export_model(
     format: str = "safetensors",
     dtype: str | None = None,
     quant: str | None = None,
+    device: str | None = None,
     force: bool = False,
     base_label: str | None = None,
     recipe: dict[str, Any] | None = None,
@@ -83,6 +86,12 @@ def export_model(
         format: ``safetensors``, ``gguf``, ``gguf-lora``, ``fp8`` or ``vllm-bundle``.
         dtype: ``bf16``/``fp16``/``fp32`` for safetensors (default: the base's dtype).
         quant: GGUF type (``f16``, ``bf16``, ``q8_0``, ``q4_0``, K-quants with llama-cpp-python).
+        device: where the merge runs for the formats that merge (safetensors, gguf, fp8):
+            ``auto`` (the default: CUDA when available), ``cpu`` or ``cuda``. Reading and
+            writing stream on the CPU either way. A GPU result is the CPU's within the float
+            bound (fp32 on both, rounded once), so its bytes may differ by one step of the
+            output dtype where the fp32 values differ in their last bits. ``cpu`` and
+            ``cuda`` are refused for gguf-lora and vllm-bundle, which merge nothing.
         force: replace an existing output folder.
         base_label: how to name the base in the model card (default: its folder).
         recipe: the composite recipe to record in the model card, if any.
@@ -92,14 +101,21 @@ def export_model(
         ``ExportResult`` with the folder, files and sizes.
 
     Raises:
-        InvalidArgument, OutputExists, InsufficientDiskSpace, InvalidAdapter,
-        IncompatibleAdapters (shapes, architecture, unsupported method for the format).
+        InvalidArgument (also ``--device cuda`` without a CUDA device), OutputExists,
+        InsufficientDiskSpace, InvalidAdapter, IncompatibleAdapters (shapes, architecture,
+        unsupported method for the format).
 
     Example:
         >>> export_model(["out/sql-lora"], "models/llama", "deploy/llama-sql")  # doctest: +SKIP
+        >>> export_model(["out/sql-lora"], "models/llama", "deploy/llama-sql-fp8",
+        ...              format="fp8", device="cuda")                       # doctest: +SKIP
     """
     started = time.perf_counter()
-    spec = ExportSpec.of(format, dtype, quant)
+    spec = ExportSpec.of(format, dtype, quant, device)
+    merges = spec.format in MERGING_FORMATS
+    # An explicit cuda is checked before anything is written (it imports torch first, which
+    # cpu and auto leave for later, overlapping the import with the base's copy).
+    where = _merge_device(spec.device) if spec.device == "cuda" else None
     sources = [a if isinstance(a, AdapterSource) else _source(a) for a in adapters]
     if not sources and spec.format in ("gguf-lora", "vllm-bundle"):
         raise InvalidArgument(f"--format {spec.format} needs at least one adapter")
@@ -115,7 +131,14 @@ def export_model(
         # Methods only PEFT can merge: the whole stack goes through merge_and_unload.
         check_peft_format([(r, lab) for r, lab in rows if r is not None], spec)
         files, size, details = export_with_peft(
-            base_folder, sources, target, spec, force=force, base_label=label, recipe=recipe
+            base_folder,
+            sources,
+            target,
+            spec,
+            force=force,
+            base_label=label,
+            recipe=recipe,
+            device=where or _merge_device(spec.device),
         )
         return ExportResult(
             target,
@@ -144,7 +167,11 @@ def export_model(
             # Formats that read the whole base start the disk on it now, for the same reason.
             read_ahead = ReadAhead([base_folder.path / shard for shard in base_folder.shards])
             stack.callback(read_ahead.close)
-        loaded = [load_adapter(s.path, base_folder, s.label) for s in sources]
+        if merges:
+            where = where or _merge_device(spec.device)
+        loaded = [
+            load_adapter(s.path, base_folder, s.label, device=where or "cpu") for s in sources
+        ]
         check_resized_format(loaded, base_folder, spec.format)
         check = _CHECKS.get(spec.format)
         if check is not None:
@@ -153,13 +180,14 @@ def export_model(
             check_disk_space(target, _estimate(base_folder, loaded, spec))
             staging = stack.enter_context(staged_folder(target, force=force))
         tracked = _tracked(progress, read_ahead)
+        on = {"device": where} if where is not None else {}
         if copier is not None:
             details, untied = _write_safetensors(
-                base_folder, loaded, sources, staging, spec, tracked, copier=copier
+                base_folder, loaded, sources, staging, spec, tracked, copier=copier, **on
             )
         else:
             details, untied = _WRITERS[spec.format](
-                base_folder, loaded, sources, staging, spec, tracked
+                base_folder, loaded, sources, staging, spec, tracked, **on
             )
         card = model_card(
             title=f"{Path(target).name}",
@@ -170,6 +198,9 @@ def export_model(
             recipe=recipe,
         )
         (staging / "README.md").write_text(card)
+        if where is not None:
+            # In the result, not the card: the output says what it is, not where it was made.
+            details = {**details, "device": where}
         files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
         size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
     return ExportResult(
@@ -198,6 +229,16 @@ def _tracked(
             progress(nbytes)
 
     return advance
+
+
+def _merge_device(requested: str | None) -> str:
+    """Where the merge runs: ``cpu`` or ``cuda``, as ``device_for`` resolves ``auto`` (unset)
+    for every command with ``--device``; ``cuda`` without a GPU is its one-line error."""
+    if requested == "cpu":
+        return "cpu"  # without importing torch: the base's copy starts first
+    from compose.evaluate import device_for
+
+    return device_for(requested or "auto").type
 
 
 def _source(path: str | os.PathLike[str]) -> AdapterSource:
@@ -229,10 +270,11 @@ def _write_safetensors(
     spec: ExportSpec,
     progress: Callable[[int], None] | None,
     copier: ShardCopier | None = None,
+    device: str = "cpu",
 ) -> tuple[dict[str, Any], bool]:
     from compose.deploy.merged import export_safetensors, make_plan, write_config, write_index
 
-    plan = make_plan(base, adapters)
+    plan = make_plan(base, adapters, device)
     if copier is not None and plan.untie:  # keeps_layout is conservative: never true
         raise RuntimeError(f"{base.path}: the base was copied to be patched, but must be untied")
     weight_map = export_safetensors(
@@ -256,16 +298,16 @@ def copy_side_files(base: BaseFolder, staging: Path) -> None:
         shutil.copy2(path, staging / path.name)
 
 
-def _write_fp8(*args: Any) -> tuple[dict[str, Any], bool]:
+def _write_fp8(*args: Any, **kwargs: Any) -> tuple[dict[str, Any], bool]:
     from compose.deploy.fp8 import write_fp8
 
-    return write_fp8(*args)
+    return write_fp8(*args, **kwargs)
 
 
-def _write_gguf(*args: Any) -> tuple[dict[str, Any], bool]:
+def _write_gguf(*args: Any, **kwargs: Any) -> tuple[dict[str, Any], bool]:
     from compose.deploy.gguf_model import write_gguf
 
-    return write_gguf(*args)
+    return write_gguf(*args, **kwargs)
 
 
 def _write_gguf_lora(*args: Any) -> tuple[dict[str, Any], bool]:

@@ -21,6 +21,7 @@ from compose.deploy.merged import (
     merged_blocks,
     merged_rounded,
     merged_tensor,
+    widened,
     write_config,
     write_index,
 )
@@ -87,8 +88,10 @@ def write_fp8(
     staging: Path,
     spec: ExportSpec,
     progress: Callable[[int], None] | None,
+    device: str = "cpu",
 ) -> tuple[dict[str, Any], bool]:
-    """Merged FP8 shards, index, config with ``quantization_config``, tokenizer files."""
+    """Merged FP8 shards, index, config with ``quantization_config``, tokenizer files; the
+    merge and the quantization run on ``device``."""
     import torch
 
     model_type = str(base.text_config().get("model_type", ""))
@@ -99,7 +102,7 @@ def write_fp8(
         )
     dtype = spec.dtype or "bf16"
     keep = torch_dtype(DTYPES[dtype])
-    plan = make_plan(base, adapters)
+    plan = make_plan(base, adapters, device)
 
     def entries_for(
         name: str, info: TensorInfo, target: str
@@ -111,7 +114,8 @@ def write_fp8(
 
     def transform(name: str, info: TensorInfo, data: torch.Tensor) -> list[tuple[str, Any]]:
         """Base tensor ``data`` -> the output tensors, merged and quantized per block of rows
-        (the per-channel scales are per row, so blocks quantize exactly like the whole)."""
+        (the per-channel scales are per row, so blocks quantize exactly like the whole). On a
+        GPU every linear weight, touched or not, is quantized there whole."""
         if not _is_linear(name, info, base):
             target = DTYPES[dtype] if info.is_float else info.dtype
             merged = merged_rounded(plan, name, target, data)
@@ -121,9 +125,11 @@ def write_fp8(
         blocks = merged_blocks(plan, name, data)
         if blocks is None:
             merged = merged_tensor(plan, name, data)
-            blocks = iter([(slice(None), merged if merged is not None else data.float())])
+            blocks = iter([(slice(None), merged if merged is not None else widened(plan, data))])
         for rows, block in blocks:
-            q[rows], scale[rows] = quantize_fp8(block, keep)
+            q_rows, scale_rows = quantize_fp8(block, keep)
+            q[rows].copy_(q_rows)  # from the GPU: only the fp8 bytes and scales come back
+            scale[rows].copy_(scale_rows)
         return [(name, q), (name.removesuffix(".weight") + ".weight_scale", scale)]
 
     weight_map = export_safetensors(

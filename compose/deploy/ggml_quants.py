@@ -22,10 +22,14 @@ BLOCK = 32
 TYPE_SIZES = {"Q8_0": 2 + BLOCK, "Q4_0": 2 + BLOCK // 2}
 ROWS_ELEMENTS = 1 << 18
 """Elements quantized per step (1 MiB of fp32 in, its temporaries stay in cache)."""
+DEVICE_ROWS_ELEMENTS = 1 << 26
+"""The same on a GPU: few large steps (a kernel launch per small step would dominate), each
+bounded so its temporaries take a few hundred MiB, not a few copies of the largest tensor."""
 
 
 def quantize(weight: torch.Tensor, kind: str) -> torch.Tensor:
-    """The GGML bytes (``uint8``, shape ``(rows, row_bytes)``) of a 2-D fp32 ``weight``.
+    """The GGML bytes (``uint8``, shape ``(rows, row_bytes)``) of a 2-D fp32 ``weight``, on
+    its device (the same float32 operations on a GPU: the same bytes for the same input).
 
     Raises:
         ValueError: ``kind`` is not Q8_0/Q4_0, or rows are not whole blocks of 32.
@@ -38,8 +42,11 @@ def quantize(weight: torch.Tensor, kind: str) -> torch.Tensor:
     if width % BLOCK:
         raise ValueError(f"rows of {width} are not whole blocks of {BLOCK}")
     blocks_per_row = width // BLOCK
-    out = torch.empty((rows, blocks_per_row * TYPE_SIZES[kind]), dtype=torch.uint8)
-    step = max(1, ROWS_ELEMENTS // width)
+    out = torch.empty(
+        (rows, blocks_per_row * TYPE_SIZES[kind]), dtype=torch.uint8, device=weight.device
+    )
+    elements = ROWS_ELEMENTS if weight.device.type == "cpu" else DEVICE_ROWS_ELEMENTS
+    step = max(1, elements // width)
     encode = _q8_0 if kind == "Q8_0" else _q4_0
     for start in range(0, rows, step):
         stop = min(start + step, rows)
@@ -64,7 +71,9 @@ def _roundf(values: torch.Tensor) -> torch.Tensor:
     """C's ``roundf`` in three passes (the same results as gguf's numpy ``np_roundf``)."""
     import torch
 
-    return torch.trunc(values.addcmul_(torch.sign(values), torch.tensor(HALF_BELOW)))
+    return torch.trunc(
+        values.addcmul_(torch.sign(values), torch.tensor(HALF_BELOW, device=values.device))
+    )
 
 
 def _scale_bytes(d: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from compose.deploy.adapters import Adapter
 from compose.deploy.base import BaseFolder
-from compose.deploy.merged import MergePlan, make_plan, merged_blocks, merged_tensor
+from compose.deploy.merged import (
+    MergePlan,
+    exact_fp32,
+    make_plan,
+    merged_blocks,
+    merged_tensor,
+    widened,
+)
 from compose.deploy.stio import read_tensor
 from schemas.errors import InvalidArgument
 from schemas.export import K_QUANTS, ExportSpec
@@ -164,10 +171,12 @@ def write_gguf(
     staging: Path,
     spec: ExportSpec,
     progress: Callable[[int], None] | None,
+    device: str = "cpu",
 ) -> tuple[dict[str, Any], bool]:
-    """Write ``model-<quant>.gguf`` (and an ollama ``Modelfile``) into ``staging``."""
+    """Write ``model-<quant>.gguf`` (and an ollama ``Modelfile``) into ``staging``; tensors
+    are merged and encoded on ``device``."""
     quant = spec.quant or "f16"
-    plan = make_plan(base, adapters)
+    plan = make_plan(base, adapters, device)
     if quant in K_QUANTS:
         lossless = "bf16" if _base_is_bf16(base) else "f16"
         intermediate = staging / f".intermediate-{lossless}.gguf"
@@ -256,7 +265,7 @@ def _write(plan: MergePlan, path: Path, mode: str, progress: Callable[[int], Non
 
     pending: list[Future[None]] = []
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="gguf-write") as io:
+        with exact_fp32(plan.device), ThreadPoolExecutor(1, thread_name_prefix="gguf-write") as io:
             for name, _, _shape, kind in order:
                 if not name:
                     assert rope_factors is not None
@@ -295,7 +304,8 @@ def _merged_encoded(plan: MergePlan, name: str, kind: Any, heads: int | None) ->
 
     Merged, permuted and quantized block by block (``merged_blocks``): memory holds the base
     tensor and its encoding, never a whole fp32 copy. Quantization is row-wise, so a block's
-    encoded rows are placed straight at their permuted positions.
+    encoded rows are placed straight at their permuted positions. On a GPU the whole tensor
+    is merged, permuted and encoded there, and only its encoding comes back.
     """
     import torch
 
@@ -303,7 +313,7 @@ def _merged_encoded(plan: MergePlan, name: str, kind: Any, heads: int | None) ->
     blocks = merged_blocks(plan, name, data)
     if blocks is None or data.ndim != 2:
         merged = merged_tensor(plan, name, data)
-        tensor = merged if merged is not None else data.to(torch.float32)
+        tensor = merged if merged is not None else widened(plan, data)
         return _encode(permute_rows(tensor, heads) if heads else tensor, kind)
     rows = data.shape[0]
     dest = None
@@ -341,12 +351,13 @@ def _encode_block(block: torch.Tensor, kind: Any) -> torch.Tensor:
 
 
 def _encode(tensor: torch.Tensor, kind: Any) -> np.ndarray:
-    """GGML encoding of a whole fp32 tensor (2-D as ``_encode_block``; 1-D tensors are F32)."""
+    """GGML encoding of a whole fp32 tensor on any device (2-D as ``_encode_block``; 1-D
+    tensors are F32), as a numpy array on the CPU."""
     import gguf
 
     if tensor.ndim == 2:
-        return _encode_block(tensor, kind).numpy()
-    return gguf.quants.quantize(tensor.contiguous().numpy(), kind)
+        return _encode_block(tensor, kind).cpu().numpy()
+    return gguf.quants.quantize(tensor.contiguous().cpu().numpy(), kind)
 
 
 def _llama_quantize(source: Path, dest: Path, quant: str) -> None:

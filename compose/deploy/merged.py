@@ -5,6 +5,11 @@
 one block of rows at a time (``merged_tensor`` all at once, for edits that need the whole
 weight) and the writers round it once to the output dtype. Untouched tensors are copied byte
 for byte when the dtype does not change, or already are, in the base's copy being patched.
+
+On a GPU (``MergePlan.device``) each touched tensor is merged whole instead: moved there in
+its stored dtype, widened and edited in fp32, rounded there, and only the rounded bytes come
+back (``merged_rounded``, ``to_host``). Reading and writing stream on the CPU as they do for a
+CPU merge: the next tensor is read while this one is merged.
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ class MergePlan:
     """Shard file -> output tensor names, in the base's order (plus lm_head when untied)."""
     resized: dict[str, tuple[int, ...]] = field(default_factory=dict)
     """Output tensors whose shape an adapter changes (a vocabulary resized for training)."""
+    device: str = "cpu"
+    """Where the merge math runs (``cpu`` or ``cuda``): the adapters' factors are there
+    (``load_adapter(device=...)``), and base tensors are moved there to be merged."""
 
     def shape(self, name: str) -> tuple[int, ...]:
         """The output tensor's shape: the base's, unless an adapter resized it."""
@@ -64,15 +72,16 @@ class MergePlan:
         return [name for names in self.shard_tensors.values() for name in names]
 
 
-def make_plan(base: BaseFolder, adapters: list[Adapter]) -> MergePlan:
-    """Group every adapter's edits by target tensor (adapter order kept) and lay out shards.
+def make_plan(base: BaseFolder, adapters: list[Adapter], device: str = "cpu") -> MergePlan:
+    """Group every adapter's edits by target tensor (adapter order kept) and lay out shards;
+    the merge runs on ``device``, where the adapters' factors were loaded.
 
     When the base ties its embeddings and an adapter changes either side, the output unties
     them: a separate ``lm_head.weight`` is written next to the embedding (PEFT's own
     ``merge_and_unload`` would merge the delta into the shared tensor and change both).
     """
     untie = base.tied and touches_embeddings(adapters, base)
-    plan = MergePlan(base, adapters, untie)
+    plan = MergePlan(base, adapters, untie, device=device)
     for adapter in adapters:
         plan.resized.update(adapter.resized)
         for edit in adapter.edits:
@@ -88,17 +97,58 @@ def make_plan(base: BaseFolder, adapters: list[Adapter]) -> MergePlan:
 
 
 def merged_tensor(plan: MergePlan, name: str, data: torch.Tensor) -> torch.Tensor | None:
-    """Output tensor ``name`` in fp32, every edit applied in order to a copy of its base tensor
-    ``data`` (left unchanged); None if untouched."""
+    """Output tensor ``name`` in fp32 on the plan's device, every edit applied in order to a
+    copy of its base tensor ``data`` (left unchanged); None if untouched."""
     edits = plan.edits.get(name)
     if not edits:
         return None
-    import torch
-
-    weight = data.to(torch.float32, copy=True)
+    weight = widened(plan, data)
     for edit in edits:
         weight = edit.apply(weight)
     return weight
+
+
+def widened(plan: MergePlan, data: torch.Tensor) -> torch.Tensor:
+    """An fp32 copy of base tensor ``data`` on the plan's device (``data`` left unchanged)."""
+    import torch
+
+    if plan.device == "cpu":
+        return data.to(torch.float32, copy=True)
+    # Moved in its stored dtype (half the bytes of fp32 for bf16), widened there.
+    return data.to(plan.device).to(torch.float32)
+
+
+def to_host(tensor: torch.Tensor, buffer: torch.Tensor | None = None) -> torch.Tensor:
+    """``tensor`` on the CPU: itself when it is there; else copied into ``buffer`` (the base
+    tensor's pooled buffer) when dtype and shape match, or into a new tensor."""
+    if tensor.device.type == "cpu":
+        return tensor
+    if buffer is not None and buffer.dtype == tensor.dtype and buffer.shape == tensor.shape:
+        return buffer.copy_(tensor)
+    return tensor.cpu()
+
+
+@contextlib.contextmanager
+def exact_fp32(device: str) -> Iterator[None]:
+    """fp32 matrix products in full fp32 on a GPU for the ``with`` block.
+
+    TF32 (Ampere and later) would round the factors to 10 mantissa bits inside each product,
+    an error far above the "rounded once" contract. torch's default already leaves it off
+    (``torch.backends.cuda.matmul.allow_tf32`` is False): this keeps it so even when the caller
+    turned it on (``torch.set_float32_matmul_precision("high")``), and restores their setting.
+    """
+    if device == "cpu":
+        yield
+        return
+    import torch
+
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_tf32
+    matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        matmul.allow_tf32 = before
 
 
 BLOCK_ELEMENTS = 1 << 18
@@ -115,10 +165,12 @@ def merged_blocks(
     it in order (an untouched tensor is only widened). Whole-tensor fp32 copies would cost two
     large fresh allocations and a pass through memory each way; blocks stay in cache. A block
     is only valid until the next one is produced. None when an edit needs the whole weight
-    (``Edit.rows`` is None) or the tensor is not 1-D/2-D: use ``merged_tensor`` then.
+    (``Edit.rows`` is None), the tensor is not 1-D/2-D, or the merge runs on a GPU (one
+    transfer each way and a few large kernels beat many small ones there): use
+    ``merged_tensor`` then.
     """
     row_edits = [edit.rows for edit in plan.edits.get(name, [])]
-    if data.ndim not in (1, 2) or any(rows is None for rows in row_edits):
+    if plan.device != "cpu" or data.ndim not in (1, 2) or any(r is None for r in row_edits):
         return None
     return _blocks(data, [rows for rows in row_edits if rows is not None])
 
@@ -144,12 +196,13 @@ def _blocks(
 def merged_rounded(
     plan: MergePlan, name: str, target: str, data: torch.Tensor
 ) -> torch.Tensor | None:
-    """Output tensor ``name`` in safetensors dtype ``target`` from its base tensor ``data``;
-    None if no edit touches it.
+    """Output tensor ``name`` in safetensors dtype ``target`` from its base tensor ``data``,
+    on the CPU; None if no edit touches it.
 
     The delta is computed in fp32 and rounded once, block by block (``merged_blocks``), into
     ``data`` itself (or into a new tensor when the dtype changes), so memory holds about one
-    tensor in its stored dtype.
+    tensor in its stored dtype. On a GPU the whole tensor is rounded there and its rounded
+    bytes come back into ``data`` (or a new tensor when the dtype or shape changes).
     """
     if not plan.edits.get(name):
         return None
@@ -159,7 +212,7 @@ def merged_rounded(
     if blocks is None:
         merged = merged_tensor(plan, name, data)
         assert merged is not None
-        return merged.to(torch_dtype(target))
+        return to_host(merged.to(torch_dtype(target)), data)  # the one rounding
     out = (
         data
         if data.dtype == torch_dtype(target)
@@ -227,7 +280,7 @@ def export_safetensors(
     # The base tensors that change are read on a background thread, ahead of their merge.
     reads = Prefetcher([plan.source(n) for n in plan.names if plan.edits.get(n)], pool)
     try:
-        with core_for_io():
+        with core_for_io(), exact_fp32(plan.device):
             for shard, names in plan.shard_tensors.items():
                 writer = _open_shard(plan, out, shard, names, dtype, entries_for, copier)
                 writers.append(writer)

@@ -5,6 +5,11 @@ PEFT merges a loaded model, so this path holds the whole base in memory (in fp32
 once to the output dtype), unlike the streamed merge, which holds a few tensors. It writes
 merged safetensors only: the quantized and adapter-carrying formats need the streamed merge's
 per-tensor edits. The output goes through the same staging folder as every other format.
+
+With ``--device cuda`` the model is loaded on the CPU, moved to the GPU for the merge (each
+method's merge is matrix work: OFT's Cayley transforms, BOFT's butterflies...), rounded there
+and saved from there: the whole model in fp32 must then fit in the GPU's memory (about
+4 bytes per parameter; ``--device cpu`` otherwise).
 """
 
 from __future__ import annotations
@@ -71,14 +76,17 @@ def export_with_peft(
     force: bool,
     base_label: str,
     recipe: dict[str, Any] | None,
+    device: str = "cpu",
 ) -> tuple[list[str], int, dict[str, Any]]:
-    """Merge ``sources`` in order into ``base`` with PEFT and write merged safetensors.
+    """Merge ``sources`` in order into ``base`` with PEFT, on ``device``, and write merged
+    safetensors.
 
     Every adapter is loaded and merged before the staging folder exists, so a merge PEFT
     refuses (BEFT on a layer without bias...) leaves nothing behind.
 
     Returns:
-        (files written, total size, details for the result and the model card).
+        (files written, total size, details for the result: the model card's, and the
+        ``device``).
 
     Raises:
         IncompatibleAdapters: PEFT refuses to load or merge an adapter (its message quoted).
@@ -87,12 +95,16 @@ def export_with_peft(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from compose.deploy.merged import exact_fp32
+
     # fp32 for the merge itself (the numerics contract), rounded once when saved.
     check_disk_space(target, base.size_bytes * (2 if spec.dtype == "fp32" else 1))
     model: Any = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+    model = model.to(device)  # the adapters load where the model is
     for source in sources:
         try:
-            model = PeftModel.from_pretrained(model, str(source.path)).merge_and_unload()
+            with exact_fp32(device):
+                model = PeftModel.from_pretrained(model, str(source.path)).merge_and_unload()
         except (ValueError, NotImplementedError, AttributeError, RuntimeError) as error:
             raise IncompatibleAdapters(
                 f"adapter {source.label}: PEFT cannot merge it into this base"
@@ -107,7 +119,7 @@ def export_with_peft(
     model = model.to(getattr(torch, _DTYPES[dtype]))
     details: dict[str, Any] = {"dtype": dtype, "merge": MEMORY_NOTE}
     with staged_folder(target, force=force) as staging:
-        model.save_pretrained(staging, safe_serialization=True)
+        model.save_pretrained(staging, safe_serialization=True)  # from the GPU: bytes come back
         for path in base.side_files():
             (staging / path.name).write_bytes(path.read_bytes())
         (staging / "README.md").write_text(
@@ -122,7 +134,7 @@ def export_with_peft(
         )
         files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
         size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
-    return files, size, details
+    return files, size, {**details, "device": device}
 
 
 def _base_dtype(base: BaseFolder) -> str:
