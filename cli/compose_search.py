@@ -97,8 +97,7 @@ def search(ctx: click.Context, refs: tuple[str, ...], **options: Any) -> None:
             --layer-groups 2 --budget 80
     """
     from cli.compose import _rank
-    from compose.layer_groups import describe_layers
-    from compose.search import grouped
+    from compose.search import describe_weights
 
     as_json = options.pop("as_json")
     options["bounds"] = _bounds(options["bounds"])
@@ -130,13 +129,7 @@ def search(ctx: click.Context, refs: tuple[str, ...], **options: Any) -> None:
             }
         )
         return
-    if outcome.layout is None:
-        weights = ",".join(f"{w:.4g}" for w in outcome.weights)
-    else:
-        weights = "; ".join(
-            f"{describe_layers(g['layers'])}: " + ",".join(f"{w:.4g}" for w in g["weights"])
-            for g in grouped(outcome.weights, outcome.layout)
-        )
+    weights = describe_weights(outcome.weights, outcome.layout, digits=4, sep=",")
     click.echo(
         f"Composed {card.repo}@v{card.version} ({card.commit[:10]}) with weights {weights}"
         f": held-out {outcome.metric} loss {h['found']:.4f} vs best single"

@@ -115,15 +115,19 @@ def grouped(weights: Sequence[float], layout: list[list[int]]) -> list[dict[str,
     ]
 
 
-def describe_weights(weights: Sequence[float], layout: list[list[int]] | None) -> str:
+def describe_weights(
+    weights: Sequence[float], layout: list[list[int]] | None, digits: int = 3, sep: str = ", "
+) -> str:
     """``0.5, 0.5``, or per group ``layers 0-1: 0.9, 0.1; layers 2-3: 0.2, 0.8``."""
     from compose.layer_groups import describe_layers
 
+    def numbers(values: Sequence[float]) -> str:
+        return sep.join(f"{w:.{digits}g}" for w in values)
+
     if layout is None:
-        return ", ".join(f"{w:.3g}" for w in weights)
+        return numbers(weights)
     return "; ".join(
-        f"{describe_layers(g['layers'])}: " + ", ".join(f"{w:.3g}" for w in g["weights"])
-        for g in grouped(weights, layout)
+        f"{describe_layers(g['layers'])}: {numbers(g['weights'])}" for g in grouped(weights, layout)
     )
 
 

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from cli.main import cli
+from schemas.errors import AdapterNotFound, SearchRejected
 from tests.hub.test_compose_search import LETTERS, walk
 
 
@@ -186,6 +187,19 @@ def test_bad_layer_groups_are_one_error_line_and_store_nothing(reg, halves, grou
     assert result.exit_code == 1
     assert result.stderr == message
     assert [c.repo for c in reg.search()] == ["t/a", "t/b"]
+
+
+def test_a_losing_grouped_result_is_refused_with_its_weights_per_group(reg, halves):
+    _, _, _, _, data = halves
+    with pytest.raises(SearchRejected) as info:  # one candidate: the uniform start
+        reg.compose_search(["t/a", "t/b"], data, name="t/mix", budget=1, device="cpu",
+                           layer_groups=2)  # fmt: skip
+    assert str(info.value).startswith(
+        "the weights found (layers 0-1: 0.5, 0.5; layers 2-3: 0.5, 0.5) do not beat the"
+        " baselines on the 4 held-out rows (cross_entropy loss, lower is better): found "
+    )
+    with pytest.raises(AdapterNotFound):
+        reg.show("t/mix")
 
 
 def test_the_cli_prints_the_weights_per_group(reg, halves):
