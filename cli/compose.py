@@ -202,6 +202,12 @@ def run_recipe(ctx: click.Context, recipe: Path, device: str, as_json: bool) -> 
         weights: [0.6, 0.4]
         rank: 16
     \b
+    Per-layer-group weights instead of `weights` (what `hub compose search
+    --layer-groups` stores; modules outside the layers take the last group's):
+        layer_groups:
+          - {layers: [0, 1], weights: [0.9, 0.1]}
+          - {layers: [2, 3], weights: [0.2, 0.8]}
+    \b
     Example:
         hub compose run merge.yaml
     """

@@ -50,6 +50,14 @@ def _bounds(text: str) -> tuple[float, float]:
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Split and search seed.")
 @click.option(
+    "--layer-groups",
+    type=int,
+    default=1,
+    show_default=True,
+    help="G: one weight per input for each of G contiguous groups of decoder layers (N*G"
+    " weights; modules outside the layers take the last group's).",
+)
+@click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda"]),
     default="auto",
@@ -74,12 +82,22 @@ def search(ctx: click.Context, refs: tuple[str, ...], **options: Any) -> None:
     weights, the data's sha256, budget, seed and the search trace; `hub verify --rebuild`
     recomputes it, and the held-out comparison is attached as an eval record.
 
+    --layer-groups G cuts the decoder layers the adapters touch into G contiguous groups of
+    near-equal size by layer index (8 layers, G 3: 0-2, 3-5, 6-7) and searches one weight per
+    input for each group; a module outside the layers (lm_head, embeddings) takes the last
+    group's weights, and the L1 term is the mean over groups of the sum of |weights| (so it
+    does not grow with G). The recipe then records each group's layers and weights
+    (layer_groups), and `hub compose run` and `hub verify --rebuild` merge with them.
+
     \b
     Example:
         hub compose search team/sql-lora team/chat-lora --data few.jsonl --name team/mix \\
             --budget 40 --seed 1
+        hub compose search team/sql-lora team/chat-lora --data few.jsonl --name team/mix2 \\
+            --layer-groups 2 --budget 80
     """
     from cli.compose import _rank
+    from compose.search import describe_weights
 
     as_json = options.pop("as_json")
     options["bounds"] = _bounds(options["bounds"])
@@ -102,6 +120,7 @@ def search(ctx: click.Context, refs: tuple[str, ...], **options: Any) -> None:
                 **card.model_dump(mode="json"),
                 "search": {
                     "weights": outcome.weights,
+                    **({"layer_groups": outcome.layout} if outcome.layout else {}),
                     "metric": outcome.metric,
                     "held_out": {k: v for k, v in h.items() if k != "scores"},
                     "seconds_per_candidate": outcome.seconds_per_candidate,
@@ -110,10 +129,10 @@ def search(ctx: click.Context, refs: tuple[str, ...], **options: Any) -> None:
             }
         )
         return
+    weights = describe_weights(outcome.weights, outcome.layout, digits=4, sep=",")
     click.echo(
-        f"Composed {card.repo}@v{card.version} ({card.commit[:10]}) with weights "
-        + ",".join(f"{w:.4g}" for w in outcome.weights)
-        + f": held-out {outcome.metric} loss {h['found']:.4f} vs best single"
+        f"Composed {card.repo}@v{card.version} ({card.commit[:10]}) with weights {weights}"
+        f": held-out {outcome.metric} loss {h['found']:.4f} vs best single"
         f" {h['best_single']:.4f}, uniform {h['uniform']:.4f}"
         f" ({len(outcome.trace)} candidates, {outcome.seconds_per_candidate * 1000:.0f} ms each)"
     )

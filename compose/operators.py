@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from compose.layer_groups import ModuleWeights, describe_layers
 from schemas.errors import IncompatibleAdapters, InvalidRecipe
 
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ class OperatorSpec:
     params: frozenset[str] = frozenset()
     """Recipe fields it takes (besides inputs, weights and name)."""
     required: frozenset[str] = frozenset()
+    layer_groups: bool = False
+    """Whether a recipe may give per-layer-group weights (``compose.layer_groups``)."""
 
 
 OPERATORS: dict[str, OperatorSpec] = {
@@ -42,6 +45,7 @@ OPERATORS: dict[str, OperatorSpec] = {
         "exact weighted sum as one LoRA of rank sum(r_i)",
         "https://arxiv.org/abs/2212.04089",
         frozenset({"lora"}),
+        layer_groups=True,
     ),
     "linear": OperatorSpec(
         "exact weighted sum of deltas; with --rank, its best rank-R approximation"
@@ -49,6 +53,7 @@ OPERATORS: dict[str, OperatorSpec] = {
         "https://arxiv.org/abs/2212.04089",
         frozenset({"lora", "loha", "lokr", "ia3"}),
         frozenset({"rank", "energy", "factor"}),
+        layer_groups=True,
     ),
     "svd": OperatorSpec(
         "best rank-R approximation of the exact weighted delta, computed in low rank",
@@ -56,6 +61,7 @@ OPERATORS: dict[str, OperatorSpec] = {
         MERGEABLE,
         frozenset({"rank", "energy", "factor"}),
         frozenset({"rank"}),
+        layer_groups=True,
     ),
     "ties": OperatorSpec(
         "TIES: trim to the top-density values, elect signs, disjoint mean; factored to rank R",
@@ -63,6 +69,7 @@ OPERATORS: dict[str, OperatorSpec] = {
         MERGEABLE,
         frozenset({"rank", "energy", "factor", "density", "majority_sign"}),
         frozenset({"density"}),
+        layer_groups=True,
     ),
     "dare": OperatorSpec(
         "DARE: random drop with rescale, then a weighted sum or TIES; factored to rank R",
@@ -70,6 +77,7 @@ OPERATORS: dict[str, OperatorSpec] = {
         MERGEABLE,
         frozenset({"rank", "energy", "factor", "density", "seed", "variant", "majority_sign"}),
         frozenset({"density"}),
+        layer_groups=True,
     ),
     "magnitude-prune": OperatorSpec(
         "keep each input's top-density values by magnitude, weighted sum; factored to rank R",
@@ -77,6 +85,7 @@ OPERATORS: dict[str, OperatorSpec] = {
         MERGEABLE,
         frozenset({"rank", "energy", "factor", "density"}),
         frozenset({"density"}),
+        layer_groups=True,
     ),
     "stack": OperatorSpec(
         "adapters of any methods applied in order (deploy merges the mergeable ones in order)",
@@ -159,6 +168,17 @@ def resolve_params(recipe: Recipe) -> dict[str, Any]:
     if recipe.operator == "dare":
         params["seed"] = 0 if params["seed"] is None else params["seed"]
         params["variant"] = params["variant"] or "linear"
+    if recipe.layer_groups is not None:
+        if not spec.layer_groups:
+            grouped = ", ".join(name for name, s in OPERATORS.items() if s.layer_groups)
+            raise InvalidRecipe(
+                f"operator {recipe.operator!r} does not take 'layer_groups' (per-layer-group"
+                f" weights merge with: {grouped})",
+                field="layer_groups",
+            )
+        # In place of "weights"; a recipe without groups records exactly what it did before.
+        params["layer_groups"] = [group.model_dump() for group in recipe.layer_groups]
+        return params
     # An average is the plain mean unless weights say otherwise; adapters takes them as given.
     uniform = 1.0 / len(recipe.inputs) if recipe.operator == "average" else 1.0
     params["weights"] = list(recipe.weights or [uniform] * len(recipe.inputs))
@@ -236,7 +256,6 @@ def run_merge(
 
     operator = recipe.operator
     adapters = [load_adapter(i.folder, i.ref, i.card.method, operator) for i in inputs]
-    weights: list[float] = params["weights"]
     dtypes = {a.dtype for a in adapters}
     dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
     readme = _readme(recipe, inputs, params)
@@ -249,9 +268,8 @@ def run_merge(
                 f"`{operator}` cannot mix IA3 scaling vectors with additive adapters"
                 f" ({', '.join(sorted(methods))})"
             )
-        write_ia3(
-            dest, _merge_ia3(adapters, weights), template=template, dtype=dtype, readme=readme
-        )
+        merged = _merge_ia3(adapters, ModuleWeights(params))
+        write_ia3(dest, merged, template=template, dtype=dtype, readme=readme)
         return ComposeResult(params)
 
     out, truncations = merge_modules(adapters, inputs, operator, params, device)
@@ -267,13 +285,18 @@ def merge_modules(
     device: str = "cpu",
 ) -> tuple[dict[str, ModuleLora], dict[str, Truncation]]:
     """Every module of the merged LoRA (on the CPU), and the truncation of each that was
-    truncated. Shapes are checked per module, naming the module and the adapter."""
+    truncated. Shapes are checked per module, naming the module and the adapter.
+
+    Each module is merged with its own weights (``params["weights"]``, or with
+    ``params["layer_groups"]`` those of its layer's group: ``compose.layer_groups``); every
+    other step is the same for every module, so a module's result depends only on its weights.
+    """
     import torch
 
     from compose import merge
     from compose.adapter_io import ModuleLora
 
-    weights: list[float] = params["weights"]
+    weights = ModuleWeights(params)
     methods = {a.method for a in adapters}
     rank_param = params.get("rank")
     energy = params.get("energy") if rank_param == "auto" else None
@@ -288,7 +311,8 @@ def merge_modules(
             ]
             merge.check_same_shapes(shapes, module, [a.label for a, _ in present])
             factors = [_to(a.modules[module].factors, device) for a, _ in present]
-            w = [weights[i] for _, i in present]
+            module_weights = weights(module)
+            w = [module_weights[i] for _, i in present]
             embedding = present[0][0].modules[module].embedding
             if rank_param is None:
                 out[module] = ModuleLora(_cpu(merge.cat(factors, w, module=module)), embedding)
@@ -312,7 +336,7 @@ def merge_modules(
         shape = having[0][1]
         # An input without this module contributes a zero delta (and a zero vote in TIES).
         per_input = [_dense(a, module, shape, device) for a in adapters]
-        dense = _dense_op(operator, per_input, weights, params, generator, module)
+        dense = _dense_op(operator, per_input, weights(module), params, generator, module)
         del per_input
         if rank_param == "auto":
             result = merge.factor(dense, None, energy=energy, method=method, module=module)
@@ -398,13 +422,14 @@ def _dense_op(
     )
 
 
-def _merge_ia3(adapters: list[LoadedAdapter], weights: list[float]) -> dict[str, Tensor]:
+def _merge_ia3(adapters: list[LoadedAdapter], weights: ModuleWeights) -> dict[str, Tensor]:
     """IA3 vectors scale activations; a vector of ones is "no change". Task arithmetic on the
     offsets from one, ``1 + sum_i w_i (l_i - 1)``, so each adapter's effect adds up and a
     single adapter with weight 1 is reproduced exactly."""
     merged: dict[str, Tensor] = {}
-    for adapter, weight in zip(adapters, weights, strict=True):
+    for index, adapter in enumerate(adapters):
         for module, vector in adapter.vectors.items():
+            weight = weights(module)[index]
             if module in merged and merged[module].shape != vector.shape:
                 raise IncompatibleAdapters(
                     f"module {module!r} has IA3 vectors of shapes {tuple(merged[module].shape)}"
@@ -448,9 +473,10 @@ def _readme(recipe: Recipe, inputs: Sequence[ComposeInput], params: dict[str, An
         "",
         f"Composed by `hub compose {recipe.operator}` from:",
         "",
-        *[f"- `{i.ref}` (weight {w:g})" for i, w in zip(inputs, params["weights"], strict=True)],
+        *_readme_inputs(inputs, params),
         "",
-        "Parameters: " + ", ".join(f"{k}={v}" for k, v in params.items() if k != "weights"),
+        "Parameters: "
+        + ", ".join(f"{k}={v}" for k, v in params.items() if k not in ("weights", "layer_groups")),
         "",
         "`hub verify --rebuild` recomputes it from this recipe and checks it within the rounding"
         " bound of its dtype (a recomputation may differ in the last bit between CPUs and"
@@ -458,3 +484,18 @@ def _readme(recipe: Recipe, inputs: Sequence[ComposeInput], params: dict[str, An
         "",
     ]
     return "\n".join(lines)
+
+
+def _readme_inputs(inputs: Sequence[ComposeInput], params: dict[str, Any]) -> list[str]:
+    groups = params.get("layer_groups")
+    if groups is None:
+        return [
+            f"- `{i.ref}` (weight {w:g})" for i, w in zip(inputs, params["weights"], strict=True)
+        ]
+    lines = [
+        f"- `{item.ref}` (weights: "
+        + ", ".join(f"{g['weights'][index]:g} in {describe_layers(g['layers'])}" for g in groups)
+        + ")"
+        for index, item in enumerate(inputs)
+    ]
+    return [*lines, "", "Modules outside the decoder layers take the last group's weights."]

@@ -166,3 +166,14 @@ def block_diagonal_factor(module: str, bdlora: Any) -> str | None:
         if any(isinstance(p, str) and p in module for p in patterns):
             return factor
     return None
+
+
+def layer_index(module: str) -> int | None:
+    """The decoder layer a module name sits in: its first all-digit part
+    (``model.layers.3.self_attn.q_proj`` -> 3, ``transformer.h.0.attn.c_attn`` -> 0; an MoE
+    expert's number comes later, ``model.layers.1.mlp.experts.5.w1`` -> 1), or None for a
+    module outside the layers (``lm_head``, ``model.embed_tokens``)."""
+    for part in module.split("."):
+        if part.isascii() and part.isdigit():
+            return int(part)
+    return None

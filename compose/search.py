@@ -1,12 +1,16 @@
 """Merge weights found by gradient-free search on a few examples (LoraHub's idea, done exactly).
 
-Each candidate is one weight per input adapter. It is scored as the merge ``hub compose``
-would build with those weights (``operators.merge_modules``: cat/linear exact, svd truncated in
-low rank, TIES/DARE on the dense deltas, then factored), applied to the base model through
-forward hooks that add ``x A^T B^T`` to each adapted module's output: the base weights are
-never rewritten and the model is loaded once. The objective is the mean eval loss on the
-search rows (cross-entropy for text rows, minus the target log-likelihood for prompt/target
-rows) plus ``l1 * sum |w_i|``; CMA-ES (``cma``) minimises it within ``bounds``, seeded.
+Each candidate is one weight per input adapter, or with layer groups one weight per input
+for each group of decoder layers (``compose.layer_groups``: N*G weights, searched as one
+vector, group by group: ``[w_1..w_N of group 1, ..., w_1..w_N of group G]``). It is scored
+as the merge ``hub compose`` would build with those weights (``operators.merge_modules``:
+cat/linear exact, svd truncated in low rank, TIES/DARE on the dense deltas, then factored),
+applied to the base model through forward hooks that add ``x A^T B^T`` to each adapted
+module's output: the base weights are never rewritten and the model is loaded once. The
+objective is the mean eval loss on the search rows (cross-entropy for text rows, minus the
+target log-likelihood for prompt/target rows) plus ``l1 * sum |w_i|`` (with G groups
+``l1 / G * sum |w_ig|``, the mean over groups, so the penalty of a mixture does not grow
+with G); CMA-ES (``cma``) minimises it within ``bounds``, seeded.
 
 The held-out rows then score the weights found against the best single input (alone, weight 1)
 and against uniform weights (1/N each), both without the L1 term.
@@ -43,6 +47,7 @@ class SearchSettings:
     l1: float = 0.05
     holdout: float = 0.2
     seed: int = 0
+    layer_groups: int = 1
 
     def check(self, inputs: int) -> None:
         """One ``InvalidArgument`` naming the option, before any work."""
@@ -67,6 +72,63 @@ class SearchSettings:
             raise InvalidArgument(
                 f"--holdout must be a fraction in (0, 1), got {self.holdout:g}", field="holdout"
             )
+        if self.layer_groups < 1:
+            raise InvalidArgument(
+                f"--layer-groups must be a positive number of groups, got {self.layer_groups}",
+                field="layer_groups",
+            )
+
+    def layout(self, modules: Sequence[str]) -> list[list[int]] | None:
+        """The decoder layers of each group (contiguous, near-equal, by layer index) of the
+        layers ``modules`` sit in; None for one group (the recipe keeps plain ``weights``).
+
+        Raises:
+            InvalidArgument: more groups than layers.
+        """
+        from compose.layer_groups import describe_layers, split_layers, touched_layers
+
+        if self.layer_groups == 1:
+            return None
+        layers = touched_layers(modules)
+        if not layers:
+            raise InvalidArgument(
+                f"--layer-groups {self.layer_groups}: the adapters touch no decoder layer (no"
+                " module name has a layer index), so there is one group; leave --layer-groups"
+                " out",
+                field="layer_groups",
+            )
+        if self.layer_groups > len(layers):
+            raise InvalidArgument(
+                f"--layer-groups {self.layer_groups}: the adapters touch {len(layers)} decoder"
+                f" layers ({describe_layers(layers)}); give at most {len(layers)}",
+                field="layer_groups",
+            )
+        return split_layers(layers, self.layer_groups)
+
+
+def grouped(weights: Sequence[float], layout: list[list[int]]) -> list[dict[str, Any]]:
+    """A searched vector (group by group) as a recipe's ``layer_groups``."""
+    count = len(weights) // len(layout)
+    return [
+        {"layers": list(layers), "weights": list(weights[g * count : (g + 1) * count])}
+        for g, layers in enumerate(layout)
+    ]
+
+
+def describe_weights(
+    weights: Sequence[float], layout: list[list[int]] | None, digits: int = 3, sep: str = ", "
+) -> str:
+    """``0.5, 0.5``, or per group ``layers 0-1: 0.9, 0.1; layers 2-3: 0.2, 0.8``."""
+    from compose.layer_groups import describe_layers
+
+    def numbers(values: Sequence[float]) -> str:
+        return sep.join(f"{w:.{digits}g}" for w in values)
+
+    if layout is None:
+        return numbers(weights)
+    return "; ".join(
+        f"{describe_layers(g['layers'])}: {numbers(g['weights'])}" for g in grouped(weights, layout)
+    )
 
 
 def split(data: EvalData, settings: SearchSettings) -> tuple[EvalData, EvalData]:
@@ -154,6 +216,7 @@ class CandidateModel:
 @dataclass
 class Step:
     weights: list[float]
+    """The full searched vector (with layer groups: group by group)."""
     loss: float
     """Eval loss on the search rows, without the L1 term."""
     objective: float
@@ -162,6 +225,7 @@ class Step:
 @dataclass
 class SearchOutcome:
     weights: list[float]
+    """One per input, or with ``layout`` N per group, group by group."""
     metric: str
     trace: list[Step]
     holdout: dict[str, Any]
@@ -170,6 +234,8 @@ class SearchOutcome:
     seconds: float
     seconds_per_candidate: float
     details: dict[str, Any] = field(default_factory=dict)
+    layout: list[list[int]] | None = None
+    """The decoder layers of each group; None: one weight per input for every module."""
 
     @property
     def beats_baselines(self) -> bool:
@@ -197,9 +263,11 @@ def run_search(
     settings: SearchSettings,
     device: Any,
     progress: Callable[[int, int, float], Any] | None = None,
+    layout: list[list[int]] | None = None,
 ) -> SearchOutcome:
-    """Search one weight per input for ``operator`` on ``data``'s search rows, then score the
-    result, the best single input and uniform weights on the held-out rows."""
+    """Search one weight per input (with ``layout``, per input and layer group) for
+    ``operator`` on ``data``'s search rows, then score the result, the best single input and
+    uniform weights on the held-out rows."""
     import cma
 
     from compose.operators import merge_modules
@@ -208,10 +276,16 @@ def run_search(
     count = len(adapters)
     modules = sorted({m for a in adapters for m in a.modules})
 
+    groups = 1 if layout is None else len(layout)
+
     def merged(weights: Sequence[float]) -> dict[str, ModuleLora]:
-        out, _ = merge_modules(
-            adapters, inputs, operator, {**params, "weights": list(weights)}, str(device)
-        )
+        # N weights (the baselines, or no groups) merge as plain weights, as without groups.
+        if layout is None or len(weights) == count:
+            given = {**params, "weights": list(weights)}
+        else:
+            given = {k: v for k, v in params.items() if k != "weights"}
+            given["layer_groups"] = grouped(weights, layout)
+        out, _ = merge_modules(adapters, inputs, operator, given, str(device))
         return out
 
     def single(index: int) -> dict[str, ModuleLora]:
@@ -233,13 +307,13 @@ def run_search(
             clipped = [min(max(float(w), low), high) for w in weights]
             losses = mean_loss(merged(clipped), search_rows)
             loss = math.fsum(losses) / len(losses)
-            total = loss + settings.l1 * math.fsum(abs(w) for w in clipped)
+            total = loss + settings.l1 * math.fsum(abs(w) for w in clipped) / groups
             trace.append(Step(clipped, loss, total))
             if progress:
                 progress(len(trace), settings.budget, loss)
             return total
 
-        start = [min(max(w, low), high) for w in uniform]
+        start = [min(max(w, low), high) for w in uniform * groups]
         es = cma.CMAEvolutionStrategy(
             start,
             (high - low) / 4,
@@ -290,4 +364,5 @@ def run_search(
         holdout=holdout,
         seconds=search_seconds,
         seconds_per_candidate=search_seconds / len(trace),
+        layout=layout,
     )

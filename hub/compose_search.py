@@ -52,6 +52,7 @@ def compose_search(
     l1: float = 0.05,
     holdout: float = 0.2,
     seed: int = 0,
+    layer_groups: int = 1,
     device: str = "auto",
     base: str | os.PathLike[str] | None = None,
     keep_anyway: bool = False,
@@ -60,19 +61,33 @@ def compose_search(
 ) -> SearchResult:
     """Search one weight per input of ``refs`` for ``operator`` and push the merge as ``name``.
 
+    ``layer_groups`` G > 1: the decoder layers the adapters touch are cut into G contiguous
+    groups of near-equal size, and each input gets one weight per group (N*G searched; a
+    module outside the layers takes the last group's weights); the result's recipe records
+    the groups' layers and weights (``layer_groups``) instead of ``weights``.
+
     Raises:
-        InvalidArgument (options, fewer than 2 inputs), InvalidData (the file), InvalidRecipe,
+        InvalidArgument (options, fewer than 2 inputs, more layer groups than layers),
+        InvalidData (the file), InvalidRecipe,
         IncompatibleAdapters (bases, shapes, methods), SearchRejected (the result did not beat
         the best single input and uniform weights on the held-out rows, without
         ``keep_anyway``).
     """
     from compose.eval_data import read_eval_data
     from compose.evaluate import device_for
-    from compose.search import OPERATORS, SearchSettings, run_search, split
+    from compose.search import (
+        OPERATORS,
+        SearchSettings,
+        describe_weights,
+        grouped,
+        run_search,
+        split,
+    )
     from hub.composer import resolve_inputs
     from schemas.recipe import recipe_from_data
 
-    settings = SearchSettings(budget, tuple(bounds), l1, holdout, seed)  # type: ignore[arg-type]
+    low, high = bounds
+    settings = SearchSettings(budget, (low, high), l1, holdout, seed, layer_groups=layer_groups)
     settings.check(len(refs))
     if operator not in OPERATORS:
         raise InvalidArgument(
@@ -102,17 +117,18 @@ def compose_search(
         adapters = [load_adapter(i.folder, i.ref, "lora", operator) for i in inputs]
         # Shapes, embeddings and ranks are checked here, on the uniform merge, before loading.
         merge_modules(adapters, inputs, operator, params, "cpu")
+        layout = settings.layout([m for a in adapters for m in a.modules])
         model, tokenizer = _model(registry, base, inputs[0].card, work / "base", where)
         outcome = run_search(
             model, tokenizer, adapters, inputs, operator, params, dataset, settings, where,
-            progress,
+            progress, layout,
         )  # fmt: skip
         del model
     found, uniform, single = (outcome.holdout[k] for k in ("found", "uniform", "best_single"))
     best_ref = refs[outcome.holdout["best_single_index"]]
     if not outcome.beats_baselines and not keep_anyway:
         raise SearchRejected(
-            f"the weights found ({', '.join(f'{w:.3g}' for w in outcome.weights)}) do not beat"
+            f"the weights found ({describe_weights(outcome.weights, layout)}) do not beat"
             f" the baselines on the {outcome.holdout['rows']} held-out rows ({outcome.metric}"
             f" loss, lower is better): found {found:.4f}, best single ({best_ref}) {single:.4f},"
             f" uniform {uniform:.4f}; nothing was stored (--keep-anyway stores it regardless)",
@@ -121,7 +137,13 @@ def compose_search(
             uniform=uniform,
         )
     record = _search_record(outcome, dataset, settings, operator, device, keep_anyway)
-    final = recipe.model_copy(update={"weights": outcome.weights, "tasks": list(tasks)})
+    if layout is None:
+        final = recipe.model_copy(update={"weights": outcome.weights, "tasks": list(tasks)})
+    else:
+        found_groups = grouped(outcome.weights, layout)
+        final = recipe_from_data(
+            {**recipe_data, "layer_groups": found_groups, "tasks": list(tasks)}, "command line"
+        )
     from hub.composer import compose
 
     push = compose(registry, final, device, search=record)
@@ -145,9 +167,11 @@ def _search_record(
     keep_anyway: bool,
 ) -> dict[str, Any]:
     """What the lineage records: enough to see how the weights were found (the recipe beside
-    it holds the weights, so `hub verify --rebuild` recomputes the merge from them)."""
+    it holds the weights, so `hub verify --rebuild` recomputes the merge from them). With
+    layer groups, ``weights`` and each trace step's are the full vector, group by group, and
+    ``layer_groups`` the layers of each group (absent with one group, as before)."""
     holdout = {k: v for k, v in outcome.holdout.items() if k != "scores"}
-    return {
+    record: dict[str, Any] = {
         "optimizer": "cma-es",
         "operator": operator,
         "weights": outcome.weights,
@@ -167,6 +191,9 @@ def _search_record(
             {"weights": s.weights, "loss": s.loss, "objective": s.objective} for s in outcome.trace
         ],
     }
+    if outcome.layout is not None:
+        record["layer_groups"] = outcome.layout
+    return record
 
 
 def _attach_eval(

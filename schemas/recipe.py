@@ -11,17 +11,26 @@ Example recipe::
     inputs: [team/sql-lora@v2, team/chat-lora@prod]
     weights: [0.7, 0.3]
     rank: 16
+
+Per-layer-group weights (what ``hub compose search --layer-groups 2`` stores) instead of
+``weights``: each group lists its decoder layers and one weight per input; a module outside
+the layers (``lm_head``, embeddings) takes the last group's weights (``compose.layer_groups``)::
+
+    layer_groups:
+      - {layers: [0, 1], weights: [0.9, 0.1]}
+      - {layers: [2, 3], weights: [0.2, 0.8]}
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     FiniteFloat,
+    StrictInt,
     field_validator,
     model_validator,
 )
@@ -31,6 +40,17 @@ from schemas.refs import AdapterRef, validate_repo_id
 Operator = Literal[
     "linear", "svd", "cat", "ties", "dare", "magnitude-prune", "stack", "average", "ensemble"
 ]
+
+
+class LayerGroup(BaseModel):
+    """The weights of the modules in some decoder layers (``Recipe.layer_groups``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    layers: list[Annotated[StrictInt, Field(ge=0)]] = Field(
+        min_length=1, description="Decoder layer indexes."
+    )
+    weights: list[FiniteFloat] = Field(description="One weight per input, in input order.")
 
 
 class Recipe(BaseModel):
@@ -43,6 +63,13 @@ class Recipe(BaseModel):
     inputs: list[str] = Field(min_length=1, description="Adapter references, in order.")
     weights: list[FiniteFloat] | None = Field(
         default=None, description="One weight per input (default: 1 each; svd/linear/average: 1/N)."
+    )
+    layer_groups: list[LayerGroup] | None = Field(
+        default=None,
+        min_length=1,
+        description="Instead of weights: groups of decoder layers, each with one weight per"
+        " input (cat, linear, svd, ties, dare, magnitude-prune); modules outside the layers"
+        " take the last group's weights.",
     )
     rank: int | Literal["auto"] | None = Field(
         default=None,
@@ -107,9 +134,32 @@ class Recipe(BaseModel):
                 f"weights: {len(self.weights)} weights for {len(self.inputs)} inputs"
                 " (give one weight per input)"
             )
+        if self.layer_groups is not None:
+            self._check_layer_groups(self.layer_groups)
         if self.energy is not None and self.rank != "auto":
             raise ValueError("energy: only with rank 'auto' (--rank auto --energy E)")
         return self
+
+    def _check_layer_groups(self, groups: list[LayerGroup]) -> None:
+        if self.weights is not None:
+            raise ValueError(
+                "weights: give the weights once, for all layers (weights) or per layer group"
+                " (layer_groups[].weights), not both"
+            )
+        owner: dict[int, int] = {}
+        for index, group in enumerate(groups):
+            if len(group.weights) != len(self.inputs):
+                raise ValueError(
+                    f"layer_groups.{index}.weights: {len(group.weights)} weights for"
+                    f" {len(self.inputs)} inputs (give one weight per input)"
+                )
+            for layer in group.layers:
+                if layer in owner:
+                    raise ValueError(
+                        f"layer_groups.{index}.layers: layer {layer} is also in group"
+                        f" {owner[layer]} (each layer belongs to one group)"
+                    )
+                owner[layer] = index
 
 
 def recipe_from_data(data: object, source: str) -> Recipe:
@@ -136,8 +186,12 @@ def recipe_from_data(data: object, source: str) -> Recipe:
         if isinstance(cause, HubError):  # e.g. an invalid reference in inputs
             message = str(cause)
         elif first["type"] == "extra_forbidden":
-            fields = ", ".join(Recipe.model_fields)
-            message = f"not a recipe field (fields: {fields})"
+            if first["loc"][0] == "layer_groups":
+                fields = ", ".join(LayerGroup.model_fields)
+                message = f"not a layer group field (fields: {fields})"
+            else:
+                fields = ", ".join(Recipe.model_fields)
+                message = f"not a recipe field (fields: {fields})"
         else:
             message = first["msg"].removeprefix("Value error, ")
         where = f"field {location!r}: " if location else ""

@@ -71,12 +71,18 @@ def test_compose_commands_run_as_written(tmp_path, adapters, base_dir, hub_home)
         )
         registry.push(code, name="team/code-lora")
         registry.tag("team/code-lora", "prod")
-    (recipe,) = _blocks("yaml", "## Compose")
+    recipe, groups = _blocks("yaml", "## Compose")
     (tmp_path / "merge.yaml").write_text(recipe)
+    (tmp_path / "groups.yaml").write_text(groups)
     (block,) = _blocks("bash", "## Compose")
     _run_block(block, tmp_path, env)
     with Registry(hub_home) as registry:
         assert registry.show("team/sql-code").details["retained_energy"] > 0.5
+        grouped = registry.show("team/sql-code-groups").lineage.recipe["layer_groups"]
+        assert grouped == [
+            {"layers": [0], "weights": [0.9, 0.1]},
+            {"layers": [1], "weights": [0.2, 0.8]},
+        ]
 
 
 def test_python_api_example_runs(tmp_path, adapters, hub_home):

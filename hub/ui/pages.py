@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from compose.layer_groups import describe_layers
 from hub.search import (
     SearchQuery,
     built_from,
@@ -232,23 +233,37 @@ def composite(viewer: Viewer, card: AdapterCard) -> dict[str, Any] | None:
 
 def search_view(inputs: list[str], search: dict[str, Any]) -> dict[str, Any]:
     """What `hub compose search` recorded, for the page: the settings, the weights found per
-    input, the held-out comparison and the trace, each step's loss also as a fraction of the
-    worst step's (a bar: how fast the search settled)."""
+    input (one per layer group, ``groups`` naming the groups' layers; one group, "all layers",
+    without ``--layer-groups``), the held-out comparison and the trace, each step's vector cut
+    into its groups and its loss also as a fraction of the worst step's (a bar: how fast the
+    search settled)."""
     trace = search.get("trace") or []
     worst = max((step["objective"] for step in trace), default=0.0)
     best = min((step["objective"] for step in trace), default=None)
+    layout = search.get("layer_groups") or [[]]
+    count = len(inputs)
+
+    def per_group(weights: list[float]) -> list[list[float]]:
+        if len(layout) == 1 or not count:
+            return [list(weights)]
+        return [list(weights[g * count : (g + 1) * count]) for g in range(len(layout))]
+
+    found = per_group(search.get("weights") or [])
     return {
         "settings": {
             key: search.get(key)
             for key in ("optimizer", "operator", "metric", "budget", "bounds", "l1", "seed")
         },
-        "weights": list(zip(inputs, search.get("weights") or [], strict=False)),
+        "groups": [describe_layers(g) if g else "all layers" for g in layout],
+        "weights": [
+            (ref, [group[i] for group in found if i < len(group)]) for i, ref in enumerate(inputs)
+        ],
         "held_out": search.get("held_out") or {},
         "kept_anyway": bool(search.get("kept_anyway")),
         "trace": [
             {
                 "step": i + 1,
-                "weights": step["weights"],
+                "weights": per_group(step["weights"]),
                 "loss": step["loss"],
                 "objective": step["objective"],
                 "bar": step["objective"] / worst if worst > 0 else 0.0,

@@ -334,8 +334,8 @@ def test_cli_form_and_recipe_file_are_equivalent(reg, hub_home, tmp_path):
     assert bad.exit_code == 1
     assert bad.stderr == (
         f"Error: {recipe}: field 'rnk': not a recipe field (fields: operator, name, inputs,"
-        " weights, rank, energy, factor, density, seed, variant, majority_sign, average, tasks,"
-        " description)\n"
+        " weights, layer_groups, rank, energy, factor, density, seed, variant, majority_sign,"
+        " average, tasks, description)\n"
     )
     unknown = runner.invoke(cli, ["compose", "mean", "t/a", "--name", "t/x"])
     assert unknown.stderr == (

@@ -148,7 +148,7 @@ def _page_shows_the_search(reg, card, outcome):
 
     page = adapter_page(reg, Viewer(None, everything=True, local=True), card.repo, None)
     view = page["composite"]["search"]
-    assert [w for _, w in view["weights"]] == outcome.weights
+    assert [ws[0] for _, ws in view["weights"]] == outcome.weights
     assert [t["objective"] for t in view["trace"]] == [s.objective for s in outcome.trace]
     assert sum(t["best"] for t in view["trace"]) >= 1
     with TestClient(create_ui_app(reg.home)) as client:
@@ -212,6 +212,12 @@ def test_ties_search_scores_the_exact_operator_and_rebuilds(reg, tasks):
         (
             ["t/a", "t/b", "--holdout", "1"],
             "Error: --holdout must be a fraction in (0, 1), got 1\n",
+        ),
+        (
+            # LoRAs on the LM head only: no module has a layer index.
+            ["t/a", "t/b", "--layer-groups", "2"],
+            "Error: --layer-groups 2: the adapters touch no decoder layer (no module name has a"
+            " layer index), so there is one group; leave --layer-groups out\n",
         ),
     ],
 )

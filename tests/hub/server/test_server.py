@@ -223,6 +223,14 @@ def test_compose_request_over_the_native_api(live_server, tokens, adapters):
         {"operator": "stack", "name": "team/ab", "inputs": ["team/a", "team/b"]},
     )
     assert (result["method"], result["variant"], result["created"]) == ("composite", "stack", True)
+    groups = [{"layers": [0], "weights": [1.0, 0.5]}, {"layers": [1], "weights": [0.0, 0.5]}]
+    grouped = remote._json(
+        "POST",
+        "/api/hub/v1/compose",
+        {"operator": "linear", "name": "team/g", "inputs": ["team/a", "team/a"],
+         "layer_groups": groups},
+    )  # fmt: skip
+    assert grouped["lineage"]["recipe"]["layer_groups"] == groups
     with pytest.raises(IncompatibleAdapters) as info:
         remote._json(
             "POST",
