@@ -1,15 +1,17 @@
 """Time per search candidate: hub's hooks vs LoraHub's method (PEFT re-merge + forward).
 
 A Llama-shaped model (hidden 1024, 8 layers, random weights), two rank-16 LoRAs on q, k, v, o,
-gate, up, down saved by PEFT, a batch of 8 sequences of 64 tokens. Per candidate (new weights):
+gate, up, down saved by PEFT, batches of 5 (LoraHub's few examples), 8 and 32 rows of 64
+tokens. Per candidate (new weights):
   * LoraHub's way, with PEFT: `add_weighted_adapter(combination_type="cat")` with the weights,
     `set_adapter`, `merge_adapter` (rewrite the base weights), forward, `unmerge_adapter`,
     `delete_adapter`;
   * hub: `operators.merge_modules` (the exact `cat` merge), `CandidateModel.set` (hooks add
     `x A^T B^T`; base weights untouched), forward.
-Both are checked to give the same logits (max abs difference printed).
+Both are checked to give the same logits (max abs difference printed). The two sides alternate
+per candidate; the table gives medians.
 
-Usage: python benchmarks/search_vs_lorahub.py [--candidates 10]
+Usage: python benchmarks/search_vs_lorahub.py [--candidates 10] [--rows 5,8,32] [--device cuda]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._util import table
+from benchmarks._util import median, table
 from compose.adapter_io import load_adapter
 from compose.operators import merge_modules
 from compose.search import CandidateModel
@@ -63,52 +65,79 @@ def _adapters(root: Path) -> list[Path]:
     return out
 
 
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _peft_candidate(peft, w, ids):  # type: ignore[no-untyped-def]
+    peft.add_weighted_adapter(["a", "b"], w, "cand", combination_type="cat")
+    peft.set_adapter("cand")
+    peft.merge_adapter()
+    logits = peft(input_ids=ids).logits
+    peft.unmerge_adapter()
+    peft.delete_adapter("cand")
+    return logits
+
+
+def _hub_candidate(candidate, loaded, inputs, w, ids):  # type: ignore[no-untyped-def]
+    merged, _ = merge_modules(loaded, inputs, "cat", {"weights": w}, str(ids.device))
+    candidate.set(merged)
+    return candidate.model(input_ids=ids).logits
+
+
 @torch.no_grad()
 def main() -> None:
     from peft import PeftModel
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--candidates", type=int, default=10)
+    parser.add_argument(
+        "--rows", default="5,8,32", help="comma-separated numbers of 64-token example rows"
+    )
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    ids = torch.randint(0, 2000, (8, 64), generator=torch.Generator().manual_seed(0))
+    device = args.device
     g = torch.Generator().manual_seed(1)
     candidates = [(torch.rand(2, generator=g) * 3 - 1.5).tolist() for _ in range(args.candidates)]
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         folders = _adapters(Path(tmp))
         peft = PeftModel.from_pretrained(_base(), str(folders[0]), adapter_name="a")
         peft.load_adapter(str(folders[1]), adapter_name="b")
-        start = time.perf_counter()
-        peft_logits = []
-        for w in candidates:
-            peft.add_weighted_adapter(["a", "b"], w, "cand", combination_type="cat")
-            peft.set_adapter("cand")
-            peft.merge_adapter()
-            peft_logits.append(peft(input_ids=ids).logits)
-            peft.unmerge_adapter()
-            peft.delete_adapter("cand")
-        t_peft = (time.perf_counter() - start) / len(candidates)
+        peft.to(device)
         loaded = [load_adapter(f, f.name, "lora", "cat") for f in folders]
         inputs = [SimpleNamespace(card=SimpleNamespace(rank=16)) for _ in folders]
-        base = _base()
-        ours_logits = []
-        with CandidateModel(base, sorted(loaded[0].modules)) as candidate:
-            start = time.perf_counter()
-            for w in candidates:
-                merged, _ = merge_modules(loaded, inputs, "cat", {"weights": w})  # type: ignore[arg-type]
-                candidate.set(merged)
-                ours_logits.append(candidate.model(input_ids=ids).logits)
-            t_ours = (time.perf_counter() - start) / len(candidates)
-    diff = max(float((a - b).abs().max()) for a, b in zip(peft_logits, ours_logits, strict=True))
+        with CandidateModel(_base().to(device), sorted(loaded[0].modules)) as candidate:
+            for rows in (int(r) for r in args.rows.split(",")):
+                ids = torch.randint(0, 2000, (rows, 64), generator=torch.Generator().manual_seed(0))
+                ids = ids.to(device)
+                _peft_candidate(peft, candidates[0], ids)  # warm-up, both sides
+                _hub_candidate(candidate, loaded, inputs, candidates[0], ids)
+                t_peft, t_ours, diff = [], [], 0.0
+                for w in candidates:  # alternated, so both sides see the same machine
+                    _sync(device)
+                    start = time.perf_counter()
+                    theirs = _peft_candidate(peft, w, ids)
+                    _sync(device)
+                    t_peft.append(time.perf_counter() - start)
+                    start = time.perf_counter()
+                    ours = _hub_candidate(candidate, loaded, inputs, w, ids)
+                    _sync(device)
+                    t_ours.append(time.perf_counter() - start)
+                    diff = max(diff, float((theirs - ours).abs().max()))
+                results.append((rows, median(t_peft), median(t_ours), diff))
+    where = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     print(
-        f"cpu ({torch.get_num_threads()} threads), hidden 1024 x 8 layers, 2 rank-16 LoRAs,"
-        f" batch 8 x 64 tokens, {len(candidates)} candidates; max |logit diff| {diff:.1e}"
+        f"{where} ({torch.get_num_threads()} threads), hidden 1024 x 8 layers, 2 rank-16 LoRAs,"
+        f" 64-token rows, median of {len(candidates)} candidates after a warm-up"
     )
-    print(table(["per candidate", "time", "speed-up"], [
-        ["LoraHub's way (PEFT add_weighted_adapter + merge + forward)", f"{t_peft * 1000:.0f} ms",
-         "1x"],
-        ["hub (exact cat merge + hooks + forward)", f"{t_ours * 1000:.0f} ms",
-         f"{t_peft / t_ours:.1f}x"],
-    ]))  # fmt: skip
+    print(table(
+        ["rows", "LoraHub's way (PEFT add_weighted_adapter + merge + forward)",
+         "hub (exact cat merge + hooks + forward)", "speed-up", "max |logit diff|"],
+        [[rows, f"{tp * 1000:.0f} ms", f"{to * 1000:.0f} ms", f"{tp / to:.1f}x", f"{d:.1e}"]
+         for rows, tp, to, d in results],
+    ))  # fmt: skip
 
 
 if __name__ == "__main__":
