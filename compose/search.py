@@ -157,6 +157,12 @@ def split(data: EvalData, settings: SearchSettings) -> tuple[EvalData, EvalData]
 class CandidateModel:
     """The base model with one merged LoRA attached through forward hooks; ``set`` swaps it.
 
+    For the exact weighted sum (``cat``/``linear`` of LoRAs, no truncation) ``stack`` attaches
+    every input's factors once, side by side, and ``set_weights`` then only sets the weight of
+    each input's rank columns: the hook adds ``((x A^T) * s) B^T``, which is ``sum_i w_i x
+    (B_i A_i)^T``, the delta ``merge.cat`` builds, without merging or moving factors per
+    candidate.
+
     Example:
         >>> with CandidateModel(model, modules) as candidate:            # doctest: +SKIP
         ...     candidate.set(merged); loss = evaluate(candidate.model)
@@ -167,6 +173,9 @@ class CandidateModel:
 
         self.model = model
         self._factors: dict[str, tuple[Any, Any]] = {}
+        self._stacked: dict[str, tuple[Any, Any, tuple[tuple[int, int], ...]]] = {}
+        """module -> (A of every input stacked, B side by side, (input, rank) per block)."""
+        self._scales: dict[str, Any] = {}
         self._handles = []
         for name in modules:
             try:
@@ -185,21 +194,60 @@ class CandidateModel:
 
     def _hook(self, name: str) -> Callable[..., Any]:
         def add_delta(module: Any, args: tuple[Any, ...], output: Any) -> Any:
-            factors = self._factors.get(name)
-            if factors is None:
-                return output
-            a, b = factors
             x = args[0]
-            return output + ((x.to(a.dtype) @ a.T) @ b.T).to(output.dtype)
+            factors = self._factors.get(name)
+            if factors is not None:
+                a, b = factors
+                return output + ((x.to(a.dtype) @ a.T) @ b.T).to(output.dtype)
+            scale = self._scales.get(name)
+            if scale is not None:
+                a, b, _ = self._stacked[name]
+                return output + (((x.to(a.dtype) @ a.T) * scale) @ b.T).to(output.dtype)
+            return output
 
         return add_delta
 
     def set(self, modules: dict[str, ModuleLora]) -> None:
+        """Attach one merged LoRA (per module), replacing what was attached."""
         device = next(self.model.parameters()).device
+        self._scales = {}
         self._factors = {
             name: (lora.factors.A.to(device), lora.factors.B.to(device))
             for name, lora in modules.items()
         }
+
+    def stack(self, adapters: Sequence[LoadedAdapter]) -> None:
+        """Move every input's LoRA factors to the model's device once, stacked per module."""
+        import torch
+
+        device = next(self.model.parameters()).device
+        self._stacked = {}
+        for module in sorted({m for a in adapters for m in a.modules}):
+            present = [
+                (i, a.modules[module].factors)
+                for i, a in enumerate(adapters)
+                if module in a.modules
+            ]
+            self._stacked[module] = (
+                torch.cat([f.A for _, f in present], dim=0).to(device),
+                torch.cat([f.B for _, f in present], dim=1).to(device),
+                tuple((i, int(f.A.shape[0])) for i, f in present),
+            )
+
+    def set_weights(self, weights_of: Callable[[str], Sequence[float]]) -> None:
+        """Weight each stacked input of every module by ``weights_of(module)[input]``."""
+        import torch
+
+        self._factors = {}
+        scales: dict[tuple[Any, ...], Any] = {}
+        self._scales = {}
+        for module, (a, _, blocks) in self._stacked.items():
+            weights = weights_of(module)
+            key = (tuple(weights), blocks)  # few distinct ones: one per layer group
+            if key not in scales:
+                column = [float(weights[i]) for i, rank in blocks for _ in range(rank)]
+                scales[key] = torch.tensor(column, dtype=a.dtype).to(a.device)
+            self._scales[module] = scales[key]
 
     def close(self) -> None:
         for handle in self._handles:
@@ -270,6 +318,7 @@ def run_search(
     uniform weights on the held-out rows."""
     import cma
 
+    from compose.layer_groups import ModuleWeights
     from compose.operators import merge_modules
 
     search_rows, held_out = split(data, settings)
@@ -278,14 +327,16 @@ def run_search(
 
     groups = 1 if layout is None else len(layout)
 
-    def merged(weights: Sequence[float]) -> dict[str, ModuleLora]:
+    def recipe_params(weights: Sequence[float]) -> dict[str, Any]:
         # N weights (the baselines, or no groups) merge as plain weights, as without groups.
         if layout is None or len(weights) == count:
-            given = {**params, "weights": list(weights)}
-        else:
-            given = {k: v for k, v in params.items() if k != "weights"}
-            given["layer_groups"] = grouped(weights, layout)
-        out, _ = merge_modules(adapters, inputs, operator, given, str(device))
+            return {**params, "weights": list(weights)}
+        given = {k: v for k, v in params.items() if k != "weights"}
+        given["layer_groups"] = grouped(weights, layout)
+        return given
+
+    def merged(weights: Sequence[float]) -> dict[str, ModuleLora]:
+        out, _ = merge_modules(adapters, inputs, operator, recipe_params(weights), str(device))
         return out
 
     def single(index: int) -> dict[str, ModuleLora]:
@@ -303,9 +354,26 @@ def run_search(
             candidate.set(modules_)
             return per_example_loss(candidate.model, tokenizer, rows, device)
 
+        # The exact weighted sum is linear in the weights: its candidates only reweight the
+        # inputs' factors, stacked once (shapes checked by one real merge first).
+        weighted_sum = (
+            operator in ("cat", "linear")
+            and params.get("rank") is None
+            and {a.method for a in adapters} == {"lora"}
+        )
+        if weighted_sum:
+            merged(uniform)
+            candidate.stack(adapters)
+
+        def search_loss(weights: list[float]) -> list[float]:
+            if not weighted_sum:
+                return mean_loss(merged(weights), search_rows)
+            candidate.set_weights(ModuleWeights(recipe_params(weights)))
+            return per_example_loss(candidate.model, tokenizer, search_rows, device)
+
         def objective(weights: Sequence[float]) -> float:
             clipped = [min(max(float(w), low), high) for w in weights]
-            losses = mean_loss(merged(clipped), search_rows)
+            losses = search_loss(clipped)
             loss = math.fsum(losses) / len(losses)
             total = loss + settings.l1 * math.fsum(abs(w) for w in clipped) / groups
             trace.append(Step(clipped, loss, total))

@@ -89,10 +89,17 @@ def ordered(values: torch.Tensor) -> torch.Tensor:
     return torch.where(raw < 0, -(raw + sign), raw)
 
 
-def assert_one_step(gpu: torch.Tensor, cpu: torch.Tensor, name: str) -> None:
-    """The same values but for a few one step of their dtype apart."""
+def assert_one_step(
+    gpu: torch.Tensor, cpu: torch.Tensor, name: str, slack: torch.Tensor | None = None
+) -> None:
+    """The same values but for a few one step of their dtype apart. With ``slack`` (the fp32
+    merges' bound per element), values no further apart than it pass whatever their steps:
+    where a row's delta cancels its base to near zero, the rounded dtype's steps there are far
+    finer than two fp32 merges of that row may differ by."""
     assert gpu.dtype == cpu.dtype and gpu.shape == cpu.shape, name
     steps = (ordered(gpu) - ordered(cpu)).abs()
+    if slack is not None:
+        steps = torch.where((gpu.float() - cpu.float()).abs() <= slack, 0, steps)
     assert int(steps.max()) <= 1, f"{name}: {int(steps.max())} steps apart"
     assert float((steps > 0).float().mean()) <= 0.02, f"{name}: too many values differ"
 
@@ -180,7 +187,8 @@ def check_safetensors(adapters: list[Path], base: Path, tmp_path: Path, dtype: s
             within = (on_gpu[name] - value).abs() <= bound(value, original)
             assert bool(within.all()), name
         else:
-            assert_one_step(on_gpu[name], value, name)
+            slack = bound(value.float(), originals[name].float())
+            assert_one_step(on_gpu[name], value, name, slack)
 
 
 @pytest.mark.parametrize("case", ["stack", "ia3"])  # ia3 leaves q, o, gate and up untouched
