@@ -33,17 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._util import table
+from benchmarks.ties_vs_peft import DENSITY, RANK, SHAPES, WEIGHTS, _sync
 from compose import merge
 
-SHAPES = {  # name: (in_features, out_features)
-    "7b": {"q_proj": (4096, 4096), "k_proj": (4096, 4096), "v_proj": (4096, 4096),
-           "o_proj": (4096, 4096), "gate_proj": (4096, 11008), "up_proj": (4096, 11008),
-           "down_proj": (11008, 4096)},
-    "70b": {"q_proj": (8192, 8192), "k_proj": (8192, 1024), "v_proj": (8192, 1024),
-            "o_proj": (8192, 8192), "gate_proj": (8192, 28672), "up_proj": (8192, 28672),
-            "down_proj": (28672, 8192)},
-}  # fmt: skip
-RANK, DENSITY, WEIGHTS = 16, 0.2, (1.0, 1.0)
 MERGEKIT_TIES = {
     "int8_mask": False,
     "normalize": True,
@@ -53,11 +45,6 @@ MERGEKIT_TIES = {
     "density": {1: DENSITY, 2: DENSITY},
 }
 """mergekit's parameters for `ties` (its defaults), per input id 1 and 2 (0 is the base)."""
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def _inputs(shapes: dict[str, tuple[int, int]], device: str) -> dict[str, list[merge.Factors]]:
