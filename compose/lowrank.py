@@ -40,10 +40,12 @@ the true ones, so the true smallest rank is at most r.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
+    import torch
     from torch import Tensor
 
 Method = Literal["randomized", "exact"]
@@ -99,12 +101,12 @@ def _orth(m: Tensor) -> Tensor:
     return torch.linalg.qr(m).Q
 
 
-def _sample(k: int, columns: int, like: Tensor, seed: int) -> Tensor:
+def _sample(k: int, columns: int, like: Tensor, dtype: torch.dtype, seed: int) -> Tensor:
     import torch
 
     generator = torch.Generator().manual_seed(seed)
     omega = torch.randn(k, columns, generator=generator, dtype=torch.float64)
-    return omega.to(device=like.device, dtype=like.dtype)
+    return omega.to(device=like.device, dtype=dtype)
 
 
 def exact_svd(matrix: Tensor, rank: int | None, energy: float | None) -> Svd:
@@ -153,19 +155,22 @@ def truncated_svd(
     d, k = matrix.shape
     n = min(d, k)
     work = matrix if matrix.dtype in (torch.float32, torch.float64) else matrix.float()
-    total = float(torch.linalg.vector_norm(work, dtype=torch.float64) ** 2)
+    total = _squared_norm(work)
     target = rank if rank is not None else 1
     columns = min(n, target + max(oversample, target))
     if method == "exact" or total == 0 or columns > _MAX_SAMPLE_FRACTION * n:
         return exact_svd(matrix, rank, energy)
-    q = _orth(work @ _sample(k, columns, work, seed))
+    # The passes' arithmetic: the matrix's dtype, fp64 once fp32 rounding stops the progress.
+    dtype = work.dtype
+    floor = _FLOOR * float(torch.finfo(work.dtype).eps) * math.sqrt(total)
+    q = _orth(_times(work, _sample(k, columns, work, dtype, seed)))
     passes = 0
     while True:
         previous = math.inf
         for step in range(power_passes):
             passes += 1
-            z, r_z = torch.linalg.qr(work.T @ q)
-            y = work @ z
+            z, r_z = torch.linalg.qr(_times_transposed(work, q))
+            y = _times(work, z)
             # The l x l core's SVD runs on the host: on a GPU, cuSOLVER's takes 0.5 ms of
             # launches for a 32 x 32 matrix, and the host needs ``s`` for the checks anyway.
             u_s, s, w_h = torch.linalg.svd(r_z.T.double().cpu())
@@ -174,9 +179,9 @@ def truncated_svd(
                 break  # the sample holds too little energy: more passes cannot help
             if r >= s.shape[0]:
                 break  # no value below the cut to measure the gap with
-            u_r = u_s[:, :r].to(device=work.device, dtype=work.dtype)
-            w_r = w_h[:r].T.to(device=work.device, dtype=work.dtype)
-            s_r = s[:r].to(device=work.device, dtype=work.dtype)
+            u_r = u_s[:, :r].to(device=work.device, dtype=dtype)
+            w_r = w_h[:r].T.to(device=work.device, dtype=dtype)
+            s_r = s[:r].to(device=work.device, dtype=dtype)
             r1 = float(torch.linalg.vector_norm(y @ w_r - q @ (u_r * s_r), dtype=torch.float64))
             delta = float(s[r - 1] - s[r]) - r1
             kept = float((s[:r] ** 2).sum().sqrt())
@@ -191,9 +196,10 @@ def truncated_svd(
             # (s_{l+1} / s_r)^2 per pass, and less than half means the gap lies past it.
             stalled = step >= 2 and r1 > 0.5 * previous
             previous = r1
-            if stalled and work.dtype != torch.float64:
-                # fp32 rounding floors the residual near 1e-7 |A|: finish in fp64.
-                work, y, previous = work.double(), y.double(), math.inf
+            if (stalled or r1 <= floor) and dtype != torch.float64:
+                # fp32 rounding floors the residual near 1e-7 |A|: finish in fp64 (the
+                # matrix stays fp32; its blocks are widened as the products read them).
+                dtype, y, previous = torch.float64, y.double(), math.inf
             elif stalled:
                 break  # the gap lies past the sample: grow it
             q = _orth(y)
@@ -201,6 +207,64 @@ def truncated_svd(
         if columns > _MAX_SAMPLE_FRACTION * n:
             return exact_svd(matrix, rank, energy)
         # The new sample keeps what was found and adds fresh directions.
-        q = q.to(work.dtype)
-        fresh = work @ _sample(k, columns - q.shape[1], work, seed + passes)
+        q = q.to(dtype)
+        fresh = _times(work, _sample(k, columns - q.shape[1], work, dtype, seed + passes))
         q = _orth(torch.cat([q, fresh], dim=1))
+
+
+_FLOOR = 8.0
+"""A residual within this many units of rounding (eps |A|_F) is at the floor of its dtype."""
+BLOCK_VALUES = 1 << 18
+"""Values per block of rows when fp32 rows are widened to fp64 on a CPU (1 MiB of fp32)."""
+BLOCK_VALUES_ACCELERATOR = 1 << 24
+
+
+def _widened(matrix: Tensor, dtype: torch.dtype) -> Iterator[tuple[slice, Tensor]]:
+    """The matrix's blocks of rows, each copied into one reused ``dtype`` buffer (widening
+    the whole matrix is a d x k temporary, and slower than the products that read it)."""
+    import torch
+
+    d, k = matrix.shape
+    values = BLOCK_VALUES if matrix.device.type == "cpu" else BLOCK_VALUES_ACCELERATOR
+    rows = max(1, min(d, values // max(k, 1)))
+    buffer = torch.empty(rows, k, dtype=dtype, device=matrix.device)
+    for start in range(0, d, rows):
+        part = slice(start, min(start + rows, d))
+        wide = buffer[: part.stop - start]
+        wide.copy_(matrix[part])
+        yield part, wide
+
+
+def _squared_norm(matrix: Tensor) -> float:
+    """``|matrix|_F^2``, accumulated in fp64."""
+    import torch
+
+    if matrix.dtype == torch.float64:
+        return float(torch.linalg.vector_norm(matrix) ** 2)
+    sums = [torch.dot(wide.view(-1), wide.view(-1)) for _, wide in _widened(matrix, torch.float64)]
+    return float(torch.stack(sums).sum())
+
+
+def _times(matrix: Tensor, right: Tensor) -> Tensor:
+    """``matrix @ right`` in ``right``'s dtype (an fp32 matrix is widened block by block)."""
+    import torch
+
+    if matrix.dtype == right.dtype:
+        return matrix @ right
+    out = torch.empty(matrix.shape[0], right.shape[1], dtype=right.dtype, device=right.device)
+    for part, wide in _widened(matrix, right.dtype):
+        torch.matmul(wide, right, out=out[part])
+    return out
+
+
+def _times_transposed(matrix: Tensor, left: Tensor) -> Tensor:
+    """``matrix.T @ left`` in ``left``'s dtype, as ``(left.T @ matrix).T``: the product that
+    reads ``matrix`` in its own row order (on a CPU two thirds of ``matrix.T @ left``'s time)."""
+    import torch
+
+    if matrix.dtype == left.dtype:
+        return (left.T @ matrix).T
+    out = torch.zeros(left.shape[1], matrix.shape[1], dtype=left.dtype, device=left.device)
+    for part, wide in _widened(matrix, left.dtype):
+        out.addmm_(left[part].T, wide)
+    return out.T

@@ -311,9 +311,14 @@ def merge_modules(
         )
         shape = having[0][1]
         # An input without this module contributes a zero delta (and a zero vote in TIES).
-        per_input = [_dense(a, module, shape, device) for a in adapters]
-        dense = _dense_op(operator, per_input, weights, params, generator, module)
-        del per_input
+        if operator in ("ties", "magnitude-prune") and not any(module in a.dense for a in adapters):
+            # Every input is a LoRA here: merged block by block from the factors, the same values.
+            dense = _factored_op(operator, [_factors(a, module, shape, device) for a in adapters],
+                                 weights, params, module)  # fmt: skip
+        else:
+            per_input = [_dense(a, module, shape, device) for a in adapters]
+            dense = _dense_op(operator, per_input, weights, params, generator, module)
+            del per_input
         if rank_param == "auto":
             result = merge.factor(dense, None, energy=energy, method=method, module=module)
         else:
@@ -345,6 +350,36 @@ def _dense(adapter: LoadedAdapter, module: str, shape: tuple[int, int], device: 
     if module in adapter.dense:
         return adapter.dense[module].to(device)
     return torch.zeros(shape, device=device)
+
+
+def _factors(adapter: LoadedAdapter, module: str, shape: tuple[int, int], device: str) -> Factors:
+    """One input's factors of ``module`` on ``device``; of rank 0 (a zero delta) where it lacks
+    it."""
+    import torch
+
+    from compose.merge import Factors
+
+    if module in adapter.modules:
+        return _to(adapter.modules[module].factors, device)
+    return Factors(
+        A=torch.zeros(0, shape[1], device=device), B=torch.zeros(shape[0], 0, device=device)
+    )
+
+
+def _factored_op(
+    operator: str,
+    factors: list[Factors],
+    weights: list[float],
+    params: dict[str, Any],
+    module: str,
+) -> Tensor:
+    from compose import blockwise
+
+    if operator == "ties":
+        return blockwise.ties(
+            factors, weights, params["density"], params["majority_sign"], module=module
+        )
+    return blockwise.magnitude_prune(factors, weights, params["density"], module=module)
 
 
 def _to(factors: Factors, device: str) -> Factors:
