@@ -6,11 +6,12 @@ streams memory (and, freshly allocated, faults its pages in). Here the inputs st
 (``delta_i = B_i A_i``, rank r) and only the output is d x k:
 
 1. **Threshold** (per input, the k-th largest magnitude, ``merge.keep_largest``'s): a sample of
-   values computed from the factors (``sum_r B[i, r] A[r, j]`` at random (i, j)) brackets it;
-   one pass over blocks of rows forms each block's ``B_i[rows] @ A_i``, counts the values above
-   the bracket and keeps those inside; the k-th largest is then read off the kept values,
-   sorted. A draw that misses (about 1e-9), or an input of under eight samples, falls back to
-   ``merge.kth_largest`` on that input's whole magnitude.
+   values computed from the factors (``sum_r B[i, r] A[r, j]`` at random (i, j), as
+   ``merge.kth_largest_by_sample`` draws them) brackets it; one pass over blocks of rows forms
+   each block's ``B_i[rows] @ A_i``, counts the values above the bracket and keeps those inside
+   (about 1%); the k-th largest is then selected among the kept values. A draw that misses
+   (about 1e-9), or an input of under eight samples, falls back to ``merge.kth_largest`` on that
+   input's whole magnitude.
 2. **Merge**: a second pass forms each block's products again, trims them with the thresholds
    (ties at the threshold kept in index order, as ``keep_largest`` keeps them), elects signs
    and takes the disjoint mean with ``merge._elect_and_merge``'s steps, into the block's rows
@@ -30,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from compose.lowrank import block_rows
 from compose.merge import (
     _SAMPLE,
     Factors,
@@ -42,12 +44,6 @@ from compose.merge import (
 if TYPE_CHECKING:
     import torch
     from torch import Tensor
-
-BLOCK_VALUES = 1 << 18
-"""Values per block of rows on a CPU (1 MiB of fp32): the block's temporaries stay in cache."""
-BLOCK_VALUES_ACCELERATOR = 1 << 24
-"""On a GPU, blocks of 64 MiB: few kernel launches and host syncs per module. At most 2^24:
-counts are sums of fp32 masks, exact up to 2^24."""
 
 
 @dataclass
@@ -82,7 +78,7 @@ def ties(
         factors: the inputs, of one shape d x k (any ranks; rank 0 is a zero delta).
         weights, density, majority_sign: as ``merge.ties``.
         block_values: about how many values a block of rows holds (at least one row; default
-            ``BLOCK_VALUES`` on a CPU, ``BLOCK_VALUES_ACCELERATOR`` elsewhere).
+            ``compose.lowrank.block_rows``'s, by device and threads).
         sample: values drawn to bracket each input's threshold.
 
     Returns:
@@ -126,7 +122,8 @@ def _merge(
     wide = [Factors(A=f.A.double(), B=f.B.double()) for f in factors]
     n, device = len(wide), wide[0].A.device
     d, k = int(wide[0].B.shape[0]), int(wide[0].A.shape[1])
-    rows = _rows(d, k, device, block_values)
+    # Counts are sums of fp32 0/1 masks, exact while a block holds at most 2^24 values.
+    rows = min(block_rows(d, k, device, block_values), max(1, (1 << 24) // max(k, 1)))
     buffers = _Buffers.allocate(n, rows, k, device)
     trims = _thresholds(factors, wide, density, buffers, sample)
     out = torch.empty(d, k, device=device)
@@ -135,7 +132,7 @@ def _merge(
     ).view(-1, 1, 1)
     w = torch.tensor(list(weights), dtype=torch.float32, device=device).view(-1, 1, 1)
     unweighted = all(x == 1.0 for x in weights)  # x * 1.0 is x: the multiply can go
-    remaining = [t.ties for t in trims]
+    remaining = [t.ties or 0 for t in trims]  # ties still to keep, of the inputs that count them
     for start in range(0, d, rows):
         stop = min(start + rows, d)
         b = buffers.view(stop - start)
@@ -155,38 +152,25 @@ def _merge(
         if not elect:
             if not unweighted:
                 b.stacked.mul_(w)
-            _sum(b.stacked, rows_out)
+            torch.sum(b.stacked, dim=0, out=rows_out)
             continue
         # merge._elect_and_merge's steps. A value agrees when its sign is the elected one (+1
         # where the votes are >= 0): x * e > 0 with e = copysign(1, votes). Only votes of -0.0
-        # differ from ``votes >= 0``, and those are sums of zeros, which never agree.
+        # differ from ``votes >= 0``, and those are sums of zeros, which never agree (and NaN
+        # votes, whose value is NaN either way).
         if majority_sign == "total":
-            _sum(b.stacked, b.votes)
+            torch.sum(b.stacked, dim=0, out=b.votes)
         else:
-            _sum(torch.sign(b.stacked, out=b.scratch), b.votes)
+            torch.sum(torch.sign(b.stacked, out=b.scratch), dim=0, out=b.votes)
         torch.copysign(b.ones, b.votes, out=b.votes)
         torch.gt(torch.mul(b.stacked, b.votes, out=b.scratch), 0, out=b.mask)
         if not unweighted:
             b.stacked.mul_(w)
         b.stacked.mul_(b.mask)
-        _sum(b.stacked, rows_out)
-        _sum(b.mask, b.votes)
+        torch.sum(b.stacked, dim=0, out=rows_out)
+        torch.sum(b.mask, dim=0, out=b.votes)
         rows_out.div_(b.votes.clamp_(min=1))
     return out
-
-
-def _sum(stacked: Tensor, out: Tensor) -> None:
-    """``stacked.sum(dim=0)`` into ``out``. Of two inputs, one addition: the same value (a
-    sum of two terms has one order), without the reduction's pass that zeroes ``out``."""
-    import torch
-
-    torch.sum(stacked, dim=0, out=out)
-
-
-def _rows(d: int, k: int, device: torch.device, block_values: int | None) -> int:
-    if block_values is None:
-        block_values = BLOCK_VALUES if device.type == "cpu" else BLOCK_VALUES_ACCELERATOR
-    return max(1, min(d, min(block_values, 1 << 24) // max(k, 1)))
 
 
 @dataclass
@@ -274,7 +258,6 @@ def _thresholds(
         for i, f in enumerate(wide):
             _product_rows(f, start, stop, b.wide, b.stacked[i])
         magnitude = b.stacked.abs_()
-        # Counts as sums of fp32 0/1 masks: exact, a block holding at most 2^24 values.
         above += torch.gt(magnitude, high, out=b.mask).sum(dim=(1, 2)).double()
         between = torch.ge(magnitude, low, out=b.scratch).sub_(b.mask)  # low <= x <= high
         for i in range(len(wide)):

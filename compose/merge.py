@@ -2,7 +2,9 @@
 
 LoRA deltas are handled in factored form wherever the result is exact or low-rank (``cat``,
 ``svd_merge``); the sparsifying operators (TIES, DARE, magnitude pruning) act per value and so
-work on each module's dense delta, then ``factor`` it back to a LoRA of rank R.
+work on each module's dense delta, then ``factor`` it back to a LoRA of rank R
+(``compose.blockwise`` computes TIES and magnitude pruning of LoRA inputs with the same values
+block by block, never forming the inputs' dense deltas).
 
 Factored inputs are converted to fp64 for the arithmetic (cheap next to reading the weights);
 the per-value operators work in fp32 (fp64 inputs stay fp64: a value is the sum of at most N

@@ -344,9 +344,10 @@ def _dense(adapter: LoadedAdapter, module: str, shape: tuple[int, int], device: 
     """One input's dense delta of ``module`` on ``device`` (zeros where it lacks it), fp32."""
     import torch
 
+    from compose.blockwise import product
+
     if module in adapter.modules:
-        f = adapter.modules[module].factors
-        return (f.B.to(device).double() @ f.A.to(device).double()).float()
+        return product(_to(adapter.modules[module].factors, device))
     if module in adapter.dense:
         return adapter.dense[module].to(device)
     return torch.zeros(shape, device=device)
