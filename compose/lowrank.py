@@ -129,6 +129,7 @@ def truncated_svd(
     oversample: int = OVERSAMPLE,
     power_passes: int = POWER_PASSES,
     seed: int = SEED,
+    total: float | None = None,
 ) -> Svd:
     """Top singular triplets of ``matrix``: ``rank`` of them, or as many as keep ``energy``.
 
@@ -138,6 +139,7 @@ def truncated_svd(
         method: ``randomized`` (checked, exact fallback) or ``exact``.
         tolerance: the relative error against the exact truncated SVD the randomized path must
             show before it is used.
+        total: ``squared_norm(matrix)``, where the caller has it already.
 
     Returns:
         ``Svd`` with ``u`` (d x r), ``s`` (fp64), ``vh`` (r x k) in the matrix's dtype and
@@ -155,7 +157,7 @@ def truncated_svd(
     d, k = matrix.shape
     n = min(d, k)
     work = matrix if matrix.dtype in (torch.float32, torch.float64) else matrix.float()
-    total = _squared_norm(work)
+    total = squared_norm(work) if total is None else total
     target = rank if rank is not None else 1
     columns = min(n, target + max(oversample, target))
     if method == "exact" or total == 0 or columns > _MAX_SAMPLE_FRACTION * n:
@@ -195,10 +197,15 @@ def truncated_svd(
             # The first passes settle the sample; after them the residual shrinks by
             # (s_{l+1} / s_r)^2 per pass, and less than half means the gap lies past it.
             stalled = step >= 2 and r1 > 0.5 * previous
+            # fp32 rounding floors the residual near 1e-7 |A|. When the bound needs less than
+            # that, finish in fp64 once the residual is at the floor, or will be after the
+            # next pass at this pass's rate (the matrix stays fp32; its blocks are widened as
+            # the products read them).
+            needed = tolerance * max(delta + r1, 0.0) * kept / (math.sqrt(2) * float(s[0]))
+            next_r1 = r1 * min(1.0, r1 / previous) if step >= 1 else math.inf
+            at_floor = needed < floor and min(r1, next_r1) <= floor
             previous = r1
-            if (stalled or r1 <= floor) and dtype != torch.float64:
-                # fp32 rounding floors the residual near 1e-7 |A|: finish in fp64 (the
-                # matrix stays fp32; its blocks are widened as the products read them).
+            if (stalled or at_floor) and dtype != torch.float64:
                 dtype, y, previous = torch.float64, y.double(), math.inf
             elif stalled:
                 break  # the gap lies past the sample: grow it
@@ -251,8 +258,9 @@ def _widened(matrix: Tensor, dtype: torch.dtype) -> Iterator[tuple[slice, Tensor
         yield part, wide
 
 
-def _squared_norm(matrix: Tensor) -> float:
-    """``|matrix|_F^2``, accumulated in fp64."""
+def squared_norm(matrix: Tensor) -> float:
+    """``|matrix|_F^2``, accumulated in fp64. Of an fp32 (or narrower) matrix, finite exactly
+    when every value is: a square of one is at most 1.2e77, and fp64 holds sums of those."""
     import torch
 
     if matrix.dtype == torch.float64:

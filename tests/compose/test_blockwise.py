@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compose import blockwise, merge
-from compose.lowrank import _squared_norm, _times, _times_transposed
+from compose.lowrank import _times, _times_transposed, squared_norm
 from compose.merge import Factors
 from schemas import InvalidRecipe
 
@@ -119,7 +119,7 @@ def test_the_range_finders_blockwise_products_equal_the_whole_matrix(shape):
     torch.testing.assert_close(
         _times_transposed(matrix, left), wide.T @ left, rtol=1e-12, atol=1e-12
     )
-    assert _squared_norm(matrix) == pytest.approx(float((wide**2).sum()), rel=1e-13)
+    assert squared_norm(matrix) == pytest.approx(float((wide**2).sum()), rel=1e-13)
     # Same dtype: the plain products.
     torch.testing.assert_close(_times(wide, right), wide @ right, rtol=0, atol=0)
     assert torch.equal(_times_transposed(matrix, left.float()), (left.float().T @ matrix).T)
