@@ -8,7 +8,8 @@ in one process:
     SVD per module);
   * hub, what `hub compose ties --rank 16` runs per module (`compose.operators`):
     `compose.blockwise.ties` on the factors (the inputs' dense deltas never formed), then
-    `compose.merge.factor` (checked randomized range finder, exact fallback);
+    `compose.merge.factor` (checked randomized range finder, exact fallback, its first sample
+    the inputs' B factors);
   * hub with the dense TIES instead: per input the fp64 product `B @ A` rounded to fp32,
     `compose.merge.ties`, the same factor (the path before `compose.blockwise`; the two TIES
     results are checked to be equal).
@@ -91,7 +92,8 @@ def ours(inputs, device: str, dense: bool = False):  # type: ignore[no-untyped-d
             ties = merge.ties([blockwise.product(f) for f in fs], list(WEIGHTS), DENSITY)
         else:
             ties = blockwise.ties(fs, list(WEIGHTS), DENSITY, module=name)
-        results[name] = merge.factor(ties, RANK, module=name)
+        start = torch.cat([f.B for f in fs], dim=1)  # as compose.operators seeds it
+        results[name] = merge.factor(ties, RANK, module=name, start=start)
         del ties
     _sync(device)
     return results, time.perf_counter() - start

@@ -130,6 +130,7 @@ def truncated_svd(
     power_passes: int = POWER_PASSES,
     seed: int = SEED,
     total: float | None = None,
+    start: Tensor | None = None,
 ) -> Svd:
     """Top singular triplets of ``matrix``: ``rank`` of them, or as many as keep ``energy``.
 
@@ -140,6 +141,11 @@ def truncated_svd(
         tolerance: the relative error against the exact truncated SVD the randomized path must
             show before it is used.
         total: ``squared_norm(matrix)``, where the caller has it already.
+        start: d x c columns whose span is likely close to the top singular subspace (for a
+            merge of LoRAs, their B factors): the first sample instead of ``matrix @ Omega``,
+            of ``max(l, c)`` columns (completed with drawn ones; past a quarter of ``min(d,
+            k)``, mixed down by a Gaussian). The check does not depend on it; a good start
+            saves passes.
 
     Returns:
         ``Svd`` with ``u`` (d x r), ``s`` (fp64), ``vh`` (r x k) in the matrix's dtype and
@@ -165,7 +171,11 @@ def truncated_svd(
     # The passes' arithmetic: the matrix's dtype, fp64 once fp32 rounding stops the progress.
     dtype = work.dtype
     floor = _FLOOR * float(torch.finfo(work.dtype).eps) * math.sqrt(total)
-    q = _orth(_times(work, _sample(k, columns, work, dtype, seed)))
+    if start is None:
+        q = _orth(_times(work, _sample(k, columns, work, dtype, seed)))
+    else:  # the sample holds the whole start where it can
+        columns = max(columns, min(int(start.shape[1]), int(_MAX_SAMPLE_FRACTION * n)))
+        q = _orth(_first_sample(work, start, columns, dtype, seed))
     passes = 0
     while True:
         previous = math.inf
@@ -241,6 +251,19 @@ def block_rows(d: int, k: int, device: torch.device, values: int | None = None) 
             else BLOCK_VALUES_ACCELERATOR
         )
     return max(1, min(d, values // max(k, 1)))
+
+
+def _first_sample(
+    matrix: Tensor, start: Tensor, columns: int, dtype: torch.dtype, seed: int
+) -> Tensor:
+    import torch
+
+    start = start.to(device=matrix.device, dtype=dtype)
+    given = int(start.shape[1])
+    if given >= columns:
+        return start @ _sample(given, columns, matrix, dtype, seed)
+    drawn = _times(matrix, _sample(int(matrix.shape[1]), columns - given, matrix, dtype, seed))
+    return torch.cat([start, drawn], dim=1)
 
 
 def _widened(matrix: Tensor, dtype: torch.dtype) -> Iterator[tuple[slice, Tensor]]:

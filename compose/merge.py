@@ -185,6 +185,7 @@ def factor(
     energy: float | None = None,
     method: Literal["randomized", "exact"] = "randomized",
     module: str = "",
+    start: Tensor | None = None,
 ) -> Truncation:
     """A dense delta as a LoRA of rank ``rank`` (truncated SVD, balanced split ``B = U
     sqrt(S)``, ``A = sqrt(S) V^T``), or, with ``rank=None``, of the smallest rank keeping the
@@ -193,6 +194,8 @@ def factor(
     ``randomized`` uses ``compose.lowrank.truncated_svd``: a range finder whose error against
     the exact truncated SVD is checked to be at most 1e-5 (relative), falling back to the
     exact SVD when it cannot be shown. ``exact`` is LAPACK's (cuSOLVER's) SVD in fp64.
+    ``start`` (for a merge of LoRAs: their B factors side by side) seeds the range finder's
+    first sample (``truncated_svd``'s ``start``).
     """
     import torch
 
@@ -214,7 +217,12 @@ def factor(
             module=module,
         )
     svd = truncated_svd(
-        delta, rank, energy=energy if rank is None else None, method=method, total=total
+        delta,
+        rank,
+        energy=energy if rank is None else None,
+        method=method,
+        total=total,
+        start=start,
     )
     root = svd.s.sqrt()
     a = root[:, None].to(svd.vh.dtype) * svd.vh

@@ -311,19 +311,24 @@ def merge_modules(
         )
         shape = having[0][1]
         # An input without this module contributes a zero delta (and a zero vote in TIES).
-        if operator in ("ties", "magnitude-prune") and not any(module in a.dense for a in adapters):
-            # Every input is a LoRA here: merged block by block from the factors, the same values.
-            dense = _factored_op(operator, [_factors(a, module, shape, device) for a in adapters],
-                                 weights, params, module)  # fmt: skip
+        start = None
+        if not any(module in a.dense for a in adapters):  # every input is a LoRA here
+            factors = [_factors(a, module, shape, device) for a in adapters]
+            # The result's column space lies mostly in the inputs': the factor's first sample.
+            start = torch.cat([f.B.float() for f in factors], dim=1)
+        if start is not None and operator in ("ties", "magnitude-prune"):
+            # Merged block by block from the factors: the dense path's values.
+            dense = _factored_op(operator, factors, weights, params, module)
         else:
             per_input = [_dense(a, module, shape, device) for a in adapters]
             dense = _dense_op(operator, per_input, weights, params, generator, module)
             del per_input
+        options: dict[str, Any] = {"method": method, "module": module, "start": start}
         if rank_param == "auto":
-            result = merge.factor(dense, None, energy=energy, method=method, module=module)
+            result = merge.factor(dense, None, energy=energy, **options)
         else:
             rank = int(rank_param) if rank_param is not None else default_rank
-            result = merge.factor(dense, min(rank, min(shape)), method=method, module=module)
+            result = merge.factor(dense, min(rank, min(shape)), **options)
         del dense
         truncations[module] = result
         out[module] = ModuleLora(_cpu(result.factors), module in embeddings)
