@@ -92,8 +92,8 @@ def ours(inputs, device: str, dense: bool = False):  # type: ignore[no-untyped-d
             ties = merge.ties([blockwise.product(f) for f in fs], list(WEIGHTS), DENSITY)
         else:
             ties = blockwise.ties(fs, list(WEIGHTS), DENSITY, module=name)
-        start = torch.cat([f.B for f in fs], dim=1)  # as compose.operators seeds it
-        results[name] = merge.factor(ties, RANK, module=name, start=start)
+        columns = torch.cat([f.B for f in fs], dim=1)  # the first sample, as compose's
+        results[name] = merge.factor(ties, RANK, module=name, start=columns)
         del ties
     _sync(device)
     return results, time.perf_counter() - start

@@ -9,11 +9,14 @@ The randomized path (Halko, Martinsson & Tropp 2011, algorithms 4.4 and 5.1), on
 ``Omega`` drawn from a CPU generator with a fixed seed (the same draws on every device, so a
 rebuild on a CPU retraces a GPU build), is subspace iteration::
 
-    Q = orth(A Omega)
+    Q = orth(A Omega)     # or orth(start): for a merge of LoRAs, their B factors
     repeat:  Z, Rz = qr(A^T Q);  Y = A Z       # two d x k x l products per pass
              Q^T A = Rz^T Z^T = u S w^T         # SVD of the small l x l core
              U = Q u,  V = Z w                  # Ritz vectors: U^T A = S V^T exactly
              Q = orth(Y)                         # the next pass
+
+The passes run in fp32 for an fp32 matrix until its rounding floors the residual, then in
+fp64 with the matrix still stored in fp32: each block of rows is widened as a product reads it.
 
 **The check.** By construction ``U_r^T A = S_r V_r^T``, so the only residual of the computed
 triplets is ``R1 = A V_r - U_r S_r = Y w_r - Q u_r S_r`` (no extra product). Wedin's theorem
