@@ -20,7 +20,8 @@ streams memory (and, freshly allocated, faults its pages in). Here the inputs st
 A block's product is formed by the same fp64 matrix product as the dense delta
 (``(B.double() @ A.double()).float()``, ``compose.operators``), of fewer rows: a rank-r product
 sums the same r terms per value whatever the rows, so the values, and with them the result, are
-the dense path's (``torch.equal``; tests check it, remainders and tiny shapes included).
+the dense path's, bit for bit (property tests check it, remainders, ties and tiny shapes
+included; on a GPU, ``tests/compose/test_cuda.py``).
 Everything runs on the inputs' device.
 """
 
@@ -159,18 +160,31 @@ def _merge(
         # differ from ``votes >= 0``, and those are sums of zeros, which never agree (and NaN
         # votes, whose value is NaN either way).
         if majority_sign == "total":
-            torch.sum(b.stacked, dim=0, out=b.votes)
+            _sum(b.stacked, b.votes)
         else:
-            torch.sum(torch.sign(b.stacked, out=b.scratch), dim=0, out=b.votes)
+            _sum(torch.sign(b.stacked, out=b.scratch), b.votes)
         torch.copysign(b.ones, b.votes, out=b.votes)
         torch.gt(torch.mul(b.stacked, b.votes, out=b.scratch), 0, out=b.mask)
         if not unweighted:
             b.stacked.mul_(w)
         b.stacked.mul_(b.mask)
         torch.sum(b.stacked, dim=0, out=rows_out)
-        torch.sum(b.mask, dim=0, out=b.votes)
+        _sum(b.mask, b.votes)
         rows_out.div_(b.votes.clamp_(min=1))
     return out
+
+
+def _sum(stacked: Tensor, out: Tensor) -> None:
+    """``stacked.sum(dim=0)`` for the votes and the counts; of two inputs one addition, without
+    the reduction's pass that zeroes ``out``. It differs from the sum only in a -0.0 for +0.0
+    where both terms are -0.0: a count never is; votes only pick a sign, and where both values
+    are zeros neither agrees with either sign."""
+    import torch
+
+    if stacked.shape[0] == 2:
+        torch.add(stacked[0], stacked[1], out=out)
+    else:
+        torch.sum(stacked, dim=0, out=out)
 
 
 @dataclass
