@@ -6,14 +6,21 @@ shapes, TIES at density 0.2, weights 1 / 1, result rank 16. Both start from the 
 in one process:
   * PEFT: `add_weighted_adapter` on a PeftModel of those Linear layers (dense delta, TIES, full
     SVD per module);
-  * hub: per module `B @ A` per input, `compose.merge.ties`, `compose.merge.factor` (checked
-    randomized range finder, exact fallback), the dense delta freed before the next module.
+  * hub, what `hub compose ties --rank 16` runs per module (`compose.operators`):
+    `compose.blockwise.ties` on the factors (the inputs' dense deltas never formed), then
+    `compose.merge.factor` (checked randomized range finder, exact fallback, its first sample
+    the inputs' B factors);
+  * hub with the dense TIES instead: per input the fp64 product `B @ A` rounded to fp32,
+    `compose.merge.ties`, the same factor (the path before `compose.blockwise`; the two TIES
+    results are checked to be equal).
 Accuracy: relative Frobenius error of each rank-16 result against the exact (fp64) truncated
-SVD of that side's own TIES delta, on the layer's largest module. hub's time is the median of
-three runs after one warm-up run (PEFT's, dominated by its SVDs, is one run). A 70B model has
-80 such layers: multiply the per-layer times by 80.
+SVD of that side's own TIES delta, on the layer's largest module (`--no-accuracy` skips it: two
+full fp64 SVDs). hub's times are medians of `--rounds` rounds (the two hub paths alternate in
+each) after one warm-up round; PEFT's, dominated by its SVDs, is one run. A 70B model has 80
+such layers: multiply the per-layer times by 80.
 
 Usage: python benchmarks/ties_vs_peft.py [--shapes 7b|70b] [--device cuda] [--modules q_proj,...]
+           [--threads N] [--rounds N] [--no-peft] [--no-accuracy]
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._util import table
-from compose import merge
+from compose import blockwise, merge
 
 SHAPES = {  # name: (in_features, out_features)
     "7b": {"q_proj": (4096, 4096), "k_proj": (4096, 4096), "v_proj": (4096, 4096),
@@ -76,14 +83,18 @@ def factors(model, names):  # type: ignore[no-untyped-def]
     return out
 
 
-def ours(inputs, device: str):  # type: ignore[no-untyped-def]
+def ours(inputs, device: str, dense: bool = False):  # type: ignore[no-untyped-def]
     _sync(device)
     start = time.perf_counter()
     results = {}
     for name, fs in inputs.items():
-        dense = merge.ties([f.B @ f.A for f in fs], list(WEIGHTS), DENSITY, module=name)
-        results[name] = merge.factor(dense, RANK, module=name)
-        del dense
+        if dense:
+            ties = merge.ties([blockwise.product(f) for f in fs], list(WEIGHTS), DENSITY)
+        else:
+            ties = blockwise.ties(fs, list(WEIGHTS), DENSITY, module=name)
+        columns = torch.cat([f.B for f in fs], dim=1)  # the first sample, as compose's
+        results[name] = merge.factor(ties, RANK, module=name, start=columns)
+        del ties
     _sync(device)
     return results, time.perf_counter() - start
 
@@ -111,29 +122,60 @@ def main() -> None:
     parser.add_argument("--shapes", choices=list(SHAPES), default="7b")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--modules", help="comma-separated subset of the layer's modules")
+    parser.add_argument("--threads", type=int, help="torch's intra-op threads (default: its own)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds of each hub path")
+    parser.add_argument("--no-peft", action="store_true", help="time hub's two paths only")
+    parser.add_argument("--no-accuracy", action="store_true", help="skip the exact SVDs")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shapes = SHAPES[args.shapes]
     if args.modules:
         shapes = {n: shapes[n] for n in args.modules.split(",")}
     model = peft_model(shapes, args.device)
     inputs = factors(model, shapes)
+    for name, fs in inputs.items():  # the two TIES paths give the same values
+        same = torch.equal(
+            blockwise.ties(fs, list(WEIGHTS), DENSITY),
+            merge.ties([blockwise.product(f) for f in fs], list(WEIGHTS), DENSITY),
+        )
+        assert same, name
     ours(inputs, args.device)  # warm-up: kernels, cuBLAS plans and the allocator, per shape
-    runs = [ours(inputs, args.device) for _ in range(3)]
-    results, t_ours = runs[0][0], statistics.median(t for _, t in runs)
-    t_peft = peft_merge(model, args.device)
+    ours(inputs, args.device, dense=True)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(args.rounds):
+        for dense in (True, False):
+            merged, seconds = ours(inputs, args.device, dense)
+            times[dense].append(seconds)
+    results = merged  # the blockwise round's
+    t_ours, t_dense = (statistics.median(times[d]) for d in (False, True))
+    t_peft = None if args.no_peft else peft_merge(model, args.device)
     methods = sorted({r.method for r in results.values()})
     where = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"device: {where} ({torch.get_num_threads()} threads), {args.shapes} shapes,"
-          f" modules {', '.join(shapes)}")  # fmt: skip
-    print(table(
-        ["operation", "time", "speed-up"],
-        [[f"PEFT add_weighted_adapter(ties_svd), {len(shapes)} modules", f"{t_peft:.2f} s", "1x"],
-         [f"hub ties + factor ({'/'.join(methods)}), {len(shapes)} modules", f"{t_ours:.3f} s",
-          f"{t_peft / t_ours:.0f}x"]],
-    ))  # fmt: skip
+          f" modules {', '.join(shapes)}; hub: median of {args.rounds} rounds")  # fmt: skip
+    base = t_peft if t_peft is not None else t_dense
+
+    def speed(t: float) -> str:
+        return f"{base / t:.1f}x"
+
+    rows = [] if t_peft is None else [
+        [f"PEFT add_weighted_adapter(ties_svd), {len(shapes)} modules", f"{t_peft:.2f} s", "1x"]
+    ]  # fmt: skip
+    rows += [
+        [f"hub dense ties + factor ({'/'.join(methods)}), {len(shapes)} modules",
+         f"{t_dense:.3f} s", speed(t_dense)],
+        [f"hub blockwise ties + factor ({'/'.join(methods)}), {len(shapes)} modules",
+         f"{t_ours:.3f} s", speed(t_ours)],
+    ]  # fmt: skip
+    print(table(["operation", "time", "speed-up"], rows))
+    print("hub rounds (s): blockwise " + " ".join(f"{t:.3f}" for t in times[False])
+          + "; dense " + " ".join(f"{t:.3f}" for t in times[True]))  # fmt: skip
+    if args.no_accuracy or t_peft is None:
+        return
     largest = max(shapes, key=lambda n: shapes[n][0] * shapes[n][1])
     fs = inputs[largest]
-    ties_ours = merge.ties([f.B @ f.A for f in fs], list(WEIGHTS), DENSITY)
+    ties_ours = blockwise.ties(fs, list(WEIGHTS), DENSITY)
     module = getattr(model.base_model.model, largest)
     peft_delta = module.get_delta_weight("merged")
     from peft.utils import merge_utils

@@ -2,7 +2,9 @@
 
 LoRA deltas are handled in factored form wherever the result is exact or low-rank (``cat``,
 ``svd_merge``); the sparsifying operators (TIES, DARE, magnitude pruning) act per value and so
-work on each module's dense delta, then ``factor`` it back to a LoRA of rank R.
+work on each module's dense delta, then ``factor`` it back to a LoRA of rank R
+(``compose.blockwise`` computes TIES and magnitude pruning of LoRA inputs with the same values
+block by block, never forming the inputs' dense deltas).
 
 Factored inputs are converted to fp64 for the arithmetic (cheap next to reading the weights);
 the per-value operators work in fp32 (fp64 inputs stay fp64: a value is the sum of at most N
@@ -183,6 +185,7 @@ def factor(
     energy: float | None = None,
     method: Literal["randomized", "exact"] = "randomized",
     module: str = "",
+    start: Tensor | None = None,
 ) -> Truncation:
     """A dense delta as a LoRA of rank ``rank`` (truncated SVD, balanced split ``B = U
     sqrt(S)``, ``A = sqrt(S) V^T``), or, with ``rank=None``, of the smallest rank keeping the
@@ -191,23 +194,36 @@ def factor(
     ``randomized`` uses ``compose.lowrank.truncated_svd``: a range finder whose error against
     the exact truncated SVD is checked to be at most 1e-5 (relative), falling back to the
     exact SVD when it cannot be shown. ``exact`` is LAPACK's (cuSOLVER's) SVD in fp64.
+    ``start`` (for a merge of LoRAs: their B factors side by side) seeds the range finder's
+    first sample (``truncated_svd``'s ``start``).
     """
     import torch
 
-    from compose.lowrank import truncated_svd
+    from compose.lowrank import squared_norm, truncated_svd
 
     d, k = delta.shape
     if rank is not None:
         _check_rank(rank, d, k, module)
     else:
         _check_energy(energy)
-    if not bool(torch.isfinite(delta).all()):
+    # The squared norm, which the range finder needs anyway, shows whether every value is
+    # finite (exactly, for fp32 values): a fraction of the passes of ``isfinite(delta).all()``.
+    total = squared_norm(delta)
+    finite = bool(torch.isfinite(delta).all()) if delta.dtype == torch.float64 else total < math.inf
+    if not finite:
         raise InvalidRecipe(
             f"the combined delta of module {module!r} is not finite: weights this large"
             " overflow (use weights of the order of 1)",
             module=module,
         )
-    svd = truncated_svd(delta, rank, energy=energy if rank is None else None, method=method)
+    svd = truncated_svd(
+        delta,
+        rank,
+        energy=energy if rank is None else None,
+        method=method,
+        total=total,
+        start=start,
+    )
     root = svd.s.sqrt()
     a = root[:, None].to(svd.vh.dtype) * svd.vh
     b = svd.u * root.to(svd.u.dtype)

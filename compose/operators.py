@@ -335,14 +335,24 @@ def merge_modules(
         )
         shape = having[0][1]
         # An input without this module contributes a zero delta (and a zero vote in TIES).
-        per_input = [_dense(a, module, shape, device) for a in adapters]
-        dense = _dense_op(operator, per_input, weights(module), params, generator, module)
-        del per_input
+        start = None
+        if not any(module in a.dense for a in adapters):  # every input is a LoRA here
+            factors = [_factors(a, module, shape, device) for a in adapters]
+            # The result's column space lies mostly in the inputs': the factor's first sample.
+            start = torch.cat([f.B.float() for f in factors], dim=1)
+        if start is not None and operator in ("ties", "magnitude-prune"):
+            # Merged block by block from the factors: the dense path's values.
+            dense = _factored_op(operator, factors, weights(module), params, module)
+        else:
+            per_input = [_dense(a, module, shape, device) for a in adapters]
+            dense = _dense_op(operator, per_input, weights(module), params, generator, module)
+            del per_input
+        options: dict[str, Any] = {"method": method, "module": module, "start": start}
         if rank_param == "auto":
-            result = merge.factor(dense, None, energy=energy, method=method, module=module)
+            result = merge.factor(dense, None, energy=energy, **options)
         else:
             rank = int(rank_param) if rank_param is not None else default_rank
-            result = merge.factor(dense, min(rank, min(shape)), method=method, module=module)
+            result = merge.factor(dense, min(rank, min(shape)), **options)
         del dense
         truncations[module] = result
         out[module] = ModuleLora(_cpu(result.factors), module in embeddings)
@@ -363,12 +373,43 @@ def _dense(adapter: LoadedAdapter, module: str, shape: tuple[int, int], device: 
     """One input's dense delta of ``module`` on ``device`` (zeros where it lacks it), fp32."""
     import torch
 
+    from compose.blockwise import product
+
     if module in adapter.modules:
-        f = adapter.modules[module].factors
-        return (f.B.to(device).double() @ f.A.to(device).double()).float()
+        return product(_to(adapter.modules[module].factors, device))
     if module in adapter.dense:
         return adapter.dense[module].to(device)
     return torch.zeros(shape, device=device)
+
+
+def _factors(adapter: LoadedAdapter, module: str, shape: tuple[int, int], device: str) -> Factors:
+    """One input's factors of ``module`` on ``device``; of rank 0 (a zero delta) where it lacks
+    it."""
+    import torch
+
+    from compose.merge import Factors
+
+    if module in adapter.modules:
+        return _to(adapter.modules[module].factors, device)
+    return Factors(
+        A=torch.zeros(0, shape[1], device=device), B=torch.zeros(shape[0], 0, device=device)
+    )
+
+
+def _factored_op(
+    operator: str,
+    factors: list[Factors],
+    weights: list[float],
+    params: dict[str, Any],
+    module: str,
+) -> Tensor:
+    from compose import blockwise
+
+    if operator == "ties":
+        return blockwise.ties(
+            factors, weights, params["density"], params["majority_sign"], module=module
+        )
+    return blockwise.magnitude_prune(factors, weights, params["density"], module=module)
 
 
 def _to(factors: Factors, device: str) -> Factors:

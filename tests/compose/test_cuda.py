@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compose import merge
+from compose import blockwise, merge
 from compose.lowrank import TOLERANCE, truncated_svd
 from compose.merge import Factors
 
@@ -41,6 +41,24 @@ def test_every_dense_operator_runs_on_cuda_and_equals_the_cpu():
         on_gpu, on_cpu = call(gpu), call(cpu)
         assert on_gpu.device.type == "cuda", name
         assert _rel(on_gpu, on_cpu) < 1e-6, name  # same drops, same trims
+
+
+def test_blockwise_ties_on_cuda_equals_the_dense_path():
+    # 3000 x 6000 = 18M values: two blocks on a GPU (2796 rows, then 204), the sampled bracket.
+    gpu = [_lora(3000, 6000, 16, s, "cuda") for s in (1, 2)]
+    w = [1.0, 0.6]
+    for call, dense in (
+        (lambda fs: blockwise.ties(fs, w, 0.2), lambda ds: merge.ties(ds, w, 0.2)),
+        (lambda fs: blockwise.ties(fs, w, 0.3, "frequency"),
+         lambda ds: merge.ties(ds, w, 0.3, "frequency")),
+        (lambda fs: blockwise.magnitude_prune(fs, w, 0.2),
+         lambda ds: merge.magnitude_prune(ds, w, 0.2)),
+    ):  # fmt: skip
+        on_gpu = call(gpu)
+        assert on_gpu.device.type == "cuda"
+        assert torch.equal(on_gpu, dense([blockwise.product(f) for f in gpu]))
+    cpu = [merge.Factors(A=f.A.cpu(), B=f.B.cpu()) for f in gpu]
+    assert _rel(blockwise.ties(gpu, w, 0.2), blockwise.ties(cpu, w, 0.2)) < 1e-6
 
 
 def test_factor_and_svd_merge_on_cuda():

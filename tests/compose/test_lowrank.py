@@ -213,3 +213,24 @@ def test_kth_largest_by_sample_takes_the_bracket_on_a_large_input():
     for k in (1, 2, 1 << 18, (1 << 20) - 1, 1 << 20):
         expected = torch.kthvalue(magnitude, magnitude.numel() - k + 1).values
         assert kth_largest_by_sample(magnitude, k, sample=1 << 12).item() == expected.item()
+
+
+@pytest.mark.parametrize("columns", [8, 24, 48, 0])
+def test_a_start_seeds_the_sample_and_the_bound_still_holds(columns):
+    """The inputs' B factors as the first sample (fewer columns than the sample: completed by
+    drawn ones; more: mixed down; repeated columns; none of the range: a poor start) change the
+    passes, never the bound."""
+    g = torch.Generator().manual_seed(7)
+    factors = [merge.Factors(A=torch.randn(12, 500, generator=g) * 0.01,
+                             B=torch.randn(640, 12, generator=g)) for _ in range(4)]  # fmt: skip
+    matrix = merge.ties([f.delta() for f in factors], [1.0] * 4, 0.2)
+    plain = truncated_svd(matrix, 12)
+    if columns:
+        start = torch.cat([f.B for f in factors], dim=1)[:, :columns]
+    else:  # the same column twice and a direction outside the range
+        start = torch.cat([factors[0].B[:, :1], factors[0].B[:, :1], torch.ones(640, 1)], dim=1)
+    result = truncated_svd(matrix, 12, start=start)
+    assert result.method == "randomized" and result.estimate <= TOLERANCE
+    assert _relative_error(result, matrix) <= TOLERANCE
+    if columns == 48:  # all four inputs' column spaces: a better start than a random one
+        assert result.passes < plain.passes

@@ -131,7 +131,7 @@ def export_both(folders_, base, tmp_path, **options):
     assert (cpu.details["device"], gpu.details["device"]) == ("cpu", "cuda")
     assert gpu.files == cpu.files
     for file in cpu.files:
-        if not file.endswith(".safetensors"):  # config, index (sizes), card, tokenizer
+        if not file.endswith((".safetensors", ".gguf")):  # config, index, card, tokenizer
             assert (gpu.path / file).read_bytes() == (cpu.path / file).read_bytes(), file
     return cpu, gpu
 
