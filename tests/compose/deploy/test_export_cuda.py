@@ -202,14 +202,16 @@ def test_fp8_on_the_gpu_is_the_cpus_within_one_step(case, folders, fp32_base, tm
     assert sorted(on_gpu) == sorted(on_cpu)
     quantized = [n for n, v in on_cpu.items() if v.dtype == torch.float8_e4m3fn]
     assert quantized
+    scales = {n for n in on_cpu if n.endswith("_scale")}
     for name, value in on_cpu.items():
         weight = name.removesuffix("_scale")
-        if weight in touched:
-            assert_one_step(on_gpu[name], value, name)  # fp8 values and their bf16 scales
+        if weight in touched or name in quantized or name in scales:
+            # fp8 values and their bf16 scales. Untouched linear weights are quantized on the
+            # GPU too, and even they may land one step apart: the two devices' division
+            # kernels by the per-row scale (measured on an H200: a few values of q_proj).
+            assert_one_step(on_gpu[name], value, name)
         else:
-            # Untouched linear weights are quantized on the GPU too: the same fp32 operations
-            # (max, IEEE division, round to nearest even) on the same input, the same bytes.
-            assert torch.equal(on_gpu[name].view(torch.uint8), value.view(torch.uint8)), name
+            assert torch.equal(on_gpu[name], value), name  # copied: norms, embeddings
 
 
 def test_gguf_on_the_gpu_is_the_cpus_within_one_step(llama_base, adapter, tmp_path):
