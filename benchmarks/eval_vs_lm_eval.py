@@ -264,6 +264,8 @@ def main() -> int:
         f" {worst_rel:.2e} of the value"
     )
     ok = worst_rel <= 1e-6 if args.dtype == "fp32" else True
+    if not ok:
+        print("log-likelihoods differ by more than 1e-6 of their value")
     if acc_lm != acc_hub:
         print("accuracies differ")
         ok = False
