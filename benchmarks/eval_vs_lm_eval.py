@@ -15,7 +15,8 @@ YAML over that same file (`output_type: multiple_choice`, `target_delimiter: ""`
 Rounds alternate the two; the table gives the median wall time of each and the ratio.
 Identity: the largest difference between the per-choice summed log-likelihoods (lm-eval's
 per-sample log against hub's `Scored.choice_logprobs`), absolute and relative to the value, and
-whether the accuracies are equal. lm-eval returns each log-likelihood as an fp32 sum
+whether the accuracies are equal; and, for scale, lm-eval against itself at half the batch size
+(the same runner, only the batching changed). lm-eval returns each log-likelihood as an fp32 sum
 (`float(logits.sum())`: one ulp is 1.9e-6 at |ll| = 16..32), hub sums the same fp32
 log-probabilities in float64, so the bound is relative: the script exits non-zero if any
 differs by more than 1e-6 of its value (fp32), or if the accuracies differ.
@@ -232,6 +233,15 @@ def main() -> int:
                     worst = max(worst, abs(x - y))
                     worst_rel = max(worst_rel, abs(x - y) / max(1.0, abs(x)))
             accs.add((acc_lm, acc_hub))
+        # lm-eval against itself at half the batch size: how far one runner's fp32 sums move
+        # when only the batching changes (on a GPU cuBLAS picks its kernels by shape).
+        half = max(1, args.batch_size // 2)
+        _, ll_half, _ = run_lm_eval(base, adapter, tasks, device, args.dtype, half)
+        floor = max(
+            abs(x - y) / max(1.0, abs(x))
+            for a, b in zip(ll_lm, ll_half, strict=True)
+            for x, y in zip(a, b, strict=True)
+        )
     lm_s, hub_s = median(times["lm-eval"]), median(times["hub"])
     cpu = f"CPU, {torch.get_num_threads()} threads"
     name = torch.cuda.get_device_name() if device == "cuda" else cpu
@@ -262,6 +272,10 @@ def main() -> int:
     print(
         f"max |loglik(hub) - loglik(lm-eval)| over every choice: {worst:.2e} absolute,"
         f" {worst_rel:.2e} of the value"
+    )
+    print(
+        f"lm-eval at batch {args.batch_size} vs batch {max(1, args.batch_size // 2)}, the same"
+        f" runner: {floor:.2e} of the value"
     )
     ok = worst_rel <= 1e-6 if args.dtype == "fp32" else True
     if not ok:
