@@ -6,6 +6,8 @@ ORDERED LIST of adapters applies each adapter's edits in turn to the running wei
 what a stack of adapters means; a single adapter is a list of one.
 
 Every edit is shape-checked against the base's safetensors headers before anything is written.
+``load_adapter`` reads the folder, groups its tensors by module and hands each module to its
+method's builder (``compose.deploy.method_edits``); ``Edit`` is in ``compose.deploy.edits``.
 """
 
 from __future__ import annotations
@@ -18,20 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compose.deploy import deltas
 from compose.deploy.base import LM_HEAD, BaseFolder
-from compose.deploy.experts import Part, expert_delta, memory_map, parameter_shape
+from compose.deploy.edits import Edit, check_shape, target_tensor
+from compose.deploy.method_edits import BUILDERS
 from compose.deploy.stio import read_header, read_tensor
 from compose.peft_config import merge_refusal
 from compose.peft_patterns import (
     LORA_VARIANT_STATE,
     TRAINABLE_TOKENS,
-    adalora_scaling,
     base_weight_copy,
-    block_diagonal_factor,
-    lora_variant,
     module_matches,
-    parameter_targets,
     token_indices,
 )
 from schemas.errors import IncompatibleAdapters, InvalidAdapter
@@ -74,39 +72,6 @@ KIND_NAMES: dict[str, str] = {
 
 
 @dataclass
-class LoraFactors:
-    """A plain LoRA edit, kept factored for formats that ship the adapter (gguf-lora, vLLM)."""
-
-    a: Tensor
-    b: Tensor
-    scale: float
-    embedding: bool = False
-
-
-@dataclass
-class Edit:
-    """One change to one base tensor."""
-
-    target: str
-    """Base tensor name, e.g. ``model.layers.0.self_attn.q_proj.weight``."""
-    module: str
-    kind: str
-    """``lora``, ``dora``, ``embedding-lora``, ``ia3``, ``loha``, ``lokr``, ``adalora``,
-    ``vera``, ``bias`` (lora_bias), ``trained-bias`` (``bias="all"``/``"lora_only"``: replaces
-    the base's), ``replace`` (modules_to_save, saved embedding weights), ``tokens`` (trainable
-    token rows), ``parameter-lora`` / ``expert-lora`` (``target_parameters``), or a LoRA
-    variant's name (``bdlora``, ``kasa``...): the formats that ship plain LoRA factors
-    (gguf-lora, vLLM) accept ``lora`` only."""
-    apply: Callable[[Tensor], Tensor]
-    """fp32 weight -> new fp32 weight."""
-    lora: LoraFactors | None = None
-    rows: Callable[[Tensor, slice], Tensor] | None = None
-    """The same edit on a block of the weight's rows (fp32, changed in place where it can be),
-    or None when the edit needs the whole weight (DoRA on a transposed layer, LoHa...). Merging
-    block by block keeps the fp32 working set small and in cache (see ``merged.py``)."""
-
-
-@dataclass
 class Adapter:
     """An adapter folder read for deploy: its config and its edits."""
 
@@ -122,14 +87,6 @@ class Adapter:
     @property
     def targets(self) -> set[str]:
         return {edit.target for edit in self.edits}
-
-
-def _pattern(patterns: dict[str, Any] | None, module: str, default: Any) -> Any:
-    """PEFT's ``get_pattern_key``: the first pattern matching the end of the module name."""
-    for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
 
 
 @dataclass
@@ -250,7 +207,7 @@ def load_adapter(
                 adapter=label,
                 module=name,
             )
-        _check_shape(label, name, base.shape(target), tuple(tensor.shape))
+        check_shape(label, name, base.shape(target), tuple(tensor.shape))
         adapter.edits.append(
             Edit(
                 target,
@@ -260,7 +217,7 @@ def load_adapter(
                 rows=_replacement_rows(tensor),
             )
         )
-    builder = _BUILDERS[method]
+    builder = BUILDERS[method]
     for module, factors in sorted(grouped.modules.items()):
         adapter.edits.extend(builder(module, factors, config, base, label, tensors))
     for module, rows in sorted(grouped.tokens.items()):
@@ -278,11 +235,11 @@ def _copy_edits(
     gets the tensors whose vocabulary rows changed)."""
     targets = {}
     for (module, param), tensor in sorted(copies.items()):
-        target = _target(base, module, label, param)
+        target = target_tensor(base, module, label, param)
         expected, got = base.shape(target), tuple(tensor.shape)
         if expected != got:
             if target not in (base.embed_name, LM_HEAD) or expected[1:] != got[1:]:
-                _check_shape(label, f"{module}.{param} (saved base weight)", expected, got)
+                check_shape(label, f"{module}.{param} (saved base weight)", expected, got)
             resized[target] = got
         targets[target] = (module, tensor)
     if base.tied and base.embed_name in targets and LM_HEAD not in targets:
@@ -310,7 +267,7 @@ def _token_edits(
     layer to the same rows, so lm_head takes them too."""
     import torch
 
-    target = _target(base, module, label)
+    target = target_tensor(base, module, label)
     indices = token_indices(
         config.get("trainable_token_indices"), module, target == base.embed_name
     )
@@ -320,7 +277,7 @@ def _token_edits(
             f"adapter {label}: module {module} has {rows.shape[0]} trained token rows but"
             f" adapter_config.json's trainable_token_indices gives {indices!r} for it"
         )
-    _check_shape(label, module + " (trainable tokens)", (len(indices), shape[1]), rows.shape)
+    check_shape(label, module + " (trainable tokens)", (len(indices), shape[1]), rows.shape)
     if not all(isinstance(i, int) and 0 <= i < shape[0] for i in indices):
         raise InvalidAdapter(
             f"adapter {label}: trainable_token_indices {indices} for {module} are not all token"
@@ -385,461 +342,6 @@ def _check_layer_replication(config: dict[str, Any], base: BaseFolder, label: st
         " layers cannot hold; serve the adapter unmerged with PEFT",
         adapter=label,
     )
-
-
-def _check_shape(label: str, module: str, expected: tuple[int, ...], got: tuple[int, ...]) -> None:
-    if tuple(expected) != tuple(got):
-        raise IncompatibleAdapters(
-            f"adapter {label}: module {module} changes a {list(got)} weight but the base's is"
-            f" {list(expected)} (the base does not match the adapter)",
-            adapter=label,
-            module=module,
-            expected=list(expected),
-            got=list(got),
-        )
-
-
-def _target(base: BaseFolder, module: str, label: str, param: str = "weight") -> str:
-    target = base.resolve(module, param)
-    if target is None:
-        # A module transformers renames when it loads (Mixtral's block_sparse_moe -> mlp).
-        parts = memory_map(base).get(f"{module}.{param}")
-        if parts is not None and len(parts) == 1 and parts[0].expert is None:
-            return parts[0].name
-    if target is None:
-        raise IncompatibleAdapters(
-            f"adapter {label}: module {module} is not in the base {base.path}"
-            " (the base does not match the adapter)",
-            adapter=label,
-            module=module,
-        )
-    return target
-
-
-def _need(factors: dict[str, Tensor], names: tuple[str, ...], module: str, label: str) -> None:
-    missing = [n for n in names if n not in factors]
-    if missing:
-        raise InvalidAdapter(f"adapter {label}: module {module} lacks {', '.join(missing)}")
-
-
-def _lora_edits(
-    module: str, f: dict[str, Tensor], config: dict[str, Any], base: BaseFolder, label: str, _: Any
-) -> list[Edit]:
-    rank = int(_pattern(config.get("rank_pattern"), module, config.get("r", 8)))
-    alpha = float(_pattern(config.get("alpha_pattern"), module, config.get("lora_alpha", rank)))
-    scale = deltas.lora_scale(alpha, rank, rslora=bool(config.get("use_rslora")))
-    if parameter_targets(module, config.get("target_parameters")):
-        return _parameter_edits(module, f, config, base, label, rank, scale)
-    fif = bool(config.get("fan_in_fan_out"))
-    target = _target(base, module, label)
-    shape = base.shape(target)
-    if "lora_embedding_A" in f:
-        _need(f, ("lora_embedding_A", "lora_embedding_B"), module, label)
-        a, b = f["lora_embedding_A"], f["lora_embedding_B"]
-        _check_shape(label, module, shape, (a.shape[1], b.shape[0]))
-        magnitude = f.get("lora_magnitude_vector", f.get("lora_magnitude_vector.weight"))
-        if magnitude is not None:
-            # PEFT's DoraEmbeddingVariant: the embedding is DoRA on a fan_in_fan_out layer
-            # (one magnitude per embedding dimension, the norm taken over the vocabulary).
-            mag = magnitude.reshape(-1)
-            _check_shape(label, module + " (DoRA magnitude)", (shape[1],), tuple(mag.shape))
-            merge = lambda w: deltas.dora_merge(w, a, b, scale, mag, fan_in_fan_out=True)  # noqa: E731
-            return [Edit(target, module, "dora", merge)]
-        factors = LoraFactors(a, b, scale, embedding=True)
-        return [
-            Edit(
-                target,
-                module,
-                "embedding-lora",
-                lambda w: deltas.add_embedding_lora_(w, a, b, scale),
-                factors,
-                rows=lambda block, rows: deltas.add_embedding_lora_(block, a[:, rows], b, scale),
-            )
-        ]
-    _need(f, ("lora_A.weight", "lora_B.weight"), module, label)
-    a, b = f["lora_A.weight"], f["lora_B.weight"]
-    if a.ndim != 2 or b.ndim != 2:
-        raise IncompatibleAdapters(
-            f"adapter {label}: module {module} is a convolution; only linear layers export",
-            adapter=label,
-            module=module,
-        )
-    a, b = _block_diagonal(module, a, b, config.get("use_bdlora"))
-    if "lora_diag" in f:
-        return _kasa_edits(module, target, a, b * f["lora_diag"], scale, shape, fif, label)
-    dims = (b.shape[0], a.shape[1])
-    _check_shape(label, module, shape, dims[::-1] if fif else dims)
-    edits: list[Edit] = []
-    magnitude = f.get("lora_magnitude_vector", f.get("lora_magnitude_vector.weight"))
-    if magnitude is not None:
-        mag = magnitude.reshape(-1)
-        _check_shape(label, module + " (DoRA magnitude)", (dims[0],), tuple(mag.shape))
-        edits.append(
-            Edit(
-                target,
-                module,
-                "dora",
-                lambda w: deltas.dora_merge(w, a, b, scale, mag, fan_in_fan_out=fif),
-                # The norm is per output row: row blocks are exact unless the layer is stored
-                # transposed (then an output row is a column of the stored weight).
-                rows=None
-                if fif
-                else lambda block, rows: deltas.dora_merge(block, a, b[rows], scale, mag[rows]),
-            )
-        )
-    else:
-        edits.append(
-            Edit(
-                target,
-                module,
-                lora_variant(config) or "lora",  # a variant's folder is no plain LoRA
-                lambda w: deltas.add_lora_(w, a, b, scale, fan_in_fan_out=fif),
-                LoraFactors(a, b, scale),
-                rows=(
-                    (
-                        lambda block, rows: deltas.add_lora_(
-                            block, a[:, rows], b, scale, fan_in_fan_out=True
-                        )
-                    )
-                    if fif
-                    else (lambda block, rows: deltas.add_lora_(block, a, b[rows], scale))
-                ),
-            )
-        )
-    if "lora_B.bias" in f:
-        bias = f["lora_B.bias"]
-        bias_target = base.resolve(module, "bias")
-        if bias_target is None:
-            raise IncompatibleAdapters(
-                f"adapter {label}: module {module} has a LoRA bias (lora_bias=true) but the"
-                f" base's {module} has no bias to merge it into; a merged model would need a"
-                " bias the architecture does not have: serve the adapter unmerged with PEFT",
-                adapter=label,
-                module=module,
-            )
-        _check_shape(label, module + ".bias", base.shape(bias_target), tuple(bias.shape))
-        edits.append(
-            Edit(
-                bias_target,
-                module,
-                "bias",
-                lambda w: w + bias * scale,
-                rows=lambda block, rows: block.add_(bias[rows], alpha=scale),
-            )
-        )
-    return edits
-
-
-def _block_diagonal(module: str, a: Tensor, b: Tensor, bdlora: Any) -> tuple[Tensor, Tensor]:
-    """BD-LoRA: the block-diagonal factor expanded (PEFT's ``weight_as_blockdiagonal_matrix``:
-    the stored ``(rows, cols / n)`` weight cut into n row blocks along the diagonal)."""
-    factor = block_diagonal_factor(module, bdlora)
-    if factor is None:
-        return a, b
-    import torch
-
-    blocks = int(bdlora.get("nblocks") or 1)
-    expand = lambda w: torch.block_diag(*torch.chunk(w, blocks, dim=0))  # noqa: E731
-    return (expand(a), b) if factor == "A" else (a, expand(b))
-
-
-def _kasa_edits(
-    module: str,
-    target: str,
-    a: Tensor,
-    b: Tensor,
-    scale: float,
-    shape: tuple[int, ...],
-    fan_in_fan_out: bool,
-    label: str,
-) -> list[Edit]:
-    """KaSA: PEFT truncates the base weight to its rank ``k - r`` SVD approximation when it
-    builds the layer (the r smallest singular components dropped), then adds
-    ``scale * B diag(lora_diag) A`` (``b`` here already scaled by lora_diag)."""
-    if fan_in_fan_out:
-        raise IncompatibleAdapters(
-            f"adapter {label}: module {module} is a KaSA layer stored transposed"
-            " (fan_in_fan_out), which PEFT does not build",
-            adapter=label,
-            module=module,
-        )
-    _check_shape(label, module, shape, (b.shape[0], a.shape[1]))
-    rank = a.shape[0]
-    return [
-        Edit(
-            target,
-            module,
-            "kasa",
-            lambda w: deltas.add_lora_(deltas.svd_truncated(w, rank), a, b, scale),
-        )
-    ]
-
-
-def _parameter_edits(
-    module: str,
-    f: dict[str, Tensor],
-    config: dict[str, Any],
-    base: BaseFolder,
-    label: str,
-    rank: int,
-    scale: float,
-) -> list[Edit]:
-    """LoRA on a parameter (``target_parameters``): a router's 2-D weight, or a 3-D expert
-    stack whose per-expert deltas land on the base tensors each expert is stored in."""
-    _need(f, ("lora_A.weight", "lora_B.weight"), module, label)
-    a, b = f["lora_A.weight"], f["lora_B.weight"]
-    if "lora_B.bias" in f or "lora_magnitude_vector" in f:
-        raise IncompatibleAdapters(
-            f"adapter {label}: module {module} is a parameter LoRA with a bias or DoRA, which"
-            " PEFT's ParamWrapper does not have",
-            adapter=label,
-            module=module,
-        )
-    fitting, seen = [], []
-    for name in parameter_targets(module, config.get("target_parameters")):
-        parts = _parameter_parts(base, name)
-        if parts is None:
-            continue
-        shape = parameter_shape(base, parts)
-        seen.append(f"{name} {list(shape)}")
-        if _fits(shape, a, b, rank):
-            fitting.append((name, parts, shape))
-    if len(fitting) != 1:
-        found = "; ".join(seen) or "none of them is in the base"
-        raise IncompatibleAdapters(
-            f"adapter {label}: module {module} has lora_A {list(a.shape)} and lora_B"
-            f" {list(b.shape)}, which fit {len(fitting)} of the parameters its"
-            f" target_parameters names ({found}); the base does not match the adapter",
-            adapter=label,
-            module=module,
-        )
-    _, parts, shape = fitting[0]
-    if len(shape) == 2:
-        (part,) = parts
-        return [
-            Edit(
-                part.name,
-                module,
-                "parameter-lora",
-                lambda w: deltas.add_lora_(w, a, b, scale),
-                LoraFactors(a, b, scale),
-                rows=lambda block, rows: deltas.add_lora_(block, a, b[rows], scale),
-            )
-        ]
-    if _square(shape):
-        raise IncompatibleAdapters(
-            f"adapter {label}: module {module}'s experts are square {list(shape)}: whether PEFT"
-            " stored them transposed cannot be told from the shapes",
-            adapter=label,
-            module=module,
-        )
-    return [_expert_edit(part, module, a, b, scale, shape) for part in parts]
-
-
-def _square(shape: tuple[int, ...]) -> bool:
-    return len(shape) == 3 and shape[1] == shape[2]
-
-
-def _expert_edit(
-    part: Part, module: str, a: Tensor, b: Tensor, scale: float, shape: tuple[int, ...]
-) -> Edit:
-    """Add one expert's delta (or the whole stack's, for a stack stored as one tensor)."""
-    if part.expert is None:
-        count = shape[0]
-        return Edit(
-            part.name,
-            module,
-            "expert-lora",
-            lambda w: w.add_(
-                _stack([expert_delta(a, b, scale, shape, e, slice(None)) for e in range(count)])
-            ),
-        )
-    expert, rows = part.expert, part.rows
-
-    def add_rows(block: Tensor, span: slice) -> Tensor:
-        start = rows.start + span.start
-        return block.add_(
-            expert_delta(a, b, scale, shape, expert, slice(start, start + len(block)))
-        )
-
-    return Edit(
-        part.name,
-        module,
-        "expert-lora",
-        lambda w: w.add_(expert_delta(a, b, scale, shape, expert, rows)),
-        rows=add_rows,
-    )
-
-
-def _stack(tensors: list[Tensor]) -> Tensor:
-    import torch
-
-    return torch.stack(tensors)
-
-
-def _parameter_parts(base: BaseFolder, name: str) -> list[Part] | None:
-    """Where the in-memory parameter ``name`` is in the base's files, if anywhere."""
-    module, _, param = name.rpartition(".")
-    target = base.resolve(module, param)
-    if target is not None:
-        return [Part(target, None, slice(0, base.shape(target)[0]))]
-    return memory_map(base).get(name)
-
-
-def _fits(shape: tuple[int, ...], a: Tensor, b: Tensor, rank: int) -> bool:
-    """Whether LoRA factors of rank ``rank`` fit a parameter of ``shape`` as PEFT lays them
-    out: ``(out, in)``, or ``(experts, out, in)`` / ``(experts, in, out)`` with r x experts."""
-    if len(shape) == 2:
-        return a.shape == (rank, shape[1]) and b.shape == (shape[0], rank)
-    if len(shape) != 3 or a.shape[0] != rank * shape[0] or b.shape[1] != a.shape[0]:
-        return False
-    return (a.shape[1], b.shape[0]) in ((shape[2], shape[1]), (shape[1], shape[2]))
-
-
-def _adalora_edits(
-    module: str, f: dict[str, Tensor], config: dict[str, Any], base: BaseFolder, label: str, _: Any
-) -> list[Edit]:
-    _need(f, ("lora_A", "lora_B", "lora_E"), module, label)
-    a, b, e = f["lora_A"], f["lora_B"], f["lora_E"]
-    fif = bool(config.get("fan_in_fan_out"))
-    scaling, ranknum = adalora_scaling(config, module)
-    target = _target(base, module, label)
-    dims = (b.shape[0], a.shape[1])
-    _check_shape(label, module, base.shape(target), dims[::-1] if fif else dims)
-    return [
-        Edit(
-            target,
-            module,
-            "adalora",
-            lambda w: w + deltas.adalora_delta(a, b, e, scaling, ranknum, fan_in_fan_out=fif),
-        )
-    ]
-
-
-def _ia3_edits(
-    module: str, f: dict[str, Tensor], config: dict[str, Any], base: BaseFolder, label: str, _: Any
-) -> list[Edit]:
-    vector = f["ia3_l"]
-    fif = bool(config.get("fan_in_fan_out"))
-    target = _target(base, module, label)
-    shape = base.shape(target)
-    out_in = shape[::-1] if fif else shape
-    feedforward = vector.shape[0] == 1 and out_in[0] != 1
-    expected = (1, out_in[1]) if feedforward else (out_in[0], 1)
-    _check_shape(label, module + " (IA3 vector)", expected, tuple(vector.shape))
-    # The vector scales rows or columns of the stored weight (transposed for fan_in_fan_out).
-    stored = vector.T if fif else vector
-    scales_rows = stored.shape[0] != 1
-    edits = [
-        Edit(
-            target,
-            module,
-            "ia3",
-            lambda w: deltas.ia3_merge(w, vector, fan_in_fan_out=fif),
-            rows=lambda block, rows: block.mul_(stored[rows] if scales_rows else stored),
-        )
-    ]
-    bias_target = base.resolve(module, "bias")
-    if not feedforward and bias_target is not None:
-        flat = vector.reshape(-1)
-        edits.append(
-            Edit(
-                bias_target,
-                module,
-                "ia3",
-                lambda w: w * vector.reshape(w.shape),
-                rows=lambda block, rows: block.mul_(flat[rows]),
-            )
-        )
-    return edits
-
-
-def _lycoris_rank_alpha(module: str, config: dict[str, Any]) -> float:
-    rank = int(_pattern(config.get("rank_pattern"), module, config.get("r", 8)))
-    alpha = float(_pattern(config.get("alpha_pattern"), module, config.get("alpha", rank)))
-    return alpha / rank
-
-
-def _loha_edits(
-    module: str, f: dict[str, Tensor], config: dict[str, Any], base: BaseFolder, label: str, _: Any
-) -> list[Edit]:
-    if "hada_t1" in f or "hada_t2" in f:
-        raise IncompatibleAdapters(
-            f"adapter {label}: module {module} is a convolution; only linear layers export",
-            adapter=label,
-            module=module,
-        )
-    _need(f, ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"), module, label)
-    w1a, w1b, w2a, w2b = (f[k] for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"))
-    scale = _lycoris_rank_alpha(module, config)
-    target = _target(base, module, label)
-    _check_shape(label, module, base.shape(target), (w1a.shape[0], w1b.shape[1]))
-    return [
-        Edit(target, module, "loha", lambda w: w + deltas.loha_delta(w1a, w1b, w2a, w2b, scale))
-    ]
-
-
-def _lokr_edits(
-    module: str, f: dict[str, Tensor], config: dict[str, Any], base: BaseFolder, label: str, _: Any
-) -> list[Edit]:
-    if "lokr_t2" in f:
-        raise IncompatibleAdapters(
-            f"adapter {label}: module {module} is a convolution; only linear layers export",
-            adapter=label,
-            module=module,
-        )
-    w1 = f["lokr_w1"] if "lokr_w1" in f else f["lokr_w1_a"] @ f["lokr_w1_b"]
-    w2 = f["lokr_w2"] if "lokr_w2" in f else f["lokr_w2_a"] @ f["lokr_w2_b"]
-    scale = _lycoris_rank_alpha(module, config)
-    target = _target(base, module, label)
-    shape = base.shape(target)
-    _check_shape(label, module, shape, (w1.shape[0] * w2.shape[0], w1.shape[1] * w2.shape[1]))
-    return [Edit(target, module, "lokr", lambda w: w + deltas.lokr_delta(w1, w2, scale, shape))]
-
-
-def _vera_edits(
-    module: str,
-    f: dict[str, Tensor],
-    config: dict[str, Any],
-    base: BaseFolder,
-    label: str,
-    tensors: dict[str, Tensor],
-) -> list[Edit]:
-    shared_a = tensors.get("base_model.vera_A")
-    shared_b = tensors.get("base_model.vera_B")
-    if shared_a is None or shared_b is None:
-        raise IncompatibleAdapters(
-            f"adapter {label}: VeRA projections were not saved (save_projection=False);"
-            " they cannot be rebuilt outside PEFT",
-            adapter=label,
-        )
-    _need(f, ("vera_lambda_b", "vera_lambda_d"), module, label)
-    fif = bool(config.get("fan_in_fan_out"))
-    target = _target(base, module, label)
-    shape = base.shape(target)
-    out_f, in_f = shape[::-1] if fif else shape
-    lb, ld = f["vera_lambda_b"], f["vera_lambda_d"]
-    _check_shape(label, module + " (VeRA lambda_b)", (out_f,), tuple(lb.shape))
-    return [
-        Edit(
-            target,
-            module,
-            "vera",
-            lambda w: (
-                w + deltas.vera_delta(shared_a, shared_b, ld, lb, out_f, in_f, fan_in_fan_out=fif)
-            ),
-        )
-    ]
-
-
-_BUILDERS: dict[str, Callable[..., list[Edit]]] = {
-    "lora": _lora_edits,
-    "adalora": _adalora_edits,
-    "ia3": _ia3_edits,
-    "loha": _loha_edits,
-    "lokr": _lokr_edits,
-    "vera": _vera_edits,
-}
 
 
 def touches_embeddings(adapters: list[Adapter], base: BaseFolder) -> bool:

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from compose.deploy.adapters import (
     Adapter,
-    Edit,
     may_touch_embeddings,
     resizes_vocabulary,
     touches_embeddings,
 )
 from compose.deploy.base import INDEX_NAME, LM_HEAD, BaseFolder
+from compose.deploy.edits import Edit
 from compose.deploy.stio import BufferPool, Prefetcher, TensorInfo, read_tensor, torch_dtype
 from compose.deploy.writers import ShardCopier, StreamWriter
 
