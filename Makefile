@@ -66,6 +66,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/export_1gb.py
 	$(BIN)/python benchmarks/server_load.py
 	$(BIN)/python benchmarks/ui_pages.py
+	$(BIN)/python benchmarks/ties_vs_peft.py --modules q_proj,gate_proj --threads 2
+	$(BIN)/python benchmarks/search_vs_lorahub.py --rows 5,8
+	$(BIN)/python benchmarks/similarity_vs_dense.py --rounds 1
+	$(BIN)/python benchmarks/eval_vs_lm_eval.py --config tiny
 
 clean:
 	rm -rf $(VENV) $(AH_VENV) .demo .mypy_cache .ruff_cache .pytest_cache
