@@ -20,8 +20,10 @@ streams memory (and, freshly allocated, faults its pages in). Here the inputs st
 A block's product is formed by the same fp64 matrix product as the dense delta
 (``(B.double() @ A.double()).float()``, ``compose.operators``), of fewer rows: a rank-r product
 sums the same r terms per value whatever the rows, so the values, and with them the result, are
-the dense path's, bit for bit (property tests check it, remainders, ties and tiny shapes
-included; on a GPU, ``tests/compose/test_cuda.py``).
+the dense path's wherever the BLAS sums those terms in one order for any row count (it does on
+the machines measured). The tests compare, bit for bit, against the dense merge of deltas built
+over the same row blocks (``rows_per_block``), which holds on any BLAS: a whole-matrix product
+may round a last fp64 bit differently on another CPU's kernels and, rarely, an fp32 value.
 Everything runs on the inputs' device.
 """
 
@@ -61,6 +63,13 @@ class _Trim:
 def product(f: Factors) -> Tensor:
     """One input's dense delta as the dense operators compute it: fp64 product, fp32 values."""
     return (f.B.double() @ f.A.double()).float()
+
+
+def rows_per_block(d: int, k: int, device: torch.device, block_values: int | None) -> int:
+    """Rows of each block of a d x k merge (``lowrank.block_rows``'s rule, capped so that a
+    block holds at most 2^24 values: counts are sums of fp32 0/1 masks, exact up to there).
+    Each input's products are formed over these same row ranges."""
+    return min(block_rows(d, k, device, block_values), max(1, (1 << 24) // max(k, 1)))
 
 
 def ties(
@@ -123,8 +132,7 @@ def _merge(
     wide = [Factors(A=f.A.double(), B=f.B.double()) for f in factors]
     n, device = len(wide), wide[0].A.device
     d, k = int(wide[0].B.shape[0]), int(wide[0].A.shape[1])
-    # Counts are sums of fp32 0/1 masks, exact while a block holds at most 2^24 values.
-    rows = min(block_rows(d, k, device, block_values), max(1, (1 << 24) // max(k, 1)))
+    rows = rows_per_block(d, k, device, block_values)
     buffers = _Buffers.allocate(n, rows, k, device)
     trims = _thresholds(factors, wide, density, buffers, sample)
     out = torch.empty(d, k, device=device)
