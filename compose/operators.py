@@ -304,7 +304,7 @@ def merge_modules(
     truncations: dict[str, Truncation] = {}
     out: dict[str, ModuleLora] = {}
     if methods == {"lora"} and operator in ("cat", "linear", "svd"):
-        for module, present in _module_union(adapters).items():
+        for module, present in module_union(adapters).items():
             shapes = [
                 (a.modules[module].factors.B.shape[0], a.modules[module].factors.A.shape[1])
                 for a, _ in present
@@ -426,7 +426,7 @@ def _cpu(factors: Factors) -> Factors:
     return Factors(A=factors.A.cpu(), B=factors.B.cpu())
 
 
-def _module_union(
+def module_union(
     adapters: Sequence[LoadedAdapter],
 ) -> dict[str, list[tuple[LoadedAdapter, int]]]:
     modules: dict[str, list[tuple[LoadedAdapter, int]]] = {}

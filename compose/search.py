@@ -220,18 +220,16 @@ class CandidateModel:
         """Move every input's LoRA factors to the model's device once, stacked per module."""
         import torch
 
+        from compose.operators import module_union
+
         device = next(self.model.parameters()).device
         self._stacked = {}
-        for module in sorted({m for a in adapters for m in a.modules}):
-            present = [
-                (i, a.modules[module].factors)
-                for i, a in enumerate(adapters)
-                if module in a.modules
-            ]
+        for module, present in module_union(adapters).items():
+            factors = [(i, a.modules[module].factors) for a, i in present]
             self._stacked[module] = (
-                torch.cat([f.A for _, f in present], dim=0).to(device),
-                torch.cat([f.B for _, f in present], dim=1).to(device),
-                tuple((i, int(f.A.shape[0])) for i, f in present),
+                torch.cat([f.A for _, f in factors], dim=0).to(device),
+                torch.cat([f.B for _, f in factors], dim=1).to(device),
+                tuple((i, int(f.A.shape[0])) for i, f in factors),
             )
 
     def set_weights(self, weights_of: Callable[[str], Sequence[float]]) -> None:
@@ -355,14 +353,15 @@ def run_search(
             return per_example_loss(candidate.model, tokenizer, rows, device)
 
         # The exact weighted sum is linear in the weights: its candidates only reweight the
-        # inputs' factors, stacked once (shapes checked by one real merge first).
+        # inputs' factors, stacked once.
         weighted_sum = (
             operator in ("cat", "linear")
             and params.get("rank") is None
             and {a.method for a in adapters} == {"lora"}
         )
+        # One real merge before any candidate: its shape checks, and the uniform baseline.
+        uniform_merge = merged(uniform)
         if weighted_sum:
-            merged(uniform)
             candidate.stack(adapters)
 
         def search_loss(weights: list[float]) -> list[float]:
@@ -407,7 +406,7 @@ def run_search(
         search_seconds = time.perf_counter() - started
         best = min(trace, key=lambda s: s.objective)
         found_scores = mean_loss(merged(best.weights), held_out)
-        uniform_scores = mean_loss(merged(uniform), held_out)
+        uniform_scores = mean_loss(uniform_merge, held_out)
         singles = [mean_loss(single(i), held_out) for i in range(count)]
     mean = lambda xs: math.fsum(xs) / len(xs)  # noqa: E731
     best_index = min(range(count), key=lambda i: mean(singles[i]))
