@@ -70,6 +70,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/search_vs_lorahub.py --rows 5,8
 	$(BIN)/python benchmarks/similarity_vs_dense.py --rounds 1
 	$(BIN)/python benchmarks/eval_vs_lm_eval.py --config tiny
+	$(BIN)/python benchmarks/cost_vs_peft_tgb.py --config tiny --repeats 3
 
 clean:
 	rm -rf $(VENV) $(AH_VENV) .demo .mypy_cache .ruff_cache .pytest_cache
