@@ -50,28 +50,10 @@ def build(root: Path, config: str) -> tuple[Path, Path]:
     """The base folder (with its tokenizer) and a LoRA on every linear layer."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from benchmarks.eval_vs_lm_eval import CONFIGS, _tokenizer
+    from benchmarks.eval_vs_lm_eval import random_base
 
-    shape = CONFIGS[config]
-    base = root / "base"
-    tok = _tokenizer(base, 2000)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=shape["hidden_size"],
-            intermediate_size=shape["intermediate_size"],
-            num_hidden_layers=shape["num_hidden_layers"],
-            num_attention_heads=shape["heads"],
-            num_key_value_heads=shape["kv"],
-            max_position_embeddings=4096,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-    )
-    model.save_pretrained(base)
+    base, model = random_base(root, config, max_positions=4096)
     peft_model = get_peft_model(
         model, LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, target_modules=TARGETS)
     )

@@ -86,10 +86,10 @@ def _tokenizer(folder: Path, vocab: int) -> Any:
     return fast
 
 
-def build(root: Path, config: str, rows: int, choices: int) -> tuple[Path, Path, Path, Path]:
-    """base folder, adapter folder, data JSONL, task folder."""
+def random_base(root: Path, config: str, max_positions: int = 512) -> tuple[Path, Any]:
+    """A random Llama-architecture base of ``config``'s shapes with an offline-trained BPE
+    tokenizer, saved to ``root / "base"``: the folder and the model."""
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
     shape = CONFIGS[config]
@@ -105,12 +105,21 @@ def build(root: Path, config: str, rows: int, choices: int) -> tuple[Path, Path,
             num_hidden_layers=shape["num_hidden_layers"],
             num_attention_heads=shape["heads"],
             num_key_value_heads=shape["kv"],
-            max_position_embeddings=512,
+            max_position_embeddings=max_positions,
             bos_token_id=tok.bos_token_id,
             eos_token_id=tok.eos_token_id,
         )
     )
     model.save_pretrained(base)
+    return base, model
+
+
+def build(root: Path, config: str, rows: int, choices: int) -> tuple[Path, Path, Path, Path]:
+    """base folder, adapter folder, data JSONL, task folder."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    base, model = random_base(root, config)
     peft_model = get_peft_model(
         model,
         LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
