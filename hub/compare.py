@@ -5,8 +5,9 @@
 - Significance: for every pair of adapters evaluated on the same rows of the same dataset, the
   paired difference of each metric (paired bootstrap; exact McNemar for 0/1 scores), with
   Holm-corrected p-values over all the pairs and metrics compared.
-- Weight-space similarity in low rank (``compose.similarity``): the overall cosine and relative
-  distance of every pair, per-module cosines, principal angles, target overlap.
+- Weight-space similarity (``hub.compare_weights``, math in ``compose.similarity``): the
+  overall cosine and relative distance of every pair, per-module cosines, principal angles,
+  target overlap.
 - Spectra: each module's singular values, effective and stable rank, utilisation.
 
 Example:
@@ -18,16 +19,14 @@ Example:
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from schemas.card import LEDGER
-from schemas.errors import IncompatibleAdapters, InvalidArgument
+from schemas.errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from compose.similarity import Update
     from hub.registry import Registry
     from schemas.card import AdapterCard
 
@@ -43,7 +42,9 @@ def compare(
 ) -> dict[str, Any]:
     """Compare ``refs`` (at least two). ``eval_ids`` restricts the metrics to those records.
     With ``data``, also the output-space similarity on it (``hub.compare_extras``;
-    ``output_options``: base, device, dtype, batch_size, limit).
+    ``output_options``: base, device, dtype, batch_size, limit). ``base`` (a folder or a
+    reference; default each card's ``base_model``) also gives IA3, OFT and BOFT their weight
+    deltas.
 
     Returns:
         ``{"adapters": [...], "significance": [...], "similarity": {...}, "spectra": {...}}``
@@ -67,17 +68,18 @@ def compare(
             )
         records = {ref: [r for r in rs if r["id"] in wanted] for ref, rs in records.items()}
     latest = {ref: _latest_per_dataset(rs) for ref, rs in records.items()}
+    from hub import compare_weights
     from hub.compare_extras import eval_columns, output_similarity
 
     adapters = [{**_row(card, latest[card.ref]), **eval_columns(records[card.ref])}
                 for card in cards]  # fmt: skip
     significance = _significance(registry, cards, latest, seed)
-    updates, skipped = _updates(registry, cards)
+    found, skipped, notes = compare_weights.updates(registry, cards, output_options.get("base"))
     return {
         "adapters": adapters,
         "significance": significance,
-        "similarity": _similarity(cards, updates, skipped),
-        "spectra": _spectra(updates),
+        "similarity": compare_weights.similarity(cards, found, skipped, notes),
+        "spectra": compare_weights.spectra(found),
         "output_similarity": (
             output_similarity(registry, cards, data, **output_options) if data else None
         ),
@@ -188,115 +190,6 @@ def _significance(
         test["p_holm"] = adjusted
         test["significant"] = adjusted <= 0.05
     return tests
-
-
-def _updates(
-    registry: Registry, cards: list[AdapterCard]
-) -> tuple[dict[str, dict[str, Update]], dict[str, str]]:
-    """module -> update for each adapter whose weights have a plain delta; why not for others."""
-    from compose.adapter_io import load_adapter
-    from compose.merge import Factors
-    from compose.similarity import Dense
-
-    updates: dict[str, dict[str, Update]] = {}
-    skipped: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="hub-compare-") as tmp:
-        for i, card in enumerate(cards):
-            if card.library == "adapters":
-                skipped[card.ref] = _adapterhub_skip(card)
-                continue
-            if card.method not in ("lora", "loha", "lokr", "ia3"):
-                skipped[card.ref] = f"{card.method} has no weight delta to compare"
-                continue
-            folder = registry.link_files(card, Path(tmp) / str(i))
-            try:
-                loaded = load_adapter(folder, card.ref, card.method, "compare")
-            except IncompatibleAdapters as err:
-                skipped[card.ref] = str(err).replace("`compare` cannot merge it", "").strip("; ")
-                continue
-            found: dict[str, Update] = {}
-            for module, lora in loaded.modules.items():
-                found[module] = Factors(A=lora.factors.A, B=lora.factors.B)
-            for module, delta in loaded.dense.items():
-                found[module] = Dense(delta)
-            for module, vector in loaded.vectors.items():
-                found[module] = Dense(vector - 1.0)
-            updates[card.ref] = found
-    return updates, skipped
-
-
-def _adapterhub_skip(card: AdapterCard) -> str:
-    """Why an AdapterHub adapter has no weight-space similarity (its card and metrics are
-    compared like any other's)."""
-    if card.method in ("lora", "ia3"):
-        return (
-            f"AdapterHub {card.method}: weight-space similarity reads PEFT's tensors only"
-            " (compared here by its card and metrics)"
-        )
-    why = " (a non-linearity sits between its projections)" if card.method == "bottleneck" else ""
-    return f"AdapterHub {card.method}: no weight delta to compare{why}"
-
-
-def _similarity(
-    cards: list[AdapterCard], updates: dict[str, dict[str, Update]], skipped: dict[str, str]
-) -> dict[str, Any]:
-    from compose import similarity
-
-    refs = [c.ref for c in cards]
-    n = len(refs)
-    cosine: list[list[float | None]] = [[None] * n for _ in range(n)]
-    distance: list[list[float | None]] = [[None] * n for _ in range(n)]
-    per_module: dict[str, dict[str, float]] = {}
-    angles: dict[str, dict[str, dict[str, list[float]]]] = {}
-    overlap: dict[str, float] = {}
-    for i, a in enumerate(refs):
-        for j, b in enumerate(refs):
-            if a not in updates or b not in updates or j < i:
-                continue
-            try:
-                result = similarity.compare(updates[a], updates[b])
-            except ValueError as err:
-                raise IncompatibleAdapters(f"{a} and {b}: {err}") from None
-            cosine[i][j] = cosine[j][i] = result.cosine
-            distance[i][j] = distance[j][i] = result.relative_distance
-            if j > i:
-                pair = f"{a} | {b}"
-                per_module[pair] = {m: v["cosine"] for m, v in result.per_module.items()}
-                overlap[pair] = result.target_overlap
-                angles[pair] = {}
-                for module in result.per_module:
-                    pa = similarity.principal_angles(updates[a][module], updates[b][module])
-                    angles[pair][module] = {"columns": pa.columns, "rows": pa.rows}
-    return {
-        "refs": refs,
-        "cosine": cosine,
-        "relative_distance": distance,
-        "per_module": per_module,
-        "principal_angles": angles,
-        "target_overlap": overlap,
-        "skipped": skipped,
-    }
-
-
-def _spectra(updates: dict[str, dict[str, Update]]) -> dict[str, dict[str, Any]]:
-    from compose import similarity
-
-    out: dict[str, dict[str, Any]] = {}
-    for ref, modules in updates.items():
-        out[ref] = {}
-        for module, update in sorted(modules.items()):
-            if isinstance(update, similarity.Dense) and update.delta.dim() == 1:
-                continue  # IA3 vectors have no spectrum
-            spec = similarity.spectrum(update)
-            out[ref][module] = {
-                "singular_values": spec.singular_values,
-                "cumulative_energy": spec.cumulative_energy,
-                "effective_rank": spec.effective_rank,
-                "stable_rank": spec.stable_rank,
-                "rank": spec.rank,
-                "utilisation": spec.utilisation,
-            }
-    return out
 
 
 AXES = (
