@@ -152,10 +152,15 @@ def compare_command(
         click.echo("\nsignificance (paired, Holm-corrected):")
         for t in tests:
             verdict = "significant" if t["significant"] else "not significant"
+            lo, hi = t["ci95"]
+            change = (
+                f"x{t['ratio']:.4g} [x{lo:.4g}, x{hi:.4g}]"  # perplexity alone: a ratio
+                if t["difference"] is None
+                else f"{t['difference']:+.4g} [{lo:+.4g}, {hi:+.4g}]"
+            )
             click.echo(
                 f"  {t['a'].split('@')[0]} vs {t['b'].split('@')[0]}  {t['metric']}@{t['dataset']}"
-                f"  {t['difference']:+.4g} [{t['ci95'][0]:+.4g}, {t['ci95'][1]:+.4g}]"
-                f"  {t['test']} p={t['p_value']:.3g} holm={t['p_holm']:.3g}  {verdict}"
+                f"  {change}  {t['test']} p={t['p_value']:.3g} holm={t['p_holm']:.3g}  {verdict}"
             )
     sim = report["similarity"]
     names = [r.split("@")[0] for r in sim["refs"]]

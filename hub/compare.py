@@ -2,9 +2,12 @@
 
 - A table: method, variant, rank, targets, parameters, size, and each metric with its interval,
   taken from eval records on one dataset digest (the newest record per adapter and dataset).
+  A column is ``METRIC@NAME`` per digest; ``METRIC@NAME#<digest prefix>`` when two digests
+  compared share a file name.
 - Significance: for every pair of adapters evaluated on the same rows of the same dataset, the
   paired difference of each metric (paired bootstrap; exact McNemar for 0/1 scores), with
-  Holm-corrected p-values over all the pairs and metrics compared.
+  Holm-corrected p-values over all the pairs and metrics compared. ``perplexity`` is
+  ``exp`` of the mean cross-entropy: its test is ``cross_entropy``'s, counted once.
 - Weight-space similarity (``hub.compare_weights``, math in ``compose.similarity``): the
   overall cosine and relative distance of every pair, per-module cosines, principal angles,
   target overlap.
@@ -71,9 +74,10 @@ def compare(
     from hub import compare_weights
     from hub.compare_extras import eval_columns, output_similarity
 
-    adapters = [{**_row(card, latest[card.ref]), **eval_columns(records[card.ref])}
+    labels = _dataset_labels(latest)
+    adapters = [{**_row(card, latest[card.ref], labels), **eval_columns(records[card.ref])}
                 for card in cards]  # fmt: skip
-    significance = _significance(registry, cards, latest, seed)
+    significance = _significance(registry, cards, latest, labels, seed)
     found, skipped, notes = compare_weights.updates(registry, cards, output_options.get("base"))
     return {
         "adapters": adapters,
@@ -97,12 +101,36 @@ def _latest_per_dataset(records: list[dict[str, Any]]) -> dict[str, dict[str, An
     return out
 
 
-def _row(card: AdapterCard, latest: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _dataset_labels(latest: dict[str, dict[str, dict[str, Any]]]) -> dict[str, str]:
+    """Dataset key -> how its columns are named: the file name, unless another digest in the
+    comparison has that name too; then each such digest adds its shortest unique prefix (at
+    least 8 hex digits): ``text.jsonl#a5baf2f4``. One label per digest for every adapter."""
+    names: dict[str, str] = {}
+    for per_dataset in latest.values():
+        for key, record in per_dataset.items():
+            names[key] = (record.get("dataset") or {}).get("name") or key
+    digests: dict[str, list[str]] = {}
+    for key, name in names.items():
+        if not key.startswith("name:"):  # a hand-typed metric's dataset has no digest
+            digests.setdefault(name, []).append(key)
+    labels = dict(names)
+    for name, keys in digests.items():
+        if len(keys) + (f"name:{name}" in names) < 2:
+            continue
+        width = 8
+        while len({k[:width] for k in keys}) < len(keys):
+            width += 1
+        labels.update({k: f"{name}#{k[:width]}" for k in keys})
+    return labels
+
+
+def _row(
+    card: AdapterCard, latest: dict[str, dict[str, Any]], labels: dict[str, str]
+) -> dict[str, Any]:
     metrics: dict[str, dict[str, Any]] = {}
     for key, record in latest.items():
-        name = (record.get("dataset") or {}).get("name") or key
         for metric, summary in record["metrics"].items():
-            metrics[f"{metric}@{name}"] = {
+            metrics[f"{metric}@{labels[key]}"] = {
                 **summary,
                 "dataset_sha256": (record.get("dataset") or {}).get("sha256"),
                 "eval_id": record["id"],
@@ -148,8 +176,19 @@ def _significance(
     registry: Registry,
     cards: list[AdapterCard],
     latest: dict[str, dict[str, dict[str, Any]]],
+    labels: dict[str, str],
     seed: int,
 ) -> list[dict[str, Any]]:
+    """One paired test per pair, dataset and hypothesis, Holm-corrected over all of them.
+
+    A record's per-example ``perplexity`` scores are its cross-entropies (perplexity is
+    ``exp`` of their mean): next to ``cross_entropy`` it is the same hypothesis, so it is
+    neither tested nor counted again. A record with ``perplexity`` alone gets one row whose
+    ``ratio`` (``exp`` of the mean paired cross-entropy difference: the ratio of the two
+    perplexities) and interval say it, as ``hub eval``'s delta against the base does.
+    """
+    import math
+
     from compose.eval_stats import holm, is_binary, mcnemar, paired_delta
 
     tests: list[dict[str, Any]] = []
@@ -164,28 +203,35 @@ def _significance(
                 rows_a, rows_b = _per_example(registry, rec_a), _per_example(registry, rec_b)
                 if rows_a is None or rows_b is None:
                     continue
-                for metric in sorted(set(rec_a["metrics"]) & set(rec_b["metrics"])):
+                shared = set(rec_a["metrics"]) & set(rec_b["metrics"])
+                if "cross_entropy" in shared:
+                    shared.discard("perplexity")  # the same test: see above
+                for metric in sorted(shared):
                     a = [r[metric] for r in rows_a]
                     b = [r[metric] for r in rows_b]
                     binary = is_binary(a) and is_binary(b)
                     d = paired_delta(a, b, seed=seed)
-                    tests.append(
-                        {
-                            "a": first.ref,
-                            "b": second.ref,
-                            "dataset": rec_a["dataset"]["name"],
-                            "metric": metric,
-                            "n": d.n,
-                            "difference": d.value,
-                            "ci95": list(d.ci95),
-                            "test": "mcnemar" if binary else "paired bootstrap",
-                            "p_value": (
-                                mcnemar([x == 1.0 for x in a], [y == 1.0 for y in b])
-                                if binary
-                                else d.p_value
-                            ),
-                        }
-                    )
+                    test: dict[str, Any] = {
+                        "a": first.ref,
+                        "b": second.ref,
+                        "dataset": labels[key],
+                        "dataset_sha256": key,
+                        "metric": metric,
+                        "n": d.n,
+                        "difference": d.value,
+                        "ci95": list(d.ci95),
+                        "test": "mcnemar" if binary else "paired bootstrap",
+                        "p_value": (
+                            mcnemar([x == 1.0 for x in a], [y == 1.0 for y in b])
+                            if binary
+                            else d.p_value
+                        ),
+                    }
+                    if metric == "perplexity":  # a ratio: exp of the cross-entropy difference
+                        test["difference"] = None
+                        test["ratio"] = math.exp(d.value)
+                        test["ci95"] = [math.exp(d.ci95[0]), math.exp(d.ci95[1])]
+                    tests.append(test)
     for test, adjusted in zip(tests, holm([t["p_value"] for t in tests]), strict=True):
         test["p_holm"] = adjusted
         test["significant"] = adjusted <= 0.05
