@@ -105,3 +105,6 @@ def test_perplexity_alone_is_compared_as_a_ratio(registry, trained):
     assert test["ratio"] == pytest.approx(ratio, rel=1e-9)
     assert test["ci95"][0] <= test["ratio"] <= test["ci95"][1]
     assert test["p_holm"] == test["p_value"]  # a family of one
+    lo, hi = test["ci95"]
+    text = CliRunner().invoke(cli, ["compare", "team/x", "team/y"]).stdout
+    assert f"perplexity@held-out.jsonl  x{test['ratio']:.4g} [x{lo:.4g}, x{hi:.4g}]  " in text
