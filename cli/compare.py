@@ -74,7 +74,11 @@ def _markdown(headers: list[str], rows: list[list[Any]]) -> str:
     help="Evaluate every adapter on this JSONL first (as `hub eval`), then compare, with the"
     " output-space similarity on it (mean per-token KL, top-1 agreement).",
 )
-@click.option("--base", help="Base model for --data (default: each card's).")
+@click.option(
+    "--base",
+    help="Base model (a folder or a reference; default: each card's) for --data, and for the"
+    " weight deltas of IA3, OFT and BOFT, which depend on the base weight.",
+)
 @click.option("--eval", "eval_ids", multiple=True, help="Compare only these eval records.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
 @click.option(
@@ -148,10 +152,15 @@ def compare_command(
         click.echo("\nsignificance (paired, Holm-corrected):")
         for t in tests:
             verdict = "significant" if t["significant"] else "not significant"
+            lo, hi = t["ci95"]
+            change = (
+                f"x{t['ratio']:.4g} [x{lo:.4g}, x{hi:.4g}]"  # perplexity alone: a ratio
+                if t["difference"] is None
+                else f"{t['difference']:+.4g} [{lo:+.4g}, {hi:+.4g}]"
+            )
             click.echo(
                 f"  {t['a'].split('@')[0]} vs {t['b'].split('@')[0]}  {t['metric']}@{t['dataset']}"
-                f"  {t['difference']:+.4g} [{t['ci95'][0]:+.4g}, {t['ci95'][1]:+.4g}]"
-                f"  {t['test']} p={t['p_value']:.3g} holm={t['p_holm']:.3g}  {verdict}"
+                f"  {change}  {t['test']} p={t['p_value']:.3g} holm={t['p_holm']:.3g}  {verdict}"
             )
     sim = report["similarity"]
     names = [r.split("@")[0] for r in sim["refs"]]
@@ -163,8 +172,11 @@ def compare_command(
             for name, row in zip(names, sim["cosine"], strict=True)
         ],
     )
-    for ref, why in sim["skipped"].items():
+    for ref, why in [*sim["skipped"].items(), *sim["notes"].items()]:
         click.echo(f"  {ref.split('@')[0]}: {why}")
+    for pair, why in sim["not_comparable"].items():
+        a, b = (ref.split("@")[0] for ref in pair.split(" | "))
+        click.echo(f"  {a} vs {b}: {why}")
     outputs = report.get("output_similarity")
     if outputs:
         click.echo(

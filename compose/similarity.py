@@ -9,8 +9,11 @@ here is a function of the delta alone, so it is the same for ``(B R, R^-1 A)`` a
 - Subspaces and spectra: QR of ``B`` and ``A^T`` and an SVD of the r x r core ``Rb Ra^T``
   (the same steps as ``compose.merge.svd_merge``) give the delta's thin SVD.
 
-Dense deltas (LoHa, LoKr, OFT) and IA3's ``l - 1`` vectors go through the same functions as
-``Dense`` values: the inner product is then a plain elementwise sum.
+Dense deltas (LoHa, LoKr, OFT, BOFT, and IA3's ``(l - 1) * W`` when the base weight is at hand)
+go through the same functions as ``Dense`` values: the inner product is then a plain elementwise
+sum. Without the base, IA3 is its ``l - 1`` vectors, as PEFT saves them (``(d, 1)`` or
+``(1, k)``, marked ``Dense(..., vector=True)``): comparable with other IA3 vectors only, with no
+subspaces or spectrum.
 
 All arithmetic is fp64; results are Python floats.
 """
@@ -33,6 +36,15 @@ class Dense:
     """A module's update given whole: a dense delta, or IA3's ``l - 1`` scaling vector."""
 
     delta: Tensor
+    vector: bool = False
+    """True for IA3's ``l - 1`` as saved (``(d, 1)`` scales outputs, ``(1, k)`` inputs): a
+    scaling, not a weight delta. A flag, not a shape test: a dense delta of a layer with one
+    output (a 1-label score head) is ``(1, k)`` too."""
+
+
+class NotComparable(ValueError):
+    """Two updates measure different things: an IA3 scaling vector and a weight delta (or
+    vectors scaling different sides of a layer). Only the base weight makes them weight deltas."""
 
 
 Update = Union[Factors, Dense]  # noqa: UP007 (a runtime alias, py3.10 has no `type`)
@@ -49,6 +61,7 @@ def inner(u: Update, v: Update, *, module: str = "") -> float:
     are combined as ``sum((B1^T D) * A1)``, one d x k pass over the dense one only.
 
     Raises:
+        NotComparable: an IA3 vector and a weight delta.
         ValueError: the updates' shapes differ (different base layers).
     """
     import torch
@@ -136,7 +149,7 @@ def principal_angles(u: Update, v: Update, *, module: str = "") -> PrincipalAngl
     import torch
 
     _check_shapes(u, v, module)
-    if _is_vector(u) or _is_vector(v):
+    if is_vector(u) or is_vector(v):
         return PrincipalAngles(columns=[], rows=[])
     su, sv = thin_svd(u), thin_svd(v)
 
@@ -212,7 +225,17 @@ def compare(first: Mapping[str, Update], second: Mapping[str, Update]) -> Simila
     A module only one adapter changes adds to that adapter's norm and nothing to the inner
     product (the other's update there is zero), so the overall cosine is that of the two whole
     updates, concatenated over every module.
+
+    Raises:
+        NotComparable: one adapter is IA3 vectors, the other weight deltas (their norms are not
+            in the same units, even over modules only one of them adapts).
+        ValueError: a shared module's updates differ in shape (different base layers).
     """
+    if any(map(is_vector, first.values())) != any(map(is_vector, second.values())):
+        raise NotComparable(
+            "IA3 scaling vectors (l - 1) and weight deltas are not comparable without the"
+            " base weight (IA3's delta is (l - 1) * W)"
+        )
     shared = sorted(set(first) & set(second))
     for m in shared:
         _check_shapes(first[m], second[m], m)
@@ -326,13 +349,35 @@ def _shape(u: Update) -> tuple[int, ...]:
     return tuple(int(x) for x in u.delta.shape)
 
 
-def _is_vector(u: Update) -> bool:
-    return isinstance(u, Dense) and u.delta.dim() == 1
+def is_vector(u: Update) -> bool:
+    """Whether ``u`` is an IA3 scaling vector (no weight delta: no subspaces, no spectrum)."""
+    return isinstance(u, Dense) and (u.vector or u.delta.dim() == 1)
+
+
+def _scaled_side(u: Update) -> str | None:
+    """What an IA3 vector scales: ``outputs`` (``(d, 1)``, rows) or ``inputs`` (``(1, k)``,
+    feed-forward layers' columns); None for anything else."""
+    if not isinstance(u, Dense) or not is_vector(u) or u.delta.dim() != 2:
+        return None
+    rows, cols = _shape(u)
+    return "outputs" if cols == 1 < rows else "inputs" if rows == 1 < cols else None
 
 
 def _check_shapes(u: Update, v: Update, module: str) -> None:
+    where = f"the updates of module {module!r}" if module else "the updates"
+    if is_vector(u) != is_vector(v):
+        raise NotComparable(
+            f"{where}: an IA3 scaling vector (l - 1) and a weight delta are not comparable"
+            " without the base weight"
+        )
+    sides = {_scaled_side(u), _scaled_side(v)}
+    if sides == {"inputs", "outputs"}:
+        raise NotComparable(
+            f"{where}: one IA3 vector scales the layer's inputs, the other its outputs"
+            f" ({_shape(u)} vs {_shape(v)}): comparable only as weight deltas, through the"
+            " base weight"
+        )
     if _shape(u) != _shape(v):
-        where = f"the updates of module {module!r}" if module else "the updates"
         raise ValueError(
             f"{where} differ in shape ({_shape(u)} vs {_shape(v)}): the adapters were trained"
             " on different base layers"

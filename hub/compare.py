@@ -2,11 +2,15 @@
 
 - A table: method, variant, rank, targets, parameters, size, and each metric with its interval,
   taken from eval records on one dataset digest (the newest record per adapter and dataset).
+  A column is ``METRIC@NAME`` per digest; ``METRIC@NAME#<digest prefix>`` when two digests
+  compared share a file name.
 - Significance: for every pair of adapters evaluated on the same rows of the same dataset, the
   paired difference of each metric (paired bootstrap; exact McNemar for 0/1 scores), with
-  Holm-corrected p-values over all the pairs and metrics compared.
-- Weight-space similarity in low rank (``compose.similarity``): the overall cosine and relative
-  distance of every pair, per-module cosines, principal angles, target overlap.
+  Holm-corrected p-values over all the pairs and metrics compared. ``perplexity`` is
+  ``exp`` of the mean cross-entropy: its test is ``cross_entropy``'s, counted once.
+- Weight-space similarity (``hub.compare_weights``, math in ``compose.similarity``): the
+  overall cosine and relative distance of every pair, per-module cosines, principal angles,
+  target overlap.
 - Spectra: each module's singular values, effective and stable rank, utilisation.
 
 Example:
@@ -18,16 +22,14 @@ Example:
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from schemas.card import LEDGER
-from schemas.errors import IncompatibleAdapters, InvalidArgument
+from schemas.errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from compose.similarity import Update
     from hub.registry import Registry
     from schemas.card import AdapterCard
 
@@ -43,7 +45,9 @@ def compare(
 ) -> dict[str, Any]:
     """Compare ``refs`` (at least two). ``eval_ids`` restricts the metrics to those records.
     With ``data``, also the output-space similarity on it (``hub.compare_extras``;
-    ``output_options``: base, device, dtype, batch_size, limit).
+    ``output_options``: base, device, dtype, batch_size, limit). ``base`` (a folder or a
+    reference; default each card's ``base_model``) also gives IA3, OFT and BOFT their weight
+    deltas.
 
     Returns:
         ``{"adapters": [...], "significance": [...], "similarity": {...}, "spectra": {...}}``
@@ -67,17 +71,19 @@ def compare(
             )
         records = {ref: [r for r in rs if r["id"] in wanted] for ref, rs in records.items()}
     latest = {ref: _latest_per_dataset(rs) for ref, rs in records.items()}
+    from hub import compare_weights
     from hub.compare_extras import eval_columns, output_similarity
 
-    adapters = [{**_row(card, latest[card.ref]), **eval_columns(records[card.ref])}
+    labels = _dataset_labels(latest)
+    adapters = [{**_row(card, latest[card.ref], labels), **eval_columns(records[card.ref])}
                 for card in cards]  # fmt: skip
-    significance = _significance(registry, cards, latest, seed)
-    updates, skipped = _updates(registry, cards)
+    significance = _significance(registry, cards, latest, labels, seed)
+    found, skipped, notes = compare_weights.updates(registry, cards, output_options.get("base"))
     return {
         "adapters": adapters,
         "significance": significance,
-        "similarity": _similarity(cards, updates, skipped),
-        "spectra": _spectra(updates),
+        "similarity": compare_weights.similarity(cards, found, skipped, notes),
+        "spectra": compare_weights.spectra(found),
         "output_similarity": (
             output_similarity(registry, cards, data, **output_options) if data else None
         ),
@@ -95,12 +101,36 @@ def _latest_per_dataset(records: list[dict[str, Any]]) -> dict[str, dict[str, An
     return out
 
 
-def _row(card: AdapterCard, latest: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _dataset_labels(latest: dict[str, dict[str, dict[str, Any]]]) -> dict[str, str]:
+    """Dataset key -> how its columns are named: the file name, unless another digest in the
+    comparison has that name too; then each such digest adds its shortest unique prefix (at
+    least 8 hex digits): ``text.jsonl#a5baf2f4``. One label per digest for every adapter."""
+    names: dict[str, str] = {}
+    for per_dataset in latest.values():
+        for key, record in per_dataset.items():
+            names[key] = (record.get("dataset") or {}).get("name") or key
+    digests: dict[str, list[str]] = {}
+    for key, name in names.items():
+        if not key.startswith("name:"):  # a hand-typed metric's dataset has no digest
+            digests.setdefault(name, []).append(key)
+    labels = dict(names)
+    for name, keys in digests.items():
+        if len(keys) + (f"name:{name}" in names) < 2:
+            continue
+        width = 8
+        while len({k[:width] for k in keys}) < len(keys):
+            width += 1
+        labels.update({k: f"{name}#{k[:width]}" for k in keys})
+    return labels
+
+
+def _row(
+    card: AdapterCard, latest: dict[str, dict[str, Any]], labels: dict[str, str]
+) -> dict[str, Any]:
     metrics: dict[str, dict[str, Any]] = {}
     for key, record in latest.items():
-        name = (record.get("dataset") or {}).get("name") or key
         for metric, summary in record["metrics"].items():
-            metrics[f"{metric}@{name}"] = {
+            metrics[f"{metric}@{labels[key]}"] = {
                 **summary,
                 "dataset_sha256": (record.get("dataset") or {}).get("sha256"),
                 "eval_id": record["id"],
@@ -146,8 +176,19 @@ def _significance(
     registry: Registry,
     cards: list[AdapterCard],
     latest: dict[str, dict[str, dict[str, Any]]],
+    labels: dict[str, str],
     seed: int,
 ) -> list[dict[str, Any]]:
+    """One paired test per pair, dataset and hypothesis, Holm-corrected over all of them.
+
+    A record's per-example ``perplexity`` scores are its cross-entropies (perplexity is
+    ``exp`` of their mean): next to ``cross_entropy`` it is the same hypothesis, so it is
+    neither tested nor counted again. A record with ``perplexity`` alone gets one row whose
+    ``ratio`` (``exp`` of the mean paired cross-entropy difference: the ratio of the two
+    perplexities) and interval say it, as ``hub eval``'s delta against the base does.
+    """
+    import math
+
     from compose.eval_stats import holm, is_binary, mcnemar, paired_delta
 
     tests: list[dict[str, Any]] = []
@@ -162,141 +203,39 @@ def _significance(
                 rows_a, rows_b = _per_example(registry, rec_a), _per_example(registry, rec_b)
                 if rows_a is None or rows_b is None:
                     continue
-                for metric in sorted(set(rec_a["metrics"]) & set(rec_b["metrics"])):
+                shared = set(rec_a["metrics"]) & set(rec_b["metrics"])
+                if "cross_entropy" in shared:
+                    shared.discard("perplexity")  # the same test: see above
+                for metric in sorted(shared):
                     a = [r[metric] for r in rows_a]
                     b = [r[metric] for r in rows_b]
                     binary = is_binary(a) and is_binary(b)
                     d = paired_delta(a, b, seed=seed)
-                    tests.append(
-                        {
-                            "a": first.ref,
-                            "b": second.ref,
-                            "dataset": rec_a["dataset"]["name"],
-                            "metric": metric,
-                            "n": d.n,
-                            "difference": d.value,
-                            "ci95": list(d.ci95),
-                            "test": "mcnemar" if binary else "paired bootstrap",
-                            "p_value": (
-                                mcnemar([x == 1.0 for x in a], [y == 1.0 for y in b])
-                                if binary
-                                else d.p_value
-                            ),
-                        }
-                    )
+                    test: dict[str, Any] = {
+                        "a": first.ref,
+                        "b": second.ref,
+                        "dataset": labels[key],
+                        "dataset_sha256": key,
+                        "metric": metric,
+                        "n": d.n,
+                        "difference": d.value,
+                        "ci95": list(d.ci95),
+                        "test": "mcnemar" if binary else "paired bootstrap",
+                        "p_value": (
+                            mcnemar([x == 1.0 for x in a], [y == 1.0 for y in b])
+                            if binary
+                            else d.p_value
+                        ),
+                    }
+                    if metric == "perplexity":  # a ratio: exp of the cross-entropy difference
+                        test["difference"] = None
+                        test["ratio"] = math.exp(d.value)
+                        test["ci95"] = [math.exp(d.ci95[0]), math.exp(d.ci95[1])]
+                    tests.append(test)
     for test, adjusted in zip(tests, holm([t["p_value"] for t in tests]), strict=True):
         test["p_holm"] = adjusted
         test["significant"] = adjusted <= 0.05
     return tests
-
-
-def _updates(
-    registry: Registry, cards: list[AdapterCard]
-) -> tuple[dict[str, dict[str, Update]], dict[str, str]]:
-    """module -> update for each adapter whose weights have a plain delta; why not for others."""
-    from compose.adapter_io import load_adapter
-    from compose.merge import Factors
-    from compose.similarity import Dense
-
-    updates: dict[str, dict[str, Update]] = {}
-    skipped: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="hub-compare-") as tmp:
-        for i, card in enumerate(cards):
-            if card.library == "adapters":
-                skipped[card.ref] = _adapterhub_skip(card)
-                continue
-            if card.method not in ("lora", "loha", "lokr", "ia3"):
-                skipped[card.ref] = f"{card.method} has no weight delta to compare"
-                continue
-            folder = registry.link_files(card, Path(tmp) / str(i))
-            try:
-                loaded = load_adapter(folder, card.ref, card.method, "compare")
-            except IncompatibleAdapters as err:
-                skipped[card.ref] = str(err).replace("`compare` cannot merge it", "").strip("; ")
-                continue
-            found: dict[str, Update] = {}
-            for module, lora in loaded.modules.items():
-                found[module] = Factors(A=lora.factors.A, B=lora.factors.B)
-            for module, delta in loaded.dense.items():
-                found[module] = Dense(delta)
-            for module, vector in loaded.vectors.items():
-                found[module] = Dense(vector - 1.0)
-            updates[card.ref] = found
-    return updates, skipped
-
-
-def _adapterhub_skip(card: AdapterCard) -> str:
-    """Why an AdapterHub adapter has no weight-space similarity (its card and metrics are
-    compared like any other's)."""
-    if card.method in ("lora", "ia3"):
-        return (
-            f"AdapterHub {card.method}: weight-space similarity reads PEFT's tensors only"
-            " (compared here by its card and metrics)"
-        )
-    why = " (a non-linearity sits between its projections)" if card.method == "bottleneck" else ""
-    return f"AdapterHub {card.method}: no weight delta to compare{why}"
-
-
-def _similarity(
-    cards: list[AdapterCard], updates: dict[str, dict[str, Update]], skipped: dict[str, str]
-) -> dict[str, Any]:
-    from compose import similarity
-
-    refs = [c.ref for c in cards]
-    n = len(refs)
-    cosine: list[list[float | None]] = [[None] * n for _ in range(n)]
-    distance: list[list[float | None]] = [[None] * n for _ in range(n)]
-    per_module: dict[str, dict[str, float]] = {}
-    angles: dict[str, dict[str, dict[str, list[float]]]] = {}
-    overlap: dict[str, float] = {}
-    for i, a in enumerate(refs):
-        for j, b in enumerate(refs):
-            if a not in updates or b not in updates or j < i:
-                continue
-            try:
-                result = similarity.compare(updates[a], updates[b])
-            except ValueError as err:
-                raise IncompatibleAdapters(f"{a} and {b}: {err}") from None
-            cosine[i][j] = cosine[j][i] = result.cosine
-            distance[i][j] = distance[j][i] = result.relative_distance
-            if j > i:
-                pair = f"{a} | {b}"
-                per_module[pair] = {m: v["cosine"] for m, v in result.per_module.items()}
-                overlap[pair] = result.target_overlap
-                angles[pair] = {}
-                for module in result.per_module:
-                    pa = similarity.principal_angles(updates[a][module], updates[b][module])
-                    angles[pair][module] = {"columns": pa.columns, "rows": pa.rows}
-    return {
-        "refs": refs,
-        "cosine": cosine,
-        "relative_distance": distance,
-        "per_module": per_module,
-        "principal_angles": angles,
-        "target_overlap": overlap,
-        "skipped": skipped,
-    }
-
-
-def _spectra(updates: dict[str, dict[str, Update]]) -> dict[str, dict[str, Any]]:
-    from compose import similarity
-
-    out: dict[str, dict[str, Any]] = {}
-    for ref, modules in updates.items():
-        out[ref] = {}
-        for module, update in sorted(modules.items()):
-            if isinstance(update, similarity.Dense) and update.delta.dim() == 1:
-                continue  # IA3 vectors have no spectrum
-            spec = similarity.spectrum(update)
-            out[ref][module] = {
-                "singular_values": spec.singular_values,
-                "cumulative_energy": spec.cumulative_energy,
-                "effective_rank": spec.effective_rank,
-                "stable_rank": spec.stable_rank,
-                "rank": spec.rank,
-                "utilisation": spec.utilisation,
-            }
-    return out
 
 
 AXES = (

@@ -1,6 +1,9 @@
 """Export through PEFT's own ``merge_and_unload``, for the methods whose merge the hub does not
 stream itself (``merge="peft"`` in ``schemas.methods``: OFT, BOFT, FourierFT, HRA...).
 
+``merged_deltas`` runs the same merge for ``hub compare``: each adapted module's weight after
+the merge minus before (OFT's and BOFT's weight deltas, which depend on the base weight).
+
 PEFT merges a loaded model, so this path holds the whole base in memory (in fp32, then rounded
 once to the output dtype), unlike the streamed merge, which holds a few tensors. It writes
 merged safetensors only: the quantized and adapter-carrying formats need the streamed merge's
@@ -14,16 +17,20 @@ and saved from there: the whole model in fp32 must then fit in the GPU's memory 
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compose.deploy.output import check_disk_space, model_card
 from compose.staging import staged_folder
-from schemas.errors import IncompatibleAdapters, InvalidAdapter
+from schemas.errors import IncompatibleAdapters, InvalidAdapter, InvalidArgument
 from schemas.methods import METHODS, Row
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from compose.deploy.api import AdapterSource
     from compose.deploy.base import BaseFolder
     from schemas.export import ExportSpec
@@ -102,19 +109,8 @@ def export_with_peft(
     model: Any = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
     model = model.to(device)  # the adapters load where the model is
     for source in sources:
-        try:
-            with exact_fp32(device):
-                model = PeftModel.from_pretrained(model, str(source.path)).merge_and_unload()
-        except (ValueError, NotImplementedError, AttributeError, RuntimeError) as error:
-            raise IncompatibleAdapters(
-                f"adapter {source.label}: PEFT cannot merge it into this base"
-                f" ({type(error).__name__}: {_first_line(error)})",
-                adapter=source.label,
-            ) from error
-        except KeyError as error:
-            raise InvalidAdapter(
-                f"adapter {source.label}: PEFT cannot load it ({_first_line(error)})"
-            ) from error
+        with exact_fp32(device), _peft_errors(source.label):
+            model = PeftModel.from_pretrained(model, str(source.path)).merge_and_unload()
     dtype = spec.dtype or _base_dtype(base)
     model = model.to(getattr(torch, _DTYPES[dtype]))
     details: dict[str, Any] = {"dtype": dtype, "merge": MEMORY_NOTE}
@@ -135,6 +131,81 @@ def export_with_peft(
         files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
         size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
     return files, size, {**details, "device": device}
+
+
+def merged_deltas(base_path: Path, adapter_path: Path, label: str) -> dict[str, Tensor]:
+    """Each adapted module's weight after PEFT's ``merge_and_unload`` minus before: the merge
+    ``export_with_peft`` writes (OFT's and BOFT's rotations of the base weight...), as deltas.
+
+    The base loads in fp32 (as for export); each adapted layer, its factors included, is
+    widened to fp64 before the merge, so the difference does not lose the small delta in the
+    rounding of the large weight. Deltas are fp32, ``(out, in)`` (a ``Conv1D``'s transposed).
+
+    Returns:
+        module name (PEFT's, without ``base_model.model.``) -> delta.
+
+    Raises:
+        IncompatibleAdapters: PEFT refuses to load or merge the adapter on this base, or it
+            adapts a convolution.
+        InvalidAdapter: PEFT cannot read it.
+        InvalidArgument: transformers cannot load the base.
+    """
+    import torch
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    try:
+        model: Any = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    except (OSError, ValueError) as error:
+        raise InvalidArgument(
+            f"base {base_path}: transformers cannot load it ({_first_line(error)})"
+        ) from error
+    with _peft_errors(label):
+        peft_model = PeftModel.from_pretrained(model, str(adapter_path))
+        layers: dict[str, Any] = {  # torch modules, each a PEFT tuner layer
+            name.removeprefix("base_model.model."): layer
+            for name, layer in peft_model.named_modules()
+            if isinstance(layer, BaseTunerLayer)
+        }
+        before: dict[str, Tensor] = {}
+        for name, layer in layers.items():
+            weight = layer.get_base_layer().weight
+            if weight.dim() != 2:
+                raise IncompatibleAdapters(
+                    f"adapter {label}: module {name} is a convolution; only linear layers"
+                    " have a weight delta here",
+                    adapter=label,
+                    module=name,
+                )
+            layer.to(torch.float64)
+            before[name] = layer.get_base_layer().weight.detach().clone()
+        merged = dict(peft_model.merge_and_unload().named_modules())
+    out: dict[str, Tensor] = {}
+    for name, weight in before.items():
+        delta = merged[name].weight.detach() - weight
+        out[name] = (delta.T if isinstance(merged[name], Conv1D) else delta).float().contiguous()
+    return out
+
+
+@contextlib.contextmanager
+def _peft_errors(label: str) -> Iterator[None]:
+    """PEFT's failures to load or merge adapter ``label`` as our one-line errors."""
+    try:
+        yield
+    except IncompatibleAdapters:
+        raise
+    except (ValueError, NotImplementedError, AttributeError, RuntimeError) as error:
+        raise IncompatibleAdapters(
+            f"adapter {label}: PEFT cannot merge it into this base"
+            f" ({type(error).__name__}: {_first_line(error)})",
+            adapter=label,
+        ) from error
+    except KeyError as error:
+        raise InvalidAdapter(
+            f"adapter {label}: PEFT cannot load it ({_first_line(error)})"
+        ) from error
 
 
 def _base_dtype(base: BaseFolder) -> str:

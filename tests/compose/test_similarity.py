@@ -207,3 +207,42 @@ def test_compare_batches_same_shape_modules_to_the_per_module_numbers():
     sq2 = sum(sim.inner(v, v) for v in second.values())
     assert got.cosine == pytest.approx(dot / (sq1 * sq2) ** 0.5, abs=1e-12)
     assert (got.only_first, got.only_second) == (["only.first"], ["only.second"])
+
+
+def test_ia3_vectors_as_peft_saves_them():
+    """PEFT saves IA3's l as (d, 1) (scales outputs) or (1, k) (feed-forward: inputs). As
+    vectors (no base weight) they compare with vectors of the same side only, and have no
+    subspaces; a dense (1, k) weight delta (a one-output layer) is no vector."""
+    g = torch.Generator().manual_seed(3)
+    rows1, rows2 = torch.randn(32, 1, generator=g), torch.randn(32, 1, generator=g)
+    u, v = Dense(rows1, vector=True), Dense(rows2, vector=True)
+    assert sim.is_vector(u) and not sim.is_vector(Dense(torch.randn(1, 8, generator=g)))
+    assert sim.cosine(u, v) == pytest.approx(_dense_cos(rows1.double(), rows2.double()), abs=1e-12)
+    assert sim.principal_angles(u, v) == sim.PrincipalAngles(columns=[], rows=[])
+    one_row = Dense(torch.randn(1, 8, generator=g))
+    assert len(sim.principal_angles(one_row, one_row).columns) == 1
+
+    delta = _lora(32, 64, 2, 1)
+    with pytest.raises(sim.NotComparable) as err:
+        sim.cosine(u, delta, module="model.layers.0.self_attn.v_proj")
+    assert str(err.value) == (
+        "the updates of module 'model.layers.0.self_attn.v_proj': an IA3 scaling vector (l - 1)"
+        " and a weight delta are not comparable without the base weight"
+    )
+    with pytest.raises(sim.NotComparable) as err:
+        sim.compare({"k": u}, {"q": delta})  # no module in common: still not comparable
+    assert str(err.value) == (
+        "IA3 scaling vectors (l - 1) and weight deltas are not comparable without the base"
+        " weight (IA3's delta is (l - 1) * W)"
+    )
+    rows = Dense(torch.randn(64, 1, generator=g), vector=True)
+    columns = Dense(torch.randn(1, 64, generator=g), vector=True)
+    with pytest.raises(sim.NotComparable) as err:
+        sim.compare({"down": rows}, {"down": columns})
+    assert str(err.value) == (
+        "the updates of module 'down': one IA3 vector scales the layer's inputs, the other its"
+        " outputs ((64, 1) vs (1, 64)): comparable only as weight deltas, through the base weight"
+    )
+    with pytest.raises(ValueError) as err:  # the same side, other lengths: other base layers
+        sim.cosine(u, Dense(torch.randn(16, 1, generator=g), vector=True))
+    assert not isinstance(err.value, sim.NotComparable)

@@ -48,12 +48,12 @@ def test_compare_two_trained_adapters(registry, trained):
     assert ce["delta_vs_base"]["value"] < 0
 
     tests = {t["metric"]: t for t in report["significance"]}
-    assert set(tests) == {"cross_entropy", "perplexity"}
+    assert set(tests) == {"cross_entropy"}  # perplexity's test is cross_entropy's: not twice
     t = tests["cross_entropy"]
     assert t["test"] == "paired bootstrap" and t["n"] == 6
     short_ce = short_row["metrics"]["cross_entropy@held-out.jsonl"]["value"]
     assert t["difference"] == pytest.approx(ce["value"] - short_ce, abs=1e-9)
-    assert t["p_holm"] == pytest.approx(min(1.0, 2 * min(tt["p_value"] for tt in tests.values())))
+    assert t["p_holm"] == t["p_value"]  # a family of one test
 
     dense_a, dense_b = _dense_deltas(lora), _dense_deltas(lora2)
     flat_a = torch.cat([dense_a[m].flatten() for m in sorted(dense_a)])
