@@ -282,12 +282,22 @@ def _print_rerun(record: dict[str, Any], as_json: bool) -> None:
                     how += f", rows changed: {', '.join(map(str, d['changed_rows'][:10]))}"
             elif d["new"] is None:
                 how = "missing in the rerun"
+            elif d.get("compared") == "exact":
+                how = f"{d['difference']:+.3g} (compared exactly)"
             else:
                 how = f"{d['difference']:+.3g} (tolerance {d['tolerance']:g} relative)"
             new = "" if d["new"] is None else f"{d['new']:.6g}"
             verdict = "same" if d["agrees"] else "DIFFERS"
             rows.append([name, f"{d['old']:.6g}", new, how, verdict])
         print_table(["metric", "recorded", "rerun", "difference", ""], rows)
+        cost = rerun.get("cost")
+        for mode, t in ((cost or {}).get("timings") or {}).items():
+            (old_ms, new_ms), (old_tps, new_tps) = t["prefill_ms"], t["decode_tokens_per_s"]
+            click.echo(
+                f"cost {mode} (batch {t['batch']}, {t['prompt_tokens']} tokens): prefill"
+                f" {old_ms:.3g} -> {new_ms:.3g} ms, decode {old_tps:.3g} -> {new_tps:.3g}"
+                " tokens/s (re-measured; timings are not compared)"
+            )
     if rerun["reproduced"]:
         click.echo(f"Reproduced {rerun['of']} as {record['id']} on {record['ref']}", err=True)
         return
