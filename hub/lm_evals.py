@@ -263,7 +263,8 @@ def _record(
     device: Any,
     seconds: float,
 ) -> dict[str, Any]:
-    from hub.evals import _versions, store_record
+    from hub.eval_store import store_record
+    from hub.evals import _versions
     from hub.evals import device_label as _device_name
 
     seed = config["seed"]
