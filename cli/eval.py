@@ -151,11 +151,13 @@ def eval_command(
     With --lm-eval TASK --include-path DIR, lm-evaluation-harness's own evaluator scores a
     local task YAML instead (offline; the record has the same fields, its log is kept).
 
-    --rerun EVAL_ID repeats a recorded eval from its stored dataset and config and records the
-    rerun as a new record linked to the old one; counts (exact_match, accuracy) must match
-    exactly, other metrics within --tolerance (relative). --from URL pulls each version of a
-    team hub into a scratch folder, evaluates it here, and posts the record back when the
-    token may write the namespace (else keeps it locally: `hub show REF --from URL` lists it).
+    --rerun EVAL_ID repeats a recorded eval from its stored dataset and config (its
+    --forgetting text and --cost options too) and records the rerun as a new record linked to
+    the old one; counts (exact_match, accuracy) must match exactly, other metrics and
+    forgetting within --tolerance (relative); cost timings are re-measured, not compared.
+    --from URL pulls each version of a team hub into a scratch folder, evaluates it here, and
+    posts the record back when the token may write the namespace (else keeps it locally:
+    `hub show REF --from URL` lists it). Several adapters are recorded all or none.
 
     \b
     Example:
