@@ -151,11 +151,13 @@ def eval_command(
     With --lm-eval TASK --include-path DIR, lm-evaluation-harness's own evaluator scores a
     local task YAML instead (offline; the record has the same fields, its log is kept).
 
-    --rerun EVAL_ID repeats a recorded eval from its stored dataset and config and records the
-    rerun as a new record linked to the old one; counts (exact_match, accuracy) must match
-    exactly, other metrics within --tolerance (relative). --from URL pulls each version of a
-    team hub into a scratch folder, evaluates it here, and posts the record back when the
-    token may write the namespace (else keeps it locally: `hub show REF --from URL` lists it).
+    --rerun EVAL_ID repeats a recorded eval from its stored dataset and config (its
+    --forgetting text and --cost options too) and records the rerun as a new record linked to
+    the old one; counts (exact_match, accuracy) must match exactly, other metrics and
+    forgetting within --tolerance (relative); cost timings are re-measured, not compared.
+    --from URL pulls each version of a team hub into a scratch folder, evaluates it here, and
+    posts the record back when the token may write the namespace (else keeps it locally:
+    `hub show REF --from URL` lists it). Several adapters are recorded all or none.
 
     \b
     Example:
@@ -282,12 +284,22 @@ def _print_rerun(record: dict[str, Any], as_json: bool) -> None:
                     how += f", rows changed: {', '.join(map(str, d['changed_rows'][:10]))}"
             elif d["new"] is None:
                 how = "missing in the rerun"
+            elif d.get("compared") == "exact":
+                how = f"{d['difference']:+.3g} (compared exactly)"
             else:
                 how = f"{d['difference']:+.3g} (tolerance {d['tolerance']:g} relative)"
             new = "" if d["new"] is None else f"{d['new']:.6g}"
             verdict = "same" if d["agrees"] else "DIFFERS"
             rows.append([name, f"{d['old']:.6g}", new, how, verdict])
         print_table(["metric", "recorded", "rerun", "difference", ""], rows)
+        cost = rerun.get("cost")
+        for mode, t in ((cost or {}).get("timings") or {}).items():
+            (old_ms, new_ms), (old_tps, new_tps) = t["prefill_ms"], t["decode_tokens_per_s"]
+            click.echo(
+                f"cost {mode} (batch {t['batch']}, {t['prompt_tokens']} tokens): prefill"
+                f" {old_ms:.3g} -> {new_ms:.3g} ms, decode {old_tps:.3g} -> {new_tps:.3g}"
+                " tokens/s (re-measured; timings are not compared)"
+            )
     if rerun["reproduced"]:
         click.echo(f"Reproduced {rerun['of']} as {record['id']} on {record['ref']}", err=True)
         return

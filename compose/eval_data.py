@@ -53,6 +53,8 @@ class Row:
     target: str | None = None
     choices: tuple[str, ...] = ()
     answer: int | None = None
+    line: int = 0
+    """The row's line in its file (1-based), for messages about it once it is tokenized."""
 
 
 @dataclass(frozen=True)
@@ -90,18 +92,18 @@ def _string(obj: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
-def _row(obj: dict[str, Any], kind: Kind, where: str) -> Row:
+def _row(obj: dict[str, Any], kind: Kind, where: str, line: int) -> Row:
     if kind == "text":
         text = _string(obj, "text", where)
         if not text:
             raise InvalidData(f'{where}: "text" is empty', field="text")
-        return Row(text=text)
+        return Row(text=text, line=line)
     prompt = _string(obj, "prompt", where)
     if kind == "generation":
         target = _string(obj, "target", where)
         if not target.strip():
             raise InvalidData(f'{where}: "target" is empty', field="target")
-        return Row(prompt=prompt, target=target)
+        return Row(prompt=prompt, target=target, line=line)
     if "choices" not in obj:
         raise InvalidData(f'{where}: missing field "choices"', field="choices")
     choices = obj["choices"]
@@ -135,7 +137,7 @@ def _row(obj: dict[str, Any], kind: Kind, where: str) -> Row:
                 field="answer",
             )
         index = answer
-    return Row(prompt=prompt, choices=tuple(choices), answer=index)
+    return Row(prompt=prompt, choices=tuple(choices), answer=index, line=line)
 
 
 def read_eval_data(path: str | Path, *, limit: int | None = None) -> EvalData:
@@ -182,6 +184,9 @@ def read_eval_data(path: str | Path, *, limit: int | None = None) -> EvalData:
         if not isinstance(obj, dict):
             raise InvalidData(f"{where}: each line must be a JSON object", path=str(path))
         row_kind = _kind_of(obj)
+        if row_kind is None and kind is not None:
+            # The file's kind is known: name the field this row lacks (``_row`` does).
+            row_kind = kind
         if row_kind is None:
             raise InvalidData(
                 f'{where}: no "text", "prompt"/"target" or "prompt"/"choices"/"answer" fields',
@@ -194,7 +199,7 @@ def read_eval_data(path: str | Path, *, limit: int | None = None) -> EvalData:
                 f"{where}: a {row_kind} row in a file of {kind} rows (one kind per file)",
                 path=str(path),
             )
-        rows.append(_row(obj, kind, where))
+        rows.append(_row(obj, kind, where, number))
         if limit is not None and len(rows) >= limit:
             break
     if kind is None:

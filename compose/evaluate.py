@@ -10,10 +10,18 @@ for log-likelihoods:
   that example's mean cross-entropy (nats per token).
 - ``prompt`` + continuation (a target or a choice): ``whole = tok(prompt + continuation)``,
   ``ctx = tok(prompt)``; the continuation's tokens are ``whole[len(ctx):]``, each scored given
-  everything before it.
+  everything before it. A prompt with no tokens (``""`` with a tokenizer that adds no BOS)
+  leaves nothing to condition the first token on: as lm-evaluation-harness does for an empty
+  context, the prefix token (the BOS, else the EOS) is put before ``tok(continuation)`` and
+  every continuation token is scored after it.
 - ``exact_match``: greedy decoding from ``tok(prompt)``, at most as many new tokens as the
   target has plus ``extra_new_tokens``, cut at the first newline or EOS, stripped, compared with
-  the stripped target.
+  the stripped target. A prompt with no tokens is refused (``InvalidData`` naming its line):
+  generation needs at least one input token, and generating from a bare document separator
+  would score what the model says unprompted, which no exact-match task means; with a
+  tokenizer that adds a BOS, ``tok("")`` is the BOS and both metrics condition on it.
+- ``text`` rows of one token have nothing to score (their only token is context) and are
+  refused the same way.
 
 Batches are right-padded for scoring (padding never precedes a scored token under a causal
 mask, so no attention mask is passed) and left-padded for generation. A multiple-choice row's
@@ -31,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from compose.eval_data import EvalData, Row
 from compose.eval_prefix import caches_prefix, prefix_logprobs
+from schemas.errors import InvalidData
 
 if TYPE_CHECKING:
     import torch
@@ -58,34 +67,97 @@ class Span:
     start: int  # first scored token index (>= 1)
 
 
+def where(data: EvalData, row: Row) -> str:
+    """``data.jsonl line 3``: how a message names a row."""
+    return f"{data.path.name} line {row.line}"
+
+
+def prefix_token(tokenizer: Any) -> int | None:
+    """The token an empty context stands for: the BOS, else the EOS (lm-evaluation-harness's
+    ``prefix_token_id``), or None when the tokenizer has neither."""
+    for token in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if token is not None:
+            return int(token)
+    return None
+
+
 def _spans_for_continuations(
-    tokenizer: Any, prompt: str, continuations: Sequence[str]
+    tokenizer: Any, prompt: str, continuations: Sequence[str], row_name: str
 ) -> list[Span]:
     ctx = tokenizer(prompt)["input_ids"]
+    prefix: list[int] = []
+    if not ctx:  # lm-eval's rule for an empty context: the prefix token stands for it
+        token = prefix_token(tokenizer)
+        if token is None:
+            raise InvalidData(
+                f'{row_name}: "prompt" has no tokens and the tokenizer has no BOS or EOS token'
+                " to score the continuation after; give a prompt",
+                field="prompt",
+            )
+        prefix = [token]
     spans = []
     for continuation in continuations:
-        whole = tokenizer(prompt + continuation)["input_ids"]
-        start = max(len(ctx), 1)
+        if prefix:
+            whole = prefix + tokenizer(continuation, add_special_tokens=False)["input_ids"]
+            start = 1
+        else:
+            whole = tokenizer(prompt + continuation)["input_ids"]
+            start = len(ctx)
         if start >= len(whole):  # the continuation vanished into the prompt's tokens
             start = len(whole) - 1
         spans.append(Span(ids=whole, start=start))
     return spans
 
 
+def text_ids(tokenizer: Any, data: EvalData, row: Row) -> list[int]:
+    """A text row's token ids; refused when there is no token after the first to score."""
+    ids: list[int] = tokenizer(row.text)["input_ids"]
+    if len(ids) < 2:
+        raise InvalidData(
+            f'{where(data, row)}: "text" has {len(ids)} token{"" if len(ids) == 1 else "s"},'
+            " and a text row's first token is only context: nothing is left to score (a text"
+            " row needs at least 2 tokens)",
+            path=str(data.path),
+            field="text",
+        )
+    return ids
+
+
+def check_prompts(tokenizer: Any, data: EvalData, metrics: Sequence[str]) -> None:
+    """Refuse, before anything is scored, a row ``exact_match`` cannot generate from: a
+    prompt with no tokens (see the module docstring)."""
+    if data.kind != "generation" or "exact_match" not in metrics:
+        return
+    for row in data.rows:
+        if not tokenizer(row.prompt)["input_ids"]:
+            raise InvalidData(
+                f'{where(data, row)}: "prompt" has no tokens (the tokenizer adds no BOS), so'
+                " exact_match has nothing to generate from; give a prompt, or score only"
+                " --metric target_logprob",
+                path=str(data.path),
+                field="prompt",
+            )
+
+
 def data_spans(tokenizer: Any, data: EvalData) -> list[Span]:
     """The sequences scoring runs for ``data``'s log-likelihoods, in order: one per text row,
-    one per prompt + target, one per prompt + choice (choices of a row consecutive)."""
+    one per prompt + target, one per prompt + choice (choices of a row consecutive).
+
+    Raises:
+        InvalidData: a text row of one token (naming its line).
+    """
     spans: list[Span] = []
     for row in data.rows:
         if data.kind == "text":
-            ids = tokenizer(row.text)["input_ids"]
-            if len(ids) < 2:
-                raise ValueError(f"a text row of {len(ids)} token has nothing to score")
-            spans.append(Span(ids=ids, start=1))
+            spans.append(Span(ids=text_ids(tokenizer, data, row), start=1))
         elif data.kind == "generation":
-            spans += _spans_for_continuations(tokenizer, row.prompt or "", [row.target or ""])
+            spans += _spans_for_continuations(
+                tokenizer, row.prompt or "", [row.target or ""], where(data, row)
+            )
         else:
-            spans += _spans_for_continuations(tokenizer, row.prompt or "", row.choices)
+            spans += _spans_for_continuations(
+                tokenizer, row.prompt or "", row.choices, where(data, row)
+            )
     return spans
 
 
@@ -264,7 +336,12 @@ def score(
 
     Returns:
         ``Scored``: per-example scores per metric, greedy predictions for ``exact_match``.
+
+    Raises:
+        InvalidData: a row that cannot be scored once tokenized (a text row of one token, an
+            empty prompt for ``exact_match``), before anything runs through the model.
     """
+    check_prompts(tokenizer, data, metrics)
     common: dict[str, Any] = dict(
         batch_size=batch_size, device=device, pad_id=pad_token(tokenizer), progress=progress
     )

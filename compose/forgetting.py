@@ -58,19 +58,18 @@ def document_losses(
     """Score every token of each text row after its first (see the module docstring).
 
     Raises:
-        ValueError: ``window`` below 2, or a row of fewer than 2 tokens.
+        ValueError: ``window`` below 2.
+        InvalidData: a row of fewer than 2 tokens (naming its line).
     """
     import torch
 
-    from compose.evaluate import Span, pad_token, scored_distributions
+    from compose.evaluate import Span, pad_token, scored_distributions, text_ids
 
     if window < 2:
         raise ValueError(f"a scoring window needs at least 2 tokens, got {window}")
     spans, owners = [], []
     for index, row in enumerate(data.rows):
-        ids = tokenizer(row.text)["input_ids"]
-        if len(ids) < 2:
-            raise ValueError(f"a text row of {len(ids)} token has nothing to score")
+        ids = text_ids(tokenizer, data, row)
         for piece in _windows(ids, window):
             if len(piece) >= 2:
                 spans.append(Span(ids=piece, start=1))

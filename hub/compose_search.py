@@ -206,7 +206,8 @@ def _attach_eval(
 ) -> dict[str, Any]:
     """The held-out comparison as an eval record on the new version (``hub show`` lists it)."""
     from hub.catalog.rows import utcnow
-    from hub.evals import _summaries, _versions, store_record
+    from hub.eval_store import store_record
+    from hub.evals import _summaries, _versions
 
     metric = outcome.metric
     scores = outcome.holdout["scores"]

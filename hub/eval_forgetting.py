@@ -3,7 +3,7 @@
 The text file is a ``{"text": ...}`` JSONL (one document per row; ``compose.forgetting`` says
 how long documents are windowed and how the interval is formed). The adapter is scored with
 the model the eval already loaded; the base's losses are cached like its other scores
-(``hub.evals.cached_base``), so forgetting for ten adapters scores the base once.
+(``hub.eval_store.BaseCache``), so forgetting for ten adapters scores the base once.
 
 The record's ``forgetting`` holds the value (adapter minus base, nats per token; lower is
 better, positive means forgotten), its interval, both cross-entropies, the document and token
@@ -23,6 +23,7 @@ from schemas.errors import InvalidData
 
 if TYPE_CHECKING:
     from compose.eval_data import EvalData
+    from hub.eval_store import BaseCache
     from hub.registry import Registry
 
 
@@ -58,7 +59,7 @@ class Forgetting:
 
 
 def measure_forgetting(
-    registry: Registry,
+    cache: BaseCache,
     model: Any,
     base_dir: Path,
     tokenizer: Any,
@@ -76,7 +77,7 @@ def measure_forgetting(
         forgetting,
         pair_rows,
     )
-    from hub.evals import _base_identity, _versions, cached_base, load_base_model
+    from hub.evals import _base_identity, _versions, load_base_model
 
     window = default_window(model.config)
 
@@ -112,7 +113,7 @@ def measure_forgetting(
         got = losses(load_base_model(base_dir, config["dtype"], device), "base")
         return {"sums": got.sums, "tokens": got.tokens}
 
-    cached = cached_base(registry, key_fields, compute)
+    cached = cache.get(key_fields, compute)
     base = DocumentLosses(sums=list(cached["sums"]), tokens=list(cached["tokens"]))
     summary = forgetting(adapter, base, seed=config["seed"])
     summary["window"] = window

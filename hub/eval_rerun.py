@@ -2,7 +2,8 @@
 
 The eval is repeated from what its record stored: the dataset blob (written back under its
 original name, so the new record names the same dataset), the whole config (metrics, limit,
-batch size, dtype, device, seed, base, chat template) and the exact version. The new record
+batch size, dtype, device, seed, base, chat template, the ``--forgetting`` text, which is
+stored as a blob too, and the ``--cost`` options) and the exact version. The new record
 is stored like any other, with ``"rerun": {"of": OLD_ID, "reproduced", "differences"}``.
 
 Differences, per metric (and per metric of the base, when the base was scored):
@@ -13,6 +14,14 @@ Differences, per metric (and per metric of the base, when the base was scored):
   ``|new - old| <= tolerance * max(1, |old|)``; the default tolerance, 1e-4, is far above the
   run-to-run spread of fp32 on one machine (~1e-7) and below any change that matters. Other
   BLAS kernels, another device or dtype can move them more: pass ``--tolerance``.
+- ``forgetting`` (adapter minus base cross-entropy on the general text) like those, and the
+  documents and tokens scored must be the same.
+- ``cost`` is timing: latency, memory, load and merge times are measured again and reported
+  (``rerun["cost"]``), never compared, since they vary from run to run and machine to
+  machine. Only its deterministic parts are compared, exactly: the merged-vs-unmerged greedy
+  agreement on the probe prompts (``cost:greedy_token_agreement``,
+  ``cost:greedy_sequence_agreement``) and a prompt method's extra tokens
+  (``cost:extra_tokens``).
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from schemas.errors import InvalidArgument
+from schemas.errors import AdapterNotFound, InvalidArgument, InvalidName, RevisionNotFound
 
 if TYPE_CHECKING:
     from hub.registry import Registry
@@ -86,10 +95,19 @@ def rerun(
             f"{eval_id} is a {old.get('source')} record: only `hub eval` records keep the"
             " dataset and config a re-run needs"
         )
-    chosen_base = base if base is not None else _recorded_base(old, eval_id)
+    chosen_base = base if base is not None else _recorded_base(registry, old, eval_id)
     with registry.scratch("eval") as tmp:
         data = tmp / (Path(dataset.get("name") or "data.jsonl").name or "data.jsonl")
         registry.store.copy_out(dataset["sha256"], data, description=f"dataset of {eval_id}")
+        general = None
+        if config.get("forgetting"):  # its own folder: it may have the dataset's name
+            recorded = config["forgetting"]
+            (tmp / "forgetting").mkdir()
+            general = tmp / "forgetting" / (Path(recorded.get("file") or "").name or "text.jsonl")
+            registry.store.copy_out(
+                recorded["sha256"], general, description=f"forgetting text of {eval_id}"
+            )
+        cost = config.get("cost")
 
         def link(record: dict[str, Any], per_example: bytes) -> None:
             rows = [json.loads(line) for line in per_example.decode().splitlines() if line]
@@ -99,6 +117,7 @@ def rerun(
                 "reproduced": all(d["agrees"] for d in differences.values()),
                 "tolerance": tolerance,
                 "differences": differences,
+                "cost": remeasured_cost(old.get("cost"), record.get("cost")),
             }
 
         [record] = registry.evaluate(
@@ -113,22 +132,43 @@ def rerun(
             with_base=bool(config.get("with_base", old.get("base") is not None)),
             seed=config.get("seed", 0),
             chat=bool(config.get("chat", False)),
+            forgetting=general,
+            cost=bool(cost),
+            cost_options=(
+                {k: tuple(v) if isinstance(v, list) else v for k, v in cost.items()}
+                if cost
+                else None
+            ),
             progress=progress,
             annotate=link,
         )
     return record
 
 
-def _recorded_base(record: dict[str, Any], eval_id: str) -> str | None:
-    """The base the record was scored against, if it is still here; None: the card's."""
+def _recorded_base(registry: Registry, record: dict[str, Any], eval_id: str) -> str | None:
+    """The base the record was scored against, if it is still here; None: the card's.
+
+    Records keep a folder's resolved path; older ones kept it as given, relative to where
+    that eval ran, which is tried from here and then as a registry reference.
+    """
     given = (record.get("config") or {}).get("base") or (record.get("base") or {}).get("model")
     if given is None:
         return None
-    if os.path.isabs(given) and not Path(given).is_dir():
+    if Path(given).is_dir():
+        return str(given)
+    if os.path.isabs(given):
         raise InvalidArgument(
             f"{eval_id} was scored against the base {given}, which is not a folder here:"
             " give --base DIR (the same base model)"
         )
+    try:
+        registry.show(given)
+    except (AdapterNotFound, RevisionNotFound, InvalidName):
+        raise InvalidArgument(
+            f"{eval_id} was scored against the base {given!r}, which is neither a folder here"
+            " nor an adapter in the registry (a relative path is read from the current"
+            " directory): give --base DIR (the same base model)"
+        ) from None
     return str(given)
 
 
@@ -194,4 +234,89 @@ def compare_records(
                 "n"
             )
         out[label] = entry
+    if old.get("forgetting"):
+        out["forgetting"] = _forgetting_difference(
+            old["forgetting"], new.get("forgetting"), tolerance
+        )
+    if old.get("cost"):
+        out.update(_cost_differences(old["cost"], new.get("cost") or {}))
     return out
+
+
+def _forgetting_difference(
+    before: dict[str, Any], after: dict[str, Any] | None, tolerance: float
+) -> dict[str, Any]:
+    """Forgetting compared like a likelihood metric, on the same documents and tokens."""
+    if after is None:
+        return {"old": before["value"], "new": None, "agrees": False}
+    difference = after["value"] - before["value"]
+    same_tokens = (before.get("documents"), before.get("tokens")) == (
+        after.get("documents"),
+        after.get("tokens"),
+    )
+    return {
+        "old": before["value"],
+        "new": after["value"],
+        "difference": difference,
+        "compared": "tolerance",
+        "tolerance": tolerance,
+        "agrees": abs(difference) <= tolerance * max(1.0, abs(before["value"])) and same_tokens,
+    }
+
+
+def _deterministic_cost(cost: dict[str, Any]) -> dict[str, float]:
+    """The parts of a ``cost`` that do not depend on timing (see the module doc)."""
+    out: dict[str, float] = {}
+    merge = cost.get("merge") or {}
+    for name in ("greedy_token_agreement", "greedy_sequence_agreement"):
+        if merge.get(name) is not None:
+            out[f"cost:{name}"] = merge[name]
+    prompt = cost.get("prompt") or {}
+    if prompt.get("extra_tokens") is not None:
+        out["cost:extra_tokens"] = prompt["extra_tokens"]
+    return out
+
+
+def _cost_differences(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    old, new = _deterministic_cost(before), _deterministic_cost(after)
+    out = {}
+    for name, value in old.items():
+        got = new.get(name)
+        out[name] = {
+            "old": value,
+            "new": got,
+            "agrees": got == value,
+            **({"difference": got - value, "compared": "exact"} if got is not None else {}),
+        }
+    return out
+
+
+def remeasured_cost(
+    before: dict[str, Any] | None, after: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """What the rerun measured again without comparing it: per mode, the median prefill
+    latency and decode throughput of the first configuration (batch and prompt length), old
+    and new. None when the record has no cost."""
+    if not before or not after:
+        return None
+    timings = {}
+    for mode, old_mode in before.get("modes", {}).items():
+        new_mode = after.get("modes", {}).get(mode)
+        if not new_mode or not old_mode.get("configs") or not new_mode.get("configs"):
+            continue
+        first_old, first_new = old_mode["configs"][0], new_mode["configs"][0]
+        timings[mode] = {
+            "batch": first_new["batch"],
+            "prompt_tokens": first_new["prompt_tokens"],
+            "prefill_ms": [first_old["prefill_ms"]["median"], first_new["prefill_ms"]["median"]],
+            "decode_tokens_per_s": [
+                first_old["decode_tokens_per_s"],
+                first_new["decode_tokens_per_s"],
+            ],
+        }
+    return {
+        "remeasured": True,
+        "compared": sorted(_deterministic_cost(before)),
+        "not_compared": "latency, memory, load and merge times (they vary from run to run)",
+        "timings": timings,
+    }

@@ -6,7 +6,8 @@ blob so the eval can be re-run), its row count and kind, the whole config, packa
 device, time taken, the per-example scores as a JSONL blob, and for every metric its value, n,
 standard error and seeded 95% bootstrap interval, with the paired difference against the base.
 
-Records hang off the version row (its commit id never changes); each metric also joins the
+An eval of several adapters is recorded whole or not at all (``hub.eval_store``). Records
+hang off the version row (its commit id never changes); each metric also joins the
 card's ``metrics`` list with ``source: "hub-eval"`` and the eval's id, so ``hub ls --sort
 metric:NAME`` and ``card.metric(NAME)`` see it. The base's per-example scores are cached by
 base, data digest and the config that changes scores, so evaluating ten adapters against one
@@ -20,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import hashlib
 import json
@@ -34,12 +34,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hub.catalog.rows import utcnow
-from schemas.errors import IncompatibleAdapters, InvalidArgument, InvalidData
+from hub.eval_fit import check_fit, misfit
+from hub.eval_store import BaseCache, LocalSink, Made, Sink, store_record
+from schemas.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from compose.cost import CostOptions
     from compose.eval_data import EvalData
-    from hub.eval_forgetting import Forgetting
     from hub.registry import Registry
     from schemas.card import AdapterCard
 
@@ -93,11 +94,15 @@ def evaluate(
             before it is stored (``hub eval --rerun`` links the new record to the old one).
 
     Returns:
-        One record per adapter, as stored (``hub eval --json`` prints this list).
+        One record per adapter, as stored (``hub eval --json`` prints this list). Nothing is
+        stored until every adapter has been scored; then all of it is (``hub.eval_store``):
+        an error part-way records nothing, for any adapter, and caches no base score.
 
     Raises:
-        InvalidData (the file), InvalidArgument (options, base), IncompatibleAdapters (an
-        adapter that does not fit its base), AdapterNotFound, RevisionNotFound.
+        InvalidData (the file, or a row that cannot be scored once tokenized),
+        InvalidArgument (options, base), IncompatibleAdapters (an adapter that does not fit
+        its base: every adapter is checked before anything is scored, ``hub.eval_fit``),
+        AdapterNotFound, RevisionNotFound.
     """
     from compose.eval_data import check_metrics, read_eval_data
 
@@ -143,30 +148,41 @@ def evaluate(
         "cost": resolved.as_dict() if resolved else None,
         "chat": chat,
     }
-    records = []
+    cache = BaseCache(registry)
+    made: list[Made] = []
     with tempfile.TemporaryDirectory(prefix="hub-eval-") as tmp:
+        # Every adapter laid out and checked against its base before anything is scored.
+        prepared = []
         for i, card in enumerate(cards):
             base_dir, base_label = _base(registry, base, card, Path(tmp) / f"base-{i}")
-            # The base as given (a folder or a registry reference): what `--rerun` scores.
+            folder = Path(tmp) / f"adapter-{i}"
+            sink.files(card, folder)
+            check_fit(card, folder, base_dir, base_label)
+            prepared.append((card, base_dir, base_label, folder))
+        for card, base_dir, base_label, folder in prepared:
+            # The base as given (a folder, resolved, or a registry reference): what `--rerun`
+            # scores.
             one_config = {**config, "base": base_label}
-            records.append(
+            made.append(
                 _evaluate_one(
-                    registry,
+                    cache,
                     card,
                     dataset,
                     chosen,
                     base_dir,
                     base_label,
                     one_config,
-                    Path(tmp) / f"adapter-{i}",
+                    folder,
                     progress,
-                    sink,
                     annotate,
                     general=general,
                     cost=resolved,
                 )
             )
-    return records
+        # Only now, every adapter scored, is anything stored: all of it (hub.eval_store).
+        cache.flush()
+        sink.keep(made)
+    return [m.record for m in made]
 
 
 _LIKELIHOOD_METRICS = ("cross_entropy", "perplexity", "target_logprob")
@@ -185,70 +201,6 @@ def _check_vote_ensemble(card: AdapterCard, metrics: Sequence[str], forgetting: 
             " member votes for have probability 0); use --metric exact_match, accuracy or"
             " accuracy_norm"
         )
-
-
-class Sink(abc.ABC):
-    """Where ``evaluate`` finds the adapters and keeps the records it makes."""
-
-    @abc.abstractmethod
-    def cards(self, refs: Sequence[str]) -> list[AdapterCard]:
-        """The cards of ``refs``, in order."""
-
-    @abc.abstractmethod
-    def files(self, card: AdapterCard, folder: Path) -> Path:
-        """Lay out ``card``'s files in ``folder`` (read-only use)."""
-
-    @abc.abstractmethod
-    def keep(
-        self,
-        card: AdapterCard,
-        record: dict[str, Any],
-        dataset: Path,
-        per_example: bytes,
-        forgetting: Forgetting | None = None,
-    ) -> None:
-        """Store ``record`` with its dataset file and per-example results (JSONL bytes),
-        setting ``record["results_sha256"]``, and the blobs of its ``forgetting``."""
-
-
-class LocalSink(Sink):
-    """Versions of the local registry; records on them."""
-
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-
-    def cards(self, refs: Sequence[str]) -> list[AdapterCard]:
-        return [self.registry.show(ref) for ref in refs]
-
-    def files(self, card: AdapterCard, folder: Path) -> Path:
-        return self.registry.link_files(card, folder)
-
-    def keep(
-        self,
-        card: AdapterCard,
-        record: dict[str, Any],
-        dataset: Path,
-        per_example: bytes,
-        forgetting: Forgetting | None = None,
-    ) -> None:
-        registry = self.registry
-        with registry.store_lock(shared=True):
-            record["results_sha256"] = store_blobs(registry, record, dataset, per_example)
-            if forgetting:
-                forgetting.store(registry)
-            store_record(registry, card, record)
-
-
-def store_blobs(
-    registry: Registry, record: dict[str, Any], dataset: Path, per_example: bytes
-) -> str:
-    """Store the dataset file (checked against the record's digest) and the per-example
-    results in the local store; returns the results' digest. Hold the store lock shared."""
-    data_digest, _ = registry.store.put_file(dataset)
-    if data_digest != record["dataset"]["sha256"]:
-        raise InvalidData(f"{dataset}: changed while it was being evaluated")
-    digest, _ = registry.store.put_bytes(per_example)
-    return digest
 
 
 def _resamples() -> int:
@@ -277,7 +229,8 @@ def _base(
         return scratch, base_card.ref
     if not (folder / "config.json").is_file():
         raise InvalidArgument(f"--base {folder}: no config.json (not a model folder)")
-    return folder, str(folder)
+    # Recorded resolved, so that `hub eval --rerun` finds it from any working directory.
+    return folder, str(folder.resolve())
 
 
 def _base_identity(folder: Path) -> str:
@@ -363,7 +316,7 @@ def _scores(
 
 
 def _evaluate_one(
-    registry: Registry,
+    cache: BaseCache,
     card: AdapterCard,
     dataset: EvalData,
     metrics: Sequence[str],
@@ -372,12 +325,12 @@ def _evaluate_one(
     config: dict[str, Any],
     scratch: Path,
     progress: Callable[[str, int], Any] | None,
-    sink: Sink,
     annotate: Callable[[dict[str, Any], bytes], None] | None,
     *,
     general: EvalData | None = None,
     cost: CostOptions | None = None,
-) -> dict[str, Any]:
+) -> Made:
+    """Score one adapter (laid out in ``scratch``) and make its record; stores nothing."""
     from compose.composites import language_model, load_composed
     from compose.evaluate import device_for
 
@@ -394,23 +347,19 @@ def _evaluate_one(
     base_scores = None
     if config["with_base"]:
         base_scores = _cached_base_scores(
-            registry, base_model, base_dir, dataset, metrics, config, device, tokenizer, progress
+            cache, base_model, base_dir, dataset, metrics, config, device, tokenizer, progress
         )
-    sink.files(card, scratch)
     try:
         model = language_model(load_composed(base_model, scratch))
     except (RuntimeError, ValueError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise IncompatibleAdapters(
-            f"{card.ref} does not fit the base {base_label}: {first}", adapter=card.ref
-        ) from None
+        raise misfit(card, base_label, err) from None
     scores = _scores(model, tokenizer, dataset, metrics, config, device, card.repo, progress)
     extras: dict[str, Any] = {}
     if general is not None:
         from hub.eval_forgetting import measure_forgetting
 
         extras["forgetting"] = measure_forgetting(
-            registry, model, base_dir, tokenizer, general, config, device, card.repo, progress
+            cache, model, base_dir, tokenizer, general, config, device, card.repo, progress
         )
     del model
     if cost is not None:
@@ -421,7 +370,6 @@ def _evaluate_one(
             dtype=config["dtype"], device=device, options=cost,
         )  # fmt: skip
     return _record(
-        sink,
         annotate,
         card,
         dataset,
@@ -437,7 +385,7 @@ def _evaluate_one(
 
 
 def _cached_base_scores(
-    registry: Registry,
+    cache: BaseCache,
     base_model: Any,
     base_dir: Path,
     dataset: EvalData,
@@ -461,22 +409,7 @@ def _cached_base_scores(
     def compute() -> dict[str, list[float]]:
         return _scores(base_model, tokenizer, dataset, metrics, config, device, "base", progress)
 
-    scores: dict[str, list[float]] = cached_base(registry, key_fields, compute)
-    return scores
-
-
-def cached_base(registry: Registry, key_fields: dict[str, Any], compute: Callable[[], Any]) -> Any:
-    """``compute()``'s JSON result for the base, stored once per ``key_fields`` (base identity,
-    data digest, scoring config, package versions) and reused by later evals."""
-    key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()
-    digest = registry.catalog.base_scores(key)
-    if digest is not None and registry.store.has(digest):
-        return json.loads(registry.store.read_bytes(digest))
-    scores = compute()
-    payload = json.dumps(scores, sort_keys=True).encode()
-    with registry.store_lock(shared=True):
-        digest, _ = registry.store.put_bytes(payload)
-        registry.catalog.set_base_scores(key, digest)
+    scores: dict[str, list[float]] = cache.get(key_fields, compute)
     return scores
 
 
@@ -529,7 +462,6 @@ def _deltas(
 
 
 def _record(
-    sink: Sink,
     annotate: Callable[[dict[str, Any], bytes], None] | None,
     card: AdapterCard,
     dataset: EvalData,
@@ -541,7 +473,7 @@ def _record(
     device: Any,
     seconds: float,
     extras: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> Made:
     seed = config["seed"]
     extras = dict(extras or {})
     forgetting = extras.pop("forgetting", None)
@@ -585,8 +517,7 @@ def _record(
     }
     if annotate is not None:
         annotate(record, per_example)
-    sink.keep(card, record, dataset.path, per_example, forgetting)
-    return record
+    return Made(card, record, dataset.path, per_example, forgetting)
 
 
 def device_label(device: Any) -> str:
@@ -596,32 +527,6 @@ def device_label(device: Any) -> str:
 
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
-
-
-def store_record(registry: Registry, card: AdapterCard, record: dict[str, Any]) -> None:
-    """Attach ``record`` to ``card``'s version and add its metrics to the card, in one
-    transaction (the caller holds the store lock shared if the record references blobs)."""
-    dataset_name = record["dataset"].get("name")
-    metrics = [
-        {
-            "name": name,
-            "value": summary["value"],
-            "dataset": dataset_name,
-            "source": record["source"],
-            "n": summary.get("n"),
-            "stderr": summary.get("stderr"),
-            "ci95": summary.get("ci95"),
-            "higher_is_better": summary.get("higher_is_better"),
-            "eval_id": record["id"],
-        }
-        for name, summary in record["metrics"].items()
-    ]
-    if not registry.catalog.add_eval(card.repo, card.commit, record, metrics):
-        from schemas.errors import RevisionNotFound
-
-        raise RevisionNotFound(
-            f"{card.ref} was removed while it was being evaluated", repo=card.repo
-        )
 
 
 def prepare_imported(

@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hub.catalog.rows import utcnow
-from schemas.errors import IncompatibleAdapters, InvalidArgument, InvalidData
+from hub.eval_fit import check_fit, misfit
+from hub.eval_store import Made, store_records
+from schemas.errors import InvalidArgument, InvalidData
 
 if TYPE_CHECKING:
     from compose.lm_eval_backend import LmEvalRun, LmEvalTask
@@ -107,24 +109,23 @@ def evaluate_lm_eval(
             "text": resolved.yaml_path.read_text(encoding="utf-8", errors="replace"),
         },
     }
-    records = []
+    made: list[Made] = []
     base_runs: dict[str, LmEvalRun] = {}  # one base run per base folder, for many adapters
     with tempfile.TemporaryDirectory(prefix="hub-lm-eval-") as tmp:
+        prepared = []  # every adapter checked against its base before anything is scored
         for i, card in enumerate(cards):
             base_dir, base_label = _base(registry, base, card, Path(tmp) / f"base-{i}")
-            records.append(
-                _evaluate_one(
-                    registry,
-                    card,
-                    resolved,
-                    base_dir,
-                    base_label,
-                    config,
-                    Path(tmp) / f"adapter-{i}",
-                    base_runs,
-                )
+            folder = Path(tmp) / f"adapter-{i}"
+            registry.link_files(card, folder)
+            check_fit(card, folder, base_dir, base_label)
+            prepared.append((card, base_dir, base_label, folder))
+        for card, base_dir, base_label, folder in prepared:
+            made.append(
+                _evaluate_one(card, resolved, base_dir, base_label, config, folder, base_runs)
             )
-    return records
+        # Recorded whole or not at all, as hub eval's native runs are (hub.eval_store).
+        store_records(registry, made)
+    return [m.record for m in made]
 
 
 def _resamples() -> int:
@@ -148,7 +149,6 @@ def _run(task: LmEvalTask, model: Any, tokenizer: Any, config: dict[str, Any]) -
 
 
 def _evaluate_one(
-    registry: Registry,
     card: AdapterCard,
     task: LmEvalTask,
     base_dir: Path,
@@ -156,7 +156,7 @@ def _evaluate_one(
     config: dict[str, Any],
     scratch: Path,
     base_runs: dict[str, LmEvalRun],
-) -> dict[str, Any]:
+) -> Made:
     from compose.composites import load_composed
     from compose.evaluate import device_for
     from hub.evals import _tokenizer
@@ -173,18 +173,13 @@ def _evaluate_one(
             base_runs[key] = _run(task, base_model, tokenizer, config)
             del base_model
         base_run = base_runs[key]
-    registry.link_files(card, scratch)
     try:
         model = load_composed(_load_model(base_dir, config["dtype"], device), scratch)
     except (RuntimeError, ValueError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise IncompatibleAdapters(
-            f"{card.ref} does not fit the base {base_label}: {first}", adapter=card.ref
-        ) from None
+        raise misfit(card, base_label, err) from None
     run = _run(task, model, tokenizer, config)
     del model
     return _record(
-        registry,
         card,
         task,
         run,
@@ -253,7 +248,6 @@ def _per_example_blob(run: LmEvalRun, base: LmEvalRun | None) -> bytes:
 
 
 def _record(
-    registry: Registry,
     card: AdapterCard,
     task: LmEvalTask,
     run: LmEvalRun,
@@ -262,8 +256,8 @@ def _record(
     config: dict[str, Any],
     device: Any,
     seconds: float,
-) -> dict[str, Any]:
-    from hub.evals import _versions, store_record
+) -> Made:
+    from hub.evals import _versions
     from hub.evals import device_label as _device_name
 
     seed = config["seed"]
@@ -295,11 +289,6 @@ def _record(
         "seconds": round(seconds, 3),
         "created_at": utcnow(),
     }
-    with registry.store_lock(shared=True):
-        digest, _ = registry.store.put_file(data.path)
-        if digest != data.sha256:
-            raise InvalidData(f"{data.path}: changed while it was being evaluated")
-        results_digest, _ = registry.store.put_bytes(_per_example_blob(run, base_run))
-        record["results_sha256"] = results_digest
-        store_record(registry, card, record)
-    return record
+    # Stored with the others once every adapter is scored (store_records checks the
+    # dataset's digest and sets results_sha256).
+    return Made(card, record, data.path, _per_example_blob(run, base_run))

@@ -7,6 +7,10 @@ namespace (its dataset and per-example results are uploaded with it). Otherwise 
 the local registry, in ``remote_evals``, by the hub's URL and the version's repository and
 commit, with its blobs (``gc`` keeps them), and the record's ``"remote"`` says why;
 ``hub show REF --from URL`` lists such records next to the server's.
+
+Nothing is posted or kept before every version has been scored (``hub.eval_store``), so an
+eval that fails part-way leaves the team hub as it was. The records then go one request each:
+if a later one fails, its error names the records already posted.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hub.evals import Sink, evaluate, store_blobs
-from schemas.errors import AuthError
+from hub.eval_store import Made, Sink, store_blobs
+from hub.evals import evaluate
+from schemas.errors import AuthError, HubError
 
 if TYPE_CHECKING:
     from hub.eval_forgetting import Forgetting
@@ -39,15 +44,28 @@ class RemoteSink(Sink):
     def files(self, card: AdapterCard, folder: Path) -> Path:
         return self.remote.pull(card.ref, folder)
 
-    def keep(
-        self,
-        card: AdapterCard,
-        record: dict[str, Any],
-        dataset: Path,
-        per_example: bytes,
-        forgetting: Forgetting | None = None,
-    ) -> None:
-        record["results_sha256"] = hashlib.sha256(per_example).hexdigest()
+    def keep(self, made: Sequence[Made]) -> None:
+        # Called once every adapter is scored, so a failed eval posts nothing. The protocol
+        # takes one record per request: a later post that fails (not for want of write
+        # scope, which keeps that record here) cannot take back the ones already posted,
+        # so its error names them.
+        posted: list[str] = []
+        for one in made:
+            try:
+                self._keep_one(one)
+            except HubError as error:
+                if not posted:
+                    raise
+                raise type(error)(
+                    f"{error} (already posted to {self.remote.url}: {', '.join(posted)})",
+                    **error.context,
+                ) from None
+            if one.record["remote"]["posted"]:
+                posted.append(f"{one.record['id']} on {one.card.ref}")
+
+    def _keep_one(self, one: Made) -> None:
+        record, forgetting = one.record, one.forgetting
+        record["results_sha256"] = hashlib.sha256(one.per_example).hexdigest()
         blobs: list[tuple[str, Path | bytes]] = []
         if forgetting is not None:  # the general text and its per-document sums go too
             forgetting.summary["results_sha256"] = hashlib.sha256(
@@ -58,12 +76,13 @@ class RemoteSink(Sink):
                 (forgetting.summary["results_sha256"], forgetting.per_document),
             ]
         try:
-            self.remote.post_eval(record, dataset, per_example, blobs=blobs)
+            self.remote.post_eval(record, one.dataset, one.per_example, blobs=blobs)
         except AuthError as error:
             record["remote"] = {"url": self.remote.url, "posted": False, "reason": str(error)}
             keep_locally(
-                self.registry, self.remote.url, card, record, dataset, per_example, forgetting
-            )
+                self.registry, self.remote.url, one.card, record, one.dataset, one.per_example,
+                forgetting,
+            )  # fmt: skip
         else:
             record["remote"] = {"url": self.remote.url, "posted": True}
 

@@ -361,6 +361,14 @@ class Catalog(abc.ABC):
         written, when the version is gone."""
 
     @abc.abstractmethod
+    def add_evals(
+        self, items: Sequence[tuple[str, str, dict[str, Any], Sequence[dict[str, Any]]]]
+    ) -> str | None:
+        """``add_eval`` of each ``(repo, commit, record, metrics)``, all in one transaction
+        (one ``hub eval`` of several adapters is recorded whole or not at all). Returns None,
+        or ``repo@commit`` of a version that is gone, with nothing written."""
+
+    @abc.abstractmethod
     def eval_records(self, repo: str, commit: str) -> list[dict[str, Any]]:
         """The eval records of the version ``repo@commit``, oldest first."""
 

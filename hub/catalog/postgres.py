@@ -443,20 +443,30 @@ class PostgresCatalog(PostgresAccess, Catalog):
     def add_eval(
         self, repo: str, commit: str, record: dict[str, Any], metrics: Sequence[dict[str, Any]]
     ) -> bool:
-        def add(conn: Any) -> bool:
+        return self.add_evals([(repo, commit, record, metrics)]) is None
+
+    def add_evals(
+        self, items: Sequence[tuple[str, str, dict[str, Any], Sequence[dict[str, Any]]]]
+    ) -> str | None:
+        def version(conn: Any, repo: str, commit: str) -> Any:
             # The version's row locked: two records added at once both land on the card.
-            row = conn.execute(
+            return conn.execute(
                 "SELECT v.id, v.card FROM versions v JOIN repos r ON r.id = v.repo_id"
                 " WHERE r.repo = %s AND v.commit_id = %s FOR UPDATE OF v",
                 (repo, commit),
             ).fetchone()
-            if row is None:
-                return False
-            version_id, stored = int(row[0]), load_card(row[1])
-            self._insert_eval(conn, version_id, record, with_blobs=True)
-            stored["metrics"].extend(metrics)
-            self._replace_annotations(conn, version_id, stored)
-            return True
+
+        def add(conn: Any) -> str | None:
+            for repo, commit, _, _ in items:  # locked from here to the commit
+                if version(conn, repo, commit) is None:
+                    return f"{repo}@{commit}"
+            for repo, commit, record, metrics in items:
+                row = version(conn, repo, commit)  # the card as the items before left it
+                version_id, stored = int(row[0]), load_card(row[1])
+                self._insert_eval(conn, version_id, record, with_blobs=True)
+                stored["metrics"].extend(metrics)
+                self._replace_annotations(conn, version_id, stored)
+            return None
 
         return self._ready().transaction(add)
 

@@ -424,31 +424,49 @@ class SqliteCatalog(SqliteAccess, Catalog):
     def add_eval(
         self, repo: str, commit: str, record: dict[str, Any], metrics: Sequence[dict[str, Any]]
     ) -> bool:
-        with self.write() as conn:
-            row = conn.execute(
+        return self.add_evals([(repo, commit, record, metrics)]) is None
+
+    def add_evals(
+        self, items: Sequence[tuple[str, str, dict[str, Any], Sequence[dict[str, Any]]]]
+    ) -> str | None:
+        def version(conn: sqlite3.Connection, repo: str, commit: str) -> Any:
+            return conn.execute(
                 "SELECT v.id, v.card FROM versions v JOIN repos r ON r.id = v.repo_id"
                 " WHERE r.repo = ? AND v.commit_id = ?",
                 (repo, commit),
             ).fetchone()
-            if row is None:
-                return False
-            version_id, stored = int(row[0]), load_card(row[1])
-            conn.execute(
-                "INSERT INTO evals (id, version_id, created_at, source, dataset_sha256,"
-                " results_sha256, record) VALUES (?,?,?,?,?,?,?)",
-                (
-                    record["id"],
-                    version_id,
-                    record["created_at"],
-                    record["source"],
-                    record["dataset"].get("sha256"),
-                    record.get("results_sha256"),
-                    json.dumps(record, sort_keys=True),
-                ),
-            )
-            stored["metrics"].extend(metrics)
-            self._replace_annotations(conn, version_id, stored)
-        return True
+
+        with self.write() as conn:  # the write lock is held: no version goes in between
+            for repo, commit, _, _ in items:
+                if version(conn, repo, commit) is None:
+                    return f"{repo}@{commit}"
+            for repo, commit, record, metrics in items:
+                self._add_eval(conn, version(conn, repo, commit), record, metrics)
+        return None
+
+    def _add_eval(
+        self,
+        conn: sqlite3.Connection,
+        row: Any,
+        record: dict[str, Any],
+        metrics: Sequence[dict[str, Any]],
+    ) -> None:
+        version_id, stored = int(row[0]), load_card(row[1])
+        conn.execute(
+            "INSERT INTO evals (id, version_id, created_at, source, dataset_sha256,"
+            " results_sha256, record) VALUES (?,?,?,?,?,?,?)",
+            (
+                record["id"],
+                version_id,
+                record["created_at"],
+                record["source"],
+                record["dataset"].get("sha256"),
+                record.get("results_sha256"),
+                json.dumps(record, sort_keys=True),
+            ),
+        )
+        stored["metrics"].extend(metrics)
+        self._replace_annotations(conn, version_id, stored)
 
     def eval_records(self, repo: str, commit: str) -> list[dict[str, Any]]:
         rows = self.conn.execute(

@@ -45,7 +45,7 @@ def list_evals(
 )
 def post_eval(request: Request, namespace: str, name: str, body: NewEval) -> Response:
     """Store an eval record measured by `hub eval --from` on the version it names."""
-    from hub.evals import store_record
+    from hub.eval_store import store_record
 
     token = require_write(request, namespace)
     repo = validate_repo_id(f"{namespace}/{name}")

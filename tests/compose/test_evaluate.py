@@ -138,6 +138,13 @@ def test_batched_scores_equal_unbatched(model_and_tokenizer, tmp_path):
         ('{"other": 1}\n',
          'x.jsonl line 1: no "text", "prompt"/"target" or "prompt"/"choices"/"answer" fields'),
         ("[1, 2]\n", "x.jsonl line 1: each line must be a JSON object"),
+        # Once the file's kind is known, a row without its distinguishing field is named.
+        ('{"prompt": "p", "target": "t"}\n{"prompt": "a"}\n',
+         'x.jsonl line 2: missing field "target"'),
+        ('{"prompt": "p", "choices": ["a", "b"], "answer": 0}\n{"prompt": "a"}\n',
+         'x.jsonl line 2: missing field "choices"'),
+        ('{"text": "a b"}\n{"prompt": "a"}\n', 'x.jsonl line 2: missing field "text"'),
+        ('{"text": "a b"}\n{"other": 1}\n', 'x.jsonl line 2: missing field "text"'),
     ],
 )  # fmt: skip
 def test_bad_rows_name_line_and_field(tmp_path, content, message):
@@ -195,3 +202,42 @@ def test_prompt_tuning_scores_skip_the_virtual_tokens(tmp_path):
         logp = torch.log_softmax(logits, dim=-1)
         expected = -sum(float(logp[t - 1, ids[t]]) for t in range(1, len(ids))) / (len(ids) - 1)
         assert ce == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_one_token_text_row_names_its_line(model_and_tokenizer, tmp_path):
+    model, tok = model_and_tokenizer
+    assert len(tok("a")["input_ids"]) == 1
+    data = read_eval_data(_write(tmp_path / "x.jsonl", [{"text": "the quick brown fox"},
+                                                        {"text": "a"}]))  # fmt: skip
+    with pytest.raises(InvalidData) as err:
+        evaluate.score(model, tok, data, data.metrics)
+    assert str(err.value) == (
+        'x.jsonl line 2: "text" has 1 token, and a text row\'s first token is only context:'
+        " nothing is left to score (a text row needs at least 2 tokens)"
+    )
+
+
+def test_an_empty_prompt_scores_after_the_prefix_token_and_refuses_exact_match(
+    model_and_tokenizer, tmp_path
+):
+    model, tok = model_and_tokenizer
+    assert tok("")["input_ids"] == [] and tok.bos_token_id is not None  # adds no BOS
+    rows = [{"prompt": "the quick", "target": " brown fox"}, {"prompt": "", "target": " fox"}]
+    data = read_eval_data(_write(tmp_path / "e.jsonl", rows))
+    with pytest.raises(InvalidData) as err:
+        evaluate.score(model, tok, data, data.metrics)
+    assert str(err.value) == (
+        'e.jsonl line 2: "prompt" has no tokens (the tokenizer adds no BOS), so exact_match has'
+        " nothing to generate from; give a prompt, or score only --metric target_logprob"
+    )
+    assert err.value.field == "prompt"
+    # target_logprob: lm-evaluation-harness's rule for an empty context, every target token
+    # scored after the prefix token (the BOS here).
+    got = evaluate.score(model, tok, data, ("target_logprob",), batch_size=2)
+    ids = [tok.bos_token_id] + tok(" fox", add_special_tokens=False)["input_ids"]
+    total, count = _direct_logprob(model, ids, 1)
+    assert count == len(ids) - 1 >= 1
+    assert got.scores["target_logprob"][1] == pytest.approx(total / count, abs=1e-5)
+    ctx = len(tok("the quick")["input_ids"])
+    total, count = _direct_logprob(model, tok("the quick brown fox")["input_ids"], ctx)
+    assert got.scores["target_logprob"][0] == pytest.approx(total / count, abs=1e-5)

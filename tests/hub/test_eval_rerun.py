@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
@@ -119,3 +120,84 @@ def test_rerun_bad_input_records_nothing(hub_home, trained):
         assert (result.exit_code, result.stderr) == (1, message)
     shown = json.loads(runner.invoke(cli, ["show", "team/bad", "--json"]).stdout)
     assert [e["id"] for e in shown["evals"]] == [manual["id"]]
+
+
+GENERAL = ["many loras on the dog and a fox", "bytes quick tokens serve a model"]
+
+
+def test_rerun_repeats_forgetting_and_cost(hub_home, trained, tmp_path):
+    from hub import Registry
+
+    base, lora, _, data = trained
+    general = _write(tmp_path / "general.jsonl", [{"text": t} for t in GENERAL])
+    tiny = {"prompt_lengths": (4,), "batch_sizes": (1,), "new_tokens": 3, "warmup": 1}
+    with Registry(hub_home) as registry:
+        registry.push(lora, name="team/extras")
+        [old] = registry.evaluate(
+            "team/extras", data, base=str(base), with_base=False, forgetting=general, cost=True,
+            cost_options=tiny,
+        )  # fmt: skip
+    general.unlink()  # the rerun reads the stored blob
+    result = CliRunner().invoke(cli, ["eval", "--rerun", old["id"], "--json"])
+    assert result.exit_code == 0, result.output
+    new = json.loads(result.stdout)
+    assert new["config"] == old["config"]
+    assert new["forgetting"]["dataset"] == old["forgetting"]["dataset"]
+    assert new["forgetting"]["value"] == pytest.approx(old["forgetting"]["value"], abs=1e-6)
+    assert list(new["cost"]["modes"]) == ["base", "unmerged", "merged"]
+    assert new["cost"]["options"] == old["cost"]["options"]
+    rerun = new["rerun"]
+    assert rerun["reproduced"] is True
+    forgetting = rerun["differences"]["forgetting"]
+    assert (forgetting["compared"], forgetting["agrees"]) == ("tolerance", True)
+    assert forgetting["old"] == old["forgetting"]["value"]
+    for name in ("greedy_token_agreement", "greedy_sequence_agreement"):
+        assert rerun["differences"][f"cost:{name}"] == {
+            "old": old["cost"]["merge"][name],
+            "new": new["cost"]["merge"][name],
+            "difference": 0.0,
+            "compared": "exact",
+            "agrees": True,
+        }
+    # Timings are measured again and reported, never compared.
+    cost = rerun["cost"]
+    assert cost["remeasured"] is True
+    assert cost["compared"] == ["cost:greedy_sequence_agreement", "cost:greedy_token_agreement"]
+    unmerged = cost["timings"]["unmerged"]
+    assert (unmerged["batch"], unmerged["prompt_tokens"]) == (1, 4)
+    assert (
+        unmerged["prefill_ms"][0]
+        == old["cost"]["modes"]["unmerged"]["configs"][0]["prefill_ms"]["median"]
+    )
+    assert (
+        unmerged["prefill_ms"][1]
+        == new["cost"]["modes"]["unmerged"]["configs"][0]["prefill_ms"]["median"]
+    )
+
+    text = CliRunner().invoke(cli, ["eval", "--rerun", old["id"]])
+    assert text.exit_code == 0, text.output
+    assert "forgetting" in text.stdout and "cost:greedy_token_agreement" in text.stdout
+    assert "cost unmerged (batch 1, 4 tokens): prefill " in text.stdout
+    assert "(re-measured; timings are not compared)" in text.stdout
+
+
+def test_rerun_reports_changed_forgetting(hub_home, trained, tmp_path):
+    from hub import Registry
+
+    base, lora, _, data = trained
+    other = make_base(tmp_path / "other-base", tokenizer="bpe", seed=1)  # same shapes
+    general = _write(tmp_path / "general.jsonl", [{"text": t} for t in GENERAL])
+    with Registry(hub_home) as registry:
+        registry.push(lora, name="team/forgets")
+        [old] = registry.evaluate(
+            "team/forgets", data, base=str(base), with_base=False, forgetting=general
+        )
+    result = CliRunner().invoke(cli, ["eval", "--rerun", old["id"], "--base", str(other), "--json"])
+    assert result.exit_code == 1
+    new = json.loads(result.stdout)
+    forgetting = new["rerun"]["differences"]["forgetting"]
+    assert forgetting["agrees"] is False
+    assert forgetting["difference"] == pytest.approx(
+        new["forgetting"]["value"] - old["forgetting"]["value"]
+    )
+    assert "forgetting" in result.stderr

@@ -140,8 +140,17 @@ def test_eval_refuses_a_base_that_does_not_fit(registry, trained, tmp_path):
 
     with pytest.raises(IncompatibleAdapters) as err:
         registry.evaluate("team/misfit", data, base=str(other), with_base=False)
-    assert str(err.value).startswith(f"team/misfit@{registry.show('team/misfit').commit}"
-                                     f" does not fit the base {other}: ")  # fmt: skip
+    # Checked against the base's safetensors headers before loading: module and both shapes.
+    assert str(err.value) == (
+        f"team/misfit@{registry.show('team/misfit').commit} does not fit the base {other}:"
+        " module model.layers.0.mlp.down_proj changes a [64, 128] weight, but the base's is"
+        " [96, 192]"
+    )
+    assert (err.value.module, err.value.expected, err.value.got) == (
+        "model.layers.0.mlp.down_proj",
+        [96, 192],
+        [64, 128],
+    )
     assert registry.evals("team/misfit") == []
 
 

@@ -190,3 +190,35 @@ def test_cli_lm_eval_json_and_errors(hub_home, trained, task, tmp_path, monkeypa
     )
     shown = json.loads(runner.invoke(cli, ["show", "team/cli-lm", "--json"]).stdout)
     assert [e["id"] for e in shown["evals"]] == [record["id"]]  # the failed runs recorded nothing
+
+
+def test_lm_eval_of_several_adapters_that_fails_part_way_records_nothing(
+    registry, trained, task, tmp_path
+):
+    from peft import OFTConfig
+
+    from schemas.errors import IncompatibleAdapters
+    from tests.compose.deploy.models import make_adapter, make_base
+    from tests.hub.server.live import count_rows
+
+    base, lora, _, _ = trained
+    wide = make_base(tmp_path / "wide", hidden=96, heads=4, kv_heads=2, tokenizer="bpe")
+    oft = make_adapter(
+        tmp_path / "oft", wide,
+        OFTConfig(task_type="CAUSAL_LM", r=0, oft_block_size=4, target_modules=["q_proj"]),
+    )  # fmt: skip
+    registry.push(lora, name="team/lm-good")
+    card = registry.push(oft, name="team/lm-wide").card
+    blobs = sorted(registry.store.iter_digests())
+    # team/lm-good and the base run through lm-eval first; then team/lm-wide fails to load.
+    with pytest.raises(IncompatibleAdapters) as err:
+        registry.evaluate_lm_eval(
+            ["team/lm-good", "team/lm-wide"], "toy_choice", task[1], base=str(base)
+        )
+    assert str(err.value) == (
+        f"{card.ref} does not fit the base {base.resolve()}: tensor"
+        " model.layers.0.self_attn.q_proj.oft_R.weight is [24, 6] in the adapter, but the base"
+        " needs [16, 6]"
+    )
+    assert registry.evals("team/lm-good") == []
+    assert (count_rows(registry, "evals"), sorted(registry.store.iter_digests())) == (0, blobs)

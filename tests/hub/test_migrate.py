@@ -19,7 +19,7 @@ from cli.main import cli
 from cli.output import human_size
 from hub import Registry
 from hub.catalog.postgres_db import location
-from hub.evals import store_record
+from hub.eval_store import store_record
 from hub.tokens import authenticate, create_token, revoke_token
 from schemas import AuthError
 

@@ -207,3 +207,43 @@ def test_eval_forgetting_from_a_team_hub(hub_home, trained, tmp_path):
         [here] = local.evaluate("team/fg", data, base=str(base), forgetting=general, with_base=True)
     assert here["forgetting"]["value"] == pytest.approx(forgot["value"], abs=1e-9)
     assert here["forgetting"]["ci95"] == pytest.approx(forgot["ci95"], abs=1e-9)
+
+
+def test_eval_from_a_team_hub_that_fails_part_way_posts_nothing(hub_home, trained, tmp_path):
+    from peft import OFTConfig
+
+    from tests.compose.deploy.models import make_adapter, make_base
+
+    base, lora, _, data = trained
+    wide = make_base(tmp_path / "wide", hidden=96, heads=4, kv_heads=2, tokenizer="bpe")
+    oft = make_adapter(
+        tmp_path / "oft", wide,
+        OFTConfig(task_type="CAUSAL_LM", r=0, oft_block_size=4, target_modules=["q_proj"]),
+    )  # fmt: skip
+    server_home = tmp_path / "server-home"
+    with Registry(server_home) as reg:
+        writer = create_token(reg, "writer", read=["team"], write=["team"])
+    runner = CliRunner()
+
+    def hub(*args):
+        return runner.invoke(cli, list(args), env={"HUB_TOKEN": writer})
+
+    with serve(server_home) as (port, _):
+        url = f"http://127.0.0.1:{port}"
+        for folder, name in ((lora, "team/good"), (oft, "team/wide")):
+            assert hub("push", str(folder), "--name", name, "--to", url).exit_code == 0
+        commit = json.loads(hub("show", "team/wide", "--from", url, "--json").stdout)["commit"]
+        # team/good is scored first, then team/wide fails to load: nothing goes to the server.
+        args = ["eval", "team/good", "team/wide", "--from", url, "--data", str(data), "--base",
+                str(base)]  # fmt: skip
+        result = hub(*args)
+        assert (result.exit_code, result.stderr) == (
+            1,
+            f"Error: team/wide@{commit} does not fit the base {base.resolve()}: tensor"
+            " model.layers.0.self_attn.q_proj.oft_R.weight is [24, 6] in the adapter, but the"
+            " base needs [16, 6]\n",
+        )
+        assert json.loads(hub("show", "team/good", "--from", url, "--json").stdout)["evals"] == []
+    with Registry(hub_home) as local:  # nor is anything kept here (records, base scores)
+        for table in ("remote_evals", "evals", "base_scores"):
+            assert local.catalog.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0
