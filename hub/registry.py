@@ -588,7 +588,9 @@ class Registry:
         """Write the files of ``ref`` into ``dest`` (default ``./<name>``), byte for byte.
 
         With ``with_evals``, the README's front matter also gets the version's metrics as a
-        Hugging Face ``model-index`` (``hub.model_index``; a push reads them back).
+        Hugging Face ``model-index`` (``hub.model_index``; a push reads them back). Metrics
+        without a dataset (a Trainer's) are left out, the format requires one:
+        ``hub.model_index.model_index(card)`` says which (``hub pull`` prints them).
 
         The folder is assembled next to ``dest`` and renamed into place at the end, so a failure
         leaves nothing behind (and a SIGKILL leaves a hidden leftover that the next pull to
