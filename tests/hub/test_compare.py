@@ -147,8 +147,8 @@ def test_pareto_default_y_is_a_metric_that_tells_the_adapters_apart():
     from hub.compare import default_y_axis
 
     def row(params, **metrics):
-        return {"params_trained": params,
-                "metrics": {k.replace("__", "@"): {"value": v} for k, v in metrics.items()}}  # fmt: skip
+        named = {k.replace("__", "@"): {"value": v} for k, v in metrics.items()}
+        return {"params_trained": params, "metrics": named}
 
     # The demo's table: exact_match@code is first by name and 0 for every adapter (before,
     # the default); the sql columns cover all three adapters, the code ones two.

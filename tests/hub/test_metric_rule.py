@@ -172,8 +172,7 @@ def test_metric_add_error_names_the_argument_not_an_option(hub_home, adapters):
     result = runner.invoke(cli, ["metric", "add", "team/x", "novalue"])
     assert (result.exit_code, result.stderr) == (
         1,
-        "Error: invalid metric 'novalue': expected NAME=VALUE[@DATASET], e.g."
-        " accuracy=0.71@mmlu\n",
+        "Error: invalid metric 'novalue': expected NAME=VALUE[@DATASET], e.g. accuracy=0.71@mmlu\n",
     )
     result = runner.invoke(cli, ["metric", "add", "team/x", "acc=1e400"])
     assert result.stderr == (
