@@ -515,3 +515,51 @@ def test_push_output_dir_whose_weights_cannot_be_told(hub_home, adapters, tmp_pa
         " 3 evaluations logged\n    note: the best eval_loss (0.61) was reached at step 20"
         " (checkpoint-20), not by these weights (step 30)\n"
     ) in runner.invoke(cli, ["show", "team/last"]).stdout
+
+
+def test_real_trainer_load_best_model_at_end(registry, tmp_path):
+    # A real run with load_best_model_at_end: save_model writes the best checkpoint's adapter
+    # byte for byte, which is how the push tells which step's values are the weights'.
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    base = make_base(tmp_path / "base", vocab_size=VOCAB)
+    torch.manual_seed(0)
+    model = get_peft_model(
+        load_base(base),
+        LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj"]),
+    )
+    generator = torch.Generator().manual_seed(0)
+    rows = [torch.randint(0, VOCAB, (12,), generator=generator) for _ in range(8)]
+    data = [{"input_ids": r, "labels": r} for r in rows]
+    out = tmp_path / "out"
+    args = TrainingArguments(
+        output_dir=str(out), max_steps=6, per_device_train_batch_size=4, learning_rate=5e-2,
+        logging_steps=1, save_steps=2, eval_strategy="steps", eval_steps=2, report_to=[],
+        use_cpu=True, disable_tqdm=True, seed=0, load_best_model_at_end=True,
+        # Trained on its eval rows, the loss falls: "best" as the highest makes step 2 best.
+        metric_for_best_model="eval_loss", greater_is_better=True,
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=data,
+                      data_collator=default_data_collator)  # fmt: skip
+    trainer.train()
+    trainer.save_model(str(out))
+    trainer.save_state()
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert (state["global_step"], state["best_global_step"]) == (6, 2)
+
+    card = registry.push(out, name="team/best-run").card
+    assert card.tags == {"step": "2"}
+    assert card.details["trainer"]["weights_step"] == 2
+    logged = {m.name: m.value for m in card.metrics}
+    assert logged == _logged(out / "checkpoint-2", 2)  # checkpoint-2's own record of step 2
+    assert logged["eval_loss"] == state["best_metric"]
+    [record] = registry.evals("team/best-run")
+    assert record["trainer"]["best"] == {
+        "name": "eval_loss",
+        "value": state["best_metric"],
+        "step": 2,
+        "checkpoint": "checkpoint-2",
+        "these_weights": True,
+    }
+    assert [e["step"] for e in record["trainer"]["log_history"]] == [2, 4, 6]
