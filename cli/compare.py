@@ -94,7 +94,8 @@ def _markdown(headers: list[str], rows: list[list[Any]]) -> str:
     show_default=True,
     help="Pareto axes X[,Y]: a card field (the ledger: params_trained, params_stored,"
     " params_changed_when_merged, params_extra_at_inference, each also as *_fraction;"
-    " size_bytes, rank) or a metric column NAME@DATASET; Y defaults to the first metric.",
+    " size_bytes, rank) or a metric column NAME@DATASET; Y defaults to the metric most"
+    " adapters have that differs between them (a likelihood metric before others).",
 )
 @click.option("--json", "fmt", flag_value="json", help="Print machine-readable JSON.")
 @click.option("--csv", "fmt", flag_value="csv", help="Print the table as CSV.")

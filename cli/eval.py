@@ -320,7 +320,12 @@ def metric() -> None:
 @click.argument("spec", metavar="NAME=VALUE[@DATASET]")
 @click.option("--ci", help="95% interval LO,HI.")
 @click.option("--n", "n", type=int, help="Number of examples behind the value.")
-@click.option("--lower-is-better", is_flag=True, help="For losses, error rates, perplexity.")
+@click.option(
+    "--higher-is-better/--lower-is-better",
+    default=None,
+    help="The metric's direction; default from its name, as at push (losses, perplexity,"
+    " error rates are lower-is-better).",
+)
 @json_option
 @click.pass_context
 def metric_add(
@@ -329,7 +334,7 @@ def metric_add(
     spec: str,
     ci: str | None,
     n: int | None,
-    lower_is_better: bool,
+    higher_is_better: bool | None,
     as_json: bool,
 ) -> None:
     """Record a result on an existing version (source `manual`); the files do not change.
@@ -349,7 +354,7 @@ def metric_add(
         if not sep or interval is None:
             raise InvalidArgument(f"invalid --ci {ci!r}: expected LO,HI, e.g. 0.66,0.76")
     record = registry_of(ctx).add_metric(
-        ref, spec, ci=interval, n=n, lower_is_better=lower_is_better
+        ref, spec, ci=interval, n=n, higher_is_better=higher_is_better
     )
     if as_json:
         print_json(record)

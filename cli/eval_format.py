@@ -57,8 +57,22 @@ def format_overhead(cost: dict[str, Any], mode: str) -> str:
 
 
 def extra_lines(record: dict[str, Any]) -> list[str]:
-    """The forgetting and cost lines of a record, for `hub eval` and `hub show`."""
+    """The trainer, forgetting and cost lines of a record, for `hub eval` and `hub show`."""
     lines = []
+    trainer = record.get("trainer")  # trainer_state.json's record (hub.checkpoints)
+    if trainer:
+        step = trainer.get("step")
+        text = f"trainer: weights of step {step if step is not None else '?'}"
+        text += f" of {trainer.get('global_step')}"
+        best = trainer.get("best")
+        if best:
+            text += f"; best {best['name']}={best['value']:.4g} at step {best['step']}"
+            text += {True: " (these weights)", False: " (other weights)"}.get(
+                best.get("these_weights"), ""
+            )
+        text += f"; {len(trainer.get('log_history') or [])} evaluations logged"
+        lines.append(text)
+        lines += [f"note: {note}" for note in trainer.get("notes") or []]
     if record.get("forgetting"):
         lines.append("forgetting: " + format_forgetting(record["forgetting"]))
     cost = record.get("cost")

@@ -275,14 +275,35 @@ def pull(
             from schemas.errors import InvalidArgument
 
             raise InvalidArgument("--with-evals pulls from a hub registry, not hf://")
-        dest = pull_from_hf(ref, output, force=force)
-    elif remote:
+        click.echo(f"Pulled {ref} into {pull_from_hf(ref, output, force=force)}")
+        return
+    if remote:
         from cli.remote import remote_registry
 
-        dest = remote_registry(remote).pull(ref, output, force=force, with_evals=with_evals)
+        registry: Any = remote_registry(remote)
     else:
-        dest = _registry(ctx).pull(ref, output, force=force, with_evals=with_evals)
+        registry = _registry(ctx)
+    # With evals, resolved once: the README gets, and the report says, this exact version's.
+    card = registry.show(ref) if with_evals else None
+    dest = registry.pull(card.ref if card else ref, output, force=force, with_evals=with_evals)
     click.echo(f"Pulled {ref} into {dest}")
+    if card is not None:
+        from hub.model_index import model_index
+
+        click.echo(_model_index_line(*model_index(card)))
+
+
+def _model_index_line(index: list[dict[str, Any]], left_out: list[str]) -> str:
+    """What `pull --with-evals` put into the README, and what it could not."""
+    written = sum(len(r["metrics"]) for m in index for r in m["results"])
+    text = f"model-index in README.md: {written} metric{'s' * (written != 1)}"
+    if not index:
+        text = "model-index: none written"
+    if left_out:
+        text += f"; left out (no dataset, which model-index requires): {', '.join(left_out)}"
+    elif not index:
+        text += " (the version has no metrics)"
+    return text
 
 
 @cli.command(name="ls")

@@ -40,6 +40,10 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "accuracy_norm": True,
 }
 
+LIKELIHOOD_METRICS = ("cross_entropy", "perplexity", "target_logprob")
+"""The metrics computed from the model's log-probabilities of given text (not from an argmax):
+continuous, and undefined for a voting ensemble."""
+
 # A bound on what is read into memory: evaluation sets are examples, not corpora.
 MAX_BYTES = 256 * 1024 * 1024
 

@@ -250,6 +250,41 @@ AXES = (
 parameter ledger, its fractions of the base, size and rank (and the ledger's old names)."""
 
 
+def default_y_axis(adapters: Sequence[dict[str, Any]], x: str) -> str | None:
+    """The metric column a Pareto plot of ``adapters`` (``compare``'s rows) puts on y when none
+    is asked for, None without metrics. Of the columns, the one that:
+
+    1. has a value for the most adapters that also have an ``x`` value (more points);
+    2. then, whose values differ between those adapters (a flat line compares nothing: an
+       exact match that is 0 for every adapter);
+    3. then, a likelihood metric (``target_logprob``, ``cross_entropy``, ``perplexity``:
+       continuous, so it separates adapters an argmax metric of a few rows ties);
+    4. then, the first by name.
+
+    Example:
+        >>> rows = [{"params_trained": 8, "metrics": {"exact_match@d": {"value": 0.0},
+        ...          "target_logprob@d": {"value": -2.0}}},
+        ...         {"params_trained": 4, "metrics": {"exact_match@d": {"value": 0.0},
+        ...          "target_logprob@d": {"value": -3.5}}}]
+        >>> default_y_axis(rows, "params_trained")
+        'target_logprob@d'
+    """
+    from compose.eval_data import LIKELIHOOD_METRICS
+    from schemas.metrics import split_name
+
+    def key(column: str) -> tuple[int, bool, bool, str]:
+        values = [
+            a["metrics"][column]["value"]
+            for a in adapters
+            if column in a["metrics"] and (x in a["metrics"] or a.get(x) is not None)
+        ]
+        likelihood = split_name(column)[0] in LIKELIHOOD_METRICS
+        return -len(values), len(set(values)) < 2, not likelihood, column
+
+    columns = {name for a in adapters for name in a["metrics"]}
+    return min(columns, key=key) if columns else None
+
+
 def write_plots(
     report: dict[str, Any], folder: Path, *, x: str = "params_trained", y: str | None = None
 ) -> list[Path]:
@@ -257,8 +292,8 @@ def write_plots(
 
     Args:
         x: a card field of ``AXES`` or a metric column (``NAME@DATASET``).
-        y: a metric column; default the first one the adapters were evaluated on. Without any
-            metric there is no Pareto plot.
+        y: a metric column; default ``default_y_axis``'s choice. Without any metric there
+            is no Pareto plot.
 
     Raises:
         InvalidArgument: an axis that is neither a card field nor a metric of the table.
@@ -272,7 +307,7 @@ def write_plots(
             known = ", ".join([*AXES, *columns])
             raise InvalidArgument(f"--axes: {axis!r} is not one of {known}")
     written: list[Path] = []
-    y = y or (columns[0] if columns else None)
+    y = y or default_y_axis(adapters, x)
     if y is not None:
 
         def value(a: dict[str, Any], axis: str) -> float | None:

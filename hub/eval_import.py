@@ -6,7 +6,10 @@
   without the bookkeeping values (``hub.checkpoints``: runtimes, throughputs, FLOs, epoch),
   ``eval_samples`` / ``train_samples`` as the ``n`` of the ``eval_*`` / ``train_*`` metrics. A
   value ``trainer_state.json`` already gave, or ``all_results.json`` (which repeats
-  ``eval_results.json``), is not repeated. No dataset: the Trainer does not say which.
+  ``eval_results.json``), is not repeated; its ``n`` goes to the one already read. No
+  dataset: the Trainer does not say which.
+- ``trainer_state.json`` (``hub.checkpoints``: the values logged at the weights' step, the best
+  metric, the evaluation history), first.
 - The README's ``model-index`` (``hub.model_index``): one record with source ``model-index``
   per result, on its dataset.
 
@@ -56,6 +59,7 @@ def read_imports(folder: Path, known: Sequence[Metric] = ()) -> list[Imported]:
     from schemas.card import Metric
 
     seen = {(m.name, m.value, m.dataset) for m in known}
+    earlier = {(m.name, m.value, m.dataset): m for m in known}
     out: list[Imported] = []
     for name in TRAINER_RESULTS:
         data = read_regular(folder / name, _MAX_BYTES)
@@ -64,11 +68,14 @@ def read_imports(folder: Path, known: Sequence[Metric] = ()) -> list[Imported]:
         values, counts = _trainer_results(folder / name, data)
         metrics = {}
         for metric, value in values.items():
+            n = counts.get(metric.split("_", 1)[0])
             if (metric, value, None) in seen:
+                repeated = earlier.get((metric, value, None))
+                if repeated is not None and repeated.n is None:
+                    repeated.n = n  # trainer_state.json's value, counted here
                 continue
             seen.add((metric, value, None))
-            prefix = metric.split("_", 1)[0]
-            metrics[metric] = _summary(metric, value, counts.get(prefix))
+            metrics[metric] = summary(metric, value, n)
         if metrics:
             origin = {"file": name, "sha256": hashlib.sha256(data).hexdigest()}
             out.append(_imported("trainer", {"name": None}, metrics, origin, Metric))
@@ -77,7 +84,7 @@ def read_imports(folder: Path, known: Sequence[Metric] = ()) -> list[Imported]:
         digest = hashlib.sha256(read_regular(folder / README, 1 << 30) or b"").hexdigest()
     for result in results:
         metrics = {
-            metric: {**_summary(metric, spec["value"], None), "verified": spec["verified"]}
+            metric: {**summary(metric, spec["value"], None), "verified": spec["verified"]}
             for metric, spec in result["metrics"].items()
         }
         if not metrics:
@@ -91,7 +98,11 @@ def read_imports(folder: Path, known: Sequence[Metric] = ()) -> list[Imported]:
     return out
 
 
-def _summary(name: str, value: float, n: int | None) -> dict[str, Any]:
+def summary(
+    name: str, value: float, n: int | None, higher_is_better: bool | None = None
+) -> dict[str, Any]:
+    """An imported value as a record's metric summary (no interval: none was given); its
+    direction from the name unless said."""
     from schemas.metrics import default_higher_is_better
 
     return {
@@ -99,7 +110,9 @@ def _summary(name: str, value: float, n: int | None) -> dict[str, Any]:
         "n": n,
         "stderr": None,
         "ci95": None,
-        "higher_is_better": default_higher_is_better(name),
+        "higher_is_better": (
+            default_higher_is_better(name) if higher_is_better is None else higher_is_better
+        ),
     }
 
 

@@ -185,16 +185,15 @@ def evaluate(
     return [m.record for m in made]
 
 
-_LIKELIHOOD_METRICS = ("cross_entropy", "perplexity", "target_logprob")
-
-
 def _check_vote_ensemble(card: AdapterCard, metrics: Sequence[str], forgetting: bool) -> None:
     """A voting ensemble gives probability 0 to every token no member voted for, so its
     log-likelihoods are -inf: only the argmax metrics are defined."""
+    from compose.eval_data import LIKELIHOOD_METRICS
+
     details = card.details or {}
     if card.method != "composite" or details.get("aggregate") != "vote":
         return
-    wanted = [m for m in metrics if m in _LIKELIHOOD_METRICS] + (["--forgetting"] * forgetting)
+    wanted = [m for m in metrics if m in LIKELIHOOD_METRICS] + (["--forgetting"] * forgetting)
     if wanted:
         raise InvalidArgument(
             f"{card.ref} is a voting ensemble: {wanted[0]} is undefined for it (tokens no"
@@ -553,14 +552,35 @@ def add_metric(
     *,
     ci: tuple[float, float] | None = None,
     n: int | None = None,
+    higher_is_better: bool | None = None,
     lower_is_better: bool = False,
 ) -> dict[str, Any]:
-    """Record ``NAME=VALUE[@DATASET]`` on an existing version (source ``manual``)."""
+    """Record ``NAME=VALUE[@DATASET]`` on an existing version (source ``manual``).
+
+    Args:
+        ci: the 95% interval (LO, HI) around the value.
+        n: the number of examples behind the value.
+        higher_is_better: the metric's direction; None: from its name, as for a metric typed
+            at push (``schemas.metrics.default_higher_is_better``: losses, perplexity, error
+            rates are lower-is-better), so both sort alike.
+        lower_is_better: the same as ``higher_is_better=False`` (its older spelling).
+
+    Raises:
+        InvalidArgument: a malformed spec, an interval that does not hold the value, n <= 0,
+            or ``lower_is_better`` with ``higher_is_better=True``.
+    """
     import math
 
     from schemas.card import Metric
 
-    metric = Metric.parse(spec)  # refuses non-finite values itself (schemas.card)
+    if lower_is_better:
+        if higher_is_better:
+            raise InvalidArgument("higher_is_better=True contradicts lower_is_better=True")
+        higher_is_better = False
+    # Refuses non-finite values itself (schemas.card); its direction comes from the name.
+    metric = Metric.parse(spec, what="metric")
+    if higher_is_better is not None:
+        metric.higher_is_better = higher_is_better
     if ci is not None:
         lo, hi = ci
         if not (math.isfinite(lo) and math.isfinite(hi)) or not lo <= metric.value <= hi:
@@ -580,7 +600,7 @@ def add_metric(
                 "n": n,
                 "stderr": None,
                 "ci95": list(ci) if ci else None,
-                "higher_is_better": not lower_is_better,
+                "higher_is_better": metric.higher_is_better,
             }
         },
         "base": None,

@@ -175,15 +175,19 @@ def model_index(card: AdapterCard) -> tuple[list[dict[str, Any]], list[str]]:
         elif metric.name not in datasets.setdefault(metric.dataset, []):
             datasets[metric.dataset].append(metric.name)
     results = []
-    task = {"type": TASK_TYPES.get(card.task_type or "", "text-generation")}
+    task_type = TASK_TYPES.get(card.task_type or "", "text-generation")
     for dataset, names in datasets.items():
         metrics = []
         for name in names:
             chosen = pick(card.metrics, name, dataset)
             assert chosen is not None  # the name was found on this dataset just above
             metrics.append({"type": name, "value": chosen.value, "name": name})
-        results.append(
-            {"task": task, "dataset": {"type": dataset, "name": dataset}, "metrics": metrics}
+        results.append(  # a dict of its own per result: a shared one is dumped as &id001/*id001
+            {
+                "task": {"type": task_type},
+                "dataset": {"type": dataset, "name": dataset},
+                "metrics": metrics,
+            }
         )
     return [{"name": card.repo, "results": results}] if results else [], left_out
 

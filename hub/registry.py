@@ -194,8 +194,9 @@ class Registry:
             tasks: task labels such as ``sql``.
             tags: ``{"key": "value"}`` or ``["key=value", ...]``.
             metrics: ``Metric`` objects or ``"name=value[@dataset]"`` strings. A Trainer
-                checkpoint folder (with ``trainer_state.json``) adds the metrics logged at its
-                step, the tag ``step=N`` and ``details.trainer`` (``hub.checkpoints``); its
+                checkpoint folder (with ``trainer_state.json``) adds a record of the metrics
+                logged at its weights' step, the best metric and the evaluation history, the
+                tag ``step=N`` and ``details.trainer`` (``hub.checkpoints``); its
                 ``all_results.json`` / ``eval_results.json`` and the README's ``model-index``
                 become eval records with their metrics (``hub.eval_import``).
             parent: reference of the adapter this one was trained on top of (stacking).
@@ -259,12 +260,16 @@ class Registry:
             inspected = _merged_ledger(self, inspected, lineage)
         trained = read_trainer_state(folder)  # a Trainer checkpoint: its step and logged metrics
         if trained is not None:
-            tag_map = {"step": str(trained.step), **tag_map}
-            metric_list += [m for m in trained.metrics if m not in metric_list]
+            if trained.weights_step is not None:
+                tag_map = {"step": str(trained.weights_step), **tag_map}
             details = {"trainer": trained.details(), **(details or {})}
         # all_results.json, eval_results.json, README model-index: records with provenance.
         imports = read_imports(folder, known=trained.metrics if trained else ())
-        _check_annotations(task_list, tag_map, metric_list, description, parent)
+        state = trained.imported() if trained is not None else None  # after: n filled in
+        if state is not None:
+            imports.insert(0, state)
+        logged = state.metrics if state is not None else []
+        _check_annotations(task_list, tag_map, metric_list + logged, description, parent)
         if details:
             inspected.details = {**inspected.details, **details}
         if parent is not None:
@@ -588,7 +593,9 @@ class Registry:
         """Write the files of ``ref`` into ``dest`` (default ``./<name>``), byte for byte.
 
         With ``with_evals``, the README's front matter also gets the version's metrics as a
-        Hugging Face ``model-index`` (``hub.model_index``; a push reads them back).
+        Hugging Face ``model-index`` (``hub.model_index``; a push reads them back). Metrics
+        without a dataset (a Trainer's) are left out, the format requires one:
+        ``hub.model_index.model_index(card)`` says which (``hub pull`` prints them).
 
         The folder is assembled next to ``dest`` and renamed into place at the end, so a failure
         leaves nothing behind (and a SIGKILL leaves a hidden leftover that the next pull to

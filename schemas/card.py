@@ -72,8 +72,12 @@ class Metric(BaseModel):
         return self
 
     @classmethod
-    def parse(cls, text: str) -> Metric:
+    def parse(cls, text: str, *, what: str = "--metric") -> Metric:
         """Parse ``NAME=VALUE[@DATASET]``.
+
+        Args:
+            what: how the error names the text: the option or argument it came from
+                (``--metric`` of ``hub push``, the ``metric`` of ``hub metric add``).
 
         Example:
             >>> Metric.parse("exact_match=0.71@spider")
@@ -87,11 +91,11 @@ class Metric(BaseModel):
             value = float("nan")
         if not sep or not name.strip() or value != value or (at and not dataset):
             raise InvalidArgument(
-                f"invalid --metric {text!r}: expected NAME=VALUE[@DATASET], e.g. accuracy=0.71@mmlu"
+                f"invalid {what} {text!r}: expected NAME=VALUE[@DATASET], e.g. accuracy=0.71@mmlu"
             )
         if not math.isfinite(value):
             raise InvalidArgument(
-                f"invalid --metric {text!r}: the value must be a finite number"
+                f"invalid {what} {text!r}: the value must be a finite number"
                 " (inf and values beyond 1.8e308 are not)"
             )
         return cls(name=name.strip(), value=value, dataset=dataset or None)

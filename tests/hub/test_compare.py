@@ -141,3 +141,43 @@ def test_compare_plots(hub_home, trained, tmp_path):
         "Error: --axes: 'bleu' is not one of params_trained, params_stored,"
         " params_changed_when_merged, params_extra_at_inference,"
     )
+
+
+def test_pareto_default_y_is_a_metric_that_tells_the_adapters_apart():
+    from hub.compare import default_y_axis
+
+    def row(params, **metrics):
+        named = {k.replace("__", "@"): {"value": v} for k, v in metrics.items()}
+        return {"params_trained": params, "metrics": named}
+
+    # The demo's table: exact_match@code is first by name and 0 for every adapter (before,
+    # the default); the sql columns cover all three adapters, the code ones two.
+    demo = [
+        row(13_000, exact_match__sql=0.94, target_logprob__sql=-0.05),
+        row(6_700, exact_match__sql=0.0, target_logprob__sql=-8.1, exact_match__code=0.0,
+            target_logprob__code=-0.05),
+        row(20_000, exact_match__sql=0.0, target_logprob__sql=-1.7, exact_match__code=0.0,
+            target_logprob__code=-3.9),
+    ]  # fmt: skip
+    assert default_y_axis(demo, "params_trained") == "target_logprob@sql"
+    # Coverage first: a metric only one adapter has is a one-point plot.
+    assert (
+        default_y_axis(
+            [row(1, a__d=0.1, b__d=0.5), row(2, b__d=0.7), row(3, b__d=0.9)], "params_trained"
+        )
+        == "b@d"
+    )
+    # Then values that differ: a flat exact_match loses to a varying one, likelihood or not.
+    flat = [
+        row(1, exact_match__d=0.0, accuracy__d=0.3),
+        row(2, exact_match__d=0.0, accuracy__d=0.6),
+    ]
+    assert default_y_axis(flat, "params_trained") == "accuracy@d"
+    # Then a likelihood metric, then the name.
+    both = [row(1, exact_match__d=0.2, cross_entropy__d=2.0),
+            row(2, exact_match__d=0.6, cross_entropy__d=1.5)]  # fmt: skip
+    assert default_y_axis(both, "params_trained") == "cross_entropy@d"
+    # Adapters without an x value are not points: they do not count.
+    no_x = [row(None, a__d=0.1), row(None, a__d=0.9), row(1, b__d=0.5), row(2, b__d=0.5)]
+    assert default_y_axis(no_x, "params_trained") == "b@d"
+    assert default_y_axis([row(1), row(2)], "params_trained") is None

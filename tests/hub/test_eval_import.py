@@ -138,7 +138,14 @@ def test_pull_with_evals_writes_model_index_that_round_trips(hub_home, adapters,
     out = tmp_path / "with-evals"
     result = runner.invoke(cli, ["pull", "team/rt", "-o", str(out), "--with-evals"])
     assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        f"Pulled team/rt into {out}\n"
+        "model-index in README.md: 2 metrics; left out (no dataset, which model-index"
+        " requires): bleu\n"
+    )
     text = (out / "README.md").read_text()
+    assert "&id" not in text and "*id" not in text  # each result's task is written out
+    assert text.count("  - task:\n      type: text-generation\n") == 2
     front = yaml.safe_load(text.split("---\n")[1])
     original = yaml.safe_load((folder / "README.md").read_text().split("---\n")[1])
     assert {k: v for k, v in front.items() if k != "model-index"} == original  # kept
@@ -163,3 +170,27 @@ def test_pull_with_evals_writes_model_index_that_round_trips(hub_home, adapters,
         ("exact_match", 0.7, "spider", "model-index", True),
         ("cross_entropy", 1.25, "held-out.jsonl", "model-index", False),
     ]  # fmt: skip
+
+
+def test_pull_with_evals_says_what_model_index_left_out(hub_home, adapters, tmp_path):
+    # A Trainer's results name no dataset, and model-index requires one: the pull says so
+    # instead of writing a README without them silently.
+    results = {"eval_loss": 0.61, "eval_accuracy": 0.8, "eval_samples": 200}
+    folder = _folder(adapters, tmp_path, {"all_results.json": json.dumps(results)})
+    runner = CliRunner()
+    assert runner.invoke(cli, ["push", str(folder), "--name", "team/tr"]).exit_code == 0
+    out = tmp_path / "pulled"
+    result = runner.invoke(cli, ["pull", "team/tr", "-o", str(out), "--with-evals"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        f"Pulled team/tr into {out}\n"
+        "model-index: none written; left out (no dataset, which model-index requires):"
+        " eval_accuracy, eval_loss\n"
+    )
+    assert (out / "README.md").read_bytes() == (folder / "README.md").read_bytes()
+
+    runner.invoke(cli, ["push", str(adapters("lora")), "--name", "team/none"])
+    result = runner.invoke(cli, ["pull", "team/none", "-o", str(tmp_path / "n"), "--with-evals"])
+    assert result.stdout.splitlines()[1] == "model-index: none written (the version has no metrics)"
+    result = runner.invoke(cli, ["pull", "team/none", "-o", str(tmp_path / "plain")])
+    assert result.stdout == f"Pulled team/none into {tmp_path / 'plain'}\n"

@@ -122,3 +122,69 @@ def test_cli_where_and_its_errors(hub_home, adapters):
 def test_where_syntax(spec, parsed):
     c = MetricCondition.parse(spec)
     assert (c.name, c.op, c.value, c.dataset) == parsed
+
+
+@pytest.mark.usefixtures("deployment")  # embedded, then team (PostgreSQL + S3)
+def test_metric_add_takes_the_direction_from_the_name_as_push_does(hub_home, adapters):
+    # perplexity typed at push and added later sort in one direction: lower first. Before,
+    # `hub metric add` stored higher_is_better=true for every name, and the SQL sort (each
+    # row by its own direction) put the pushed values lowest-first and the added ones
+    # highest-first, interleaved.
+    runner = CliRunner()
+    for name, value in (("team/p4", "4"), ("team/p9", "9")):
+        args = ["push", str(adapters("lora")), "--name", name, "--tag", f"n={name}"]
+        assert runner.invoke(cli, [*args, "--metric", f"perplexity={value}"]).exit_code == 0
+    for name, value in (("team/m2", "2"), ("team/m6", "6"), ("team/m12", "12")):
+        args = ["push", str(adapters("lora")), "--name", name, "--tag", f"n={name}"]
+        assert runner.invoke(cli, args).exit_code == 0
+        result = runner.invoke(cli, ["metric", "add", name, f"perplexity={value}", "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["metrics"]["perplexity"]["higher_is_better"] is False
+    result = runner.invoke(cli, ["ls", "--sort", "metric:perplexity", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [c["repo"] for c in json.loads(result.stdout)] == [
+        "team/m2",
+        "team/p4",
+        "team/m6",
+        "team/p9",
+        "team/m12",
+    ]
+    # A name whose default is lower-is-better can be said to be higher-is-better, and back.
+    result = runner.invoke(
+        cli, ["metric", "add", "team/p4", "loss_reduction=0.3", "--higher-is-better", "--json"]
+    )
+    assert json.loads(result.stdout)["metrics"]["loss_reduction"]["higher_is_better"] is True
+    result = runner.invoke(
+        cli, ["metric", "add", "team/p4", "bleu=0.3", "--lower-is-better", "--json"]
+    )
+    assert json.loads(result.stdout)["metrics"]["bleu"]["higher_is_better"] is False
+    shown = json.loads(runner.invoke(cli, ["show", "team/p4", "--json"]).stdout)
+    assert [(m["name"], m["source"], m["higher_is_better"]) for m in shown["metrics"]] == [
+        ("perplexity", "push", False),
+        ("loss_reduction", "manual", True),
+        ("bleu", "manual", False),
+    ]
+
+
+def test_metric_add_error_names_the_argument_not_an_option(hub_home, adapters):
+    runner = CliRunner()
+    assert runner.invoke(cli, ["push", str(adapters("lora")), "--name", "team/x"]).exit_code == 0
+    result = runner.invoke(cli, ["metric", "add", "team/x", "novalue"])
+    assert (result.exit_code, result.stderr) == (
+        1,
+        "Error: invalid metric 'novalue': expected NAME=VALUE[@DATASET], e.g. accuracy=0.71@mmlu\n",
+    )
+    result = runner.invoke(cli, ["metric", "add", "team/x", "acc=1e400"])
+    assert result.stderr == (
+        "Error: invalid metric 'acc=1e400': the value must be a finite number (inf and values"
+        " beyond 1.8e308 are not)\n"
+    )
+    # `hub push --metric` keeps naming its option.
+    result = runner.invoke(
+        cli, ["push", str(adapters("lora")), "--name", "team/x", "--metric", "novalue"]
+    )
+    assert result.stderr == (
+        "Error: invalid --metric 'novalue': expected NAME=VALUE[@DATASET], e.g."
+        " accuracy=0.71@mmlu\n"
+    )
+    assert json.loads(runner.invoke(cli, ["show", "team/x", "--json"]).stdout)["metrics"] == []

@@ -340,3 +340,226 @@ def test_trainer_state_metrics_at_the_step_without_bookkeeping(tmp_path):
     assert str(info.value) == (
         f"{folder / 'trainer_state.json'}: field 'global_step' must be an integer, got '20'"
     )
+
+
+def _state(**fields):
+    """A trainer_state.json of a run to step 30, evaluated every 10 steps, best at step 20."""
+    history = []
+    for step, loss, eval_loss, accuracy in ((10, 1.2, 0.7, 0.5), (20, 0.9, 0.61, 0.6),
+                                            (30, 0.7, 0.65, 0.55)):  # fmt: skip
+        history.append({"step": step, "epoch": step / 10, "loss": loss, "learning_rate": 1e-4,
+                        "grad_norm": 1.0})  # fmt: skip
+        history.append({"step": step, "epoch": step / 10, "eval_loss": eval_loss,
+                        "eval_accuracy": accuracy, "eval_runtime": 0.1,
+                        "eval_samples_per_second": 40.0})  # fmt: skip
+    return {"global_step": 30, "epoch": 3.0, "log_history": history, "best_metric": 0.61,
+            "best_global_step": 20, "best_model_checkpoint": "out/run/checkpoint-20",
+            **fields}  # fmt: skip
+
+
+EVALS = [
+    {"step": 10, "epoch": 1.0, "eval_loss": 0.7, "eval_accuracy": 0.5},
+    {"step": 20, "epoch": 2.0, "eval_loss": 0.61, "eval_accuracy": 0.6},
+    {"step": 30, "epoch": 3.0, "eval_loss": 0.65, "eval_accuracy": 0.55},
+]
+
+
+def test_trainer_state_best_metric_and_history(tmp_path):
+    from hub.checkpoints import read_trainer_state
+
+    folder = tmp_path / "checkpoint-30"
+    folder.mkdir()
+    (folder / "trainer_state.json").write_text(json.dumps(_state()))
+    trained = read_trainer_state(folder)
+    assert trained is not None
+    assert (trained.step, trained.weights_step) == (30, 30)  # a checkpoint: its own step
+    assert {m.name: m.value for m in trained.metrics} == {
+        "eval_accuracy": 0.55,
+        "eval_loss": 0.65,
+        "loss": 0.7,
+    }
+    # trainer_state.json does not name metric_for_best_model: the name is the key logged at
+    # best_global_step with best_metric's value.
+    assert trained.best == {"name": "eval_loss", "value": 0.61, "step": 20,
+                            "checkpoint": "checkpoint-20", "these_weights": False}  # fmt: skip
+    assert trained.history == EVALS
+    assert trained.notes == [
+        "the best eval_loss (0.61) was reached at step 20 (checkpoint-20), not by these"
+        " weights (step 30)"
+    ]
+    assert trained.details() == {"global_step": 30, "checkpoint": "checkpoint-30", "epoch": 3.0}
+
+    # Two keys with the value at that step, or none: `best_metric`, and a note says why.
+    state = _state()
+    state["log_history"][3]["eval_accuracy"] = 0.61
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    trained = read_trainer_state(folder)
+    assert trained.best["name"] == "best_metric" and trained.best["step"] == 20
+    assert trained.notes[0] == (
+        "best_metric 0.61 is not named: eval_accuracy, eval_loss all logged it at step 20"
+        " (the file does not say metric_for_best_model)"
+    )
+    (folder / "trainer_state.json").write_text(json.dumps(_state(best_metric=0.5)))
+    assert read_trainer_state(folder).notes[0] == (
+        "best_metric 0.5 is not named: no value logged at step 20 equals it (the file does not"
+        " say metric_for_best_model)"
+    )
+    # Written before best_global_step existed: the step comes from best_model_checkpoint.
+    old = _state()
+    del old["best_global_step"]
+    (folder / "trainer_state.json").write_text(json.dumps(old))
+    assert read_trainer_state(folder).best["step"] == 20
+    (folder / "trainer_state.json").write_text(json.dumps(_state(best_global_step="20")))
+    with pytest.raises(InvalidAdapter) as info:
+        read_trainer_state(folder)
+    assert str(info.value) == (
+        f"{folder / 'trainer_state.json'}: field 'best_global_step' must be an integer or null,"
+        " got '20'"
+    )
+
+
+def _output_dir(tmp_path, adapters, state, checkpoints):
+    """An output_dir after save_model and save_state: the adapter, trainer_state.json, and
+    ``checkpoints`` (step -> the adapter folder whose weights that checkpoint holds)."""
+    out = tmp_path / "run"
+    shutil.copytree(adapters("lora"), out)
+    (out / "trainer_state.json").write_text(json.dumps(state))
+    for step, source in checkpoints.items():
+        (out / f"checkpoint-{step}").mkdir()
+        shutil.copy(source / "adapter_model.safetensors", out / f"checkpoint-{step}")
+    return out
+
+
+@pytest.mark.usefixtures("deployment")  # embedded, then team (PostgreSQL + S3)
+def test_push_output_dir_with_the_best_checkpoint_loaded(registry, adapters, tmp_path):
+    # load_best_model_at_end: the adapter save_model wrote is checkpoint-20's (byte for byte),
+    # so the values logged at step 20 are its metrics, not step 30's.
+    out = _output_dir(tmp_path, adapters, _state(),
+                      {20: adapters("lora"), 30: adapters("dora")})  # fmt: skip
+    (out / "all_results.json").write_text(
+        json.dumps({"eval_loss": 0.61, "eval_samples": 200, "train_loss": 0.93})
+    )
+    card = registry.push(out, name="team/best").card
+    assert card.tags == {"step": "20"}
+    assert card.details["trainer"] == {"global_step": 30, "checkpoint": "run", "epoch": 3.0,
+                                       "weights_step": 20}  # fmt: skip
+    assert [(m.name, m.value, m.n, m.source) for m in card.metrics] == [
+        ("eval_accuracy", 0.6, None, "trainer"),
+        ("eval_loss", 0.61, 200, "trainer"),  # all_results.json repeats it: its n is kept
+        ("loss", 0.9, None, "trainer"),
+        ("train_loss", 0.93, None, "trainer"),
+    ]
+    state, results = registry.evals("team/best")
+    assert state["origin"]["file"] == "trainer_state.json"
+    assert results["origin"]["file"] == "all_results.json"
+    assert list(results["metrics"]) == ["train_loss"]
+    assert state["metrics"]["eval_loss"] == {"value": 0.61, "n": 200, "stderr": None,
+                                             "ci95": None, "higher_is_better": False}  # fmt: skip
+    assert state["trainer"] == {
+        "global_step": 30,
+        "step": 20,
+        "best": {
+            "name": "eval_loss",
+            "value": 0.61,
+            "step": 20,
+            "checkpoint": "checkpoint-20",
+            "these_weights": True,
+        },
+        "log_history": EVALS,
+        "notes": [
+            "these weights are step 20's, the best checkpoint's (the same"
+            " adapter_model.safetensors as checkpoint-20/): the Trainer loaded it at the end;"
+            " training ran to step 30"
+        ],
+    }
+    assert {m.eval_id for m in card.metrics} == {state["id"], results["id"]}
+
+
+def test_push_output_dir_whose_weights_cannot_be_told(hub_home, adapters, tmp_path):
+    # No checkpoint folder holds the same weights: step 30's or (load_best_model_at_end)
+    # step 20's. Nothing logged goes on the card; the record keeps the best and the history.
+    out = _output_dir(tmp_path, adapters, _state(), {30: adapters("dora")})
+    runner = CliRunner()
+    result = runner.invoke(cli, ["push", str(out), "--name", "team/unsure"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(runner.invoke(cli, ["show", "team/unsure", "--json"]).stdout)
+    assert shown["metrics"] == [] and shown["tags"] == {}
+    assert shown["details"]["trainer"]["weights_step"] is None
+    [record] = shown["evals"]
+    assert (record["source"], record["metrics"], record["trainer"]["step"]) == ("trainer", {}, None)
+    assert record["trainer"]["best"]["these_weights"] is None
+    assert record["trainer"]["log_history"] == EVALS
+    assert record["trainer"]["notes"] == [
+        "these weights are step 30's, or step 20's if the Trainer loaded the best checkpoint"
+        " at the end (load_best_model_at_end, in training_args.bin, which is not read); no"
+        " checkpoint-20/ or checkpoint-30/ here holds the same adapter_model.safetensors, so no"
+        " logged value is put on the card"
+    ]
+    shown_text = runner.invoke(cli, ["show", "team/unsure"]).stdout
+    assert (
+        "    trainer: weights of step ? of 30; best eval_loss=0.61 at step 20; 3 evaluations"
+        " logged\n    note: these weights are step 30's, or step 20's if"
+    ) in shown_text
+    # The weights are step 30's: its values, and the best is another step's.
+    out30 = _output_dir(tmp_path / "b", adapters, _state(), {30: adapters("lora")})
+    assert runner.invoke(cli, ["push", str(out30), "--name", "team/last"]).exit_code == 0
+    shown = json.loads(runner.invoke(cli, ["show", "team/last", "--json"]).stdout)
+    assert {m["name"]: m["value"] for m in shown["metrics"]} == {
+        "eval_accuracy": 0.55,
+        "eval_loss": 0.65,
+        "loss": 0.7,
+    }
+    assert shown["evals"][0]["trainer"]["best"]["these_weights"] is False
+    assert (
+        "    trainer: weights of step 30 of 30; best eval_loss=0.61 at step 20 (other weights);"
+        " 3 evaluations logged\n    note: the best eval_loss (0.61) was reached at step 20"
+        " (checkpoint-20), not by these weights (step 30)\n"
+    ) in runner.invoke(cli, ["show", "team/last"]).stdout
+
+
+def test_real_trainer_load_best_model_at_end(registry, tmp_path):
+    # A real run with load_best_model_at_end: save_model writes the best checkpoint's adapter
+    # byte for byte, which is how the push tells which step's values are the weights'.
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    base = make_base(tmp_path / "base", vocab_size=VOCAB)
+    torch.manual_seed(0)
+    model = get_peft_model(
+        load_base(base),
+        LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj"]),
+    )
+    generator = torch.Generator().manual_seed(0)
+    rows = [torch.randint(0, VOCAB, (12,), generator=generator) for _ in range(8)]
+    data = [{"input_ids": r, "labels": r} for r in rows]
+    out = tmp_path / "out"
+    args = TrainingArguments(
+        output_dir=str(out), max_steps=6, per_device_train_batch_size=4, learning_rate=5e-2,
+        logging_steps=1, save_steps=2, eval_strategy="steps", eval_steps=2, report_to=[],
+        use_cpu=True, disable_tqdm=True, seed=0, load_best_model_at_end=True,
+        # Trained on its eval rows, the loss falls: "best" as the highest makes step 2 best.
+        metric_for_best_model="eval_loss", greater_is_better=True,
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=data,
+                      data_collator=default_data_collator)  # fmt: skip
+    trainer.train()
+    trainer.save_model(str(out))
+    trainer.save_state()
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert (state["global_step"], state["best_global_step"]) == (6, 2)
+
+    card = registry.push(out, name="team/best-run").card
+    assert card.tags == {"step": "2"}
+    assert card.details["trainer"]["weights_step"] == 2
+    logged = {m.name: m.value for m in card.metrics}
+    assert logged == _logged(out / "checkpoint-2", 2)  # checkpoint-2's own record of step 2
+    assert logged["eval_loss"] == state["best_metric"]
+    [record] = registry.evals("team/best-run")
+    assert record["trainer"]["best"] == {
+        "name": "eval_loss",
+        "value": state["best_metric"],
+        "step": 2,
+        "checkpoint": "checkpoint-2",
+        "these_weights": True,
+    }
+    assert [e["step"] for e in record["trainer"]["log_history"]] == [2, 4, 6]
