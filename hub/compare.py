@@ -90,13 +90,20 @@ def compare(
     }
 
 
+NO_DATASET = "none:"
+"""Key prefix of a record measured on no named dataset; its columns are the metric's name."""
+
+
 def _latest_per_dataset(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """dataset key -> the newest record with per-example results on it (measured records only:
     a hand-typed metric has no examples to pair)."""
     out: dict[str, dict[str, Any]] = {}
     for record in records:  # oldest first, so later ones win
         dataset = record.get("dataset") or {}
-        key = dataset.get("sha256") or f"name:{dataset.get('name')}"
+        if dataset.get("sha256") or dataset.get("name"):
+            key = dataset.get("sha256") or f"name:{dataset['name']}"
+        else:  # no dataset (a Trainer's own numbers): each record keeps its values
+            key = f"{NO_DATASET}{record['id']}"
         out[key] = record
     return out
 
@@ -108,10 +115,11 @@ def _dataset_labels(latest: dict[str, dict[str, dict[str, Any]]]) -> dict[str, s
     names: dict[str, str] = {}
     for per_dataset in latest.values():
         for key, record in per_dataset.items():
-            names[key] = (record.get("dataset") or {}).get("name") or key
+            names[key] = (record.get("dataset") or {}).get("name") or ""
     digests: dict[str, list[str]] = {}
     for key, name in names.items():
-        if not key.startswith("name:"):  # a hand-typed metric's dataset has no digest
+        # a hand-typed metric's dataset has no digest; a Trainer's numbers have no dataset
+        if not key.startswith(("name:", NO_DATASET)):
             digests.setdefault(name, []).append(key)
     labels = dict(names)
     for name, keys in digests.items():
@@ -130,7 +138,7 @@ def _row(
     metrics: dict[str, dict[str, Any]] = {}
     for key, record in latest.items():
         for metric, summary in record["metrics"].items():
-            metrics[f"{metric}@{labels[key]}"] = {
+            metrics[f"{metric}@{labels[key]}" if labels[key] else metric] = {
                 **summary,
                 "dataset_sha256": (record.get("dataset") or {}).get("sha256"),
                 "eval_id": record["id"],

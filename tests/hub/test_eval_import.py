@@ -194,3 +194,30 @@ def test_pull_with_evals_says_what_model_index_left_out(hub_home, adapters, tmp_
     assert result.stdout.splitlines()[1] == "model-index: none written (the version has no metrics)"
     result = runner.invoke(cli, ["pull", "team/none", "-o", str(tmp_path / "plain")])
     assert result.stdout == f"Pulled team/none into {tmp_path / 'plain'}\n"
+
+
+def test_compare_shows_trainer_numbers_under_their_own_names(registry, adapters, tmp_path):
+    # Records on no dataset (a Trainer's results and its trainer_state.json) each keep their
+    # values in the table, under the metric's name alone: not one record hiding the other
+    # under a `name:None` dataset.
+    from hub.compare import compare
+
+    results = {"eval_accuracy": 0.8, "eval_samples": 200}
+    state = {
+        "global_step": 30,
+        "log_history": [{"step": 30, "epoch": 1.0, "eval_loss": 0.65}],
+    }
+    files = {"all_results.json": json.dumps(results), "trainer_state.json": json.dumps(state)}
+    registry.push(_folder(adapters, tmp_path, files), name="team/trained")
+    assert len(registry.evals("team/trained")) == 2
+    registry.push(adapters("lora"), name="team/plain")
+    registry.add_metric("team/plain", "eval_accuracy=0.7")
+
+    report = compare(registry, ["team/trained", "team/plain"])
+    trained, plain = report["adapters"]
+    assert {k: v["value"] for k, v in trained["metrics"].items()} == {
+        "eval_accuracy": 0.8,
+        "eval_loss": 0.65,
+    }
+    assert {k: v["value"] for k, v in plain["metrics"].items()} == {"eval_accuracy": 0.7}
+    assert report["significance"] == []
