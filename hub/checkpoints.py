@@ -90,6 +90,39 @@ class Checkpoint:
             out["weights_step"] = self.weights_step
         return out
 
+    def facts(self) -> dict[str, Any]:
+        """What a push to a team hub sends for this folder (``schemas.api.TrainerFacts``):
+        the server sees neither ``trainer_state.json`` nor the checkpoint folders."""
+        return {
+            "folder": self.path.name,
+            "step": self.step,
+            "epoch": self.epoch,
+            "metrics": [{"name": m.name, "value": m.value} for m in self.metrics],
+            "weights_step": self.weights_step,
+            "best": self.best,
+            "history": self.history,
+            "notes": self.notes,
+            "state_sha256": self.state_sha256,
+        }
+
+    @classmethod
+    def from_facts(cls, facts: dict[str, Any]) -> Checkpoint:
+        """The inverse of ``facts`` (validated by ``schemas.api.TrainerFacts`` first)."""
+        from schemas.card import Metric
+
+        return cls(
+            Path(facts["folder"]),
+            facts["step"],
+            facts.get("epoch"),
+            [Metric(name=m["name"], value=m["value"], source="trainer")
+             for m in facts.get("metrics") or []],
+            weights_step=facts.get("weights_step"),
+            best=facts.get("best"),
+            history=list(facts.get("history") or []),
+            notes=list(facts.get("notes") or []),
+            state_sha256=facts["state_sha256"],
+        )  # fmt: skip
+
     def imported(self) -> Imported | None:
         """The eval record of ``trainer_state.json`` (``hub.eval_import``), with ``metrics``
         as its card metrics; None without the file or anything in it to record."""

@@ -40,6 +40,7 @@ from schemas.errors import (
 if TYPE_CHECKING:
     # The pydantic models are imported where they are used: building them costs ~100 ms,
     # which `hub ls` (search_raw: plain dicts straight from SQLite) never pays.
+    from hub.checkpoints import Checkpoint
     from schemas.card import AdapterCard, FileEntry, Lineage, Metric
     from schemas.recipe import Recipe
     from schemas.refs import AdapterRef
@@ -180,6 +181,7 @@ class Registry:
         allow_nonfinite: bool = False,
         base_dirs: Sequence[Path] | None = None,
         expected_head: str | None = None,
+        trainer: Checkpoint | None = None,
         _exclude: Sequence[str] = (),
     ) -> PushResult:
         """Register the adapter folder ``path`` as the next version of ``name``.
@@ -209,6 +211,9 @@ class Registry:
             expected_head: the commit the caller built on (a Hugging Face commit's parent;
                 ``commit_id(None, [])`` for a repository without a version): checked inside
                 the commit's transaction, so a concurrent commit is never overwritten.
+            trainer: what the folder's ``trainer_state.json`` says, read where the folder was
+                (a push to a team hub: the server is sent the adapter's files alone, so the
+                client reads the file and the checkpoint folders); None: read from ``path``.
 
         A multi-adapter save (PEFT writes each adapter but ``default`` to a subfolder of its
         name) becomes one repository per adapter: ``name`` for ``default`` (the top-level
@@ -243,7 +248,7 @@ class Registry:
             return self._push_adapters(
                 folder, repo, extras, tasks=task_list, tags=tag_map, metrics=metric_list,
                 parent=parent, description=description, allow_nonfinite=allow_nonfinite,
-                base_dirs=base_dirs,
+                base_dirs=base_dirs, trainer=trainer,
             )  # fmt: skip
         # Walked first: a link out of the folder or a FIFO is refused before inspection reads
         # anything through it. Links into our own store are the server's staged pushes.
@@ -258,7 +263,8 @@ class Registry:
         )
         if lineage is not None and lineage.inputs and inspected.method != "composite":
             inspected = _merged_ledger(self, inspected, lineage)
-        trained = read_trainer_state(folder)  # a Trainer checkpoint: its step and logged metrics
+        # a Trainer checkpoint: its step and logged metrics
+        trained = trainer if trainer is not None else read_trainer_state(folder)
         if trained is not None:
             if trained.weights_step is not None:
                 tag_map = {"step": str(trained.weights_step), **tag_map}
@@ -323,7 +329,12 @@ class Registry:
             inspect_adapter(folder, **check)
         for sub in extras:
             inspect_adapter(folder / sub, **check)
-        results = [self.push(folder, name=repo, _exclude=extras, **options)] if has_default else []
+        trainer = options.pop("trainer", None)  # the folder's own trainer_state.json: the top one's
+        results = (
+            [self.push(folder, name=repo, _exclude=extras, trainer=trainer, **options)]
+            if has_default
+            else []
+        )
         results += [self.push(folder / sub, name=names[sub], **options) for sub in extras]
         return PushResult(
             results[0].card, results[0].created, results[0].left_out, others=results[1:]

@@ -295,6 +295,11 @@ class RemoteRegistry:
         from hub.eval_import import read_imports
 
         read_imports(folder)  # a malformed model-index or result file, before uploading too
+        from hub.checkpoints import read_trainer_state
+
+        # trainer_state.json and the checkpoint folders stay here (training state): what they
+        # say travels with the push instead, for the server's record of it.
+        trained = read_trainer_state(folder)
         local_files = on_disk
         if len(local_files) > MAX_PUSH_FILES:
             raise InvalidArgument(
@@ -315,6 +320,8 @@ class RemoteRegistry:
             "description": description,
             "allow_nonfinite": allow_nonfinite,
         }
+        if trained is not None:
+            payload["trainer"] = trained.facts()
         body = json.dumps(payload).encode()
         if len(body) > MAX_JSON_BYTES:
             raise InvalidArgument(

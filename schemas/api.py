@@ -8,7 +8,7 @@ need, and newer clients may add some).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
@@ -31,6 +31,32 @@ class FileSpec(BaseModel):
     size: int = Field(ge=0)
 
 
+class TrainerMetric(BaseModel):
+    """A value logged at the step the pushed weights are from."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    value: FiniteFloat
+
+
+class TrainerFacts(BaseModel):
+    """What the pushed folder's ``trainer_state.json`` says, read where the folder is
+    (``hub.checkpoints.Checkpoint``): the server gets only the adapter's files, not the file
+    itself (training state) nor the ``checkpoint-<step>/`` folders that tell which step an
+    output_dir's weights are from."""
+
+    model_config = ConfigDict(extra="forbid")
+    folder: str = Field(max_length=300)
+    step: int
+    epoch: FiniteFloat | None = None
+    metrics: list[TrainerMetric] = Field(default_factory=list, max_length=1000)
+    weights_step: int | None = None
+    best: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = Field(default_factory=list, max_length=100_000)
+    notes: list[str] = Field(default_factory=list, max_length=100)
+    state_sha256: str = Field(pattern=SHA256)
+
+
 class NewVersion(BaseModel):
     """A push: the files (uploaded beforehand with ``PUT /blobs/{sha256}``) and annotations."""
 
@@ -42,6 +68,7 @@ class NewVersion(BaseModel):
     parent: str | None = Field(default=None, max_length=300)
     description: str | None = Field(default=None, max_length=10_000)
     allow_nonfinite: bool = False
+    trainer: TrainerFacts | None = None
 
 
 class AliasBody(BaseModel):

@@ -9,6 +9,7 @@ from pathlib import Path
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from hub.checkpoints import Checkpoint
 from hub.server.common import (
     API,
     READ_ERRORS,
@@ -135,6 +136,7 @@ def push(request: Request, namespace: str, name: str, body: NewVersion) -> Respo
             description=body.description,
             allow_nonfinite=body.allow_nonfinite,
             base_dirs=srv.base_dirs,
+            trainer=Checkpoint.from_facts(body.trainer.model_dump()) if body.trainer else None,
         )
     others = [{**r.card.model_dump(mode="json"), "created": r.created} for r in result.others]
     return JSONResponse(

@@ -247,3 +247,43 @@ def test_eval_from_a_team_hub_that_fails_part_way_posts_nothing(hub_home, traine
     with Registry(hub_home) as local:  # nor is anything kept here (records, base scores)
         for table in ("remote_evals", "evals", "base_scores"):
             assert local.catalog.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0
+
+
+def test_trainer_state_travels_with_a_push_to_the_server(hub_home, adapters, tmp_path):
+    # trainer_state.json and the checkpoint folders are training state: only the adapter's
+    # files are uploaded. What they say (the step the weights are from, the best metric, the
+    # history) is read here and sent with the push, so the server's version has the same
+    # trainer record, tags and card metrics as a local push of the folder.
+    from tests.hub.test_trainer_folders import _output_dir, _state
+
+    out = _output_dir(tmp_path, adapters, _state(),
+                      {20: adapters("lora"), 30: adapters("dora")})  # fmt: skip
+    results = {"eval_loss": 0.61, "eval_samples": 200, "train_loss": 0.93}
+    (out / "all_results.json").write_text(json.dumps(results))
+    with Registry(tmp_path / "local-home") as local:
+        expected = local.push(out, name="team/best").card
+        expected_records = local.evals("team/best")
+    server_home = tmp_path / "server-home"
+    with Registry(server_home) as reg:
+        writer = create_token(reg, "writer", read=["team"], write=["team"])
+    runner = CliRunner()
+    with serve(server_home) as (port, _):
+        url = f"http://127.0.0.1:{port}"
+        env = {"HUB_TOKEN": writer}
+        pushed = runner.invoke(cli, ["push", str(out), "--name", "team/best", "--to", url], env=env)
+        assert pushed.exit_code == 0, pushed.output
+        shown = json.loads(
+            runner.invoke(cli, ["show", "team/best", "--from", url, "--json"], env=env).stdout
+        )
+    assert shown["commit"] == expected.commit  # the same files: trainer_state.json left out
+    assert shown["tags"] == {"step": "20"}
+    assert shown["details"]["trainer"] == expected.details["trainer"]
+    assert [(m["name"], m["value"], m["n"]) for m in shown["metrics"]] == [
+        (m.name, m.value, m.n) for m in expected.metrics
+    ]
+    state, results = shown["evals"]
+    assert state["origin"]["file"] == "trainer_state.json"
+    assert state["trainer"] == expected_records[0]["trainer"]
+    assert state["trainer"]["best"]["these_weights"] is True
+    assert state["metrics"] == expected_records[0]["metrics"]
+    assert results["metrics"] == expected_records[1]["metrics"]
