@@ -8,7 +8,7 @@ need, and newer clients may add some).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
@@ -39,6 +39,18 @@ class TrainerMetric(BaseModel):
     value: FiniteFloat
 
 
+class TrainerBest(BaseModel):
+    """``best_metric`` of ``trainer_state.json``: its name, value, step and checkpoint, and
+    whether it describes the pushed weights (None: unknown)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    value: FiniteFloat
+    step: int | None = None
+    checkpoint: str | None = Field(default=None, max_length=300)
+    these_weights: bool | None = None
+
+
 class TrainerFacts(BaseModel):
     """What the pushed folder's ``trainer_state.json`` says, read where the folder is
     (``hub.checkpoints.Checkpoint``): the server gets only the adapter's files, not the file
@@ -51,8 +63,9 @@ class TrainerFacts(BaseModel):
     epoch: FiniteFloat | None = None
     metrics: list[TrainerMetric] = Field(default_factory=list, max_length=1000)
     weights_step: int | None = None
-    best: dict[str, Any] | None = None
-    history: list[dict[str, Any]] = Field(default_factory=list, max_length=100_000)
+    best: TrainerBest | None = None
+    history: list[dict[str, int | FiniteFloat]] = Field(default_factory=list, max_length=100_000)
+    """The evaluation entries of ``log_history`` (step, epoch and the ``eval_*`` values)."""
     notes: list[str] = Field(default_factory=list, max_length=100)
     state_sha256: str = Field(pattern=SHA256)
 
