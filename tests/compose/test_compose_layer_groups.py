@@ -86,7 +86,8 @@ def test_each_module_is_the_operators_merge_with_its_groups_weights(reg, tmp_pat
     recipe = {"operator": operator, "inputs": ["t/a", "t/b"], **extra}
     card = reg.compose({**recipe, "name": "t/grouped", "layer_groups": GROUPS}).card
     # The same operator with plain weights, once per group's weights: every module of the
-    # grouped result is bit for bit that merge's module for its group (same CPU, same steps).
+    # grouped result is that merge's module for its group (the same steps, so within fp32
+    # rounding: a BLAS may round a repeated product differently by memory alignment).
     flat = [
         reg.compose({**recipe, "name": f"t/flat{g}", "weights": w}).card
         for g, w in enumerate((G0, G1))
@@ -99,9 +100,9 @@ def test_each_module_is_the_operators_merge_with_its_groups_weights(reg, tmp_pat
         layer = layer_index(key.removeprefix("base_model.model."))
         group = 1 if layer is None else layer
         groups_seen.add((layer, group))
-        assert torch.equal(tensor, per_group[group][key]), key
+        assert _close(tensor, per_group[group][key]), key
     assert groups_seen == {(0, 0), (1, 1), (None, 1)}  # lm_head took the last group's
-    assert any(not torch.equal(grouped[k], per_group[0][k]) for k in grouped if ".layers.1." in k)
+    assert any(not _close(grouped[k], per_group[0][k]) for k in grouped if ".layers.1." in k)
     recipe_record = card.lineage.recipe
     assert recipe_record["layer_groups"] == GROUPS
     assert "weights" not in recipe_record
@@ -214,3 +215,8 @@ def test_bad_layer_groups_are_refused_naming_the_field(reg, recipe, message):
         reg.compose({"name": "t/bad", "inputs": ["t/a", "t/b"], **recipe})
     assert str(info.value) == message
     assert [c["repo"] for c in reg.search_raw(all_versions=True)] == before
+
+
+def _close(a, b) -> bool:
+    """Equal within fp32 rounding of the larger value."""
+    return float((a.double() - b.double()).abs().max()) <= 1e-6 * float(b.abs().max())

@@ -61,9 +61,11 @@ def test_stacked_inputs_score_the_merged_lora(setup, params):
         candidate.stack(adapters)
         candidate.set_weights(ModuleWeights(params))
         got = candidate.model(input_ids=IDS).logits
-        # set() replaces the stacked weights again: the merged LoRA's logits, exactly.
+        # set() replaces the stacked weights again: the merged LoRA's logits (the same
+        # forward again; within fp32 rounding, since a BLAS may round a repeat by alignment).
         candidate.set(merged)
-        assert torch.equal(candidate.model(input_ids=IDS).logits, expected)
+        again = candidate.model(input_ids=IDS).logits
+        assert float((again - expected).abs().max()) <= 1e-6 * float(expected.abs().max())
     base = model(input_ids=IDS).logits
     assert not torch.allclose(expected, base, atol=1e-3)  # the adapters change the outputs
     # Two fp32 evaluations of one delta, rounded in a different order.
@@ -76,10 +78,11 @@ def test_zero_weights_are_the_base_and_closing_detaches(setup):
     model, adapters, _ = setup
     modules = sorted({m for a in adapters for m in a.modules})
     base = model(input_ids=IDS).logits
+    bound = 1e-6 * float(base.abs().max())  # the same forward, rounded again (fp32)
     with CandidateModel(model, modules) as candidate:
         candidate.stack(adapters)
         candidate.set_weights(lambda module: [0.0, 0.0])
-        assert torch.equal(candidate.model(input_ids=IDS).logits, base)
+        assert float((candidate.model(input_ids=IDS).logits - base).abs().max()) <= bound
         candidate.set_weights(lambda module: [1.0, 1.0])
         assert not torch.allclose(candidate.model(input_ids=IDS).logits, base, atol=1e-3)
-    assert torch.equal(model(input_ids=IDS).logits, base)
+    assert float((model(input_ids=IDS).logits - base).abs().max()) <= bound
